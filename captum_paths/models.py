@@ -7,12 +7,19 @@ Captum's own classes see a plain tensor.
 """
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from PIL import Image
 from torch import nn
 
 __all__ = ["LogitsOnly", "to_logits", "as_logits_model"]
+
+logger = logging.getLogger(__name__)
 
 
 def to_logits(output: Any) -> torch.Tensor:
@@ -69,4 +76,535 @@ def _is_hf_model(model: nn.Module) -> bool:
     return any(
         cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
         for cls in type(model).__mro__
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model loading
+# ---------------------------------------------------------------------------
+
+__all__ += ["ModelLoadError", "load_model", "load_checkpoint"]
+
+_SPEC_FORMS = '"timm:NAME", "torchvision:NAME", "hf:NAME_OR_PATH", "demo"'
+_STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib", "socket", "ssl")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class ModelLoadError(RuntimeError):
+    """Pretrained weights or a hub model could not be fetched (usually: no network)."""
+
+
+def load_model(
+    spec: str,
+    pretrained: bool = False,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    num_classes: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    **model_kwargs: Any,
+) -> Tuple[nn.Module, Transform]:
+    """Build a vision model and its evaluation preprocessing from a spec string.
+
+    Args:
+        spec: ``"timm:NAME"``, ``"torchvision:NAME"``, ``"hf:NAME_OR_PATH"`` or
+            ``"demo"``. A bare ``NAME`` is accepted when timm knows it.
+        pretrained: download the published weights (timm / torchvision hub).
+            Ignored for ``hf:`` (its weights always come from ``NAME_OR_PATH``)
+            and for ``demo`` (weights ship with the package).
+        checkpoint: local ``.safetensors`` or torch state dict (``.pt``, ``.pth``,
+            ``.bin``) loaded strictly into the model. It takes precedence over
+            ``pretrained``: nothing is downloaded, and ``pretrained=True`` only
+            selects the pretrained preprocessing where that differs.
+        num_classes: size of the classifier head (``num_labels`` for ``hf:``).
+        device: device to move the model to.
+        **model_kwargs: passed to the model constructor (timm / torchvision) or
+            to ``from_pretrained`` (``hf:``), e.g. ``img_size=32, depth=2``.
+
+    Returns:
+        ``(model, transform)``: the model in eval mode, whose forward maps
+        ``(N, C, H, W)`` images to ``(N, num_classes)`` logits, and a transform
+        mapping one PIL image to a ``(C, H, W)`` tensor the model accepts.
+
+    Raises:
+        ValueError: unknown spec prefix or model name, bad argument values, or a
+            checkpoint that does not fit the model.
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ModelLoadError: pretrained weights or a hub model could not be downloaded.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str such as {_SPEC_FORMS}; got {type(spec).__name__}")
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be a bool; got {pretrained!r}")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive int or None; got {num_classes!r}")
+    checkpoint_path = _checkpoint_path(checkpoint)
+    torch_device = _as_device(device)
+
+    kind, name = _parse_spec(spec)
+    if kind == "timm":
+        model, transform = _load_timm(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
+    elif kind == "torchvision":
+        model, transform = _load_torchvision(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
+    elif kind == "hf":
+        model, transform = _load_hf(spec, name, checkpoint_path, num_classes, model_kwargs)
+    else:
+        model, transform = _load_demo(spec, checkpoint_path, num_classes, model_kwargs)
+
+    if torch_device is not None:
+        model = model.to(torch_device)
+    return model.eval(), transform
+
+
+def load_checkpoint(
+    model: nn.Module, checkpoint: Union[str, os.PathLike], spec: Optional[str] = None
+) -> nn.Module:
+    """Load a local checkpoint strictly into ``model`` (in place) and return it.
+
+    ``.safetensors`` files are read with safetensors, anything else with
+    ``torch.load(..., weights_only=True)``. A state dict nested under
+    ``"state_dict"``, ``"model"`` or ``"state_dict_ema"`` is unwrapped and a
+    ``module.`` (DataParallel / DDP) prefix is stripped. ``spec`` only
+    improves error messages.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    path = _checkpoint_path(checkpoint)
+    state_dict = _read_state_dict(path)
+    target = model.model if isinstance(model, LogitsOnly) else model
+    state_dict = _match_prefixes(state_dict, target.state_dict())
+    _check_fits(target, state_dict, path, spec)
+    target.load_state_dict(state_dict, strict=True)
+    return model
+
+
+# -- spec parsing -------------------------------------------------------------
+
+
+def _parse_spec(spec: str) -> Tuple[str, str]:
+    text = spec.strip()
+    if text == "demo":
+        return "demo", ""
+    prefix, sep, name = text.partition(":")
+    if sep and prefix in ("timm", "torchvision", "hf"):
+        if not name.strip():
+            raise ValueError(f"spec {spec!r} has no model name after {prefix + ':'!r}; allowed forms: {_SPEC_FORMS}")
+        return prefix, name.strip()
+    if sep and prefix not in ("hf-hub", "local-dir"):  # timm's own schemes, bare
+        raise ValueError(
+            f"unknown model spec prefix {prefix + ':'!r} in {spec!r}; allowed forms: {_SPEC_FORMS}"
+        )
+    import timm
+
+    if sep or timm.is_model(_timm_arch(text)):
+        return "timm", text
+    raise ValueError(
+        f"model spec {spec!r} has no prefix and is not a timm model name; allowed forms: "
+        f"{_SPEC_FORMS}{_suggest(text, timm.list_models())}"
+    )
+
+
+def _suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:
+    lowered = name.lower()
+    matches = difflib.get_close_matches(lowered, candidates, n=n, cutoff=0.6)
+    if len(matches) < n:
+        matches += [c for c in candidates if lowered in c and c not in matches][: n - len(matches)]
+    return f". Close matches: {', '.join(matches)}" if matches else ""
+
+
+def _timm_arch(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+# -- timm -------------------------------------------------------------------------
+
+
+def _load_timm(
+    spec: str,
+    name: str,
+    pretrained: bool,
+    checkpoint: Optional[Path],
+    num_classes: Optional[int],
+    model_kwargs: Dict[str, Any],
+) -> Tuple[nn.Module, Transform]:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    hub_scheme = name.startswith(("hf-hub:", "local-dir:"))
+    if not hub_scheme and not timm.is_model(_timm_arch(name)):
+        raise ValueError(f"unknown timm model name {name!r} (spec {spec!r}){_suggest(_timm_arch(name), timm.list_models())}")
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    download = pretrained and checkpoint is None
+    try:
+        model = timm.create_model(name, pretrained=download, **kwargs)
+    except Exception as exc:
+        if (download or name.startswith("hf-hub:")) and _is_download_error(exc):
+            raise ModelLoadError(_download_message(spec, exc, _timm_weights_hint(name))) from exc
+        raise
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, spec)
+
+    config = resolve_data_config({}, model=model)
+    input_size = _timm_input_size(model)
+    if input_size is not None and tuple(input_size) != tuple(config["input_size"]):
+        config = resolve_data_config({"input_size": tuple(input_size)}, model=model)
+    transform = create_transform(**config, is_training=False)
+    if config["input_size"][0] == 3 and hasattr(transform, "transforms"):
+        transform.transforms.insert(0, _ToRGB())  # grayscale / RGBA / palette PIL inputs
+    return model, transform
+
+
+def _timm_input_size(model: nn.Module) -> Optional[Tuple[int, int, int]]:
+    """The input size the model was built for (pretrained_cfg keeps the default)."""
+    try:
+        from timm.models import get_model_input_config  # timm >= 1.0.2x
+
+        size = get_model_input_config(model).get("input_size")
+        if size is not None and len(size) == 3:
+            return tuple(int(s) for s in size)  # type: ignore[return-value]
+    except Exception:  # older timm, or a model it cannot describe
+        pass
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is None:
+        return None
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    in_chans = int(getattr(model.patch_embed, "in_chans", 3) or 3) if hasattr(model, "patch_embed") else 3
+    return (in_chans, int(img_size[0]), int(img_size[1]))
+
+
+def _timm_weights_hint(name: str) -> str:
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if hub_id:
+            return f" (timm's weights file is model.safetensors at https://huggingface.co/{hub_id})"
+        url = getattr(cfg, "url", None) if cfg is not None else None
+        if url:
+            return f" (timm's weights file is {url})"
+    except Exception:
+        pass
+    return ""
+
+
+# -- torchvision ----------------------------------------------------------------
+
+
+def _load_torchvision(
+    spec: str,
+    name: str,
+    pretrained: bool,
+    checkpoint: Optional[Path],
+    num_classes: Optional[int],
+    model_kwargs: Dict[str, Any],
+) -> Tuple[nn.Module, Transform]:
+    import torchvision
+
+    available = torchvision.models.list_models()
+    if name not in available:
+        raise ValueError(f"unknown torchvision model name {name!r} (spec {spec!r}){_suggest(name, available)}")
+    weights = None
+    if pretrained:
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except Exception as exc:
+            raise ValueError(f"torchvision model {name!r} has no pretrained weights; use pretrained=False") from exc
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    download = weights is not None and checkpoint is None
+    try:
+        model = torchvision.models.get_model(name, weights=weights if download else None, **kwargs)
+    except Exception as exc:
+        if download and _is_download_error(exc):
+            hint = f" (torchvision's weights file is {weights.url})" if weights is not None else ""
+            raise ModelLoadError(_download_message(spec, exc, hint)) from exc
+        raise
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, spec)
+
+    if weights is not None:
+        from torchvision import transforms as T
+
+        transform: Transform = T.Compose([_ToRGB(), weights.transforms()])
+    else:
+        size = getattr(model, "image_size", 224)
+        transform = _standard_transform(size)
+    return model, transform
+
+
+def _standard_transform(size: Union[int, Sequence[int]], mean=_IMAGENET_MEAN, std=_IMAGENET_STD) -> Transform:
+    """Resize (crop_pct 0.875) / CenterCrop / ToTensor / Normalize, PIL -> ``(3, H, W)``."""
+    from torchvision import transforms as T
+
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    resize = int(round(min(h, w) / 0.875))
+    return T.Compose(
+        [
+            _ToRGB(),
+            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop((h, w)),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
+
+
+class _ToRGB:
+    """Convert a PIL image to RGB (grayscale / RGBA / palette inputs)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return _to_rgb(image)
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+# -- Hugging Face ---------------------------------------------------------------
+
+
+class HFImageTransform:
+    """Wrap a Hugging Face image processor: PIL image -> ``(3, H, W)`` tensor."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=_to_rgb(image), return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.processor).__name__})"
+
+
+def _load_hf(
+    spec: str,
+    name: str,
+    checkpoint: Optional[Path],
+    num_classes: Optional[int],
+    model_kwargs: Dict[str, Any],
+) -> Tuple[nn.Module, Transform]:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(
+            f"spec {spec!r} needs the transformers package: pip install captum-paths[hf]"
+        ) from exc
+
+    local = Path(name).expanduser()
+    is_local = local.is_dir()
+    if not is_local and (local.exists() or name.startswith((".", "/", "~")) or "\\" in name):
+        raise FileNotFoundError(f"hf model directory {name!r} (spec {spec!r}) does not exist or is not a directory")
+    source = str(local) if is_local else name
+    kwargs = dict(model_kwargs)
+    if is_local:
+        kwargs.setdefault("local_files_only", True)
+    if num_classes is not None:
+        kwargs.setdefault("num_labels", num_classes)
+    auto = transformers.AutoModelForImageClassification
+    try:
+        if checkpoint is None:
+            if num_classes is not None:
+                kwargs.setdefault("ignore_mismatched_sizes", True)
+            model = auto.from_pretrained(source, **kwargs)
+        else:
+            config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+            model = auto.from_config(config)
+    except Exception as exc:
+        if not is_local and _is_download_error(exc):
+            hint = (
+                "; or pass a local directory made with save_pretrained() or "
+                f"`hf download {name} --local-dir DIR`: load_model('hf:DIR')"
+            )
+            raise ModelLoadError(_download_message(spec, exc, "", extra=hint)) from exc
+        if is_local:
+            raise ValueError(
+                f"could not load a Hugging Face image-classification model from directory {source!r} "
+                f"(spec {spec!r}): {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, spec)
+
+    transform: Optional[Transform] = None
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=is_local)
+        transform = HFImageTransform(processor)
+    except Exception as exc:  # no preprocessor_config.json, or hub unreachable
+        size = getattr(model.config, "image_size", 224)
+        logger.warning(
+            "no image processor found for %r (%s); using Resize/CenterCrop/Normalize(ImageNet) at %s",
+            source,
+            type(exc).__name__,
+            size,
+        )
+        transform = _standard_transform(size)
+    return as_logits_model(model), transform
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+def _load_demo(
+    spec: str, checkpoint: Optional[Path], num_classes: Optional[int], model_kwargs: Dict[str, Any]
+) -> Tuple[nn.Module, Transform]:
+    if num_classes is not None or model_kwargs:
+        given = dict(model_kwargs, **({"num_classes": num_classes} if num_classes is not None else {}))
+        raise ValueError(f"the demo model takes no num_classes or model kwargs; got {given!r}")
+    from captum_paths.demo import demo_transform, load_demo_model
+
+    model = load_demo_model()
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, spec)
+    return model, demo_transform()
+
+
+# -- checkpoints ------------------------------------------------------------------
+
+
+def _checkpoint_path(checkpoint: Optional[Union[str, os.PathLike]]) -> Optional[Path]:
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or os.PathLike) or None; got {type(checkpoint).__name__}")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"checkpoint file {str(path)!r} {what}")
+    return path
+
+
+def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"checkpoint {str(path)!r} could not be read with torch.load(weights_only=True): {exc}. "
+            "Re-save it as a plain state dict (torch.save(model.state_dict(), path)) or as .safetensors"
+        ) from exc
+    for _ in range(3):  # {"state_dict": {...}} or {"model": {"state_dict": ...}}
+        if isinstance(obj, dict) and not _is_tensor_dict(obj):
+            nested = next((obj[k] for k in _STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+            if nested is None:
+                break
+            obj = nested
+    if not _is_tensor_dict(obj):
+        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not hold a state dict (a mapping of names to tensors, "
+            f"optionally under {', '.join(map(repr, _STATE_DICT_KEYS))}); found {keys}"
+        )
+    return obj
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _match_prefixes(state_dict: Dict[str, torch.Tensor], model_state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """Strip ``module.`` (DataParallel) and a ``model.`` wrapper prefix when the model lacks it."""
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in state_dict) and not any(k.startswith(prefix) for k in model_state):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _check_fits(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, spec: Optional[str]) -> None:
+    model_state = model.state_dict()
+    missing = [k for k in model_state if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in model_state]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(model_state[k].shape))
+        for k in model_state
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(model_state[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+
+    def listing(items: List[str], n: int = 5) -> str:
+        more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+        return ", ".join(items[:n]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
+    if mismatched:
+        parts.append(
+            f"{len(mismatched)} shape mismatch(es): "
+            + listing([f"{k}: checkpoint {c} vs model {m}" for k, c, m in mismatched])
+        )
+    head = [c for k, c, m in mismatched if c and m and c[1:] == m[1:] and _is_head_key(k)]
+    hint = (
+        f" The classifier head differs: the checkpoint has {head[0][0]} classes, so pass "
+        f"num_classes={head[0][0]} (CLI --num-classes {head[0][0]})."
+        if head
+        else " Check that the checkpoint was saved from the same architecture and model kwargs, "
+        "and that num_classes matches the checkpoint's classifier."
+    )
+    target = f" {spec!r}" if spec else ""
+    raise ValueError(
+        f"checkpoint {str(path)!r} does not fit the model{target}: " + "; ".join(parts) + "." + hint
+    )
+
+
+def _is_head_key(key: str) -> bool:
+    parts = key.split(".")
+    return any(p in ("head", "heads", "fc", "classifier", "last_linear") for p in parts[:-1])
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def _as_device(device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str, torch.device or None; got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from exc
+
+
+def _is_download_error(exc: BaseException) -> bool:
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        module = type(current).__module__ or ""
+        if isinstance(current, OSError) or module.startswith(_NETWORK_MODULES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _download_message(spec: str, exc: BaseException, where: str, extra: str = "") -> str:
+    return (
+        f"could not download the weights for {spec!r}: no network access, or the model hub is "
+        f"unreachable{where}. Download the weights on a machine with network access and pass the "
+        f"local file instead: load_model({spec!r}, checkpoint='path/to/weights.safetensors') or, on "
+        f"the command line, --checkpoint path/to/weights.safetensors{extra}. "
+        f"Original error: {type(exc).__name__}: {exc}"
     )

@@ -1,0 +1,239 @@
+"""Image folders in the ImageNet layout.
+
+``root/<class folder>/**/<image>``: one sub-folder per class, class indices from
+the sorted folder names (as ``torchvision.datasets.ImageFolder``) or from a
+``label_map`` when the model's indices follow another order (ImageNet wnids).
+
+Corrupt or unreadable files are found upfront, in ``__init__``, with a cheap
+``PIL.Image.open(...).verify()`` (or a full decode with ``scan="decode"``): they
+are left out of the dataset, listed in :attr:`ImageFolderDataset.unreadable` and
+reported through :mod:`logging`, so a ``DataLoader`` never meets them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "read_label_map"]
+
+logger = logging.getLogger(__name__)
+
+IMG_EXTENSIONS: Tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+)
+_SCANS = ("verify", "decode", "none")
+
+
+class ImageFolderDataset(Dataset):
+    """Images in class sub-folders; items are ``(image, label, image_id)``.
+
+    Args:
+        root: folder holding one sub-folder per class (searched recursively;
+            hidden files and folders are ignored).
+        transform: maps a PIL image to a ``(C, H, W)`` tensor, e.g. the transform
+            returned by :func:`captum_paths.models.load_model`. Without one,
+            images become float tensors in ``[0, 1]`` (``to_tensor``).
+        label_map: folder name -> class index, as a dict or the path of a JSON
+            file (``{"n01440764": 0, ...}``, a list of folder names in index
+            order, or Keras' ``{"0": ["n01440764", "tench"], ...}``). Default:
+            sorted folder names -> ``0..K-1``.
+        extensions: file name endings (case-insensitive) that count as images.
+        mode: PIL mode images are converted to before ``transform``
+            (``"RGB"``; ``"L"`` for grayscale; ``None`` keeps the file's mode).
+        scan: how to detect unreadable files upfront: ``"verify"`` (cheap
+            header / checksum check), ``"decode"`` (full decode, also catches
+            truncated JPEGs) or ``"none"`` (errors surface when loading).
+        max_per_class: keep at most this many readable images per class (the
+            first ones in sorted path order), e.g. for a quick ImageNet subset.
+
+    Attributes:
+        classes: sorted class folder names.
+        class_to_idx: folder name -> label.
+        samples: ``(path, label)`` for every readable image, sorted by path.
+        targets: the labels of ``samples``.
+        image_ids: paths relative to ``root``, posix style (``"cls/img.png"``).
+        unreadable: ``(path, error message)`` for every skipped file.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
+        label_map: Optional[Union[Mapping[str, int], str, os.PathLike]] = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        mode: Optional[str] = "RGB",
+        scan: str = "verify",
+        max_per_class: Optional[int] = None,
+    ) -> None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a path (str or os.PathLike); got {type(root).__name__}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable or None; got {type(transform).__name__}")
+        if isinstance(extensions, str) or not extensions or not all(isinstance(e, str) for e in extensions):
+            raise TypeError(f"extensions must be a non-empty sequence of str such as ('.png', '.jpg'); got {extensions!r}")
+        if mode is not None and not isinstance(mode, str):
+            raise TypeError(f"mode must be a PIL mode string such as 'RGB' or 'L', or None; got {mode!r}")
+        if scan not in _SCANS:
+            raise ValueError(f"scan must be one of {_SCANS}; got {scan!r}")
+        if max_per_class is not None and (
+            isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class < 1
+        ):
+            raise ValueError(f"max_per_class must be a positive int or None; got {max_per_class!r}")
+
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            what = "is not a directory" if self.root.exists() else "does not exist"
+            raise FileNotFoundError(f"dataset root {str(self.root)!r} {what}")
+        self.transform = transform
+        self.mode = mode
+        self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+        self.classes: List[str] = sorted(
+            e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
+        )
+        if not self.classes:
+            raise ValueError(
+                f"dataset root {str(self.root)!r} has no class folders; expected root/<class>/<image> "
+                "(one sub-folder per class)"
+            )
+        self.class_to_idx: Dict[str, int] = self._class_indices(label_map)
+
+        self.samples: List[Tuple[str, int]] = []
+        self.unreadable: List[Tuple[str, str]] = []
+        for cls in self.classes:
+            kept = 0
+            for path in self._find_images(self.root / cls):
+                if max_per_class is not None and kept >= max_per_class:
+                    break
+                error = _check_image(path, scan)
+                if error is not None:
+                    self.unreadable.append((str(path), error))
+                    continue
+                self.samples.append((str(path), self.class_to_idx[cls]))
+                kept += 1
+        if self.unreadable:
+            shown = "; ".join(f"{p}: {e}" for p, e in self.unreadable[:5])
+            more = f"; ... ({len(self.unreadable) - 5} more)" if len(self.unreadable) > 5 else ""
+            logger.warning(
+                "skipped %d unreadable image file(s) under %s: %s%s",
+                len(self.unreadable), self.root, shown, more,
+            )
+        if not self.samples:
+            raise ValueError(
+                f"dataset root {str(self.root)!r} has no readable images with extensions "
+                f"{', '.join(self.extensions)} in its class folders ({len(self.unreadable)} unreadable)"
+            )
+        self.targets: List[int] = [label for _, label in self.samples]
+        self.image_ids: List[str] = [Path(p).relative_to(self.root).as_posix() for p, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
+        """Return ``(image (C, H, W), label, image_id)``."""
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            image = img.convert(self.mode) if self.mode is not None else img.copy()
+        if self.transform is not None:
+            tensor = self.transform(image)
+        else:
+            from torchvision.transforms.functional import to_tensor
+
+            tensor = to_tensor(image)
+        return tensor, label, self.image_ids[index]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, "
+            f"classes={len(self.classes)}, unreadable={len(self.unreadable)})"
+        )
+
+    def _find_images(self, folder: Path) -> List[Path]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found.extend(
+                Path(dirpath) / f
+                for f in filenames
+                if not f.startswith(".") and f.lower().endswith(self.extensions)
+            )
+        return sorted(found, key=lambda p: p.relative_to(self.root).as_posix())
+
+    def _class_indices(self, label_map: Optional[Union[Mapping[str, int], str, os.PathLike]]) -> Dict[str, int]:
+        if label_map is None:
+            return {cls: i for i, cls in enumerate(self.classes)}
+        mapping = read_label_map(label_map)
+        missing = [cls for cls in self.classes if cls not in mapping]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+            raise ValueError(
+                f"label_map has no index for {len(missing)} of the {len(self.classes)} class folders "
+                f"under {str(self.root)!r}: {shown}"
+            )
+        return {cls: mapping[cls] for cls in self.classes}
+
+
+def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.PathLike]) -> Dict[str, int]:
+    """Return a ``{folder name: class index}`` dict from a mapping, a list or a JSON file.
+
+    Accepted: ``{"n01440764": 0}``; a list of folder names in index order; Keras'
+    ``imagenet_class_index.json`` (``{"0": ["n01440764", "tench"], ...}``).
+    """
+    source = "label_map"
+    if isinstance(label_map, (str, os.PathLike)):
+        path = Path(label_map).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"label_map file {str(path)!r} does not exist")
+        try:
+            label_map = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"label_map file {str(path)!r} is not valid JSON: {exc}") from exc
+        source = f"label_map file {str(path)!r}"
+
+    if isinstance(label_map, (list, tuple)):
+        if not all(isinstance(name, str) for name in label_map):
+            raise TypeError(f"{source} as a list must hold folder names (str) in class index order")
+        mapping: Dict[str, int] = {name: i for i, name in enumerate(label_map)}
+    elif isinstance(label_map, Mapping):
+        values = list(label_map.values())
+        if values and all(isinstance(v, (list, tuple)) and v and isinstance(v[0], str) for v in values):
+            mapping = {}  # Keras: {"0": ["n01440764", "tench"]}
+            for key, value in label_map.items():
+                try:
+                    mapping[value[0]] = int(key)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{source}: key {key!r} is not a class index") from exc
+        else:
+            mapping = dict(label_map)
+    else:
+        raise TypeError(
+            f"label_map must be a dict (folder name -> class index), a list of folder names or a JSON "
+            f"file path; got {type(label_map).__name__}"
+        )
+    bad = {k: v for k, v in mapping.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+    if bad:
+        shown = dict(list(bad.items())[:5])
+        raise ValueError(f"{source}: class indices must be non-negative ints; got {shown}")
+    return mapping
+
+
+def _check_image(path: Path, scan: str) -> Optional[str]:
+    """Return an error message if the image cannot be read, else ``None``."""
+    if scan == "none":
+        return None
+    try:
+        with Image.open(path) as img:
+            if scan == "verify":
+                img.verify()
+            else:
+                img.load()
+    except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
+        return f"{type(exc).__name__}: {exc}"
+    return None
