@@ -1,0 +1,104 @@
+"""The scalar output ``F(x)`` that attributions explain (SPEC §2)."""
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import torch
+
+OUTPUTS = ("prob", "logit")
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
+    return output
+
+
+def resolve_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Class index per example, ``(batch,)`` long on the logits' device.
+
+    ``target`` follows Captum: an int, a list of ints or a tensor (one element or
+    one per example). ``None`` means the predicted class.
+    """
+    batch, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, bool):
+        raise TypeError(f"target must be an int, a list of ints or a tensor; got {target!r}")
+    if isinstance(target, int):
+        t = torch.full((batch,), target, dtype=torch.long)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target tensor must hold integer class indices; got dtype {target.dtype}")
+        if target.numel() == 1:
+            t = target.reshape(1).long().expand(batch)
+        elif target.dim() == 1 and target.numel() == batch:
+            t = target.long()
+        else:
+            raise ValueError(
+                f"target must hold one class index or one per example ({batch}); got shape {tuple(target.shape)}"
+            )
+    elif isinstance(target, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+            raise TypeError("target: a list target must hold ints (one class index per example)")
+        if len(target) != batch:
+            raise ValueError(f"target holds {len(target)} class indices but inputs hold {batch} examples")
+        t = torch.tensor(list(target), dtype=torch.long)
+    else:
+        raise TypeError(
+            f"target must be None, an int, a list of ints or a tensor; got {type(target).__name__}"
+        )
+    t = t.to(logits.device)
+    bad = (t < 0) | (t >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"target {t[bad][0].item()} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
+        )
+    return t
+
+
+def output_value(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+    """``F`` per row: softmax probability (``"prob"``) or logit of ``target``, float32 ``(rows,)``."""
+    if logits.dim() != 2:
+        raise ValueError(
+            f"the model must return logits of shape (batch, classes); got shape {tuple(logits.shape)}"
+        )
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    scores = logits.softmax(dim=1) if output == "prob" else logits
+    return scores.gather(1, target[:, None])[:, 0]
+
+
+def format_inputs(inputs: Any) -> Tuple[torch.Tensor, ...]:
+    """Inputs as a tuple of tensors sharing the batch dimension, checked finite."""
+    tensors = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(
+            f"inputs must be a tensor or a tuple of tensors; got {type(inputs).__name__}"
+        )
+    batch = tensors[0].shape[0] if tensors[0].dim() else None
+    if batch is None or batch == 0 or any(t.dim() == 0 or t.shape[0] != batch for t in tensors):
+        raise ValueError(
+            "inputs must have a non-empty batch dimension shared by every tensor; got shapes "
+            f"{[tuple(t.shape) for t in tensors]}"
+        )
+    for i, t in enumerate(tensors):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"inputs[{i}] holds non-finite values (nan or inf)")
+    return tensors
+
+
+def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def select_rows(args: Tuple[Any, ...], index: torch.Tensor, batch: int) -> Tuple[Any, ...]:
+    """Index every tensor argument whose first dimension is the batch; pass the rest."""
+    return tuple(
+        a[index.to(a.device)] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch else a
+        for a in args
+    )
