@@ -73,7 +73,7 @@ def parse_neurons(
         )
     if len(neurons) == 0:
         raise ValueError("neurons is empty: a neuron set needs at least one (layer, neuron) pair")
-    if _is_pair(neurons[0]):
+    if _looks_like_pair(neurons[0]):
         per_example = [neurons] * batch
     else:
         if len(neurons) != batch:
@@ -98,6 +98,16 @@ def parse_neurons(
     result = NeuronSet(table[..., 0].contiguous(), table[..., 1].contiguous())
     _check_ranges(result, num_layers, width)
     return result
+
+
+def _looks_like_pair(obj: Any) -> bool:
+    """A 2-sequence of scalars: meant as one (layer, neuron) pair, valid or not."""
+    return (
+        isinstance(obj, Sequence)
+        and not isinstance(obj, (str, bytes))
+        and len(obj) == 2
+        and not any(isinstance(v, Sequence) for v in obj)
+    )
 
 
 def _is_pair(obj: Any) -> bool:
