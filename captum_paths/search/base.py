@@ -1,0 +1,174 @@
+"""The shared contract of every path method: choose k neurons per layer, then
+score the whole path with the joint attribution (SPEC §3–§5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+
+import torch
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import nn
+
+from captum_paths.attribution.joint_integrated_gradients import (
+    JointNeuronIntegratedGradients,
+    default_steps,
+)
+from captum_paths.attribution.output import (
+    check_output,
+    format_additional_args,
+    format_inputs,
+    output_value,
+    resolve_target,
+)
+from captum_paths.models import as_logits_model
+from captum_paths.search.result import PathResult
+from captum_paths.sites import NeuronSites
+
+__all__ = ["PathAttribution", "SearchContext"]
+
+
+@dataclass
+class SearchContext:
+    """What every path method gets: the batch, its clean pass and the settings.
+
+    Attributes:
+        inputs, args: formatted inputs and additional forward args.
+        target (Tensor): ``(batch,)`` class per image.
+        logits (Tensor): ``(batch, classes)`` clean logits.
+        clean (dict): ``{layer: (batch, n_tokens, d_ff)}`` clean activations.
+        f_clean (Tensor): ``(batch,)`` clean output F(x).
+        k, n_steps, method, mode, internal_batch_size: the search settings.
+    """
+
+    inputs: Tuple[torch.Tensor, ...]
+    args: Tuple[Any, ...]
+    target: torch.Tensor
+    logits: torch.Tensor
+    clean: Dict[int, torch.Tensor]
+    f_clean: torch.Tensor
+    k: int
+    n_steps: int
+    method: str
+    mode: str
+    internal_batch_size: Optional[int]
+
+    @property
+    def batch(self) -> int:
+        return self.inputs[0].shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.clean[0].shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.logits.device
+
+
+class PathAttribution(GradientAttribution):
+    """Base class of path methods: ``attribute(...)`` returns a :class:`PathResult`.
+
+    Subclasses set ``name`` (the registry name) and implement :meth:`_select`,
+    which returns the ``(batch, L, k)`` path and the selection scores.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if sites is None:
+            sites = NeuronSites.from_model(model)
+        elif not isinstance(sites, NeuronSites):
+            raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
+        GradientAttribution.__init__(self, as_logits_model(model))
+        self.model = model
+        self.sites = sites
+        self.output = check_output(output)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        k: int = 1,
+        n_steps: Optional[int] = None,
+        method: Optional[str] = None,
+        mode: str = "gate",
+        internal_batch_size: Optional[int] = None,
+        **options: Any,
+    ) -> PathResult:
+        r"""Find a path per image and score it.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Images ``(batch, C, H, W)``.
+            target (int, list, Tensor, optional): Class per image (Captum
+                semantics). Default: ``None``, the predicted class.
+            additional_forward_args (Any, optional): Extra forward arguments.
+            k (int, optional): Neurons per layer. Default: 1.
+            n_steps (int, optional): Quadrature steps of the integrals (search and
+                final JAS). Default: the method's own default.
+            method (str, optional): Captum approximation method name.
+            mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (§3.1).
+            internal_batch_size (int, optional): Rows per forward/backward pass.
+
+        Returns:
+            PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
+            ``(batch, L, k)``, ``jas`` ``(batch,)``, ``delta``, ``settings``.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}")
+        n_steps, method = self._default_steps(mode, n_steps, method)
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise ValueError(f"internal_batch_size must be a positive int or None; got {internal_batch_size!r}")
+        self._check_options(options)
+        inputs = format_inputs(inputs)
+        args = format_additional_args(additional_forward_args)
+        with torch.no_grad(), self.sites.record() as clean:
+            logits = self.forward_func(*inputs, *args)
+        width = clean[0].shape[-1]
+        if k > width:
+            raise ValueError(f"k must be at most the site width {width}; got {k}")
+        target = resolve_target(target, logits)
+        ctx = SearchContext(
+            inputs, args, target, logits, dict(clean), output_value(logits, target, self.output),
+            k, n_steps, method, mode, internal_batch_size,
+        )
+        paths, scores, extra = self._select(ctx, **options)
+        jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
+        contributions, jas, delta = jig.attribute(
+            inputs, paths, target=target, additional_forward_args=additional_forward_args,
+            n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+            return_convergence_delta=True, mode=mode,
+        )
+        settings = {
+            "mode": mode, "n_steps": n_steps, "method": method, "k": k, "output": self.output,
+            **self._settings(options),
+        }
+        return PathResult(
+            paths=paths, contributions=contributions, jas=jas, delta=delta, targets=target,
+            method=self.name, settings=settings, scores=scores, **extra,
+        )
+
+    # ------------------------------------------------------------------ for subclasses
+    def _default_steps(self, mode: str, n_steps: Optional[int], method: Optional[str]) -> Tuple[int, str]:
+        return default_steps(mode, n_steps, method)
+
+    def _check_options(self, options: Dict[str, Any]) -> None:
+        if options:
+            raise TypeError(f"{type(self).__name__}.attribute() got unexpected arguments {sorted(options)}")
+
+    def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(options)
+
+    def _select(self, ctx: SearchContext, **options: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Any]]:
+        """Return ``(paths (batch, L, k) long, scores (batch, L, k) or None, extra fields)``."""
+        raise NotImplementedError
