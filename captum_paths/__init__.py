@@ -5,17 +5,22 @@ The public API is flat:
 - :class:`NeuronSites` (``captum_paths.sites``): where a model's FFN neurons live.
 - :class:`JointNeuronIntegratedGradients` (``captum_paths.attribution``): the joint
   attribution score of a neuron set spread over dependent layers.
+- :class:`LayerProgressiveNeuronPath` (``captum_paths.search``): the path search
+  engine; baselines in ``captum_paths.search.baselines``.
 - ``captum_paths.models`` / ``captum_paths.data``: loading models and image folders.
 - ``captum_paths.demo``: the embedded digits ViT that runs offline.
 """
 from captum_paths._version import __version__
 from captum_paths.attribution import JointNeuronIntegratedGradients
 from captum_paths.models import LogitsOnly, load_model
+from captum_paths.search import LayerProgressiveNeuronPath, PathResult
 from captum_paths.sites import NeuronSites, TokenSelection
 
 __all__ = [
     "__version__",
     "JointNeuronIntegratedGradients",
+    "LayerProgressiveNeuronPath",
+    "PathResult",
     "LogitsOnly",
     "NeuronSites",
     "TokenSelection",

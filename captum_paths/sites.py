@@ -36,7 +36,8 @@ class TokenSelection:
 
     ``kind`` is ``"cls"`` (index 0), ``"indices"`` (the explicit ``indices``),
     ``"patches"`` (every token after the ``num_prefix_tokens`` class, distillation
-    and register tokens) or ``"all"``. A neuron read at several tokens is gated
+    and register tokens) or ``"all"``. Selected positions are always taken in
+    ascending order. A neuron read at several tokens is gated
     at every one of them with a single gate, so its attribution is the sum over
     those tokens (SPEC §1).
     """
@@ -106,6 +107,10 @@ class TokenSelection:
                 f"token indices {bad} are out of range for a sequence of {seq_len} tokens"
             )
         idx = sorted(i % seq_len for i in self.indices)
+        if len(set(idx)) != len(idx):
+            raise ValueError(
+                f"token indices {list(self.indices)} name the same position twice in a sequence of {seq_len} tokens"
+            )
         if idx == list(range(idx[0], idx[-1] + 1)):
             return slice(idx[0], idx[-1] + 1)
         return idx
@@ -318,8 +323,8 @@ class NeuronSites:
             idx = tokens.index(act.shape[1])
             selected = act[:, idx]
             new = fn(selected)
-            if new is selected:
-                return act
+            if new is selected and isinstance(idx, slice):
+                return act  # a slice is a view: in-place edits are already in `act`
             if new.shape != selected.shape:
                 raise ValueError(
                     f"a site edit must keep the shape {tuple(selected.shape)}; got {tuple(new.shape)}"
