@@ -1,0 +1,264 @@
+"""LayerProgressiveNeuronPath against brute-force greedy searches and literal references."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import captum_paths.search.neuron_path as neuron_path
+from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites, PathResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _tiny_vit(seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    cfg = dict(img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=5)
+    cfg.update(kwargs)
+    return timm.create_model("vit_tiny_patch16_224", **cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = _tiny_vit()
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 3])
+    return model, x, y
+
+
+@pytest.fixture
+def no_stream(monkeypatch):
+    """Force the generic full-forward path."""
+    monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+
+
+def _removed_output(model, sites, x, y, sets):
+    """F(x with each row's set zeroed), sets: list (per row) of (layer, unit) lists."""
+    width = sites.width
+    edits = {}
+    for l in range(sites.num_layers):
+        keep = torch.ones(len(sets), width)
+        for i, s in enumerate(sets):
+            for (ll, u) in s:
+                if ll == l:
+                    keep[i, u] = 0.0
+        edits[l] = lambda a, keep=keep: a * keep[:, None, :]
+    with torch.no_grad(), sites.edit(edits):
+        return model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+
+
+# ------------------------------------------------------------------ whole-site greedy
+def _brute_force_whole_site_greedy(model, x, y, k, n_steps):
+    """Greedy search that calls JointNeuronIntegratedGradients for the set
+    prefix + whole site t and takes the k best site-t contributions."""
+    jig = JointNeuronIntegratedGradients(model)
+    L, width = 3, 64
+    paths = torch.zeros(len(x), L, k, dtype=torch.long)
+    for t in range(L):
+        sets = []
+        for i in range(len(x)):
+            prefix = [(l, int(u)) for l in range(t) for u in paths[i, l]]
+            sets.append(prefix + [(t, j) for j in range(width)])
+        phi, _ = jig.attribute(x, sets, target=y, n_steps=n_steps)
+        paths[:, t] = phi[:, -width:].topk(k, dim=1).indices
+    return paths
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("stream", [True, False])
+def test_gate_engine_equals_brute_force_greedy(tiny, k, stream, monkeypatch):
+    model, x, y = tiny
+    if not stream:
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, k=k, n_steps=8)
+    expected = _brute_force_whole_site_greedy(model, x, y, k, n_steps=8)
+    assert torch.equal(result.paths, expected)
+    assert result.settings["n_steps"] == 8 and result.settings["k"] == k
+
+
+def test_stream_and_generic_paths_agree_exactly(tiny, monkeypatch):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    fast = search.attribute(x, target=y, k=2, refine=5, internal_batch_size=7)
+    monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    slow = search.attribute(x, target=y, k=2, refine=5, internal_batch_size=7)
+    assert torch.equal(fast.paths, slow.paths)
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fast.jas, slow.jas)
+
+
+def test_final_scores_are_the_joint_attribution_of_the_path(tiny):
+    model, x, y = tiny
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, k=2)
+    phi, jas, delta = JointNeuronIntegratedGradients(model).attribute(
+        x, result.paths, target=y, n_steps=result.settings["n_steps"], return_convergence_delta=True
+    )
+    torch.testing.assert_close(result.contributions, phi)
+    torch.testing.assert_close(result.jas, jas)
+    torch.testing.assert_close(result.delta, delta)
+
+
+# --------------------------------------------------------------------- paper parity
+@pytest.mark.parametrize("k", [1, 2])
+def test_paper_mode_equals_literal_released_algorithm(tiny, k):
+    reference = pytest.importorskip("benchmarks.reference_search")
+    model, x, y = tiny
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, k=k, mode="paper")
+    paths, scores = reference.reference_paper_search(model, x, y, k=k, m=20)
+    assert torch.equal(result.paths, paths)
+    torch.testing.assert_close(result.scores.double(), scores.double(), rtol=1e-4, atol=1e-7)
+    assert result.settings["mode"] == "paper" and result.settings["n_steps"] == 20
+
+
+# --------------------------------------------------------------------------- refine
+def test_refine_all_equals_brute_force_exact_greedy(tiny):
+    model, x, y = tiny
+    sites = NeuronSites.from_model(model)
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, refine="all", k=2)
+    with torch.no_grad():
+        f_clean = model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+    paths = torch.zeros(4, 3, 2, dtype=torch.long)
+    for t in range(3):
+        for i in range(4):
+            prefix = [(l, int(u)) for l in range(t) for u in paths[i, l]]
+            sets = [prefix + [(t, j)] for j in range(64)]
+            exact = f_clean[i] - _removed_output(model, sites, x[i : i + 1].expand(64, -1, -1, -1), y[i].repeat(64), sets)
+            paths[i, t] = exact.topk(2).indices
+    assert torch.equal(result.paths, paths)
+
+
+def test_refined_choice_is_never_worse_than_the_approximation(tiny):
+    model, x, y = tiny
+    sites = NeuronSites.from_model(model)
+    search = LayerProgressiveNeuronPath(model)
+    refined = search.attribute(x, target=y, refine=6)
+    assert refined.refined_layers is not None and refined.refined_layers.shape == (4,)
+    # re-derive the approximation's choice given the refined prefix, layer by layer
+    with torch.no_grad():
+        f_clean = model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+    changed = torch.zeros(4, dtype=torch.long)
+    for t in range(3):
+        sets = [[(l, int(refined.paths[i, l, 0])) for l in range(t)] + [(t, j)] for i in range(4) for j in range(64)]
+        phi, _ = JointNeuronIntegratedGradients(model).attribute(
+            x, [[(l, int(refined.paths[i, l, 0])) for l in range(t)] + [(t, j) for j in range(64)] for i in range(4)],
+            target=y, n_steps=refined.settings["n_steps"],
+        )
+        approx_choice = phi[:, -64:].argmax(1)
+        exact = f_clean.repeat_interleave(64) - _removed_output(
+            model, sites, x.repeat_interleave(64, 0), y.repeat_interleave(64), sets
+        )
+        exact = exact.view(4, 64)
+        chosen = refined.paths[:, t, 0]
+        assert torch.all(exact.gather(1, chosen[:, None]) >= exact.gather(1, approx_choice[:, None]) - 1e-7)
+        changed += (chosen != approx_choice).long()
+    assert torch.equal(refined.refined_layers, changed)
+
+
+def test_paper_mode_refine_uses_the_paper_score(tiny):
+    model, x, y = tiny
+    x, y = x[:2], y[:2]
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, mode="paper", refine=3)
+    jig = JointNeuronIntegratedGradients(model)
+    for i in range(2):
+        prefix = [(l, int(result.paths[i, l, 0])) for l in range(2)]
+        # the chosen last-layer neuron has the best paper JAS among its candidates
+        _, chosen_jas = jig.attribute(x[i : i + 1], [prefix + [(2, int(result.paths[i, 2, 0]))]], target=y[i : i + 1], mode="paper")
+        torch.testing.assert_close(result.scores[i, 2, 0], chosen_jas[0], rtol=1e-5, atol=1e-8)
+
+
+# ----------------------------------------------------------------- invariants
+def test_top_k_layers_hold_distinct_neurons_and_extend_k1(tiny):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    one = search.attribute(x, target=y, k=1)
+    three = search.attribute(x, target=y, k=3)
+    assert three.paths.shape == (4, 3, 3)
+    for row in three.paths.reshape(-1, 3):
+        assert len(set(row.tolist())) == 3
+    # the first layer has no prefix: the best neuron is the same for any k
+    assert torch.equal(three.paths[:, 0, 0], one.paths[:, 0, 0])
+    assert torch.all(three.scores[:, :, :-1] >= three.scores[:, :, 1:])
+
+
+@pytest.mark.parametrize("mode", ["gate", "paper"])
+def test_determinism_and_batch_independence(tiny, mode):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    a = search.attribute(x, target=y, mode=mode, k=2)
+    b = search.attribute(x, target=y, mode=mode, k=2)
+    assert torch.equal(a.paths, b.paths) and torch.equal(a.jas, b.jas)
+    order = torch.tensor([2, 0, 3, 1])
+    shuffled = search.attribute(x[order], target=y[order], mode=mode, k=2)
+    assert torch.equal(shuffled.paths, a.paths[order])
+    for i in range(4):
+        alone = search.attribute(x[i : i + 1], target=y[i : i + 1], mode=mode, k=2)
+        assert torch.equal(alone.paths[0], a.paths[i])
+
+
+def test_other_families_run_through_stream_and_generic_paths():
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=48, num_classes=4
+    ).eval()
+    torch.nn.init.normal_(tv.heads.head.weight)
+    x = torch.randn(3, 3, 16, 16)
+    sites = NeuronSites.from_model(tv)
+    assert neuron_path.ResidualStream.from_sites(sites).matches(x, tv(x))
+    result = LayerProgressiveNeuronPath(tv).attribute(x, target=1)
+    assert result.paths.shape == (3, 2, 1)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ViTForImageClassification(
+        transformers.ViTConfig(image_size=16, patch_size=4, num_hidden_layers=2, hidden_size=32,
+                               num_attention_heads=2, intermediate_size=48, num_labels=4)
+    ).eval()
+    result = LayerProgressiveNeuronPath(hf).attribute(x, target=2, k=2, refine=4)
+    assert result.paths.shape == (3, 2, 2) and torch.isfinite(result.jas).all()
+
+
+# ----------------------------------------------------------------------- records
+def test_records_round_trip(tiny, tmp_path):
+    model, x, y = tiny
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, k=2, refine=3)
+    records = result.to_records(image_ids=[f"img{i}.png" for i in range(4)], labels=y.tolist(),
+                                predictions=[0, 0, 1, 1], model_id="tiny")
+    file = tmp_path / "r.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in records))
+    loaded = [json.loads(line) for line in file.read_text().splitlines()]
+    assert loaded[1]["image_id"] == "img1.png" and loaded[1]["label"] == 1 and loaded[1]["prediction"] == 0
+    assert loaded[0]["method"] == "neuron-path" and loaded[0]["settings"]["refine"] == 3
+    assert len(loaded[0]["path"]) == 3 and len(loaded[0]["path"][0]) == 2
+    back = PathResult.from_records(loaded)
+    assert torch.equal(back.paths, result.paths)
+    torch.testing.assert_close(back.jas, result.jas)
+    torch.testing.assert_close(back.contributions, result.contributions)
+    assert torch.equal(back.refined_layers, result.refined_layers)
+
+
+# ------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs,exc,words",
+    [
+        (dict(k=0), ValueError, ["k", "0"]),
+        (dict(k=65), ValueError, ["k", "64"]),
+        (dict(refine=-1), ValueError, ["refine"]),
+        (dict(refine="some"), ValueError, ["refine", "'all'"]),
+        (dict(k=3, refine=2), ValueError, ["refine", "k=3"]),
+        (dict(mode="exact"), ValueError, ["mode"]),
+        (dict(method="simpson"), ValueError, ["method"]),
+        (dict(target=9), ValueError, ["target", "9"]),
+        (dict(bogus=1), TypeError, ["bogus"]),
+    ],
+)
+def test_bad_arguments(tiny, kwargs, exc, words):
+    model, x, _ = tiny
+    with pytest.raises(exc) as info:
+        LayerProgressiveNeuronPath(model).attribute(x, **kwargs)
+    for w in words:
+        assert w in str(info.value)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
