@@ -1,0 +1,1 @@
+"""Benchmarks and literal reference implementations (not part of the installed package)."""
