@@ -1,0 +1,80 @@
+"""Path records on disk (SPEC §7): JSON Lines, appended safely, read back tolerantly.
+
+A record is one dict per (image, method); see :meth:`PathResult.to_records`.
+Appends write whole lines and fsync, so a killed run leaves at most one partial
+last line, which :func:`read_records` ignores (and :func:`append_records`
+truncates before writing again). Whole files are written atomically through a
+temporary file and ``os.replace``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Union
+
+__all__ = ["append_records", "read_records", "write_text_atomic", "write_json_atomic"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_records(path: PathLike) -> List[Dict[str, Any]]:
+    """All complete records of a JSON Lines file (a torn last line is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # torn write of a killed run
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    return records
+
+
+def append_records(path: PathLike, records: Iterable[Dict[str, Any]]) -> int:
+    """Append records as whole lines, flushed and fsynced; returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(path)
+    lines = [json.dumps(r, sort_keys=True) + "\n" for r in records]
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(lines)
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write a whole text file so that readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _drop_torn_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        fh.truncate(cut)
