@@ -13,11 +13,28 @@ The public API is flat:
 from captum_paths._version import __version__
 from captum_paths.attribution import JointNeuronIntegratedGradients
 from captum_paths.models import LogitsOnly, load_model
-from captum_paths.search import LayerProgressiveNeuronPath, PathResult
+from captum_paths.search import (
+    PATH_METHODS,
+    ActivationPath,
+    ConductancePath,
+    InfluencePatternPath,
+    KnowledgeNeuronPath,
+    LayerProgressiveNeuronPath,
+    PathResult,
+    RandomPath,
+    get_path_method,
+)
 from captum_paths.sites import NeuronSites, TokenSelection
 
 __all__ = [
     "__version__",
+    "PATH_METHODS",
+    "ActivationPath",
+    "ConductancePath",
+    "InfluencePatternPath",
+    "KnowledgeNeuronPath",
+    "RandomPath",
+    "get_path_method",
     "JointNeuronIntegratedGradients",
     "LayerProgressiveNeuronPath",
     "PathResult",

@@ -298,15 +298,21 @@ class NeuronSites:
         """Record activations at the selected tokens, ``{layer: (batch, n_tokens, d_ff)}``.
 
         The dict fills while the model runs inside the ``with`` block; a second
-        forward overwrites it.
+        forward overwrites it. With ``detach=False`` the recorded tensors are part
+        of the graph, so ``torch.autograd.grad(F, acts[l])`` works.
         """
         layers = range(self.num_layers) if layers is None else layers
         store: Dict[int, torch.Tensor] = {}
 
         def recorder(layer: int) -> SiteEdit:
             def fn(act: torch.Tensor) -> torch.Tensor:
-                store[layer] = act.detach() if detach else act
-                return act
+                if detach:
+                    store[layer] = act.detach()
+                    return act
+                # hand a new view downstream so that the recorded tensor sits on the
+                # graph: gradients with respect to it are then available
+                store[layer] = act
+                return act.view_as(act)
             return fn
 
         with self.edit({self.check_layer(l, "layers"): recorder(l) for l in layers}):

@@ -74,6 +74,9 @@ class PathAttribution(GradientAttribution):
     """
 
     name: ClassVar[str] = ""
+    # Gauss-Legendre steps of the gate-mode integrals (search and final JAS) when
+    # n_steps is None; shared by every path method so their JAS are comparable.
+    default_n_steps: ClassVar[int] = 16
 
     def __init__(
         self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
@@ -111,7 +114,8 @@ class PathAttribution(GradientAttribution):
             additional_forward_args (Any, optional): Extra forward arguments.
             k (int, optional): Neurons per layer. Default: 1.
             n_steps (int, optional): Quadrature steps of the integrals (search and
-                final JAS). Default: the method's own default.
+                final JAS). Default: ``default_n_steps`` (16) Gauss-Legendre steps in
+                ``"gate"`` mode, 20 left Riemann steps in ``"paper"`` mode.
             method (str, optional): Captum approximation method name.
             mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (§3.1).
             internal_batch_size (int, optional): Rows per forward/backward pass.
@@ -160,6 +164,8 @@ class PathAttribution(GradientAttribution):
 
     # ------------------------------------------------------------------ for subclasses
     def _default_steps(self, mode: str, n_steps: Optional[int], method: Optional[str]) -> Tuple[int, str]:
+        if mode == "gate" and n_steps is None:
+            n_steps = self.default_n_steps
         return default_steps(mode, n_steps, method)
 
     def _check_options(self, options: Dict[str, Any]) -> None:

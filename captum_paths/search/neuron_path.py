@@ -65,12 +65,6 @@ class LayerProgressiveNeuronPath(PathAttribution):
     """
 
     name = "neuron-path"
-    default_n_steps = 16
-
-    def _default_steps(self, mode, n_steps, method):
-        if mode == "gate" and n_steps is None:
-            n_steps = self.default_n_steps
-        return super()._default_steps(mode, n_steps, method)
 
     def _check_options(self, options: Dict[str, Any]) -> None:
         unknown = set(options) - {"refine"}

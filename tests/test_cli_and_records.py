@@ -1,0 +1,93 @@
+"""Console script, demo job, records I/O and resumable extraction."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from captum_paths import __version__
+from captum_paths.cli import main
+from captum_paths.demo import load_demo_data, load_demo_model
+from captum_paths.extract import extract_paths
+from captum_paths.records import append_records, read_records, write_json_atomic
+
+
+def test_console_script_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "captum_paths", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"captum-paths {__version__}"
+    out = subprocess.run([sys.executable, "-m", "captum_paths", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_records_skip_a_torn_last_line_and_appends_repair_it(tmp_path):
+    file = tmp_path / "r.jsonl"
+    append_records(file, [{"image_id": "a", "method": "m"}, {"image_id": "b", "method": "m"}])
+    with file.open("a") as fh:
+        fh.write('{"image_id": "c", "meth')  # a run killed mid-write
+    assert [r["image_id"] for r in read_records(file)] == ["a", "b"]
+    append_records(file, [{"image_id": "c", "method": "m"}])
+    assert [r["image_id"] for r in read_records(file)] == ["a", "b", "c"]
+    assert file.read_text().count("\n") == 3
+
+
+def test_atomic_json_write_leaves_no_temporary_files(tmp_path):
+    write_json_atomic(tmp_path / "s.json", {"x": 1})
+    write_json_atomic(tmp_path / "s.json", {"x": 2})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_extract_resumes_without_duplicates(tmp_path):
+    model = load_demo_model()
+    x, y = load_demo_data("test")
+    x, y = x[:6], y[:6]
+    ids = [f"img{i}" for i in range(6)]
+    file = tmp_path / "records.jsonl"
+    extract_paths(model, x[:4], y[:4], ids[:4], file, methods=["activation"], batch_size=3, progress=False)
+    full = extract_paths(model, x, y, ids, file, methods=["activation"], batch_size=3, progress=False)
+    assert [r["image_id"] for r in full] == ids
+    fresh = extract_paths(model, x, y, ids, tmp_path / "fresh.jsonl", methods=["activation"], batch_size=6, progress=False)
+    for a, b in zip(full, fresh):
+        assert a["path"] == b["path"] and a["label"] == b["label"] and a["prediction"] == b["prediction"]
+        assert a["jas"] == pytest.approx(b["jas"], rel=1e-5, abs=1e-8)
+    with pytest.raises(ValueError, match="target"):
+        extract_paths(model, x, y, ids, file, target="truth")
+
+
+def test_demo_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--limit", "4", "--quiet"]) == 0
+    assert f"report: {out / 'summary.md'}" in capsys.readouterr().out
+    records = read_records(out / "records.jsonl")
+    methods = {r["method"] for r in records}
+    assert methods == {"neuron-path", "activation", "knowledge-neurons", "conductance", "influence-pattern", "random"}
+    assert len(records) == 6 * 4
+    for r in records:
+        assert len(r["path"]) == 6 and len(r["path"][0]) == 1
+        assert r["model_id"] == "demo" and r["target"] == r["label"]
+    summary = (out / "summary.md").read_text()
+    assert "neuron-path" in summary and "mean_jas" in summary
+    assert json.loads((out / "settings.json").read_text())["images"] == 4
+    # rerunning resumes: nothing is written twice
+    assert main(["demo", "--out", str(out), "--limit", "4", "--quiet"]) == 0
+    assert len(read_records(out / "records.jsonl")) == 24
+
+
+def test_demo_command_rejects_bad_limit(capsys):
+    assert main(["demo", "--limit", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--limit" in err and "Traceback" not in err
+
+
+def test_registry_names_and_errors():
+    from captum_paths import PATH_METHODS, LayerProgressiveNeuronPath, get_path_method
+
+    assert list(PATH_METHODS) == [
+        "neuron-path", "activation", "knowledge-neurons", "conductance", "influence-pattern", "random",
+    ]
+    assert get_path_method("neuron-path") is LayerProgressiveNeuronPath
+    with pytest.raises(ValueError, match="Did you mean 'activation'"):
+        get_path_method("activations")
