@@ -21,7 +21,7 @@ from torch import nn
 
 from captum_paths.models import LogitsOnly
 
-__all__ = ["TokenSelection", "NeuronSites", "SiteEdit"]
+__all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites"]
 
 TokenSpec = Union[int, str, Sequence[int], "TokenSelection"]
 # An edit receives the activation at the selected tokens, (batch, n_tokens, d_ff),
@@ -352,6 +352,17 @@ class NeuronSites:
         def pre_hook(_module, args):
             return (apply(args[0]),) + tuple(args[1:])
         return module.register_forward_pre_hook(pre_hook)
+
+
+def resolve_sites(model: nn.Module, sites: Optional[NeuronSites]) -> NeuronSites:
+    """``sites`` itself, or the sites discovered in ``model`` when ``None`` (both checked)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if sites is None:
+        return NeuronSites.from_model(model)
+    if not isinstance(sites, NeuronSites):
+        raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
+    return sites
 
 
 # ---------------------------------------------------------------------- discovery

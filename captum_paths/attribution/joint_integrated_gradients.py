@@ -11,6 +11,7 @@ from torch import nn
 
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
+    check_internal_batch_size,
     check_output,
     format_additional_args,
     format_inputs,
@@ -19,7 +20,7 @@ from captum_paths.attribution.output import (
     select_rows,
 )
 from captum_paths.models import as_logits_model
-from captum_paths.sites import NeuronSites
+from captum_paths.sites import NeuronSites, resolve_sites
 
 __all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps"]
 
@@ -77,15 +78,9 @@ class JointNeuronIntegratedGradients(GradientAttribution):
     def __init__(
         self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if sites is None:
-            sites = NeuronSites.from_model(model)
-        elif not isinstance(sites, NeuronSites):
-            raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
+        self.sites = resolve_sites(model, sites)
         GradientAttribution.__init__(self, as_logits_model(model))
         self.model = model
-        self.sites = sites
         self.output = check_output(output)
 
     @property
@@ -147,12 +142,7 @@ class JointNeuronIntegratedGradients(GradientAttribution):
             (torch.Size([4, 3]), torch.Size([4]))
         """
         n_steps, method = default_steps(mode, n_steps, method)
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(f"internal_batch_size must be a positive int or None; got {internal_batch_size!r}")
+        check_internal_batch_size(internal_batch_size)
         inputs = format_inputs(inputs)
         args = format_additional_args(additional_forward_args)
         batch = inputs[0].shape[0]

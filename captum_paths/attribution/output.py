@@ -14,6 +14,15 @@ def check_output(output: str) -> str:
     return output
 
 
+def check_internal_batch_size(internal_batch_size: Any) -> None:
+    if internal_batch_size is not None and (
+        isinstance(internal_batch_size, bool)
+        or not isinstance(internal_batch_size, int)
+        or internal_batch_size < 1
+    ):
+        raise ValueError(f"internal_batch_size must be a positive int or None; got {internal_batch_size!r}")
+
+
 def resolve_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
     """Class index per example, ``(batch,)`` long on the logits' device.
 

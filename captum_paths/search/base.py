@@ -15,6 +15,7 @@ from captum_paths.attribution.joint_integrated_gradients import (
     default_steps,
 )
 from captum_paths.attribution.output import (
+    check_internal_batch_size,
     check_output,
     format_additional_args,
     format_inputs,
@@ -23,7 +24,7 @@ from captum_paths.attribution.output import (
 )
 from captum_paths.models import as_logits_model
 from captum_paths.search.result import PathResult
-from captum_paths.sites import NeuronSites
+from captum_paths.sites import NeuronSites, resolve_sites
 
 __all__ = ["PathAttribution", "SearchContext"]
 
@@ -81,15 +82,9 @@ class PathAttribution(GradientAttribution):
     def __init__(
         self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if sites is None:
-            sites = NeuronSites.from_model(model)
-        elif not isinstance(sites, NeuronSites):
-            raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
+        self.sites = resolve_sites(model, sites)
         GradientAttribution.__init__(self, as_logits_model(model))
         self.model = model
-        self.sites = sites
         self.output = check_output(output)
 
     @log_usage()
@@ -127,12 +122,7 @@ class PathAttribution(GradientAttribution):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}")
         n_steps, method = self._default_steps(mode, n_steps, method)
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(f"internal_batch_size must be a positive int or None; got {internal_batch_size!r}")
+        check_internal_batch_size(internal_batch_size)
         self._check_options(options)
         inputs = format_inputs(inputs)
         args = format_additional_args(additional_forward_args)
