@@ -143,7 +143,7 @@ class JointNeuronIntegratedGradients(GradientAttribution):
         """
         n_steps, method = default_steps(mode, n_steps, method)
         check_internal_batch_size(internal_batch_size)
-        inputs = format_inputs(inputs)
+        inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
         batch = inputs[0].shape[0]
 

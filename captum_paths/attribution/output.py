@@ -1,9 +1,10 @@
 """The scalar output ``F(x)`` that attributions explain (SPEC §2)."""
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
+from torch import nn
 
 OUTPUTS = ("prob", "logit")
 
@@ -78,8 +79,9 @@ def output_value(logits: torch.Tensor, target: torch.Tensor, output: str) -> tor
     return scores.gather(1, target[:, None])[:, 0]
 
 
-def format_inputs(inputs: Any) -> Tuple[torch.Tensor, ...]:
-    """Inputs as a tuple of tensors sharing the batch dimension, checked finite."""
+def format_inputs(inputs: Any, model: Optional[nn.Module] = None) -> Tuple[torch.Tensor, ...]:
+    """Inputs as a tuple of tensors sharing the batch dimension, checked finite, and
+    moved to the device of ``model``'s parameters (the device follows the model)."""
     tensors = inputs if isinstance(inputs, tuple) else (inputs,)
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise TypeError(
@@ -94,6 +96,9 @@ def format_inputs(inputs: Any) -> Tuple[torch.Tensor, ...]:
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"inputs[{i}] holds non-finite values (nan or inf)")
+    param = next(model.parameters(), None) if model is not None else None
+    if param is not None:
+        tensors = tuple(t.to(param.device) for t in tensors)
     return tensors
 
 

@@ -124,7 +124,7 @@ class PathAttribution(GradientAttribution):
         n_steps, method = self._default_steps(mode, n_steps, method)
         check_internal_batch_size(internal_batch_size)
         self._check_options(options)
-        inputs = format_inputs(inputs)
+        inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
