@@ -7,11 +7,21 @@ The public API is flat:
   attribution score of a neuron set spread over dependent layers.
 - :class:`LayerProgressiveNeuronPath` (``captum_paths.search``): the path search
   engine; baselines in ``captum_paths.search.baselines``.
+- ``captum_paths.interventions`` / ``captum_paths.evaluation``: remove, enhance and
+  prune neurons; the paper's experiments as tidy DataFrames.
 - ``captum_paths.models`` / ``captum_paths.data``: loading models and image folders.
 - ``captum_paths.demo``: the embedded digits ViT that runs offline.
 """
 from captum_paths._version import __version__
 from captum_paths.attribution import JointNeuronIntegratedGradients
+from captum_paths.evaluation import (
+    class_consensus,
+    jas_comparison,
+    probability_deviation,
+    pruning_study,
+    summarize_deviation,
+)
+from captum_paths.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
 from captum_paths.models import LogitsOnly, load_model
 from captum_paths.search import (
     PATH_METHODS,
@@ -42,4 +52,13 @@ __all__ = [
     "NeuronSites",
     "TokenSelection",
     "load_model",
+    "class_consensus",
+    "jas_comparison",
+    "probability_deviation",
+    "pruning_study",
+    "summarize_deviation",
+    "enhance_neurons",
+    "prune_neurons",
+    "remove_neurons",
+    "scale_neurons",
 ]

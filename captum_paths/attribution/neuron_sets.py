@@ -73,7 +73,7 @@ def parse_neurons(
         )
     if len(neurons) == 0:
         raise ValueError("neurons is empty: a neuron set needs at least one (layer, neuron) pair")
-    if _looks_like_pair(neurons[0]):
+    if looks_like_pair(neurons[0]):
         per_example = [neurons] * batch
     else:
         if len(neurons) != batch:
@@ -100,7 +100,7 @@ def parse_neurons(
     return result
 
 
-def _looks_like_pair(obj: Any) -> bool:
+def looks_like_pair(obj: Any) -> bool:
     """A 2-sequence of scalars: meant as one (layer, neuron) pair, valid or not."""
     return (
         isinstance(obj, Sequence)

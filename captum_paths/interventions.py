@@ -1,0 +1,305 @@
+"""Interventions on FFN neurons: remove, enhance, rescale and prune (SPEC §6).
+
+Every intervention is a context manager built on :meth:`NeuronSites.edit`, so
+it changes the model only inside its ``with`` block and its hooks are removed on
+exit, even when the forward raises. Only the activation at the sites' selected
+tokens (the CLS token by default) is changed; other tokens pass unchanged and
+everything downstream is recomputed.
+
+- :func:`scale_neurons` multiplies a neuron set by a factor (0 removes, 2
+  enhances); :func:`remove_neurons` and :func:`enhance_neurons` name the two
+  manipulations of the paper.
+- :func:`prune_neurons` keeps a set per layer and zeroes every other neuron
+  with probability ``p`` in the first ``depth`` layers, with one seeded
+  Bernoulli draw per context shared by every image.
+
+Examples::
+
+    >>> sites = NeuronSites.from_model(model)
+    >>> with remove_neurons(sites, result):          # per-example paths (batch, L, k)
+    ...     probs_removed = model(images).softmax(-1)
+    >>> with enhance_neurons(sites, [(0, 12), (3, 101)], factor=2.0):   # shared set
+    ...     logits = model(images)
+    >>> with prune_neurons(sites, keep=consensus, p=0.5, depth=6, seed=0) as zeroed:
+    ...     logits = model(images)                   # zeroed[l]: (d_ff,) bool mask
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from numbers import Real
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from captum_paths.attribution.neuron_sets import NeuronSet, looks_like_pair, parse_neurons
+from captum_paths.sites import NeuronSites
+
+__all__ = ["scale_neurons", "remove_neurons", "enhance_neurons", "prune_neurons"]
+
+Keep = Union[torch.Tensor, Sequence[Sequence[int]], Mapping[int, Sequence[int]]]
+
+
+def _as_sites(sites: Union[NeuronSites, nn.Module]) -> NeuronSites:
+    if isinstance(sites, NeuronSites):
+        return sites
+    if isinstance(sites, nn.Module):
+        return NeuronSites.from_model(sites)
+    raise TypeError(f"sites must be a NeuronSites or an nn.Module; got {type(sites).__name__}")
+
+
+def _check_scale(scale: Any, argument: str = "scale") -> float:
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise TypeError(f"{argument} must be a real number (0 removes, 2 enhances); got {scale!r}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"{argument} must be finite; got {scale!r}")
+    return scale
+
+
+class _SetMasks:
+    """Per-layer boolean masks ``(rows, d_ff)`` of a neuron set; ``rows`` is 1 for a
+    set shared by every example, else the number of examples.
+
+    When the sites do not know their width the set is parsed at the first forward.
+    """
+
+    def __init__(self, sites: NeuronSites, neurons: Any) -> None:
+        self.sites = sites
+        self.neurons = neurons
+        paths = getattr(neurons, "paths", None)
+        source = paths if isinstance(paths, torch.Tensor) else neurons
+        if isinstance(source, torch.Tensor):
+            if source.dim() != 3:
+                raise ValueError(
+                    f"neurons: a path tensor must have shape (batch, L, k); got {tuple(source.shape)}"
+                )
+            self.rows: Optional[int] = source.shape[0]
+            self.shared = False
+        elif isinstance(source, Sequence) and not isinstance(source, (str, bytes)) and source and (
+            looks_like_pair(source[0])
+        ):
+            self.rows, self.shared = 1, True
+        elif isinstance(source, Sequence) and not isinstance(source, (str, bytes)) and source:
+            self.rows, self.shared = len(source), False
+        else:
+            # let parse_neurons raise its message (wrong type or empty list)
+            parse_neurons(neurons, 1, sites.num_layers, sites.width or 1)
+            raise TypeError(f"neurons: unsupported specification {type(neurons).__name__}")
+        self._masks: Optional[Dict[int, torch.Tensor]] = None
+        self._on_device: Dict[tuple, torch.Tensor] = {}
+        if sites.width is not None:
+            self._build(sites.width)
+
+    def _build(self, width: int) -> None:
+        nset: NeuronSet = parse_neurons(self.neurons, self.rows, self.sites.num_layers, width)
+        masks = {}
+        for layer in sorted(set(nset.layers.unique().tolist())):
+            masks[int(layer)] = nset.mask(int(layer), width).bool()
+        self._masks = masks
+
+    def layers(self) -> List[int]:
+        if self._masks is not None:
+            return list(self._masks)
+        # width unknown: every layer may hold a neuron; layers without one pass unchanged
+        return list(range(self.sites.num_layers))
+
+    def get(self, layer: int, act: torch.Tensor) -> Optional[torch.Tensor]:
+        """Mask for ``layer`` broadcastable to the selected activation ``act``."""
+        if self._masks is None:
+            self._build(act.shape[-1])
+        mask = self._masks.get(layer)
+        if mask is None:
+            return None
+        if mask.shape[-1] != act.shape[-1]:
+            raise ValueError(
+                f"layer {layer} has {act.shape[-1]} neurons but the neuron set was built for "
+                f"{mask.shape[-1]}"
+            )
+        if not self.shared and act.shape[0] != mask.shape[0]:
+            raise ValueError(
+                f"neurons hold per-example sets for {mask.shape[0]} examples but the model was "
+                f"called with a batch of {act.shape[0]}: call it with exactly those examples, or "
+                "give one list of (layer, neuron) pairs shared by every example"
+            )
+        key = (layer, act.device)
+        if key not in self._on_device:
+            self._on_device[key] = mask.to(act.device)[:, None, :]  # (rows, 1, d_ff)
+        return self._on_device[key]
+
+
+@contextlib.contextmanager
+def scale_neurons(
+    sites: Union[NeuronSites, nn.Module], neurons: Any, scale: float
+) -> Iterator[None]:
+    """Multiply a neuron set by ``scale`` at the selected tokens, inside a ``with`` block.
+
+    Args:
+        sites (NeuronSites or nn.Module): Where the neurons live; a model is turned
+            into ``NeuronSites.from_model(model)``.
+        neurons: A list of ``(layer, neuron)`` pairs shared by every example (any
+            batch size); a list of such lists, one per example; a ``(batch, L, k)``
+            path tensor; or a :class:`~captum_paths.search.PathResult`. Per-example
+            sets require the model to be called with exactly that batch
+            (``ValueError`` otherwise).
+        scale (float): ``0`` removes the neurons, ``2`` enhances them, any finite
+            float rescales them. Other neurons are left bit for bit unchanged.
+
+    Examples::
+
+        >>> with scale_neurons(sites, result.paths, 0.0):
+        ...     logits = model(images)
+    """
+    sites = _as_sites(sites)
+    scale = _check_scale(scale)
+    masks = _SetMasks(sites, neurons)
+
+    def editing(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            mask = masks.get(layer, act)
+            if mask is None:
+                return act
+            return torch.where(mask, act * scale, act)
+        return fn
+
+    with sites.edit({layer: editing(layer) for layer in masks.layers()}):
+        yield
+
+
+def remove_neurons(sites: Union[NeuronSites, nn.Module], neurons: Any) -> contextlib.AbstractContextManager:
+    """Set a neuron set to zero at the selected tokens (:func:`scale_neurons` with 0)."""
+    return scale_neurons(sites, neurons, 0.0)
+
+
+def enhance_neurons(
+    sites: Union[NeuronSites, nn.Module], neurons: Any, factor: float = 2.0
+) -> contextlib.AbstractContextManager:
+    """Multiply a neuron set by ``factor`` (default 2) at the selected tokens."""
+    return scale_neurons(sites, neurons, _check_scale(factor, "factor"))
+
+
+def _parse_keep(keep: Keep, num_layers: int) -> Dict[int, List[int]]:
+    """``{layer: sorted distinct indices}`` for every layer (empty where nothing is kept)."""
+    out: Dict[int, List[int]] = {l: [] for l in range(num_layers)}
+    if isinstance(keep, torch.Tensor):
+        if keep.is_floating_point() or keep.is_complex() or keep.dtype == torch.bool:
+            raise TypeError(f"keep: a tensor must hold integer neuron indices; got dtype {keep.dtype}")
+        if keep.dim() != 2 or keep.shape[0] != num_layers:
+            raise ValueError(
+                f"keep: a tensor must have shape (L, k) = ({num_layers}, k) for a model with "
+                f"{num_layers} layers; got {tuple(keep.shape)}"
+            )
+        for l in range(num_layers):
+            out[l] = sorted(set(keep[l].tolist()))
+        return out
+    if isinstance(keep, Mapping):
+        items = list(keep.items())
+        for layer, _ in items:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
+                raise ValueError(
+                    f"keep: layer key {layer!r} is not a layer index 0..{num_layers - 1}"
+                )
+    elif isinstance(keep, Sequence) and not isinstance(keep, (str, bytes)):
+        if len(keep) != num_layers:
+            raise ValueError(
+                f"keep: a list must hold one list of neuron indices per layer ({num_layers}); "
+                f"got {len(keep)} entries. Use a dict {{layer: indices}} to name some layers only"
+            )
+        items = list(enumerate(keep))
+    else:
+        raise TypeError(
+            "keep must be an (L, k) index tensor, a list of per-layer index lists or a dict "
+            f"{{layer: indices}}; got {type(keep).__name__}"
+        )
+    for layer, units in items:
+        if isinstance(units, torch.Tensor):
+            units = units.reshape(-1).tolist()
+        if not isinstance(units, Sequence) or isinstance(units, (str, bytes)) or not all(
+            isinstance(u, int) and not isinstance(u, bool) for u in units
+        ):
+            raise TypeError(f"keep: layer {layer} must list int neuron indices; got {units!r}")
+        out[layer] = sorted(set(units))
+    return out
+
+
+@contextlib.contextmanager
+def prune_neurons(
+    sites: Union[NeuronSites, nn.Module],
+    keep: Keep,
+    p: float,
+    depth: int,
+    seed: int = 0,
+) -> Iterator[Dict[int, torch.Tensor]]:
+    """Zero, with probability ``p``, every neuron not in ``keep`` in the first ``depth`` layers.
+
+    The Bernoulli mask (per layer, per neuron) is drawn once per context from a
+    ``torch.Generator`` seeded with ``seed``: the same call gives the same pruned
+    model, and every image of every forward inside the block sees that model. The
+    draws are uniforms ``u`` of shape ``(depth, d_ff)`` and a neuron is zeroed when
+    ``u < p``, so for a fixed seed a larger ``p`` zeroes a superset of neurons.
+    Only the selected tokens are changed (SPEC §6).
+
+    Args:
+        sites (NeuronSites or nn.Module): Where the neurons live.
+        keep: Neurons never zeroed, shared by the batch: an ``(L, k)`` index tensor
+            (a class consensus path), a list of ``L`` per-layer index lists, or a dict
+            ``{layer: indices}`` (missing layers keep nothing).
+        p (float): Probability in ``[0, 1]`` that a non-kept neuron is zeroed.
+        depth (int): Prune layers ``0 .. depth-1``; ``1 <= depth <= L``.
+        seed (int, optional): Seed of the Bernoulli draw. Default: 0.
+
+    Yields:
+        dict: ``{layer: (d_ff,) bool}``, True where the neuron is zeroed; filled on
+        entry, or at the first forward when the sites do not know their width.
+    """
+    sites = _as_sites(sites)
+    L = sites.num_layers
+    if isinstance(p, bool) or not isinstance(p, Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1]; got {p!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= L:
+        raise ValueError(f"depth must be an int in 1..{L} (the model has {L} layers); got {depth!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int; got {seed!r}")
+    p = float(p)
+    kept = _parse_keep(keep, L)
+    zeroed: Dict[int, torch.Tensor] = {}
+
+    def draw(width: int) -> None:
+        for layer, units in kept.items():
+            bad = [u for u in units if not 0 <= u < width]
+            if bad:
+                raise ValueError(
+                    f"keep: neuron index {bad[0]} (layer {layer}) is out of range; sites have "
+                    f"{width} neurons (0..{width - 1})"
+                )
+        generator = torch.Generator().manual_seed(seed)
+        u = torch.rand(depth, width, generator=generator, dtype=torch.float64)
+        for layer in range(depth):
+            drop = u[layer] < p
+            if kept[layer]:
+                drop[torch.tensor(kept[layer], dtype=torch.long)] = False
+            zeroed[layer] = drop
+
+    if sites.width is not None:
+        draw(sites.width)
+    on_device: Dict[tuple, torch.Tensor] = {}
+
+    def editing(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            if not zeroed:
+                draw(act.shape[-1])
+            drop = zeroed[layer]
+            if drop.shape[0] != act.shape[-1]:
+                raise ValueError(
+                    f"layer {layer} has {act.shape[-1]} neurons but the pruning mask was drawn "
+                    f"for {drop.shape[0]}"
+                )
+            key = (layer, act.device)
+            if key not in on_device:
+                on_device[key] = drop.to(act.device)
+            return torch.where(on_device[key], torch.zeros((), dtype=act.dtype, device=act.device), act)
+        return fn
+
+    with sites.edit({layer: editing(layer) for layer in range(depth)}):
+        yield zeroed
