@@ -39,6 +39,7 @@ from captum_paths.evaluation import (
     summarize_deviation,
 )
 from captum_paths.extract import extract_paths
+from captum_paths.plots import plot_deviation, plot_jas, plot_pruning, save_figure
 from captum_paths.records import write_json_atomic, write_text_atomic
 from captum_paths.search import PATH_METHODS, PathResult
 
@@ -244,6 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     save_table(grid, out / "pruning_grid")
     save_table(control_grid, out / "pruning_grid_random_control")
     write_json_atomic(out / "timings.json", timings)
+    save_figure(plot_deviation(deviation), out / "deviation")
+    save_figure(plot_jas(jas), out / "jas")
+    save_figure(plot_pruning(pruning), out / "pruning")
 
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
     text = "\n".join([

@@ -9,11 +9,27 @@ The public API is flat:
   engine; baselines in ``captum_paths.search.baselines``.
 - ``captum_paths.interventions`` / ``captum_paths.evaluation``: remove, enhance and
   prune neurons; the paper's experiments as tidy DataFrames.
+- ``captum_paths.analysis``: path graphs (networkx), class consensus, sharing and
+  similarity, pixel explanations of path neurons; figures in ``captum_paths.plots``.
 - ``captum_paths.models`` / ``captum_paths.data``: loading models and image folders.
 - ``captum_paths.demo``: the embedded digits ViT that runs offline.
 """
 from captum_paths._version import __version__
 from captum_paths.attribution import JointNeuronIntegratedGradients
+from captum_paths.analysis import (
+    PathGraph,
+    PathSharing,
+    PathTable,
+    class_similarity,
+    consensus_paths,
+    nearest_classes,
+    neuron_frequencies,
+    neuron_pixel_attribution,
+    path_sharing,
+    shared_edges,
+    shared_neurons,
+    typical_paths,
+)
 from captum_paths.evaluation import (
     class_consensus,
     jas_comparison,
@@ -61,4 +77,16 @@ __all__ = [
     "prune_neurons",
     "remove_neurons",
     "scale_neurons",
+    "PathGraph",
+    "PathSharing",
+    "PathTable",
+    "class_similarity",
+    "consensus_paths",
+    "nearest_classes",
+    "neuron_frequencies",
+    "neuron_pixel_attribution",
+    "path_sharing",
+    "shared_edges",
+    "shared_neurons",
+    "typical_paths",
 ]

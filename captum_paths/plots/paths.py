@@ -29,7 +29,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.cluster import hierarchy  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
-from captum_paths.analysis.classes import RecordsLike, _consensus_frame, _frequency_frame, class_similarity  # noqa: E402
+from captum_paths.analysis.classes import (  # noqa: E402
+    RecordsLike,
+    _consensus_frame,
+    _frequency_frame,
+    class_similarity,
+)
 from captum_paths.analysis.graph import PathGraph  # noqa: E402
 from captum_paths.analysis.pixels import NeuronPixelAttribution, neuron_pixel_attribution  # noqa: E402
 from captum_paths.analysis.table import as_table  # noqa: E402
@@ -166,6 +171,7 @@ def plot_class_similarity(
     metric: str = "cosine",
     annotate: Optional[bool] = None,
     linkage: str = "average",
+    title: Optional[str] = None,
     **kwargs: Any,
 ) -> Figure:
     """Clustered heatmap of a class-similarity table (seaborn ``clustermap``).
@@ -178,16 +184,20 @@ def plot_class_similarity(
             (the similarity is computed with ``metric`` and ``kwargs``).
         annotate (bool, optional): Write the values in the cells. Default: up to
             15 classes.
+        title (str, optional): Figure title. Default: names the metric when it
+            is computed here.
 
     Returns:
         The ``ClusterGrid``'s figure: four axes (heatmap, row and column
         dendrograms, colour bar).
     """
     if isinstance(similarity, pd.DataFrame):
-        sim, what = similarity, "class similarity"
+        sim = similarity
+        title = "Class similarity of paths" if title is None else title
     else:
         sim = class_similarity(similarity, metric=metric, **kwargs)
-        kwargs, what = {}, f"{metric} similarity"
+        kwargs = {}
+        title = f"Class similarity of paths ({metric})" if title is None else title
     if sim.shape[0] != sim.shape[1] or sim.shape[0] < 2:
         raise ValueError(f"similarity must be a square table of at least 2 classes; got shape {sim.shape}")
     values = sim.to_numpy(dtype=np.float64)
@@ -204,7 +214,7 @@ def plot_class_similarity(
     )
     grid.ax_heatmap.set_xlabel("class")
     grid.ax_heatmap.set_ylabel("class")
-    grid.figure.suptitle(f"Paths: {what} of classes", y=1.02)
+    grid.figure.suptitle(title, y=1.02)
     return grid.figure
 
 
@@ -242,9 +252,7 @@ def plot_path_graph(
         nodes.sort(key=lambda nd: (-nd[1]["count"], nd[0][1]))
         kept += nodes[:max_nodes_per_layer]
     h = nx.DiGraph()
-    # insertion order sets the order within a layer; reversed so the most used is on top
-    for n, d in sorted(kept, key=lambda nd: (nd[0][0], nd[1]["count"], -nd[0][1])):
-        h.add_node(n, **d)
+    h.add_nodes_from(kept)
     h.add_edges_from((u, v, d) for u, v, d in g.edges(data=True) if u in h and v in h and d["count"] >= min_count)
     if figsize is None:
         figsize = (max(6.0, 1.4 * max(pg.num_layers, 1)), max(4.0, 0.7 * max_nodes_per_layer + 1.5))
@@ -252,12 +260,18 @@ def plot_path_graph(
         fig, ax = plt.subplots(figsize=figsize)
     else:
         fig = ax.figure
-    title = f"Path graph ({g.graph.get('method')}, {'class ' + str(cls) if cls is not None else 'all classes'}, {pg.num_paths} paths)"
+    who = f"class {cls}" if cls is not None else "all classes"
+    title = f"Path graph ({g.graph.get('method')}, {who}, {pg.num_paths} paths)"
     if h.number_of_nodes() == 0:
         ax.set_title(title + ": empty")
         ax.set_xlabel("layer")
         return fig
-    pos = nx.multipartite_layout(h, subset_key="layer", align="vertical")
+    # a {layer: [nodes]} subset map fixes the order within a layer (bottom to top):
+    # the most used neuron ends up on top
+    subsets: Dict[int, list] = {}
+    for n, d in sorted(kept, key=lambda nd: (nd[0][0], nd[1]["count"], -nd[0][1])):
+        subsets.setdefault(d["layer"], []).append(n)
+    pos = nx.multipartite_layout(h, subset_key=subsets, align="vertical")
     max_node = max(d["count"] for _, d in h.nodes(data=True))
     edge_counts = [d["count"] for _, _, d in h.edges(data=True)]
     max_edge = max(edge_counts) if edge_counts else 1
@@ -266,7 +280,7 @@ def plot_path_graph(
         edge_color="tab:gray", arrows=False, node_size=0,
     )
     nx.draw_networkx_nodes(
-        h, pos, ax=ax, node_size=[80 + 700 * d["count"] / max_node for _, d in h.nodes(data=True)],
+        h, pos, ax=ax, node_size=[160 + 640 * d["count"] / max_node for _, d in h.nodes(data=True)],
         node_color=[d["frequency"] for _, d in h.nodes(data=True)], cmap="viridis", vmin=0, vmax=1,
         edgecolors="black", linewidths=0.5,
     )

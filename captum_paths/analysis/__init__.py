@@ -1,0 +1,58 @@
+"""Analysis of neuron paths across images and classes (SPEC §6 "Class-level paths").
+
+Everything here reads path records (SPEC §7), never the model, except
+:func:`neuron_pixel_attribution`, which explains one path neuron in pixel space.
+
+- :class:`PathGraph`: the paths as a layered ``networkx.DiGraph`` of
+  ``(layer, neuron)`` nodes, with GraphML and node-link JSON round trips.
+- Class-level tables (pandas): :func:`neuron_frequencies`,
+  :func:`consensus_paths`, :func:`shared_neurons`, :func:`shared_edges`,
+  :func:`typical_paths`, :func:`class_similarity`, :func:`nearest_classes`.
+- :func:`path_sharing`: within- vs between-class Jaccard of paths.
+- :class:`PathTable`: records as numpy arrays; build it once and pass it to any
+  of the above to skip re-reading the records.
+
+Plots of all of these live in :mod:`captum_paths.plots.paths`.
+"""
+from captum_paths.analysis.classes import (
+    PathSharing,
+    class_similarity,
+    consensus_path_lists,
+    consensus_paths,
+    nearest_classes,
+    neuron_frequencies,
+    path_sharing,
+    shared_edges,
+    shared_neurons,
+    typical_paths,
+)
+from captum_paths.analysis.graph import PathGraph, node_key, parse_node_key
+from captum_paths.analysis.pixels import (
+    NeuronPixelAttribution,
+    model_patch_size,
+    neuron_pixel_attribution,
+    neuron_selector,
+)
+from captum_paths.analysis.table import PathTable, as_table
+
+__all__ = [
+    "PathGraph",
+    "PathTable",
+    "PathSharing",
+    "NeuronPixelAttribution",
+    "as_table",
+    "node_key",
+    "parse_node_key",
+    "neuron_frequencies",
+    "consensus_paths",
+    "consensus_path_lists",
+    "shared_neurons",
+    "shared_edges",
+    "typical_paths",
+    "class_similarity",
+    "nearest_classes",
+    "path_sharing",
+    "neuron_pixel_attribution",
+    "model_patch_size",
+    "neuron_selector",
+]
