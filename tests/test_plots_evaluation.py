@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from captum_paths.plots.figures import save_figure  # selects Agg before pyplot
+from captum_paths.plots.figures import save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402

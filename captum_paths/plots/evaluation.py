@@ -3,8 +3,8 @@
 Every function takes the tidy :class:`pandas.DataFrame` that
 ``captum_paths.evaluation`` produces, checks its columns, and returns a
 :class:`matplotlib.figure.Figure` (never shown; save it with
-:func:`captum_paths.plots.figures.save_figure`). Figures are made with the
-non-interactive ``Agg`` backend that :mod:`captum_paths.plots.figures` selects.
+:func:`captum_paths.plots.figures.save_figure`). The library never selects a
+matplotlib backend: notebooks show figures inline, scripts without a display get Agg.
 
 Colours: each method keeps one colour in every figure (:data:`METHOD_COLOURS`,
 :func:`method_palette`); the searched path ``"neuron-path"`` is red and its
@@ -21,10 +21,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-import captum_paths.plots.figures  # noqa: F401  (selects the Agg backend first)
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
+from matplotlib.figure import Figure
 
 __all__ = [
     "HIGHLIGHT_METHOD",

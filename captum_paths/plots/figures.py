@@ -1,15 +1,12 @@
-"""Saving figures: PNG and SVG, atomically, with the non-interactive backend."""
+"""Saving figures: PNG and SVG, atomically."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import List, Union
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 __all__ = ["save_figure"]
 

@@ -16,28 +16,25 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Hashable, Iterable, Optional, Sequence, Tuple, Union
 
-import matplotlib
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from scipy.cluster import hierarchy  # noqa: E402
-from scipy.spatial.distance import squareform  # noqa: E402
-
-from captum_paths.analysis.classes import (  # noqa: E402
+from captum_paths.analysis.classes import (
     RecordsLike,
     _consensus_frame,
     _frequency_frame,
     class_similarity,
 )
-from captum_paths.analysis.graph import PathGraph  # noqa: E402
-from captum_paths.analysis.pixels import NeuronPixelAttribution, neuron_pixel_attribution  # noqa: E402
-from captum_paths.analysis.table import as_table  # noqa: E402
+from captum_paths.analysis.graph import PathGraph
+from captum_paths.analysis.pixels import NeuronPixelAttribution, neuron_pixel_attribution
+from captum_paths.analysis.table import as_table
 
 __all__ = [
     "plot_neuron_distributions",

@@ -1,0 +1,4 @@
+"""Test-suite settings: figures render off-screen."""
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
