@@ -28,14 +28,143 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="find and score neuron paths of the embedded digits ViT with every method",
-        description="Run every path method on the embedded demo model's test images and write records and a summary.",
+        "demo", help="the whole job on the embedded digits ViT: paths (every method), evaluation, analysis, report",
+        description=(
+            "Run every path method on the embedded demo model's test images (4 per class by default), then "
+            "evaluate, analyze and write OUT/report.html and OUT/summary.md."
+        ),
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--per-class", type=int, default=None,
+                      help="test images per class (default: 4, i.e. 40 images; 0 = all 360)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="integration steps of every search and score (default: each method's; faster when small)")
     demo.set_defaults(handler=_run_demo)
+
+    extract = commands.add_parser(
+        "extract", help="find neuron paths for every image of an image folder (resumable; torchrun-aware)",
+        description=(
+            "Find neuron paths for every image of DATA (one sub-folder per class) and append one record per "
+            "(image, method) to OUT/records.jsonl. Rerunning resumes; a folder of another run is refused unless "
+            "--restart. Under torchrun the images are sharded by rank and merged by rank 0."
+        ),
+    )
+    extract.add_argument("--model", required=True, help="model spec: demo, timm:NAME, torchvision:NAME or hf:NAME_OR_PATH")
+    extract.add_argument("--checkpoint", type=Path, default=None, help="local weights (.safetensors, .pt, .pth, .bin)")
+    extract.add_argument("--pretrained", action="store_true", help="download the published weights")
+    extract.add_argument("--num-classes", type=int, default=None, help="size of the classifier head")
+    extract.add_argument("--data", type=Path, required=True, help="image folder: DATA/<class>/<image>")
+    extract.add_argument("--label-map", type=Path, default=None, help="JSON: class folder -> class index")
+    extract.add_argument("--out", type=Path, required=True, help="run folder for run.json and records.jsonl")
+    extract.add_argument("--method", nargs="+", default=["neuron-path"], metavar="NAME",
+                         help="path methods (default: neuron-path; 'all' for every one)")
+    extract.add_argument("--k", type=int, default=1, help="neurons per layer (default: 1)")
+    extract.add_argument("--steps", type=int, default=None, help="integration steps (default: the method's)")
+    extract.add_argument("--approximation", default=None,
+                         help="riemann_left|riemann_right|riemann_middle|riemann_trapezoid|gausslegendre")
+    extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
+    extract.add_argument("--target", choices=("label", "pred"), default="label",
+                         help="explain the true label or the prediction (default: label)")
+    extract.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    extract.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by id)")
+    extract.add_argument("--restart", action="store_true", help="delete the folder's records and start over")
+    extract.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    extract.set_defaults(handler=_run_extract)
+
+    merge = commands.add_parser("merge", help="merge per-rank record files of a run folder into records.jsonl",
+                                description="Merge records.rank*.jsonl into records.jsonl (one record per image and method).")
+    merge.add_argument("run", type=Path, help="run folder")
+    merge.add_argument("--quiet", action="store_true")
+    merge.set_defaults(handler=_run_merge)
+
+    for name, help_text, handler in (
+        ("evaluate", "manipulation, JAS comparison and pruning study of a run's paths (needs its model)", _run_evaluate),
+        ("analyze", "path sharing, class similarity, consensus paths and graph of a run's records", _run_analyze),
+        ("report", "HTML page and Markdown summary of a run's evaluation and analysis", _run_report),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        sub.add_argument("--run", type=Path, required=True, help="run folder written by extract")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+        if name == "evaluate":
+            sub.add_argument("--batch-size", type=int, default=64)
+            sub.add_argument("--device", default=None)
+            sub.add_argument("--factor", type=float, default=2.0, help="enhance factor (default: 2)")
+            sub.add_argument("--no-pruning", action="store_true", help="skip the pruning study")
+            sub.add_argument("--jas-modes", nargs="+", default=["gate", "paper"], choices=("gate", "paper"),
+                             help="JAS semantics to compare (default: gate paper)")
+            sub.add_argument("--jas-steps", type=int, default=None,
+                             help="integration steps of the JAS comparison and of the pruning study's path search "
+                                  "(default: each mode's)")
+        if name == "analyze":
+            sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
+            sub.add_argument("--permutations", type=int, default=1000)
+        sub.set_defaults(handler=handler)
     return parser
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value < 1:
+        raise _UsageError(f"{name} must be a positive number; got {value}")
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from captum_paths.extract import extract_run
+    from captum_paths.search.registry import PATH_METHODS
+
+    for name in ("--k", "--steps", "--batch-size", "--limit", "--num-classes"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    methods = list(PATH_METHODS) if args.method == ["all"] else args.method
+    summary = extract_run(
+        args.model, args.data, args.out, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
+        num_classes=args.num_classes, label_map=args.label_map, k=args.k, steps=args.steps,
+        approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
+        device=args.device, limit=args.limit, restart=args.restart, progress=not args.quiet,
+    )
+    if summary["rank"] == 0:
+        print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "
+              f"{summary['images']} images, {summary['unreadable']} unreadable, {summary['seconds']:.1f} s)")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from captum_paths.extract import merge_records
+
+    if not args.run.is_dir():
+        raise _UsageError(f"run folder {str(args.run)!r} does not exist")
+    records = merge_records(args.run)
+    print(f"records: {args.run / 'records.jsonl'} ({len(records)} records)")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from captum_paths.report import evaluate_run
+
+    _positive("--batch-size", args.batch_size)
+    _positive("--jas-steps", args.jas_steps)
+    summary = evaluate_run(args.run, batch_size=args.batch_size, device=args.device, factor=args.factor,
+                           jas_modes=args.jas_modes, jas_steps=args.jas_steps, pruning=not args.no_pruning,
+                           progress=not args.quiet)
+    print(f"evaluation: {summary}")
+    return 0
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from captum_paths.report import analyze_run
+
+    summary = analyze_run(args.run, method=args.method, permutations=args.permutations)
+    print(f"analysis: {summary}")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from captum_paths.report import write_report
+
+    html, markdown = write_report(args.run)
+    print(f"report: {html}\nsummary: {markdown}")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -43,8 +172,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise _UsageError(f"--limit must be a positive number of images; got {args.limit}")
-    report = run_demo(args.out, limit=args.limit, progress=not args.quiet)
+    if args.per_class is not None and args.per_class < 0:
+        raise _UsageError(f"--per-class must be 0 (all) or a positive number; got {args.per_class}")
+    _positive("--steps", args.steps)
+    kwargs = {} if args.per_class is None else {"per_class": args.per_class}
+    report = run_demo(args.out, limit=args.limit, progress=not args.quiet, steps=args.steps, **kwargs)
     print(f"report: {report}")
+    print(f"html report: {report.with_name('report.html')}")
     return 0
 
 
@@ -60,11 +194,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from captum_paths.models import ModelLoadError
+
     try:
         return args.handler(args)
-    except (_UsageError, ValueError, TypeError, FileNotFoundError) as err:
-        print(f"captum-paths {args.command}: error: {err}", file=sys.stderr)
+    except (_UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, ModelLoadError,
+            ImportError) as err:
+        print(f"captum-paths {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"captum-paths {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"captum-paths {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,78 @@
+"""torch.distributed helpers for running path extraction under ``torchrun``.
+
+A process group is created only when ``WORLD_SIZE > 1`` (``gloo`` on CPU,
+``nccl`` when the process uses a CUDA device); a plain ``python -m`` run is a
+world of one and touches nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "barrier", "shutdown_distributed", "default_device"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank and world size of this process; ``initialized`` when a process group was created here."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def default_device(device: Optional[str], local_rank: int = 0) -> str:
+    """``device`` as given, else ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
+    if device:
+        if device == "cuda" and torch.cuda.is_available():
+            return f"cuda:{local_rank % torch.cuda.device_count()}"
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def init_distributed(device: str = "cpu") -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``; otherwise a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, False)
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, False)
+    use_cuda = str(device).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world_size, local_rank, True)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
+def all_ok(info: DistInfo, ok: bool) -> bool:
+    """True when every rank reports ``ok`` (a world of one: ``ok`` itself)."""
+    if info.world_size <= 1 or not dist.is_initialized():
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.initialized and dist.is_initialized():
+        dist.destroy_process_group()

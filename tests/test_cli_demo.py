@@ -1,0 +1,47 @@
+"""``captum-paths demo`` end to end, and evaluate / analyze / report on its run folder."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from captum_paths.cli import main
+from captum_paths.records import read_records
+from captum_paths.search.registry import PATH_METHODS
+
+
+def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--per-class", "2", "--steps", "8", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'summary.md'}" in printed and f"html report: {out / 'report.html'}" in printed
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 20 * len(PATH_METHODS)
+    assert {r["method"] for r in records} == set(PATH_METHODS)
+    methods = pd.read_csv(out / "evaluation" / "methods_summary.csv")
+    assert set(methods["method"]) == set(PATH_METHODS)
+    assert {"mean_prob_deviation_remove", "mean_prob_deviation_enhance", "mean_jas_gate"} <= set(methods.columns)
+    assert len(pd.read_csv(out / "evaluation" / "pruning_grid.csv")) > 0
+    for stem in ("deviation", "jas", "pruning"):
+        assert (out / "evaluation" / f"{stem}.png").stat().st_size > 0
+        assert (out / "evaluation" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    sharing = pd.read_csv(out / "analysis" / "path_sharing.csv")
+    assert 0 <= sharing["within"].iloc[0] <= 1
+    assert json.loads((out / "analysis" / "consensus_paths.json").read_text())
+    assert (out / "analysis" / "path_graph.graphml").read_text().startswith("<?xml")
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 5
+    assert "neuron-path" in page and "Path sharing" in page
+    summary = (out / "summary.md").read_text()
+    assert "Evaluation per method" in summary and "Path sharing" in summary
+    assert json.loads((out / "run.json").read_text())["steps"] == 8
+    timings = json.loads((out / "settings.json").read_text())["timings"]
+    assert timings["total_s"] > 0
+
+    # the steps on their own, on the same run folder
+    assert main(["analyze", "--run", str(out), "--method", "activation", "--permutations", "10", "--quiet"]) == 0
+    assert json.loads((out / "analysis" / "summary.json").read_text())["method"] == "activation"
+    assert json.loads((out / "evaluation" / "summary.json").read_text())["images"] == 20
+    assert main(["report", "--run", str(out), "--quiet"]) == 0
+    assert main(["analyze", "--run", str(out), "--method", "nope", "--quiet"]) == 2
+    assert "no records of method 'nope'" in capsys.readouterr().err
