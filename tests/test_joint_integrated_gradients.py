@@ -286,7 +286,7 @@ def test_per_example_sets_equal_one_example_at_a_time(tiny, mode):
 
 
 @pytest.mark.parametrize("mode", ["gate", "paper"])
-@pytest.mark.parametrize("internal_batch_size", [1, 7, 20])
+@pytest.mark.parametrize("internal_batch_size", [3, 7, 20])
 def test_internal_batch_size_gives_same_results(tiny, mode, internal_batch_size):
     model, x = tiny
     path = _top_path(model, x, k=2)
