@@ -1,0 +1,156 @@
+"""Shared setup of the benchmarks: the ViT-S-shaped case, the demo case, timers.
+
+The ViT-S-shaped case
+---------------------
+``timm.create_model("vit_small_patch16_224", img_size=64, patch_size=8,
+num_classes=10)`` built without weights (12 blocks, width 384, d_ff 1536,
+8x8 patches of a 64x64 image: 64 patch tokens + CLS), eval mode, seeded with
+``torch.manual_seed(MODEL_SEED)``; images ``torch.randn(4, 3, 64, 64)`` drawn
+after ``torch.manual_seed(IMAGE_SEED)``; targets = the predicted class.
+
+timm's default init draws every ``Linear`` weight from a truncated
+``N(0, 0.02^2)``. At that scale each residual branch adds little, the CLS token
+barely depends on the image and the logits differ by ~0.2: the softmax is
+almost uniform (max probability 0.14-0.17 on the 4 images) and ``F`` hardly
+moves. To make the model less degenerate (``degenerate=False``, the default
+here) we rescale, after the seeded init and without changing any shape or cost:
+
+* the weights of ``qkv``, ``proj``, ``fc1`` and ``fc2`` of every block by
+  ``BLOCK_WEIGHT_SCALE = 2.5`` (std 0.05 ~ 1/sqrt(384)), so attention and FFN
+  branches really move the residual stream;
+* the classifier weight by ``HEAD_WEIGHT_SCALE = 10``.
+
+Result: predicted classes [6, 8, 9, 1], max probability 0.47-0.96 (neither
+uniform nor saturated), and paths that differ between the 4 images. The
+compute is identical to the unscaled model, so speed numbers do not depend on
+this choice; path agreement and the paper-mode equality check do.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+
+__all__ = [
+    "MODEL_SEED",
+    "IMAGE_SEED",
+    "BLOCK_WEIGHT_SCALE",
+    "HEAD_WEIGHT_SCALE",
+    "Case",
+    "vit_small_case",
+    "demo_case",
+    "Timer",
+    "timed",
+    "markdown_table",
+]
+
+MODEL_SEED = 0
+IMAGE_SEED = 1
+BLOCK_WEIGHT_SCALE = 2.5
+HEAD_WEIGHT_SCALE = 10.0
+
+
+@dataclass
+class Case:
+    """A model, its images and the targets to explain."""
+
+    name: str
+    model: torch.nn.Module
+    images: torch.Tensor
+    targets: torch.Tensor
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def build_vit_small(degenerate: bool = False) -> torch.nn.Module:
+    """The ViT-S-shaped timm model of the module docstring (no weights downloaded)."""
+    import timm
+
+    torch.manual_seed(MODEL_SEED)
+    model = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=64, patch_size=8, num_classes=10
+    ).eval()
+    if not degenerate:
+        with torch.no_grad():
+            for block in model.blocks:
+                for linear in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+                    linear.weight.mul_(BLOCK_WEIGHT_SCALE)
+            model.head.weight.mul_(HEAD_WEIGHT_SCALE)
+    return model
+
+
+def vit_small_case(batch: int = 4, degenerate: bool = False) -> Case:
+    model = build_vit_small(degenerate)
+    torch.manual_seed(IMAGE_SEED)
+    images = torch.randn(batch, 3, 64, 64)
+    with torch.no_grad():
+        probs = model(images).softmax(-1)
+    targets = probs.argmax(1)
+    info = {
+        "model": "timm vit_small_patch16_224, img_size=64, patch_size=8, num_classes=10 (12 blocks, d_ff 1536, 65 tokens)",
+        "weights": "random (seed %d)%s" % (
+            MODEL_SEED,
+            "" if degenerate else f", block Linear weights x{BLOCK_WEIGHT_SCALE:g}, head weight x{HEAD_WEIGHT_SCALE:g}",
+        ),
+        "images": f"torch.randn({batch}, 3, 64, 64), seed {IMAGE_SEED}",
+        "targets": targets.tolist(),
+        "target_prob": [round(p, 3) for p in probs.max(1).values.tolist()],
+    }
+    return Case("vit-s (random)", model, images, targets, info)
+
+
+def demo_case(num_images: int = 64) -> Case:
+    from captum_paths.demo import load_demo_data, load_demo_model
+
+    model = load_demo_model().eval()
+    images, labels = load_demo_data("test")
+    images, labels = images[:num_images], labels[:num_images]
+    with torch.no_grad():
+        acc = (model(images).argmax(1) == labels).float().mean().item()
+    info = {
+        "model": "captum_paths.demo (6 blocks, d_ff 256, 17 tokens)",
+        "images": f"first {num_images} of load_demo_data('test')",
+        "targets": "labels",
+        "accuracy": round(acc, 3),
+    }
+    return Case("demo digits ViT", model, images, labels, info)
+
+
+class Timer:
+    """Wraps a function; records wall time and process CPU time of every call."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.wall: List[float] = []
+        self.cpu: List[float] = []
+        self.result: Any = None
+
+    def __call__(self) -> Any:
+        w, c = time.perf_counter(), time.process_time()
+        self.result = self.fn()
+        self.cpu.append(time.process_time() - c)
+        self.wall.append(time.perf_counter() - w)
+        return self.result
+
+    @property
+    def best(self) -> float:
+        return min(self.wall)
+
+    @property
+    def best_cpu(self) -> float:
+        return min(self.cpu)
+
+
+def timed(fn: Callable[[], Any]) -> Tuple[Any, float]:
+    """``(fn(), wall seconds)``."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def markdown_table(header: List[str], rows: List[List[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
