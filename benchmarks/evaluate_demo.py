@@ -41,6 +41,7 @@ from captum_paths.evaluation import (
 from captum_paths.extract import extract_paths
 from captum_paths.plots import plot_deviation, plot_jas, plot_pruning, save_figure
 from captum_paths.records import write_json_atomic, write_text_atomic
+from captum_paths.report import method_table, pruning_table
 from captum_paths.search import PATH_METHODS, PathResult
 
 SEARCHED = "neuron-path"
@@ -57,32 +58,6 @@ def _paths_by_method(records: List[dict], image_ids: List[str]) -> Dict[str, Pat
     }
 
 
-def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Dict[str, PathResult]) -> pd.DataFrame:
-    """Per method: mean JAS (gate, paper), mean prob deviation, accuracy deviation, and the
-    share of path neurons equal to the searched path's."""
-    summary = summarize_deviation(deviation)
-    wide = summary.pivot(index="method", columns="operation",
-                         values=["mean_prob_deviation", "median_prob_deviation", "accuracy_deviation"])
-    wide.columns = [f"{a}_{b}" for a, b in wide.columns]
-    mean_jas = jas.groupby(["method", "mode"])["jas"].mean().unstack("mode").add_prefix("mean_jas_")
-    order = list(dict.fromkeys(deviation["method"]))
-    table = mean_jas.join(wide).reindex(order)
-    columns = [c for c in (
-        "mean_jas_gate", "mean_jas_paper",
-        "mean_prob_deviation_remove", "mean_prob_deviation_enhance",
-        "median_prob_deviation_remove", "median_prob_deviation_enhance",
-        "accuracy_deviation_remove", "accuracy_deviation_enhance",
-    ) if c in table.columns]
-    table = table[columns]
-    if SEARCHED in paths:
-        reference = paths[SEARCHED].paths
-        table["same_neurons_as_searched"] = [
-            float((paths[m].paths == reference).double().mean()) if m in paths else float("nan")
-            for m in table.index
-        ]
-    return table.reset_index()
-
-
 def _win_rate(deviation: pd.DataFrame, operation: str, rival: str) -> str:
     """Paired comparison with ``rival``: images where the searched path moves p(y) further."""
     d = deviation[deviation.operation == operation].pivot(index="image", columns="method", values="prob_deviation")
@@ -91,16 +66,6 @@ def _win_rate(deviation: pd.DataFrame, operation: str, rival: str) -> str:
     sign = -1.0 if operation == "remove" else 1.0
     wins = int(((sign * (mine - theirs)) > 0)[differ].sum())
     return f"{wins} of the {int(differ.sum())} images where the two differ"
-
-
-def pruning_table(pruning: pd.DataFrame) -> pd.DataFrame:
-    """Mean over classes per (depth, k, p) of mean true-class prob and accuracy."""
-    grid = (
-        pruning.groupby(["depth", "k", "p"])[["mean_prob", "accuracy", "mean_prob_unpruned", "accuracy_unpruned"]]
-        .mean()
-        .reset_index()
-    )
-    return grid
 
 
 def pruning_wide(grid: pd.DataFrame, value: str) -> pd.DataFrame:
