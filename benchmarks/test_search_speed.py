@@ -70,9 +70,10 @@ def _run_reference(benchmark, case, report) -> Dict[str, Any]:
     return report["reference"]
 
 
-@pytest.fixture(scope="session")
-def reference(vit_case, report):
-    """The reference run (done by ``test_reference_paper_search_m20`` when it ran first)."""
+@pytest.fixture(scope="module")
+def reference(vit_case, report, _threads):
+    """The reference run (done by ``test_reference_paper_search_m20`` when it ran first;
+    otherwise here, under the same thread setting as the engine runs)."""
     if report["reference"] is None:
         _run_reference(None, vit_case, report)
     return report["reference"]
