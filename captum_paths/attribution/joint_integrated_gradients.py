@@ -4,23 +4,19 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 from captum.log import log_usage
-from torch import nn
 
+from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
     check_internal_batch_size,
-    check_output,
     format_additional_args,
     format_inputs,
     output_value,
     resolve_target,
     select_rows,
 )
-from captum_paths.models import as_logits_model
-from captum_paths.sites import NeuronSites, resolve_sites
 
 __all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps"]
 
@@ -47,7 +43,7 @@ def default_steps(mode: str, n_steps: Optional[int], method: Optional[str]) -> T
     return n_steps, method
 
 
-class JointNeuronIntegratedGradients(GradientAttribution):
+class JointNeuronIntegratedGradients(SiteAttribution):
     r"""Joint Attribution Score (JAS) of a set of FFN neurons across dependent layers.
 
     From "Discovering Influential Neuron Path in Vision Transformers" (Wang et al.,
@@ -74,14 +70,6 @@ class JointNeuronIntegratedGradients(GradientAttribution):
         output (str, optional): ``"prob"`` explains the softmax probability of
             the target, ``"logit"`` its logit. Default: ``"prob"``.
     """
-
-    def __init__(
-        self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
-    ) -> None:
-        self.sites = resolve_sites(model, sites)
-        GradientAttribution.__init__(self, as_logits_model(model))
-        self.model = model
-        self.output = check_output(output)
 
     @property
     def multiplies_by_inputs(self) -> bool:

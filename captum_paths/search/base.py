@@ -6,25 +6,21 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
-from torch import nn
 
+from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.joint_integrated_gradients import (
     JointNeuronIntegratedGradients,
     default_steps,
 )
 from captum_paths.attribution.output import (
     check_internal_batch_size,
-    check_output,
     format_additional_args,
     format_inputs,
     output_value,
     resolve_target,
 )
-from captum_paths.models import as_logits_model
 from captum_paths.search.result import PathResult
-from captum_paths.sites import NeuronSites, resolve_sites
 
 __all__ = ["PathAttribution", "SearchContext"]
 
@@ -67,7 +63,7 @@ class SearchContext:
         return self.logits.device
 
 
-class PathAttribution(GradientAttribution):
+class PathAttribution(SiteAttribution):
     """Base class of path methods: ``attribute(...)`` returns a :class:`PathResult`.
 
     Subclasses set ``name`` (the registry name) and implement :meth:`_select`,
@@ -81,14 +77,6 @@ class PathAttribution(GradientAttribution):
     # 100% (ViT-S shape, 4 images) of (image, layer) neurons, and the final JAS
     # stays complete to 1e-4 relative on the demo (benchmarks/path_agreement.py).
     default_n_steps: ClassVar[int] = 4
-
-    def __init__(
-        self, model: nn.Module, sites: Optional[NeuronSites] = None, output: str = "prob"
-    ) -> None:
-        self.sites = resolve_sites(model, sites)
-        GradientAttribution.__init__(self, as_logits_model(model))
-        self.model = model
-        self.output = check_output(output)
 
     @log_usage()
     def attribute(
