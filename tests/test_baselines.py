@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
 import torch
 from captum.attr import LayerActivation, LayerConductance
 from torch import nn
@@ -18,6 +17,7 @@ from captum_paths.search.baselines import (
     RandomPath,
 )
 from captum_paths.search.result import PathResult
+from _models import tiny_vit as _tiny_vit
 
 METHODS = [ActivationPath, KnowledgeNeuronPath, ConductancePath, InfluencePatternPath, RandomPath]
 NAMES = {
@@ -31,12 +31,6 @@ WIDTH = 64  # d_ff of the tiny ViT
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _tiny_vit(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return timm.create_model(
-        "vit_tiny_patch16_224", img_size=16, patch_size=4, depth=3, embed_dim=32,
-        num_heads=2, mlp_ratio=2.0, num_classes=5,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -27,6 +26,7 @@ from captum_paths.evaluation import (
 )
 from captum_paths.interventions import prune_neurons, remove_neurons
 from captum_paths.search import create_path_method
+from _models import tiny_vit as _tiny_vit
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -49,12 +49,6 @@ def _toy():
     return model, NeuronSites(model, [model.act], tokens="cls", width=3)
 
 
-def _tiny_vit(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return timm.create_model(
-        "vit_tiny_patch16_224", img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2,
-        mlp_ratio=2.0, num_classes=5,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,16 @@ from __future__ import annotations
 import copy
 
 import pytest
-import timm
 import torch
 from torch import nn
 
 from captum_paths import NeuronSites, PathResult
 from captum_paths.demo import load_demo_data, load_demo_model
 from captum_paths.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
+from _models import tiny_vit as _tiny_vit
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _tiny_vit(seed: int = 0, **kwargs) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = dict(img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=5)
-    cfg.update(kwargs)
-    return timm.create_model("vit_tiny_patch16_224", **cfg).eval()
 
 
 @pytest.fixture(scope="module")

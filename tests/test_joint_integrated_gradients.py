@@ -5,12 +5,12 @@ import types
 
 import numpy as np
 import pytest
-import timm
 import torch
 from torch import nn
 
 from captum_paths import JointNeuronIntegratedGradients, NeuronSites
 from captum_paths.demo import load_demo_data, load_demo_model
+from _models import tiny_vit as _tiny_vit
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -21,11 +21,6 @@ def demo():
     return model, x[:6], y[:6]
 
 
-def _tiny_vit(seed: int = 0, **kwargs) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = dict(img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=5)
-    cfg.update(kwargs)
-    return timm.create_model("vit_tiny_patch16_224", **cfg).eval()
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import torchvision
 
 import captum_paths.search.neuron_path as neuron_path
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites, PathResult
+from _models import tiny_vit as _tiny_vit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _tiny_vit(seed: int = 0, **kwargs):
-    torch.manual_seed(seed)
-    cfg = dict(img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=5)
-    cfg.update(kwargs)
-    return timm.create_model("vit_tiny_patch16_224", **cfg).eval()
 
 
 @pytest.fixture(scope="module")
