@@ -318,6 +318,11 @@ class NeuronSites:
         with self.edit({self.check_layer(l, "layers"): recorder(l) for l in layers}):
             yield store
 
+    def apply_edit(self, act: torch.Tensor, fn: SiteEdit) -> torch.Tensor:
+        """``act`` ``(batch, tokens, d_ff)`` with ``fn`` applied at the selected tokens,
+        exactly as :meth:`edit` would inside a forward."""
+        return self._editing(fn)(act)
+
     def _editing(self, fn: SiteEdit) -> Callable[[torch.Tensor], torch.Tensor]:
         tokens = self.tokens
 

@@ -99,6 +99,25 @@ def test_final_scores_are_the_joint_attribution_of_the_path(tiny):
     torch.testing.assert_close(result.delta, delta)
 
 
+@pytest.mark.parametrize("internal_batch_size", [3, 8, 17, None])
+def test_row_budgets_give_the_same_result(tiny, internal_batch_size):
+    """Image groups (8 steps: 17 rows = 2 images), one image per group, and chunks
+    smaller than an image (final scores then from JointNeuronIntegratedGradients)
+    give one result, and the fused final scores equal the joint attribution."""
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    result = search.attribute(x, target=y, k=2, n_steps=8, refine=4, internal_batch_size=internal_batch_size)
+    whole = search.attribute(x, target=y, k=2, n_steps=8, refine=4, internal_batch_size=4 * 8)
+    assert torch.equal(result.paths, whole.paths)
+    assert torch.equal(result.refined_layers, whole.refined_layers)
+    phi, jas, delta = JointNeuronIntegratedGradients(model).attribute(
+        x, result.paths, target=y, n_steps=8, return_convergence_delta=True
+    )
+    torch.testing.assert_close(result.contributions, phi)
+    torch.testing.assert_close(result.jas, jas)
+    torch.testing.assert_close(result.delta, delta)
+
+
 # --------------------------------------------------------------------- paper parity
 @pytest.mark.parametrize("k", [1, 2])
 def test_paper_mode_equals_literal_released_algorithm(tiny, k):

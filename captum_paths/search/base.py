@@ -128,12 +128,15 @@ class PathAttribution(SiteAttribution):
             k, n_steps, method, mode, internal_batch_size,
         )
         paths, scores, extra = self._select(ctx, **options)
-        jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
-        contributions, jas, delta = jig.attribute(
-            inputs, paths, target=target, additional_forward_args=additional_forward_args,
-            n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
-            return_convergence_delta=True, mode=mode,
-        )
+        scored = extra.pop("scored", None)
+        if scored is None:
+            jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
+            scored = jig.attribute(
+                inputs, paths, target=target, additional_forward_args=additional_forward_args,
+                n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                return_convergence_delta=True, mode=mode,
+            )
+        contributions, jas, delta = scored
         settings = {
             "mode": mode, "n_steps": n_steps, "method": method, "k": k, "output": self.output,
             **self._settings(options),
@@ -157,5 +160,9 @@ class PathAttribution(SiteAttribution):
         return dict(options)
 
     def _select(self, ctx: SearchContext, **options: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Any]]:
-        """Return ``(paths (batch, L, k) long, scores (batch, L, k) or None, extra fields)``."""
+        """Return ``(paths (batch, L, k) long, scores (batch, L, k) or None, extra fields)``.
+
+        ``extra["scored"]``, when present, is the path's ``(contributions, jas, delta)``
+        computed on the way (it must equal :class:`JointNeuronIntegratedGradients` on
+        the path with the same settings); otherwise that is run afterwards."""
         raise NotImplementedError

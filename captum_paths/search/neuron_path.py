@@ -85,32 +85,52 @@ class LayerProgressiveNeuronPath(PathAttribution):
         if 0 < candidates < ctx.k:
             raise ValueError(f"refine must be 0, 'all' or at least k={ctx.k}; got {refine!r}")
         candidates = min(candidates, width)
-        stream = None
-        if ctx.mode == "gate" and len(ctx.inputs) == 1 and not ctx.args:
-            stream = ResidualStream.from_sites(self.sites)
-            if stream is not None and not stream.matches(ctx.inputs[0], ctx.logits):
-                stream = None
-        search = _GateSearch(self, ctx, stream) if ctx.mode == "gate" else _PaperSearch(self, ctx)
+        if ctx.mode == "gate":
+            stream = _stream_for(self.sites, ctx)
+            if stream is not None:
+                return _StreamSearch(self, ctx, stream, candidates).run()
+        search = _GateSearch(self, ctx) if ctx.mode == "gate" else _PaperSearch(self, ctx)
         L, k, B = self.sites.num_layers, ctx.k, ctx.batch
         paths = torch.zeros(B, L, k, dtype=torch.long, device=ctx.device)
         scores = torch.zeros(B, L, k, dtype=torch.float32, device=ctx.device)
         refined = torch.zeros(B, dtype=torch.long, device=ctx.device)
         for t in range(L):
             approx = search.layer_scores(t, paths)  # (B, d_ff)
-            best = approx.topk(k, dim=1)
-            chosen, chosen_scores = best.indices, best.values
-            if candidates:
-                pool = approx.topk(candidates, dim=1).indices  # (B, c)
-                exact = search.exact_scores(t, paths, pool)  # (B, c)
-                top = exact.topk(k, dim=1)
-                refined_choice = pool.gather(1, top.indices)
-                changed = (refined_choice.sort(1).values != chosen.sort(1).values).any(1)
-                refined += changed.long()
-                chosen, chosen_scores = refined_choice, top.values
+            chosen, chosen_scores, changed = _choose(
+                approx, k, candidates, lambda pool: search.exact_scores(t, paths, pool)
+            )
+            refined += changed
             paths[:, t] = chosen
             scores[:, t] = chosen_scores.float()
         extra = {"refined_layers": refined} if candidates else {}
         return paths, scores, extra
+
+
+def _stream_for(sites, ctx: SearchContext) -> Optional[ResidualStream]:
+    """The model's residual stream, checked against the clean logits, or ``None``."""
+    if len(ctx.inputs) != 1 or ctx.args:
+        return None
+    stream = ResidualStream.from_sites(sites)
+    for candidate in (stream, stream.plain() if stream is not None else None):
+        if candidate is not None and candidate.matches(ctx.inputs[0], ctx.logits):
+            return candidate
+    return None
+
+
+def _choose(approx: torch.Tensor, k: int, candidates: int, exact_scores: Callable[[torch.Tensor], torch.Tensor]):
+    """The ``k`` best neurons by ``approx`` ``(B, d_ff)``, or, with ``candidates``, the
+    ``k`` best of the top ``candidates`` by their exact scores. Returns the chosen
+    ``(B, k)``, their scores ``(B, k)`` and whether refinement changed the choice ``(B,)``."""
+    best = approx.topk(k, dim=1)
+    chosen, chosen_scores = best.indices, best.values
+    changed = torch.zeros(approx.shape[0], dtype=torch.long, device=approx.device)
+    if candidates:
+        pool = approx.topk(candidates, dim=1).indices  # (B, c)
+        top = exact_scores(pool).topk(k, dim=1)
+        refined_choice = pool.gather(1, top.indices)
+        changed = (refined_choice.sort(1).values != chosen.sort(1).values).any(1).long()
+        chosen, chosen_scores = refined_choice, top.values
+    return chosen, chosen_scores, changed
 
 
 class _Rows:
@@ -147,17 +167,12 @@ def _layer_mask(paths: torch.Tensor, layer: int, width: int) -> torch.Tensor:
 
 
 class _GateSearch:
-    """SPEC §3 semantics: whole-site scoring and exact refinement."""
+    """SPEC §3 semantics on any model: one full forward per layer and row chunk."""
 
-    def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: Optional[ResidualStream]):
-        self.owner, self.ctx, self.stream = owner, ctx, stream
+    def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext):
+        self.owner, self.ctx = owner, ctx
         self.sites = owner.sites
         self.rows = _Rows(ctx)
-        self.cache: Optional[torch.Tensor] = None  # stream entering block t, per row
-        self.removed: Optional[torch.Tensor] = None  # stream entering block t, prefix removed, per image
-        if stream is not None:
-            with torch.no_grad():
-                self.embedded = stream.embed(ctx.inputs[0])
 
     def _forward(self, ex: torch.Tensor, edits: Dict[int, Callable]) -> torch.Tensor:
         ctx = self.ctx
@@ -169,28 +184,13 @@ class _GateSearch:
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
         ctx, width = self.ctx, self.ctx.width
         scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
-        prev_mask = _layer_mask(paths, t - 1, width) if t > 0 else None
-        if self.stream is not None and t == 0:
-            self.cache = self.embedded[torch.arange(self.rows.count, device=ctx.device) // self.rows.m]
         for part, ex, st, alpha in self.rows:
-            site_gate = torch.full((len(part), width), 1.0, device=ctx.device)
-            site_gate = (site_gate * alpha[:, None]).requires_grad_(True)
-            if self.stream is not None:
-                h = self.cache[part]
-                if t > 0:
-                    with torch.no_grad(), self.sites.edit({t - 1: _gating(_gate(prev_mask[ex], alpha))}):
-                        h = self.stream.blocks[t - 1](h)
-                    self.cache[part] = h
-                with torch.enable_grad(), self.sites.edit({t: _gating(site_gate)}):
-                    logits = self.stream.logits(h, t)
-                    f = output_value(logits, ctx.target[ex], self.owner.output)
-                    (grad,) = torch.autograd.grad(f.sum(), site_gate)
-            else:
-                edits = {l: _gating(_gate(_layer_mask(paths, l, width)[ex], alpha)) for l in range(t)}
-                edits[t] = _gating(site_gate)
-                with torch.enable_grad():
-                    f = self._forward(ex, edits)
-                    (grad,) = torch.autograd.grad(f.sum(), site_gate)
+            site_gate = (torch.ones(len(part), width, device=ctx.device) * alpha[:, None]).requires_grad_(True)
+            edits = {l: _gating(_gate(_layer_mask(paths, l, width)[ex], alpha)) for l in range(t)}
+            edits[t] = _gating(site_gate)
+            with torch.enable_grad():
+                f = self._forward(ex, edits)
+                (grad,) = torch.autograd.grad(f.sum(), site_gate)
             scores.index_add_(0, ex, grad.double() * self.rows.weights[st, None])
         return scores
 
@@ -198,31 +198,185 @@ class _GateSearch:
         """``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} removed)`` for each candidate, ``(B, c)``."""
         ctx, width = self.ctx, self.ctx.width
         B, c = pool.shape
-        if self.stream is not None:
-            with torch.no_grad():
-                if t == 0:
-                    self.removed = self.embedded
-                else:
-                    keep = 1.0 - _layer_mask(paths, t - 1, width)
-                    with self.sites.edit({t - 1: _gating(keep)}):
-                        self.removed = self.stream.blocks[t - 1](self.removed)
-        flat = torch.arange(B * c, device=ctx.device)
         f_removed = torch.empty(B * c, dtype=ctx.f_clean.dtype, device=ctx.device)
-        chunk = ctx.internal_batch_size or B * c
         with torch.no_grad():
-            for part in flat.split(chunk):
-                ex, j = part // c, pool.reshape(-1)[part]
-                keep = torch.ones(len(part), width, device=ctx.device)
-                keep[torch.arange(len(part), device=ctx.device), j] = 0.0
-                if self.stream is not None:
-                    with self.sites.edit({t: _gating(keep)}):
-                        logits = self.stream.logits(self.removed[ex], t)
-                    f_removed[part] = output_value(logits, ctx.target[ex], self.owner.output)
-                else:
-                    edits = {l: _gating(1.0 - _layer_mask(paths, l, width)[ex]) for l in range(t)}
-                    edits[t] = _gating(keep)
-                    f_removed[part] = self._forward(ex, edits)
+            for part in torch.arange(B * c, device=ctx.device).split(ctx.internal_batch_size or B * c):
+                ex = part // c
+                edits = {l: _gating(1.0 - _layer_mask(paths, l, width)[ex]) for l in range(t)}
+                edits[t] = _gating(_removal(pool.reshape(-1)[part], width))
+                f_removed[part] = self._forward(ex, edits)
         return ctx.f_clean[:, None] - f_removed.view(B, c)
+
+
+def _removal(units: torch.Tensor, width: int) -> torch.Tensor:
+    """Keep-gates ``(rows, d_ff)`` that remove neuron ``units[r]`` of row ``r``."""
+    keep = torch.ones(len(units), width, device=units.device)
+    return keep.scatter_(1, units[:, None], 0.0)
+
+
+class _StreamSearch:
+    """SPEC §3 semantics on a :class:`ResidualStream` (SPEC §4.1), the fast engine.
+
+    Images are searched in groups of whole images (every step of an image in the
+    same group; results never depend on the grouping). Per group and layer ``t``:
+
+    - block ``t`` runs up to its site once per row, from the cached stream entering
+      it (the prefix is gated in that stream already); the whole-site pass and the
+      path-gated continuation both finish that same run;
+    - blocks ``t+1..L-1`` run forward and backward once, down to site ``t`` only;
+    - the path-gated continuation keeps its graph (``fuse``), so the path's final
+      joint attribution needs no forward of its own: one backward through the
+      kept blocks gives every layer's gate gradient (SPEC §3), equal to
+      :class:`JointNeuronIntegratedGradients` on the path;
+    - the stream with the prefix removed is carried along for the exact
+      re-scoring of candidates and the convergence delta.
+
+    Without ``fuse`` (a row budget smaller than one image's steps) the
+    continuation runs without graph and the final attribution is left to the
+    caller.
+    """
+
+    def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream, candidates: int):
+        self.owner, self.ctx, self.stream, self.candidates = owner, ctx, stream, candidates
+        self.rows = _Rows(ctx)
+        with torch.no_grad():
+            self.embedded = stream.embed(ctx.inputs[0])  # (B, T, D)
+        tokens, dim = self.embedded.shape[1:]
+        per_row = _graph_bytes(self.sites.num_layers, tokens, dim, ctx.width, self.embedded.element_size())
+        budget = ctx.internal_batch_size or _auto_rows(per_row, self.embedded.device)
+        m = self.rows.m
+        self.group = max(1, budget // m)  # images per group
+        self.chunk = ctx.internal_batch_size or self.group * m  # rows per pass
+        self.fuse = self.chunk >= m
+        # rows per no-grad pass of the exact re-scoring: about the same memory
+        exact_row = 4 * tokens * (dim + ctx.width) * self.embedded.element_size()
+        self.exact_chunk = ctx.internal_batch_size or max(1, budget * per_row // exact_row)
+
+    @property
+    def sites(self):
+        return self.owner.sites
+
+    def _f(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return output_value(logits, self.ctx.target[images], self.owner.output)
+
+    def run(self):
+        ctx, L, k, B = self.ctx, self.sites.num_layers, self.ctx.k, self.ctx.batch
+        paths = torch.zeros(B, L, k, dtype=torch.long, device=ctx.device)
+        scores = torch.zeros(B, L, k, dtype=torch.float32, device=ctx.device)
+        refined = torch.zeros(B, dtype=torch.long, device=ctx.device)
+        contributions = torch.zeros(B, L, k, dtype=torch.float64, device=ctx.device)
+        f_removed = torch.zeros(B, dtype=ctx.f_clean.dtype, device=ctx.device)
+        for images in torch.arange(B, device=ctx.device).split(self.group):
+            out = self._search_group(images)
+            paths[images], scores[images], refined[images] = out[0], out[1], out[2]
+            contributions[images], f_removed[images] = out[3], out[4]
+        extra = {"refined_layers": refined} if self.candidates else {}
+        if self.fuse:
+            contributions = contributions.to(ctx.f_clean.dtype)
+            jas = contributions.sum(dim=(1, 2))
+            extra["scored"] = (contributions, jas, jas - (ctx.f_clean - f_removed))
+        return paths, scores, extra
+
+    def _search_group(self, images: torch.Tensor):
+        ctx, stream, m, width = self.ctx, self.stream, self.rows.m, self.ctx.width
+        L, k, G = self.sites.num_layers, ctx.k, len(images)
+        local = torch.arange(G, device=ctx.device).repeat_interleave(m)  # row -> image of the group
+        steps = torch.arange(m, device=ctx.device).repeat(G)
+        alpha, weight = self.rows.alphas[steps], self.rows.weights[steps]
+        chunks = list(torch.arange(G * m, device=ctx.device).split(self.chunk))
+        paths = torch.zeros(G, L, k, dtype=torch.long, device=ctx.device)
+        scores = torch.zeros(G, L, k, dtype=torch.float32, device=ctx.device)
+        refined = torch.zeros(G, dtype=torch.long, device=ctx.device)
+        with torch.no_grad():
+            first = stream.begin(0, self.embedded[images])  # every step of an image enters block 0 alike
+        runs = [first.take(local[rows]) for rows in chunks]
+        leaves: List[List[torch.Tensor]] = [[] for _ in chunks]
+        kept: List[List[Tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in chunks]  # (gate, block output)
+        removed = self.embedded[images]  # stream entering block t with the prefix removed, (G, T, D)
+        for t in range(L):
+            approx = torch.zeros(G, width, dtype=torch.float64, device=ctx.device)
+            for rows, run in zip(chunks, runs):
+                site_gate = (torch.ones(len(rows), width, device=ctx.device) * alpha[rows, None]).requires_grad_(True)
+                with torch.enable_grad():
+                    f = self._f(stream.logits(run.finish(_gating(site_gate)), t + 1), images[local[rows]])
+                    (grad,) = torch.autograd.grad(f.sum(), site_gate)
+                approx.index_add_(0, local[rows], grad.double() * weight[rows, None])
+            with torch.no_grad():
+                removed_run = stream.begin(t, removed)
+            chosen, chosen_scores, changed = _choose(
+                approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool)
+            )
+            paths[:, t], scores[:, t], refined = chosen, chosen_scores.float(), refined + changed
+            mask = _layer_mask(paths, t, width)
+            with torch.no_grad():
+                removed = removed_run.finish(_gating(1.0 - mask))
+            for i, rows in enumerate(chunks):
+                with torch.set_grad_enabled(self.fuse):
+                    gate = _gate(mask[local[rows]], alpha[rows]).requires_grad_(self.fuse)
+                    h = runs[i].finish(_gating(gate))
+                kept[i].append((gate, h))
+                if t + 1 < L:
+                    leaf = h.detach().requires_grad_(self.fuse)
+                    leaves[i].append(leaf)
+                    with torch.set_grad_enabled(self.fuse):
+                        runs[i] = stream.begin(t + 1, leaf)
+        with torch.no_grad():
+            f_removed = self._f(stream.head(removed), images)
+        contributions = torch.zeros(G, L, k, dtype=torch.float64, device=ctx.device)
+        if self.fuse:
+            for i, rows in enumerate(chunks):
+                per_layer = self._path_gradients(kept[i], leaves[i], images[local[rows]])
+                for t, grad in enumerate(per_layer):
+                    picked = grad.double().gather(1, paths[local[rows], t])  # (rows, k)
+                    contributions[:, t].index_add_(0, local[rows], picked * weight[rows, None])
+        return paths, scores, refined, contributions, f_removed
+
+    def _path_gradients(self, kept, leaves, images: torch.Tensor) -> List[torch.Tensor]:
+        """``dF/dgate`` of every layer at the path-gated rows, ``L x (rows, d_ff)``, by one
+        backward through the blocks kept from the search."""
+        L = len(kept)
+        grads: List[Optional[torch.Tensor]] = [None] * L
+        with torch.enable_grad():
+            f = self._f(self.stream.head(kept[-1][1]), images)
+            outputs, grad_outputs = f.sum(), None
+            for t in reversed(range(L)):
+                gate = kept[t][0]
+                wrt = [gate] + ([leaves[t - 1]] if t > 0 else [])
+                found = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs)
+                grads[t] = found[0]
+                if t > 0:
+                    outputs, grad_outputs = kept[t - 1][1], found[1]
+        return grads
+
+    def _exact_scores(self, t: int, images: torch.Tensor, removed_run, pool: torch.Tensor) -> torch.Tensor:
+        """``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} removed)`` per candidate, ``(G, c)``:
+        one row per candidate finishes block ``t`` from the prefix-removed stream."""
+        G, c = pool.shape
+        f_removed = torch.empty(G * c, dtype=self.ctx.f_clean.dtype, device=pool.device)
+        with torch.no_grad():
+            for part in torch.arange(G * c, device=pool.device).split(self.exact_chunk):
+                ex = part // c
+                h = removed_run.take(ex).finish(_gating(_removal(pool.reshape(-1)[part], self.ctx.width)))
+                f_removed[part] = self._f(self.stream.logits(h, t + 1), images[ex])
+        return self.ctx.f_clean[images, None] - f_removed.view(G, c)
+
+
+def _graph_bytes(layers: int, tokens: int, dim: int, width: int, element: int) -> int:
+    """Rough autograd memory of one row through every block: what the fused search keeps."""
+    return layers * tokens * (12 * dim + 3 * width) * element
+
+
+#: memory the engine may keep in autograd graphs when ``internal_batch_size`` is None
+CPU_GRAPH_BUDGET = 512 * 2**20
+
+
+def _auto_rows(per_row: int, device: torch.device) -> int:
+    """Rows per pass under the default memory budget: ``CPU_GRAPH_BUDGET`` on CPU, a
+    quarter of the free memory on CUDA."""
+    budget = CPU_GRAPH_BUDGET
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] // 4
+    return max(1, budget // max(1, per_row))
 
 
 class _PaperSearch:
