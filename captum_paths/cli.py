@@ -16,6 +16,10 @@ from captum_paths._version import __version__
 logger = logging.getLogger("captum_paths")
 
 
+THREADS_HELP = ("torch intra-op threads on CPU (default: torch's, one per core); 1 is much faster for small "
+                "models when other processes share the cores")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captum-paths",
@@ -41,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="test images per class (default: 4, i.e. 40 images; 0 = all 360)")
     demo.add_argument("--steps", type=int, default=None,
                       help="integration steps of every search and score (default: each method's; faster when small)")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch intra-op threads (default: 1, best for the tiny demo model on a shared machine; "
+                           "0 = torch's default)")
     demo.set_defaults(handler=_run_demo)
 
     extract = commands.add_parser(
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by id)")
     extract.add_argument("--restart", action="store_true", help="delete the folder's records and start over")
     extract.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    extract.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     extract.set_defaults(handler=_run_extract)
 
     merge = commands.add_parser("merge", help="merge per-rank record files of a run folder into records.jsonl",
@@ -98,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--jas-steps", type=int, default=None,
                              help="integration steps of the JAS comparison and of the pruning study's path search "
                                   "(default: each mode's)")
+            sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
         if name == "analyze":
             sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
             sub.add_argument("--permutations", type=int, default=1000)
@@ -110,12 +119,24 @@ def _positive(name: str, value) -> None:
         raise _UsageError(f"{name} must be a positive number; got {value}")
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    """``torch.set_num_threads(threads)`` for this process (``None``: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise _UsageError(f"--threads must be a positive number; got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _run_extract(args: argparse.Namespace) -> int:
     from captum_paths.extract import extract_run
     from captum_paths.search.registry import PATH_METHODS
 
     for name in ("--k", "--steps", "--batch-size", "--limit", "--num-classes"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    _set_threads(args.threads)
     methods = list(PATH_METHODS) if args.method == ["all"] else args.method
     summary = extract_run(
         args.model, args.data, args.out, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
@@ -144,6 +165,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     _positive("--batch-size", args.batch_size)
     _positive("--jas-steps", args.jas_steps)
+    _set_threads(args.threads)
     summary = evaluate_run(args.run, batch_size=args.batch_size, device=args.device, factor=args.factor,
                            jas_modes=args.jas_modes, jas_steps=args.jas_steps, pruning=not args.no_pruning,
                            progress=not args.quiet)
@@ -175,7 +197,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.per_class is not None and args.per_class < 0:
         raise _UsageError(f"--per-class must be 0 (all) or a positive number; got {args.per_class}")
     _positive("--steps", args.steps)
+    if args.threads is not None and args.threads < 0:
+        raise _UsageError(f"--threads must be 0 (torch's default) or a positive number; got {args.threads}")
     kwargs = {} if args.per_class is None else {"per_class": args.per_class}
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
     report = run_demo(args.out, limit=args.limit, progress=not args.quiet, steps=args.steps, **kwargs)
     print(f"report: {report}")
     print(f"html report: {report.with_name('report.html')}")

@@ -299,11 +299,12 @@ def extract_run(
                 y = torch.tensor([item[1] for item in items], device=device)
                 ids = [item[2] for item in items]
                 records = []
+                pred = _predict(net, x)  # one clean forward per batch, shared by every method
                 for name, search in searches.items():
                     rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
                     if rows:
                         records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
-                                                 model, attribute_kwargs)
+                                                 model, attribute_kwargs, pred=pred[rows])
                 new += append_records(file, records)
                 bar.update(len(index))
             ok = True
@@ -324,8 +325,15 @@ def extract_run(
     return summary
 
 
-def _search_batch(search, x, y, ids, target, model_id, attribute_kwargs) -> List[Dict[str, Any]]:
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Top-1 classes ``(N,)`` of ``x``."""
     with torch.no_grad():
-        pred = search.forward_func(x).argmax(dim=1)
+        return to_logits(model(x)).argmax(dim=1)
+
+
+def _search_batch(search, x, y, ids, target, model_id, attribute_kwargs, pred=None) -> List[Dict[str, Any]]:
+    if pred is None:
+        with torch.no_grad():
+            pred = search.forward_func(x).argmax(dim=1)
     result = search.attribute(x, target=y if target == "label" else pred, **attribute_kwargs)
     return result.to_records(image_ids=list(ids), labels=y.tolist(), predictions=pred.tolist(), model_id=model_id)

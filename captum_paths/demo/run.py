@@ -6,6 +6,7 @@ method), ``evaluate_run``, ``analyze_run`` and ``write_report``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -17,12 +18,34 @@ from captum_paths.records import write_json_atomic
 from captum_paths.report import analyze_run, evaluate_run, write_report
 from captum_paths.search.registry import PATH_METHODS
 
-__all__ = ["run_demo", "DEMO_PER_CLASS"]
+__all__ = ["run_demo", "DEMO_PER_CLASS", "DEMO_THREADS"]
 
 logger = logging.getLogger(__name__)
 
 #: Test images per class by default: 40 of the 360 keep the whole job under 2 minutes on 2 CPU cores.
 DEMO_PER_CLASS = 4
+
+#: Intra-op threads of torch during the demo. The demo model is tiny, so a second thread buys little,
+#: and when another process keeps a core busy each of the demo's many small ops waits at an
+#: OpenMP barrier for a descheduled thread: on 2 cores beside a one-core benchmark the whole demo took
+#: 113-120 s with torch's default of 2 threads and 14-15 s with 1 (same paths and numbers).
+DEMO_THREADS = 1
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]):
+    """Run the block with ``threads`` intra-op threads (``None``: leave torch's setting), then restore it."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_demo(
@@ -31,6 +54,7 @@ def run_demo(
     progress: bool = True,
     per_class: Optional[int] = DEMO_PER_CLASS,
     steps: Optional[int] = None,
+    threads: Optional[int] = DEMO_THREADS,
 ) -> Path:
     """Run the whole job on the demo model's test images; returns the Markdown summary.
 
@@ -41,9 +65,18 @@ def run_demo(
         per_class: test images per class written to ``OUT/data`` (``None`` or 0: all 360).
         steps: integration steps of the path search, the JAS comparison and the pruning
             study's search (default: the methods' own for the search, 16 for the rest).
+        threads: torch intra-op threads for the run, restored afterwards (``None`` or 0: torch's
+            own setting). Default: :data:`DEMO_THREADS` (1).
     Rerunning resumes the path search; evaluation, analysis and report are redone.
     """
-    out = Path(out)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise ValueError(f"threads must be a non-negative int (0 or None: torch's default); got {threads!r}")
+    with _torch_threads(threads or None):
+        return _run_demo(Path(out), limit, progress, per_class, steps, threads or None)
+
+
+def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Optional[int], steps: Optional[int],
+              threads: Optional[int]) -> Path:
     start = time.perf_counter()
     per_class = per_class or None
     data = out / "data"
@@ -63,9 +96,11 @@ def run_demo(
     except ValueError as exc:  # e.g. a --limit that leaves a single class
         logger.warning("analysis skipped: %s", exc)
     timings["analyze_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     html, markdown = write_report(out)
+    timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
     write_json_atomic(out / "settings.json", {"model": "demo", "split": "test", "images": summary["images"],
                                                "per_class": per_class, "methods": methods, "target": "label",
-                                               "report": str(html), "timings": timings})
+                                               "threads": threads, "report": str(html), "timings": timings})
     return markdown
