@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from captum_paths.models import LogitsOnly
@@ -224,11 +225,15 @@ def _timm_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[Spl
     if type(block) is not Block or type(block.mlp) is not Mlp or site is not block.mlp.act or capture != "output":
         return None
     mlp = block.mlp
+    cls_attention = _timm_cls_attention(block.attn)
 
     def pre(h: torch.Tensor, cls_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        attn = block.attn(block.norm1(h))
+        x = block.norm1(h)
         if cls_only:
-            h, attn = h[:, :1], attn[:, :1]
+            attn = cls_attention(x) if cls_attention is not None else block.attn(x)[:, :1]
+            h = h[:, :1]
+        else:
+            attn = block.attn(x)
         mid = h + block.drop_path1(block.ls1(attn))
         return mid, mlp.act(mlp.fc1(block.norm2(mid)))
 
@@ -236,6 +241,33 @@ def _timm_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[Spl
         return mid + block.drop_path2(block.ls2(mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(act))))))
 
     return SplitBlock(pre, post)
+
+
+def _timm_cls_attention(attn: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The class token's output of timm's standard ``Attention``, ``(B, N, C) -> (B, 1, C)``:
+    its query alone, keys and values of every token (the same arithmetic as
+    ``Attention.forward`` in eval mode)."""
+    from timm.layers import Attention
+
+    if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+        return None
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = getattr(attn, "attn_dim", heads * head_dim)
+
+    def cls_attention(x: torch.Tensor) -> torch.Tensor:
+        if attn.training and attn.attn_drop.p > 0:
+            return attn(x)[:, :1]
+        batch, tokens, _ = x.shape
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(x[:, :1], weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
+        q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
+        k, v = kv.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
+        out = attn.norm(out.transpose(1, 2).reshape(batch, 1, width))
+        return attn.proj_drop(attn.proj(out))
+
+    return cls_attention
 
 
 def _torchvision_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[SplitBlock]:

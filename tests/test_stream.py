@@ -20,6 +20,7 @@ def _torchvision_vit():
 MODELS = {
     "timm": lambda: tiny_vit(),
     "timm-layerscale": lambda: tiny_vit(init_values=0.5),
+    "timm-qknorm": lambda: tiny_vit(qk_norm=True, qkv_bias=False),
     "torchvision": _torchvision_vit,
 }
 

@@ -104,7 +104,11 @@ class PathAttribution(SiteAttribution):
                 ``"gate"`` mode, 20 left Riemann steps in ``"paper"`` mode.
             method (str, optional): Captum approximation method name.
             mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (§3.1).
-            internal_batch_size (int, optional): Rows per forward/backward pass.
+            internal_batch_size (int, optional): (image, step) rows per
+                forward/backward pass. Default: ``None``: the fast engine of
+                :class:`LayerProgressiveNeuronPath` sizes groups of whole images to
+                a memory budget (512 MiB of autograd graph on CPU, a quarter of the
+                free memory on CUDA); other methods run all rows at once.
 
         Returns:
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
