@@ -241,6 +241,7 @@ def analyze_run(run: PathLike, method: Optional[str] = None, permutations: int =
     cosine.to_csv(out / "class_similarity_cosine.csv")
     jaccard.to_csv(out / "class_similarity_jaccard.csv")
     cons.to_csv(out / "consensus_paths.csv", index=False)
+    table.layer_summary().to_csv(out / "layer_summary.csv", index=False)
     shared.to_csv(out / "shared_consensus_neurons.csv", index=False)
     graph.to_graphml(out / "path_graph.graphml")
     write_json_atomic(out / "consensus_paths.json", {str(k): v for k, v in consensus_path_lists(cons).items()})
@@ -324,6 +325,8 @@ def write_report(run: PathLike) -> Tuple[Path, Path]:
         ("Path sharing", "Mean Jaccard of image paths within vs between classes, label-permutation p-value.",
          ana / "path_sharing.csv"),
         ("Path sharing per class", "", ana / "path_sharing_by_class.csv"),
+        ("Paths per layer", "Distinct neurons, the most frequent neuron and the share of paths holding it, "
+         "the layer's mean contribution and its mean share of the JAS.", ana / "layer_summary.csv"),
         ("Consensus paths", "Most frequent neuron per layer and class, with its support.", ana / "consensus_paths.csv"),
         ("Neurons shared by several classes' consensus paths", "", ana / "shared_consensus_neurons.csv"),
     ):

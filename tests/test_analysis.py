@@ -102,6 +102,19 @@ def test_consensus_paths_and_support_by_hand():
     assert np.allclose(consensus_paths(tie)["support"], [0.5, 1.0])
 
 
+def test_layer_summary_by_hand():
+    summary = PathTable.from_records(HAND).layer_summary()
+    assert list(summary.columns) == [
+        "layer", "distinct_neurons", "top_neuron", "top_share", "mean_contribution", "share_of_jas"]
+    # layer 0: neurons 1 (5 paths), 7, 8; layer 1: 2 (3 paths), 5, 6 (2 paths), 9; layer 2: 3, 4 (3 paths), 9, 10
+    assert summary["distinct_neurons"].tolist() == [3, 4, 4]
+    assert summary["top_neuron"].tolist() == [1, 2, 4]
+    assert np.allclose(summary["top_share"], [5 / 7, 3 / 7, 3 / 7])
+    # contribution of record i is i + 1 at every layer; jas of record i is i (record 0 has jas 0: skipped)
+    assert np.allclose(summary["mean_contribution"], np.mean(np.arange(1, 8)))
+    assert np.allclose(summary["share_of_jas"], np.mean([(i + 1) / i for i in range(1, 7)]))
+
+
 def test_consensus_with_k_neurons_per_layer():
     recs = [
         rec(0, 0, [[1, 2], [5, 6]], k1=False),

@@ -29,9 +29,14 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     assert 0 <= sharing["within"].iloc[0] <= 1
     assert json.loads((out / "analysis" / "consensus_paths.json").read_text())
     assert (out / "analysis" / "path_graph.graphml").read_text().startswith("<?xml")
+    layers = pd.read_csv(out / "analysis" / "layer_summary.csv")
+    searched = [r for r in records if r["method"] == "neuron-path"]
+    assert layers["layer"].tolist() == list(range(len(searched[0]["path"])))
+    assert layers["top_share"].iloc[-1] == max(
+        sum(r["path"][-1][0] == n for r in searched) for n in {r["path"][-1][0] for r in searched}) / len(searched)
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 5
-    assert "neuron-path" in page and "Path sharing" in page
+    assert "neuron-path" in page and "Path sharing" in page and "Paths per layer" in page
     summary = (out / "summary.md").read_text()
     assert "Evaluation per method" in summary and "Path sharing" in summary
     assert json.loads((out / "run.json").read_text())["steps"] == 8

@@ -171,6 +171,40 @@ class PathTable:
             width=self.width,
         )
 
+    def layer_summary(self) -> "pd.DataFrame":
+        """One row per layer: how concentrated the paths are there and how much they carry.
+
+        Columns: ``layer``; ``distinct_neurons`` (over every path and rank);
+        ``top_neuron`` and ``top_share`` (the most frequent neuron, lowest index
+        on ties, and the fraction of paths that hold it); ``mean_contribution``
+        (the layer's summed contribution per path, mean over paths with
+        contributions) and ``share_of_jas`` (mean of that sum divided by the
+        path's JAS, over paths with a non-zero JAS).
+        """
+        import pandas as pd
+
+        rows = []
+        per_layer = np.nansum(self.contributions, axis=2)  # (N, L)
+        has = ~np.isnan(self.contributions).all(axis=2)
+        ok_jas = np.isfinite(self.jas) & (self.jas != 0)
+        for layer in range(self.num_layers):
+            held = self.paths[:, layer, :]  # (N, k)
+            present = np.zeros((len(self), self.width), dtype=bool)
+            present[np.arange(len(self))[:, None], held] = True
+            holders = present.sum(axis=0)
+            top = int(np.argmax(holders))
+            with_c = has[:, layer]
+            share = with_c & ok_jas
+            rows.append({
+                "layer": layer,
+                "distinct_neurons": int(np.count_nonzero(holders)),
+                "top_neuron": top,
+                "top_share": float(holders[top] / len(self)),
+                "mean_contribution": float(per_layer[with_c, layer].mean()) if with_c.any() else float("nan"),
+                "share_of_jas": float((per_layer[share, layer] / self.jas[share]).mean()) if share.any() else float("nan"),
+            })
+        return pd.DataFrame(rows)
+
     # ------------------------------------------------------------- properties
     def __len__(self) -> int:
         return self.paths.shape[0]
