@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "analyze":
             sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
             sub.add_argument("--permutations", type=int, default=1000)
+            sub.add_argument("--no-pixels", action="store_true",
+                             help="skip the pixel figure (it loads the run's model and one image)")
+            sub.add_argument("--device", default=None)
         sub.set_defaults(handler=handler)
     return parser
 
@@ -176,7 +179,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_analyze(args: argparse.Namespace) -> int:
     from captum_paths.report import analyze_run
 
-    summary = analyze_run(args.run, method=args.method, permutations=args.permutations)
+    summary = analyze_run(args.run, method=args.method, permutations=args.permutations,
+                          pixels=not args.no_pixels, device=args.device)
     print(f"analysis: {summary}")
     return 0
 

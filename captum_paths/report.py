@@ -199,8 +199,13 @@ def evaluate_run(
     return out
 
 
-def analyze_run(run: PathLike, method: Optional[str] = None, permutations: int = 1000, seed: int = 0) -> Path:
-    """Class-level path analysis from a run's records alone; writes ``RUN/analysis/`` and returns it."""
+def analyze_run(run: PathLike, method: Optional[str] = None, permutations: int = 1000, seed: int = 0,
+                pixels: bool = True, device: Optional[str] = None) -> Path:
+    """Class-level path analysis from a run's records; writes ``RUN/analysis/`` and returns it.
+
+    With ``pixels`` (and the run's model and data folder at hand) it also draws
+    which pixels drive the last-layer neuron of one image's path (Captum
+    ``NeuronIntegratedGradients``); without them that figure is skipped with a warning."""
     from captum_paths.analysis import (
         PathGraph,
         PathTable,
@@ -254,6 +259,10 @@ def analyze_run(run: PathLike, method: Optional[str] = None, permutations: int =
         "neuron_frequency_heatmap": plot_neuron_frequency_heatmap(table, top=12),
         f"path_graph_class_{best}": plot_path_graph(graph, cls=best, max_nodes_per_layer=5),
     }
+    if pixels:
+        figures.update(_pixel_figure(settings, [r for r in records if r["label"] == best][0], device))
+    for stale in [*out.glob("*.png"), *out.glob("*.svg")]:  # figures of an earlier analysis (another method)
+        stale.unlink()
     for name, fig in figures.items():
         save_figure(fig, out / name)
     write_json_atomic(out / "summary.json", {
@@ -264,6 +273,24 @@ def analyze_run(run: PathLike, method: Optional[str] = None, permutations: int =
         "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
     })
     return out
+
+
+def _pixel_figure(settings: Dict[str, Any], record: Dict[str, Any], device: Optional[str]) -> Dict[str, Any]:
+    """``{name: figure}`` of the pixels behind the last neuron of ``record``'s path, or ``{}``."""
+    from captum_paths.models import ModelLoadError
+    from captum_paths.plots.paths import plot_neuron_pixels
+
+    try:
+        model, images, _ = _load_images(settings, [str(record["image_id"])], device)
+    except (ValueError, OSError, ModelLoadError) as exc:
+        logger.warning("pixel figure skipped: %s", exc)
+        return {}
+    layer = len(record["path"]) - 1
+    fig, _, _ = plot_neuron_pixels(model, images[0].to(next(model.parameters()).device), layer,
+                                   int(record["path"][layer][0]))
+    fig.text(0.01, 0.01, f"image {record['image_id']} (class {record['label']}), method {record['method']}",
+             fontsize=8)
+    return {"neuron_pixels": fig}
 
 
 # ---------------------------------------------------------------------------------- report

@@ -46,6 +46,14 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     # the steps on their own, on the same run folder
     assert main(["analyze", "--run", str(out), "--method", "activation", "--permutations", "10", "--quiet"]) == 0
     assert json.loads((out / "analysis" / "summary.json").read_text())["method"] == "activation"
+    assert (out / "analysis" / "neuron_pixels.png").stat().st_size > 0
+    assert len(list((out / "analysis").glob("path_graph_class_*.png"))) == 1  # no figure of the earlier analysis
+    # without the images the pixel figure is skipped, the rest is written
+    (out / "data").rename(out / "moved")
+    assert main(["analyze", "--run", str(out), "--permutations", "10", "--quiet"]) == 0
+    assert not (out / "analysis" / "neuron_pixels.png").exists()
+    assert (out / "analysis" / "neuron_frequency_heatmap.png").exists()
+    (out / "moved").rename(out / "data")
     assert json.loads((out / "evaluation" / "summary.json").read_text())["images"] == 20
     assert main(["report", "--run", str(out), "--quiet"]) == 0
     assert main(["analyze", "--run", str(out), "--method", "nope", "--quiet"]) == 2
