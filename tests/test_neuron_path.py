@@ -276,3 +276,35 @@ def test_bad_arguments(tiny, kwargs, exc, words):
     for w in words:
         assert w in str(info.value)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# --------------------------------------------------------------------- dtypes, devices
+def _demo_batch():
+    from captum_paths.demo import load_demo_data, load_demo_model
+
+    x, y = load_demo_data("test")
+    return load_demo_model(), x[:6], y[:6]
+
+
+def test_bfloat16_autocast_on_cpu():
+    model, x, y = _demo_batch()
+    search = LayerProgressiveNeuronPath(model)
+    full = search.attribute(x, target=y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = search.attribute(x, target=y)
+    assert half.contributions.dtype == torch.float32 and torch.isfinite(half.contributions).all()
+    assert (half.paths == full.paths).float().mean() >= 0.9
+    torch.testing.assert_close(half.jas, full.jas, rtol=0.1, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model, x, y = _demo_batch()
+    cpu = LayerProgressiveNeuronPath(model).attribute(x, target=y, refine=4)
+    gpu = LayerProgressiveNeuronPath(model.cuda()).attribute(x.cuda(), target=y.cuda(), refine=4)
+    assert gpu.paths.device.type == "cuda"
+    assert (gpu.paths.cpu() == cpu.paths).float().mean() >= 0.95
+    torch.testing.assert_close(gpu.jas.cpu(), cpu.jas, rtol=1e-3, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = LayerProgressiveNeuronPath(model).attribute(x.cuda(), target=y.cuda())
+    torch.testing.assert_close(half.jas.cpu(), cpu.jas, rtol=0.1, atol=2e-2)
