@@ -8,10 +8,14 @@ the best ``k`` join the path.
 The engine (``mode="gate"``) exploits the structure of the problem:
 
 - one clean forward for every site at once (done by the base class);
-- the residual stream entering block ``t-1`` computed for layer ``t-1`` is the
-  one needed for layer ``t``: it is cached, so each layer runs blocks ``t-1..L-1``
-  once forward and blocks ``L-1..t`` once backward (the prefix's contribution is
-  the same constant for every candidate, so no gradient below site ``t`` is needed);
+- the residual stream entering block ``t`` with the prefix gated is cached, so
+  each layer runs blocks ``t..L-1`` once forward and ``L-1..t`` once backward
+  (the prefix's contribution is the same constant for every candidate, so no
+  gradient below site ``t`` is needed); block ``t`` runs up to its site once and
+  is finished for the whole-site pass and for the path continuation
+  (:class:`~captum_paths.stream.BlockRun`);
+- the path continuation keeps its graph, so the final contributions of the path
+  take one backward and no forward (:class:`_StreamSearch`);
 - exact refinement re-scores candidates with forwards from the cached stream with
   the prefix removed, no integral (``JAS(prefix + j) = F(x) - F(x; prefix + j removed)``).
 
