@@ -118,6 +118,33 @@ def test_row_budgets_give_the_same_result(tiny, internal_batch_size):
     torch.testing.assert_close(result.delta, delta)
 
 
+@pytest.mark.parametrize("mode", ["gate", "paper"])
+def test_whole_model_passes_are_sized_to_the_memory_budget(tiny, mode, monkeypatch):
+    """Without the stream (and in paper mode) ``internal_batch_size=None`` chunks the
+    rows to ``CPU_GRAPH_BUDGET`` using the measured graph size of one row."""
+    model, x, y = tiny
+    monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    search = LayerProgressiveNeuronPath(model)
+    whole = search.attribute(x, target=y, k=2, mode=mode, internal_batch_size=10_000)
+    measured = []
+    real = neuron_path._measured_graph_bytes
+    monkeypatch.setattr(neuron_path, "_measured_graph_bytes", lambda o, c: measured.append(real(o, c)) or measured[-1])
+    chunks = []
+    real_rows = neuron_path._Rows.__init__
+
+    def spy(self, ctx):
+        real_rows(self, ctx)
+        chunks.append(self.chunk)
+
+    monkeypatch.setattr(neuron_path._Rows, "__init__", spy)
+    monkeypatch.setattr(neuron_path, "CPU_GRAPH_BUDGET", 0)  # one row per pass
+    small = search.attribute(x, target=y, k=2, mode=mode)
+    assert measured and measured[0] > 0 and chunks == [1]
+    assert torch.equal(small.paths, whole.paths)
+    torch.testing.assert_close(small.jas, whole.jas)
+    torch.testing.assert_close(small.contributions, whole.contributions)
+
+
 # --------------------------------------------------------------------- paper parity
 @pytest.mark.parametrize("k", [1, 2])
 def test_paper_mode_equals_literal_released_algorithm(tiny, k):

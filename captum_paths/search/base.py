@@ -106,9 +106,9 @@ class PathAttribution(SiteAttribution):
             mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (§3.1).
             internal_batch_size (int, optional): (image, step) rows per
                 forward/backward pass. Default: ``None``: the fast engine of
-                :class:`LayerProgressiveNeuronPath` sizes groups of whole images to
-                a memory budget (512 MiB of autograd graph on CPU, a quarter of the
-                free memory on CUDA); other methods run all rows at once.
+                :class:`LayerProgressiveNeuronPath` sizes its passes to a memory
+                budget (512 MiB of autograd graph on CPU, a quarter of the free
+                memory on CUDA); other methods run all rows at once.
 
         Returns:
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
@@ -137,7 +137,7 @@ class PathAttribution(SiteAttribution):
             jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
             scored = jig.attribute(
                 inputs, paths, target=target, additional_forward_args=additional_forward_args,
-                n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
+                n_steps=n_steps, method=method, internal_batch_size=ctx.internal_batch_size,
                 return_convergence_delta=True, mode=mode,
             )
         contributions, jas, delta = scored

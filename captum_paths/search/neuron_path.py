@@ -93,6 +93,9 @@ class LayerProgressiveNeuronPath(PathAttribution):
             stream = _stream_for(self.sites, ctx)
             if stream is not None:
                 return _StreamSearch(self, ctx, stream, candidates).run()
+        if ctx.internal_batch_size is None:
+            # whole-model passes: size them to the memory budget (the final scoring too)
+            ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
         search = _GateSearch(self, ctx) if ctx.mode == "gate" else _PaperSearch(self, ctx)
         L, k, B = self.sites.num_layers, ctx.k, ctx.batch
         paths = torch.zeros(B, L, k, dtype=torch.long, device=ctx.device)
@@ -363,6 +366,28 @@ class _StreamSearch:
                 h = removed_run.take(ex).finish(_gating(_removal(pool.reshape(-1)[part], self.ctx.width)))
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), images[ex])
         return self.ctx.f_clean[images, None] - f_removed.view(G, c)
+
+
+def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext) -> int:
+    """Bytes autograd keeps per row of a whole-model pass with a gate on site 0,
+    measured as the difference between a 2-row and a 1-row forward (the saved
+    parameters cancel out)."""
+    saved = []
+    for rows in (1, 2):
+        ex = torch.zeros(rows, dtype=torch.long, device=ctx.device)
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        gate = torch.ones(rows, ctx.width, device=ctx.device, requires_grad=True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with owner.sites.edit({0: _gating(gate)}):
+                owner.forward_func(*(x[ex] for x in ctx.inputs), *select_rows(ctx.args, ex, ctx.batch))
+        saved.append(total)
+    return max(1, saved[1] - saved[0])
 
 
 def _graph_bytes(layers: int, tokens: int, dim: int, width: int, element: int) -> int:
