@@ -130,7 +130,8 @@ class ResidualStream:
 
     @classmethod
     def from_sites(cls, sites: NeuronSites) -> Optional["ResidualStream"]:
-        """The stream of a timm or torchvision ViT whose blocks hold the sites, else ``None``."""
+        """The stream of a timm, torchvision or Hugging Face (ViT, DeiT, DINOv2) classifier
+        whose blocks hold the sites, else ``None``."""
         model = sites.model.model if isinstance(sites.model, LogitsOnly) else sites.model
         if sites.family == "timm":
             blocks = list(model.blocks)
@@ -146,6 +147,12 @@ class ResidualStream:
             embed, head = _torchvision_embed(model), (lambda h: model.heads(model.encoder.ln(h)[:, 0]))
             splits = [_torchvision_split(b, s, sites.capture) for b, s in zip(blocks, sites.modules)]
             reads_cls = True
+        elif sites.family == "hf":
+            found = _hf_parts(model)
+            if found is None:
+                return None
+            embed, blocks, head = found
+            splits, reads_cls = None, False
         else:
             return None
         if len(blocks) != sites.num_layers or not all(
@@ -213,6 +220,52 @@ def _torchvision_embed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
         x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return model.encoder.dropout(x + model.encoder.pos_embedding)
     return embed
+
+
+class _TensorOutput(nn.Module):
+    """A Hugging Face layer that returns its hidden states only (transformers < 5 returns a tuple)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.layer(h)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _hf_parts(model: nn.Module):
+    """``(embed, blocks, head)`` of Hugging Face ViT, DeiT and DINOv2 image classifiers, else ``None``."""
+    name = type(model).__name__
+    base = next((getattr(model, a) for a in ("vit", "deit", "dinov2") if hasattr(model, a)), None)
+    if base is None or not hasattr(base, "embeddings") or not hasattr(base, "layernorm"):
+        return None
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        return None
+    dtype = base.embeddings.patch_embeddings.projection.weight.dtype
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return base.embeddings(x.to(dtype))
+
+    if name in ("ViTForImageClassification", "DeiTForImageClassification"):
+        def head(h: torch.Tensor) -> torch.Tensor:
+            return model.classifier(base.layernorm(h)[:, 0])
+    elif name == "DeiTForImageClassificationWithTeacher":
+        def head(h: torch.Tensor) -> torch.Tensor:
+            s = base.layernorm(h)
+            return (model.cls_classifier(s[:, 0]) + model.distillation_classifier(s[:, 1])) / 2
+    elif name in ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification"):
+        registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            s = base.layernorm(h)
+            return model.classifier(torch.cat([s[:, 0], s[:, 1 + registers:].mean(dim=1)], dim=1))
+    else:
+        return None
+    return embed, [_TensorOutput(layer) for layer in layers], head
 
 
 def _timm_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[SplitBlock]:

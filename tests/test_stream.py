@@ -91,3 +91,40 @@ def test_a_wrong_split_is_caught_by_matches():
     with torch.no_grad():
         assert not stream.matches(x, model(x))
         assert stream.plain().matches(x, model(x))
+
+
+def _hf_models():
+    transformers = pytest.importorskip("transformers")
+    common = dict(image_size=16, patch_size=4, num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                  intermediate_size=48, num_labels=4)
+    yield transformers.ViTForImageClassification(transformers.ViTConfig(**common))
+    yield transformers.DeiTForImageClassification(transformers.DeiTConfig(**common))
+    yield transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**common))
+    dino = dict(common, mlp_ratio=2)
+    dino.pop("intermediate_size")
+    yield transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**dino))
+
+
+def test_hugging_face_streams_reproduce_the_logits_and_the_search():
+    import captum_paths.search.neuron_path as neuron_path
+    from captum_paths import LayerProgressiveNeuronPath
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    for model in _hf_models():
+        model = model.eval()
+        sites = NeuronSites.from_model(model)
+        stream = ResidualStream.from_sites(sites)
+        assert stream is not None, type(model).__name__
+        with torch.no_grad():
+            assert stream.matches(x, model(x).logits), type(model).__name__
+        search = LayerProgressiveNeuronPath(model)
+        fast = search.attribute(x, target=1, k=2, refine=3)
+        original = neuron_path._stream_for
+        neuron_path._stream_for = lambda sites, ctx: None
+        try:
+            slow = search.attribute(x, target=1, k=2, refine=3)
+        finally:
+            neuron_path._stream_for = original
+        assert torch.equal(fast.paths, slow.paths), type(model).__name__
+        torch.testing.assert_close(fast.jas, slow.jas)
