@@ -57,6 +57,7 @@ from captum_paths.plots.paths import (
     plot_path_graph,
 )
 from captum_paths.records import write_json_atomic, write_text_atomic
+from captum_paths.report import markdown
 
 METHOD = "neuron-path"
 
@@ -87,13 +88,7 @@ def consensus_wide(cons: pd.DataFrame) -> pd.DataFrame:
 
 def md(df: pd.DataFrame, floatfmt: str = ".3f", index: bool = True) -> str:
     """Markdown table; floats with ``floatfmt``, integers as integers (column by column)."""
-    cells = df.copy()
-    for col in cells.columns:
-        if pd.api.types.is_float_dtype(cells[col]):
-            cells[col] = [format(v, floatfmt) for v in cells[col]]
-        else:
-            cells[col] = cells[col].astype(str)
-    return cells.to_markdown(index=index, disable_numparse=True, stralign="right")
+    return markdown(df, floatfmt, index)
 
 
 def _nearest_text(sim: pd.DataFrame, cls) -> str:

@@ -31,12 +31,12 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
-from benchmarks.common import markdown_table
 from captum_paths import NeuronSites
 from captum_paths.demo import load_demo_data, load_demo_model
 from captum_paths.evaluation import jas_comparison
 from captum_paths.interventions import remove_neurons
 from captum_paths.records import write_text_atomic
+from captum_paths.report import markdown
 from captum_paths.search import PATH_METHODS
 
 SEARCHED = "neuron-path"
@@ -87,9 +87,7 @@ def main(argv=None) -> pd.DataFrame:
             "search_s": seconds[row],
         })
     table = pd.DataFrame(rows)
-    text = (f"{len(images)} demo test images, k = 1, target = label\n\n"
-            + markdown_table(list(table.columns),
-                             [[f"{v:.4f}" if isinstance(v, float) else v for v in r] for r in table.values.tolist()]))
+    text = f"{len(images)} demo test images, k = 1, target = label\n\n" + markdown(table)
     print(text)
     if args.out:
         write_text_atomic(args.out, text + "\n")

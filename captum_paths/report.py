@@ -24,7 +24,7 @@ from captum_paths.extract import RECORDS_FILE, read_run
 from captum_paths.search.registry import PATH_METHODS
 from captum_paths.records import read_records, write_json_atomic, write_text_atomic
 
-__all__ = ["evaluate_run", "analyze_run", "write_report", "method_table", "pruning_table", "load_run"]
+__all__ = ["evaluate_run", "analyze_run", "write_report", "method_table", "pruning_table", "load_run", "markdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -306,8 +306,9 @@ def _as_text(df: pd.DataFrame, floatfmt: str = ".4f") -> pd.DataFrame:
     return cells
 
 
-def _md(df: pd.DataFrame) -> str:
-    return _as_text(df).to_markdown(index=False, disable_numparse=True, stralign="right")
+def markdown(df: pd.DataFrame, floatfmt: str = ".4f", index: bool = False) -> str:
+    """Markdown table of ``df``: floats with ``floatfmt``, integers as integers."""
+    return _as_text(df, floatfmt).to_markdown(index=index, disable_numparse=True, stralign="right")
 
 
 def _html_table(df: pd.DataFrame) -> str:
@@ -366,15 +367,15 @@ def write_report(run: PathLike) -> Tuple[Path, Path]:
     lines = ["# captum-paths report", "", f"Run `{run}`: {len(records)} records, methods {', '.join(methods)}.",
              "", f"Settings: {settings_md}.", ""]
     for title, note, df in sections:
-        lines += [f"## {title}", ""] + ([note, ""] if note else []) + [_md(df), ""]
+        lines += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown(df), ""]
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(run)}` (and `.svg`)" for p in figures] + [""]
     if not (eva / "methods_summary.csv").exists():
         lines += ["(No evaluation yet: run `captum-paths evaluate --run RUN`.)", ""]
     if not (ana / "path_sharing.csv").exists():
         lines += ["(No analysis yet: run `captum-paths analyze --run RUN`.)", ""]
-    markdown = run / "summary.md"
-    write_text_atomic(markdown, "\n".join(lines))
+    summary = run / "summary.md"
+    write_text_atomic(summary, "\n".join(lines))
 
     body = [f"<h1>captum-paths report</h1><p>Run <code>{html.escape(str(run))}</code>: {len(records)} records, "
             f"methods {html.escape(', '.join(methods))}.</p><p>Settings: {html.escape(settings_md)}.</p>"]
@@ -392,4 +393,4 @@ def write_report(run: PathLike) -> Tuple[Path, Path]:
     )
     report = run / "report.html"
     write_text_atomic(report, page)
-    return report, markdown
+    return report, summary
