@@ -335,3 +335,40 @@ def test_cuda_matches_cpu():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         half = LayerProgressiveNeuronPath(model).attribute(x.cuda(), target=y.cuda())
     torch.testing.assert_close(half.jas.cpu(), cpu.jas, rtol=0.1, atol=2e-2)
+
+
+# ------------------------------------------------------------------ exact reported JAS
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("name", ["neuron-path", "activation", "knowledge-neurons", "conductance",
+                                  "influence-pattern", "random"])
+def test_reported_jas_is_the_removal_effect_of_the_path(tiny, name, stream, monkeypatch):
+    """At default settings, every method's reported JAS is F(x) - F(x; path removed),
+    and delta is the contributions' gap to it."""
+    from captum_paths.search import PATH_METHODS
+    from captum_paths.interventions import remove_neurons
+
+    if not stream:
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    model, x, y = tiny
+    result = PATH_METHODS[name](model).attribute(x, target=y, k=2)
+    with torch.no_grad():
+        clean = model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+        with remove_neurons(NeuronSites.from_model(model), result.paths):
+            removed = model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+    torch.testing.assert_close(result.jas, clean - removed, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(result.contributions.sum(dim=(1, 2)) - result.jas, result.delta, rtol=0, atol=1e-6)
+
+
+def test_path_tolerance_refines_the_contributions(tiny):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model, output="logit")
+    coarse = search.attribute(x, target=y, k=3, n_steps=2)
+    tol = 1e-4
+    assert (coarse.delta.abs() > tol * coarse.jas.abs()).any(), "the test needs a coarse delta"
+    fine = search.attribute(x, target=y, k=3, n_steps=2, tol=tol)
+    assert torch.equal(fine.paths, coarse.paths)
+    torch.testing.assert_close(fine.jas, coarse.jas)
+    assert (fine.delta.abs() <= torch.clamp(tol * fine.jas.abs(), min=1e-7) + 1e-7).all()
+    assert fine.settings["tol"] == tol
+    phi, _ = JointNeuronIntegratedGradients(model, output="logit").attribute(x, fine.paths, target=y, n_steps=64)
+    torch.testing.assert_close(fine.contributions, phi, rtol=1e-3, atol=1e-5)

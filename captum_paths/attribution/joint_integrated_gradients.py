@@ -1,6 +1,7 @@
-"""Joint attribution of a neuron set spread over dependent layers (SPEC §3)."""
+"""Joint attribution of a neuron set spread over dependent layers."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -18,7 +19,7 @@ from captum_paths.attribution.output import (
     select_rows,
 )
 
-__all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps"]
+__all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps", "check_tolerance", "MAX_TOLERANCE_STEPS"]
 
 MODES = ("gate", "paper")
 _DEFAULT_STEPS = {"gate": 50, "paper": 20}
@@ -54,10 +55,14 @@ class JointNeuronIntegratedGradients(SiteAttribution):
 
     ``phi_n = integral_0^1 dF/dg_n(alpha) d alpha``, ``JAS(N) = sum_n phi_n``.
 
-    The score is complete across layers: ``JAS(N) = F(x) - F(x with N zeroed)``
-    up to quadrature error (``mode="gate"``). ``mode="paper"`` reproduces the
+    The integral is complete across layers: ``sum_n phi_n = F(x) - F(x with N
+    zeroed)`` exactly. So in ``mode="gate"`` the reported ``jas`` is that removal
+    effect, computed by one forward with the set zeroed (exact, whatever the
+    steps); the per-neuron contributions ``phi_n`` are quadratures of the
+    integral, and the convergence delta ``sum_n phi_n - JAS`` is their gap
+    (``tol`` adds steps until it is small). ``mode="paper"`` reproduces the
     released research scripts instead (freeze semantics, left Riemann grid,
-    product of sums; SPEC §3.1), which is not complete.
+    product of sums), which is not complete.
 
     Captum's ``LayerIntegratedGradients`` over several layers treats the layers as
     independent; this class scales neurons of many layers *jointly*.
@@ -87,6 +92,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         mode: str = "gate",
+        tol: Optional[float] = None,
     ) -> Tuple[torch.Tensor, ...]:
         r"""
         Args:
@@ -109,17 +115,25 @@ class JointNeuronIntegratedGradients(SiteAttribution):
             internal_batch_size (int, optional): At most this many
                 (example, step) rows per forward/backward pass. Results equal one
                 big batch. Default: ``None``, all rows at once.
-            return_convergence_delta (bool, optional): Also return
-                ``JAS - (F_N(1) - F_N(0))`` per example. Default: ``False``.
-            mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (SPEC §3.1).
-                Default: ``"gate"``.
+            return_convergence_delta (bool, optional): Also return the
+                convergence delta per example: ``sum_n phi_n - (F(x) - F(x; N
+                zeroed))`` (the quadrature gap of the contributions) in
+                ``"gate"`` mode, ``JAS - (F(x) - F(x; N zeroed))`` in
+                ``"paper"`` mode. Default: ``False``.
+            mode (str, optional): ``"gate"`` (joint gates, complete) or
+                ``"paper"`` (the released scripts' score). Default: ``"gate"``.
+            tol (float, optional): ``"gate"`` mode only: double the steps of the
+                examples whose ``|delta| > tol * |JAS|`` (or above 1e-7) until it
+                holds, up to 1024 steps (a warning names those that still miss).
+                Default: ``None``, the steps given.
 
         Returns:
             ``(contributions, jas)`` or ``(contributions, jas, delta)``:
 
             - **contributions** (*Tensor*): per-neuron contributions, ``(batch, |N|)``
               in the order given, or ``(batch, L, k)`` for path input.
-            - **jas** (*Tensor*): joint score per example, ``(batch,)``.
+            - **jas** (*Tensor*): joint score per example, ``(batch,)``; in
+              ``"gate"`` mode exactly ``F(x) - F(x; N zeroed)``.
             - **delta** (*Tensor*): convergence delta per example, ``(batch,)``.
 
         Examples::
@@ -131,6 +145,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         """
         n_steps, method = default_steps(mode, n_steps, method)
         check_internal_batch_size(internal_batch_size)
+        tol = check_tolerance(tol, mode)
         inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
         batch = inputs[0].shape[0]
@@ -145,33 +160,74 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         f_clean = output_value(logits, target, self.output)
 
         run = _Runner(self, inputs, args, target, nset, clean, width, mode)
-        step_sizes, alphas = approximation_parameters(method)
-        weights = torch.tensor(step_sizes(n_steps), dtype=torch.float64, device=device)
-        alpha = torch.tensor(alphas(n_steps), dtype=torch.float32, device=device)
-
-        contributions = torch.zeros(batch, nset.size, dtype=torch.float64, device=device)
-        grad_sums = torch.zeros(batch, dtype=torch.float64, device=device)  # paper mode
-        rows = torch.arange(batch * n_steps, device=device)
-        chunk = internal_batch_size or rows.numel()
-        with torch.enable_grad():
-            for part in rows.split(chunk):
-                ex, st = part // n_steps, part % n_steps
-                per_neuron, grad_total = run.gradients(ex, alpha[st])
-                contributions.index_add_(0, ex, per_neuron * weights[st, None])
-                grad_sums.index_add_(0, ex, grad_total)
-
+        everyone = torch.arange(batch, device=device)
+        contributions, grad_sums = run.integrate(everyone, n_steps, method, internal_batch_size)
+        with torch.no_grad():
+            f_removed = run.value(everyone, torch.zeros(batch, device=device))
         if mode == "gate":
-            jas = contributions.sum(dim=1)
+            # completeness: the joint score of the set is exactly its removal effect
+            jas = (f_clean - f_removed).double()
+            if tol is not None:
+                contributions = _refine_to_tolerance(
+                    run, contributions, jas, n_steps, method, internal_batch_size, tol
+                )
+            delta = contributions.sum(dim=1) - jas
         else:
-            # SPEC §3.1: [sum_k sum_n dF/da_n(alpha_k)] * [sum_n a0_n / m]
+            # paper score: [sum_k sum_n dF/da_n(alpha_k)] * [sum_n a0_n / m]
             jas = grad_sums * run.clean_set_activation() / n_steps
-        contributions, jas = contributions.to(f_clean.dtype), jas.to(f_clean.dtype)
-        result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions), jas)
+            delta = jas - (f_clean - f_removed).double()
+        dtype = f_clean.dtype
+        result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions.to(dtype)), jas.to(dtype))
         if return_convergence_delta:
-            with torch.no_grad():
-                f_zero = run.value(torch.arange(batch, device=device), torch.zeros(batch, device=device))
-            result = result + (jas - (f_clean - f_zero),)
+            result = result + (delta.to(dtype),)
         return result
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+
+#: the most Gauss-Legendre (or other) steps the contribution tolerance doubles up to
+MAX_TOLERANCE_STEPS = 1024
+
+
+def check_tolerance(tol: Any, mode: str) -> Optional[float]:
+    """Validate ``tol`` (``None`` or a positive float, gate mode only)."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be None or a positive number; got {tol!r}")
+    if mode != "gate":
+        raise ValueError(f"tol applies to mode='gate' only (the paper score is not complete); got mode={mode!r}")
+    return float(tol)
+
+
+def _refine_to_tolerance(
+    run: "_Runner",
+    contributions: torch.Tensor,
+    jas: torch.Tensor,
+    n_steps: int,
+    method: str,
+    internal_batch_size: Optional[int],
+    tol: float,
+) -> torch.Tensor:
+    """Double the quadrature steps of the examples whose contributions miss the
+    removal effect by more than ``tol * |JAS|`` (or 1e-7 absolute), up to
+    :data:`MAX_TOLERANCE_STEPS`. Returns the contributions ``(batch, |N|)``."""
+    contributions = contributions.clone()
+    while True:
+        gap = (contributions.sum(dim=1) - jas).abs()
+        failing = (gap > torch.clamp(tol * jas.abs(), min=1e-7)).nonzero().flatten()
+        if failing.numel() == 0:
+            return contributions
+        if n_steps >= MAX_TOLERANCE_STEPS:
+            warnings.warn(
+                f"tol={tol}: {failing.numel()} example(s) still have |delta| > tol * |JAS| at "
+                f"{n_steps} steps; their contributions are reported as they are",
+                stacklevel=3,
+            )
+            return contributions
+        n_steps = min(2 * n_steps, MAX_TOLERANCE_STEPS)
+        contributions[failing] = run.integrate(failing, n_steps, method, internal_batch_size)[0]
 
 
 class _Runner:
@@ -224,6 +280,28 @@ class _Runner:
             frozen = (frozen_rows >= l)[:, None, None]
             edits[l] = lambda act, v=value, f=frozen: torch.where(f, v.to(act.dtype), act)
         return edits, leaves
+
+    def integrate(
+        self, examples: torch.Tensor, n_steps: int, method: str, internal_batch_size: Optional[int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Quadrature of the integrand over ``examples``: per-neuron contributions
+        ``(len(examples), |N|)`` and, for paper mode, the summed activation
+        gradients ``(len(examples),)``; rows chunked by ``internal_batch_size``."""
+        device = examples.device
+        step_sizes, alphas = approximation_parameters(method)
+        weights = torch.tensor(step_sizes(n_steps), dtype=torch.float64, device=device)
+        alpha = torch.tensor(alphas(n_steps), dtype=torch.float32, device=device)
+        n = examples.numel()
+        contributions = torch.zeros(n, self.nset.size, dtype=torch.float64, device=device)
+        grad_sums = torch.zeros(n, dtype=torch.float64, device=device)
+        rows = torch.arange(n * n_steps, device=device)
+        with torch.enable_grad():
+            for part in rows.split(internal_batch_size or rows.numel()):
+                local, st = part // n_steps, part % n_steps
+                per_neuron, grad_total = self.gradients(examples[local], alpha[st])
+                contributions.index_add_(0, local, per_neuron * weights[st, None])
+                grad_sums.index_add_(0, local, grad_total)
+        return contributions, grad_sums
 
     def value(self, ex: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """``F_N(alpha)`` per row, ``(rows,)``."""

@@ -11,6 +11,7 @@ from captum.log import log_usage
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.joint_integrated_gradients import (
     JointNeuronIntegratedGradients,
+    check_tolerance,
     default_steps,
 )
 from captum_paths.attribution.output import (
@@ -19,6 +20,7 @@ from captum_paths.attribution.output import (
     format_inputs,
     output_value,
     resolve_target,
+    select_rows,
 )
 from captum_paths.search.result import PathResult
 
@@ -89,6 +91,7 @@ class PathAttribution(SiteAttribution):
         method: Optional[str] = None,
         mode: str = "gate",
         internal_batch_size: Optional[int] = None,
+        tol: Optional[float] = None,
         **options: Any,
     ) -> PathResult:
         r"""Find a path per image and score it.
@@ -109,15 +112,22 @@ class PathAttribution(SiteAttribution):
                 :class:`LayerProgressiveNeuronPath` sizes its passes to a memory
                 budget (512 MiB of autograd graph on CPU, a quarter of the free
                 memory on CUDA); other methods run all rows at once.
+            tol (float, optional): ``"gate"`` mode: re-integrate the path's
+                contributions with doubled steps until ``|delta| <= tol * |JAS|``
+                per image (see :class:`JointNeuronIntegratedGradients`). Default:
+                ``None``. The JAS itself is exact either way.
 
         Returns:
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
-            ``(batch, L, k)``, ``jas`` ``(batch,)``, ``delta``, ``settings``.
+            ``(batch, L, k)``, ``jas`` ``(batch,)`` (``"gate"``: exactly ``F(x) -
+            F(x; path zeroed)``), ``delta`` (``sum(contributions) - jas``),
+            ``settings``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}")
         n_steps, method = self._default_steps(mode, n_steps, method)
         check_internal_batch_size(internal_batch_size)
+        tol = check_tolerance(tol, mode)
         self._check_options(options)
         inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
@@ -133,17 +143,19 @@ class PathAttribution(SiteAttribution):
         )
         paths, scores, extra = self._select(ctx, **options)
         scored = extra.pop("scored", None)
+        jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
         if scored is None:
-            jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
             scored = jig.attribute(
                 inputs, paths, target=target, additional_forward_args=additional_forward_args,
                 n_steps=n_steps, method=method, internal_batch_size=ctx.internal_batch_size,
-                return_convergence_delta=True, mode=mode,
+                return_convergence_delta=True, mode=mode, tol=tol,
             )
+        elif tol is not None:
+            scored = _meet_tolerance(jig, ctx, paths, *scored, tol)
         contributions, jas, delta = scored
         settings = {
             "mode": mode, "n_steps": n_steps, "method": method, "k": k, "output": self.output,
-            **self._settings(options),
+            **({"tol": tol} if tol is not None else {}), **self._settings(options),
         }
         return PathResult(
             paths=paths, contributions=contributions, jas=jas, delta=delta, targets=target,
@@ -170,3 +182,28 @@ class PathAttribution(SiteAttribution):
         computed on the way (it must equal :class:`JointNeuronIntegratedGradients` on
         the path with the same settings); otherwise that is run afterwards."""
         raise NotImplementedError
+
+
+def _meet_tolerance(
+    jig: JointNeuronIntegratedGradients,
+    ctx: SearchContext,
+    paths: torch.Tensor,
+    contributions: torch.Tensor,
+    jas: torch.Tensor,
+    delta: torch.Tensor,
+    tol: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-integrate, with ``tol``, the contributions of the images whose ``|delta|``
+    exceeds ``tol * |jas|``: ``(contributions (batch, L, k), jas, delta (batch,))``."""
+    failing = (delta.abs() > torch.clamp(tol * jas.abs(), min=1e-7)).nonzero().flatten()
+    if failing.numel() == 0:
+        return contributions, jas, delta
+    contributions, delta = contributions.clone(), delta.clone()
+    phi, _, gap = jig.attribute(
+        tuple(x[failing] for x in ctx.inputs), paths[failing], target=ctx.target[failing],
+        additional_forward_args=tuple(select_rows(ctx.args, failing, ctx.batch)) or None,
+        n_steps=2 * ctx.n_steps, method=ctx.method, internal_batch_size=ctx.internal_batch_size,
+        return_convergence_delta=True, tol=tol,
+    )
+    contributions[failing], delta[failing] = phi.to(contributions.dtype), gap.to(delta.dtype)
+    return contributions, jas, delta

@@ -279,9 +279,11 @@ class _StreamSearch:
             contributions[images], f_removed[images] = out[3], out[4]
         extra = {"refined_layers": refined} if self.candidates else {}
         if self.fuse:
-            contributions = contributions.to(ctx.f_clean.dtype)
-            jas = contributions.sum(dim=(1, 2))
-            extra["scored"] = (contributions, jas, jas - (ctx.f_clean - f_removed))
+            # the JAS is the exact removal effect; the contributions' sum misses it by delta
+            jas = (ctx.f_clean - f_removed).double()
+            delta = contributions.sum(dim=(1, 2)) - jas
+            dtype = ctx.f_clean.dtype
+            extra["scored"] = (contributions.to(dtype), jas.to(dtype), delta.to(dtype))
         return paths, scores, extra
 
     def _search_group(self, images: torch.Tensor):
