@@ -372,3 +372,63 @@ def test_path_tolerance_refines_the_contributions(tiny):
     assert fine.settings["tol"] == tol
     phi, _ = JointNeuronIntegratedGradients(model, output="logit").attribute(x, fine.paths, target=y, n_steps=64)
     torch.testing.assert_close(fine.contributions, phi, rtol=1e-3, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- beam
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("refine", [3, "all"])
+def test_beam_of_one_is_the_refined_greedy(tiny, refine, stream, monkeypatch):
+    if not stream:
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    greedy = search.attribute(x, target=y, refine=refine)
+    beam = search.attribute(x, target=y, refine=refine, beam=1)
+    assert torch.equal(beam.paths, greedy.paths)
+    torch.testing.assert_close(beam.jas, greedy.jas)
+
+
+def _all_paths_removal(model, x, y, width, layers):
+    """JAS (removal effect) of every one-neuron-per-layer path: (batch, width ** layers)."""
+    sites = NeuronSites.from_model(model)
+    grid = torch.cartesian_prod(*[torch.arange(width)] * layers)  # (P, L)
+    with torch.no_grad():
+        f_clean = model(x).softmax(-1).gather(1, y[:, None])[:, 0]
+    out = torch.zeros(len(x), len(grid))
+    for i in range(len(x)):
+        sets = [[(l, int(u)) for l, u in enumerate(p)] for p in grid]
+        removed = _removed_output(model, sites, x[i : i + 1].expand(len(grid), -1, -1, -1), y[i].repeat(len(grid)), sets)
+        out[i] = f_clean[i] - removed
+    return out, grid
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_beam_covering_every_candidate_finds_the_brute_force_best_path(stream, monkeypatch):
+    if not stream:
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    model = _tiny_vit(seed=5, mlp_ratio=0.25)  # d_ff 8: 512 paths over 3 layers
+    torch.manual_seed(5)
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 2, 4])
+    jas, grid = _all_paths_removal(model, x, y, 8, 3)
+    search = LayerProgressiveNeuronPath(model)
+    result = search.attribute(x, target=y, refine="all", beam=64)
+    best = jas.argmax(dim=1)
+    assert torch.equal(result.paths[:, :, 0], grid[best])
+    torch.testing.assert_close(result.jas, jas.max(dim=1).values, rtol=1e-5, atol=1e-7)
+    # the exact greedy misses the best path of the first image on this model
+    greedy = search.attribute(x, target=y, refine="all")
+    assert (greedy.jas <= result.jas + 1e-7).all() and greedy.jas[0] < result.jas[0] - 1e-7
+
+
+def test_beam_is_never_worse_than_the_greedy_and_records_its_setting(tiny):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    greedy = search.attribute(x, target=y, refine=4)
+    beam = search.attribute(x, target=y, refine=4, beam=4)
+    assert beam.settings["beam"] == 4 and "beam" not in greedy.settings
+    # scores hold the exact JAS of each prefix; the last one is the path's JAS
+    torch.testing.assert_close(beam.scores[:, -1, 0], beam.jas, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="k=1"):
+        search.attribute(x, target=y, beam=2, k=2)
+    with pytest.raises(ValueError, match="beam"):
+        search.attribute(x, target=y, beam=0)

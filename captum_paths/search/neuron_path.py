@@ -35,11 +35,17 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from captum_paths.attribution.joint_integrated_gradients import JointNeuronIntegratedGradients
 from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
+from captum_paths.search.beam import beam_search
 from captum_paths.stream import ResidualStream
 
 __all__ = ["LayerProgressiveNeuronPath"]
 
 Refine = Union[int, str]
+
+#: candidates re-scored exactly per layer when ``refine`` is not given
+DEFAULT_REFINE: Refine = 0
+#: proposals per beam member when ``beam > 1`` and ``refine=0``
+BEAM_CANDIDATES = 8
 
 
 class LayerProgressiveNeuronPath(PathAttribution):
@@ -71,24 +77,31 @@ class LayerProgressiveNeuronPath(PathAttribution):
     name = "neuron-path"
 
     def _check_options(self, options: Dict[str, Any]) -> None:
-        unknown = set(options) - {"refine"}
+        unknown = set(options) - {"refine", "beam"}
         if unknown:
             raise TypeError(f"LayerProgressiveNeuronPath.attribute() got unexpected arguments {sorted(unknown)}")
-        refine = options.get("refine", 0)
-        if refine == "all":
-            return
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        refine = options.get("refine", DEFAULT_REFINE)
+        if refine != "all" and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
             raise ValueError(f"refine must be a non-negative int or 'all'; got {refine!r}")
+        beam = options.get("beam", 1)
+        if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+            raise ValueError(f"beam must be a positive int; got {beam!r}")
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
-        return {"refine": options.get("refine", 0)}
+        settings = {"refine": options.get("refine", DEFAULT_REFINE)}
+        if options.get("beam", 1) > 1:
+            settings["beam"] = options["beam"]
+        return settings
 
-    def _select(self, ctx: SearchContext, refine: Refine = 0):
+    def _select(self, ctx: SearchContext, refine: Refine = None, beam: int = 1):
         width = ctx.width
+        refine = DEFAULT_REFINE if refine is None else refine
         candidates = width if refine == "all" else int(refine)
         if 0 < candidates < ctx.k:
             raise ValueError(f"refine must be 0, 'all' or at least k={ctx.k}; got {refine!r}")
         candidates = min(candidates, width)
+        if beam > 1:
+            return self._beam(ctx, beam, candidates or min(BEAM_CANDIDATES, width))
         if ctx.mode == "gate":
             stream = _stream_for(self.sites, ctx)
             if stream is not None:
@@ -111,6 +124,20 @@ class LayerProgressiveNeuronPath(PathAttribution):
             scores[:, t] = chosen_scores.float()
         extra = {"refined_layers": refined} if candidates else {}
         return paths, scores, extra
+
+
+    def _beam(self, ctx: SearchContext, beam: int, candidates: int):
+        if ctx.k != 1:
+            raise ValueError(f"beam > 1 searches paths of one neuron per layer (k=1); got k={ctx.k}")
+        stream = _stream_for(self.sites, ctx) if ctx.mode == "gate" else None
+        if stream is not None:
+            searcher = _StreamLayers(self, ctx, stream)
+        else:
+            if ctx.internal_batch_size is None:
+                ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
+            searcher = _GateSearch(self, ctx) if ctx.mode == "gate" else _PaperSearch(self, ctx)
+        paths, scores = beam_search(searcher, ctx, beam, candidates, self.sites.num_layers)
+        return paths, scores.float(), {}
 
 
 def _stream_for(sites, ctx: SearchContext) -> Optional[ResidualStream]:
@@ -200,6 +227,10 @@ class _GateSearch:
                 (grad,) = torch.autograd.grad(f.sum(), site_gate)
             scores.index_add_(0, ex, grad.double() * self.rows.weights[st, None])
         return scores
+
+    def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_GateSearch":
+        """The searcher on the beam's next members (it keeps no state between layers)."""
+        return type(self)(self.owner, ctx)
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         """``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} removed)`` for each candidate, ``(B, c)``."""
@@ -370,6 +401,73 @@ class _StreamSearch:
         return self.ctx.f_clean[images, None] - f_removed.view(G, c)
 
 
+class _StreamLayers:
+    """One layer at a time on a :class:`ResidualStream`, for the beam search.
+
+    Keeps, per member, the stream entering block ``t`` with the prefix gated by
+    each step's ``alpha`` ``(members * m, T, D)`` and with the prefix removed
+    ``(members, T, D)``; :meth:`advance` reorders both by the surviving members'
+    parents and runs block ``t`` with the new neuron.
+    """
+
+    def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream,
+                 gated: Optional[torch.Tensor] = None, removed: Optional[torch.Tensor] = None) -> None:
+        self.owner, self.ctx, self.stream = owner, ctx, stream
+        self.rows = _Rows(ctx)
+        m = self.rows.m
+        if removed is None:
+            with torch.no_grad():
+                removed = stream.embed(ctx.inputs[0])
+            gated = removed.repeat_interleave(m, dim=0)
+        self.gated, self.removed = gated, removed
+        tokens, dim = removed.shape[1:]
+        per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, removed.element_size())
+        self.chunk = ctx.internal_batch_size or _auto_rows(per_row, removed.device)
+        exact_row = 4 * tokens * (dim + ctx.width) * removed.element_size()
+        self.exact_chunk = ctx.internal_batch_size or max(1, self.chunk * per_row // exact_row)
+
+    def _f(self, logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        return output_value(logits, self.ctx.target[members], self.owner.output)
+
+    def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
+        ctx, m, width = self.ctx, self.rows.m, self.ctx.width
+        weights, alphas = self.rows.weights, self.rows.alphas
+        scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
+        for rows in torch.arange(ctx.batch * m, device=ctx.device).split(self.chunk):
+            members, steps = rows // m, rows % m
+            gate = (torch.ones(len(rows), width, device=ctx.device) * alphas[steps, None]).requires_grad_(True)
+            with torch.enable_grad():
+                h = self.stream.begin(t, self.gated[rows]).finish(_gating(gate))
+                f = self._f(self.stream.logits(h, t + 1), members)
+                (grad,) = torch.autograd.grad(f.sum(), gate)
+            scores.index_add_(0, members, grad.double() * weights[steps, None])
+        return scores
+
+    def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        R, c = pool.shape
+        f_removed = torch.empty(R * c, dtype=self.ctx.f_clean.dtype, device=pool.device)
+        with torch.no_grad():
+            run = self.stream.begin(t, self.removed)
+            for part in torch.arange(R * c, device=pool.device).split(self.exact_chunk):
+                members = part // c
+                h = run.take(members).finish(_gating(_removal(pool.reshape(-1)[part], self.ctx.width)))
+                f_removed[part] = self._f(self.stream.logits(h, t + 1), members)
+        return self.ctx.f_clean[:, None] - f_removed.view(R, c)
+
+    def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_StreamLayers":
+        m, width = self.rows.m, ctx.width
+        step_rows = (parents[:, None] * m + torch.arange(m, device=parents.device)).reshape(-1)
+        mask = _layer_mask(paths, t, width)  # (members', d_ff)
+        steps = torch.arange(m, device=parents.device).repeat(len(parents))
+        gated = []
+        with torch.no_grad():
+            for rows in torch.arange(len(step_rows), device=parents.device).split(self.chunk):
+                gate = _gate(mask[rows // m], self.rows.alphas[steps[rows]])
+                gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(_gating(gate)))
+            removed = self.stream.begin(t, self.removed[parents]).finish(_gating(1.0 - mask))
+        return _StreamLayers(self.owner, ctx, self.stream, torch.cat(gated), removed)
+
+
 def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext) -> int:
     """Bytes autograd keeps per row of a whole-model pass with a gate on site 0,
     measured as the difference between a 2-row and a 1-row forward (the saved
@@ -447,6 +545,10 @@ class _PaperSearch:
         for l in range(t):
             prefix_act += (self.a0[l] * masks[l]).sum(dim=1)
         return (site_grad + prefix_grad[:, None]) * (self.a0[t] + prefix_act[:, None]) / m
+
+    def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_PaperSearch":
+        """The searcher on the beam's next members (it keeps no state between layers)."""
+        return type(self)(self.owner, ctx)
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         """Paper JAS of ``prefix + {j}`` for each candidate, ``(B, c)``."""
