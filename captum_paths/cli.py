@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--approximation", default=None,
                          help="riemann_left|riemann_right|riemann_middle|riemann_trapezoid|gausslegendre")
     extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
+    extract.add_argument("--refine", default=None, metavar="C",
+                         help="neuron-path: candidates re-scored exactly per layer, a number or 'all' "
+                              "(default: 8 in gate mode, 0 in paper mode)")
+    extract.add_argument("--beam", type=int, default=None, metavar="B",
+                         help="neuron-path: keep the B best partial paths per image (default: 1, the greedy)")
     extract.add_argument("--target", choices=("label", "pred"), default="label",
                          help="explain the true label or the prediction (default: label)")
     extract.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
@@ -137,8 +142,13 @@ def _run_extract(args: argparse.Namespace) -> int:
     from captum_paths.extract import extract_run
     from captum_paths.search.registry import PATH_METHODS
 
-    for name in ("--k", "--steps", "--batch-size", "--limit", "--num-classes"):
+    for name in ("--k", "--steps", "--batch-size", "--limit", "--num-classes", "--beam"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    refine = args.refine
+    if refine is not None and refine != "all":
+        if not refine.isdigit():
+            raise _UsageError(f"--refine must be a non-negative number or 'all'; got {refine!r}")
+        refine = int(refine)
     _set_threads(args.threads)
     methods = list(PATH_METHODS) if args.method == ["all"] else args.method
     summary = extract_run(
@@ -146,6 +156,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, label_map=args.label_map, k=args.k, steps=args.steps,
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
         device=args.device, limit=args.limit, restart=args.restart, progress=not args.quiet,
+        refine=refine, beam=args.beam,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "

@@ -80,7 +80,8 @@ def extract_paths(
 # ---------------------------------------------------------------------------------- run folders
 
 #: Settings that must match for records to share a run folder.
-COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "steps", "approximation", "k", "target")
+COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "steps", "approximation", "k", "target",
+                   "refine", "beam")
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 UNREADABLE_FILE = "unreadable.txt"
@@ -103,9 +104,13 @@ def run_settings(
     methods: Sequence[str] = ("neuron-path",),
     data: Optional[Union[str, Path]] = None,
     label_map: Optional[Union[str, Path]] = None,
+    refine: Optional[Union[int, str]] = None,
+    beam: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The settings a run folder records in ``run.json`` (paths made absolute)."""
     return {
+        "refine": refine,
+        "beam": beam,
         "model": model,
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).expanduser().resolve()),
         "pretrained": bool(pretrained),
@@ -211,8 +216,13 @@ def extract_run(
     limit: Optional[int] = None,
     restart: bool = False,
     progress: bool = True,
+    refine: Optional[Union[int, str]] = None,
+    beam: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Find paths for every image of an image folder; records go to the run folder ``out``.
+
+    ``refine`` and ``beam`` go to the methods that take them (``neuron-path``);
+    ``None`` keeps each method's default.
 
     The run folder holds ``run.json`` (the settings), ``records.jsonl`` (SPEC §7,
     sorted by ``(method, image_id)`` once the run finishes) and ``unreadable.txt``
@@ -244,8 +254,12 @@ def extract_run(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int; got {value!r}")
     out = Path(out)
+    if refine is not None and refine != "all" and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+        raise ValueError(f"refine must be a non-negative int or 'all'; got {refine!r}")
+    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise ValueError(f"beam must be a positive int; got {beam!r}")
     settings = run_settings(model, checkpoint, pretrained, num_classes, mode, steps, approximation, k, target,
-                            methods, data, label_map)
+                            methods, data, label_map, refine, beam)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file")
     old = None if restart else check_run(out, settings)
@@ -287,6 +301,7 @@ def extract_run(
         file = out / (RECORDS_FILE if info.world_size == 1 else f"records.rank{info.rank}.jsonl")
         searches = {name: create_path_method(name, net) for name in methods}
         attribute_kwargs = {"k": k, "n_steps": steps, "method": approximation, "mode": mode}
+        method_options = {key: value for key, value in (("refine", refine), ("beam", beam)) if value is not None}
         bar = tqdm(total=len(todo), desc=f"extract rank {info.rank}" if info.world_size > 1 else "extract",
                    unit="img", disable=not progress or not info.is_main, dynamic_ncols=True)
         new = 0
@@ -303,8 +318,9 @@ def extract_run(
                 for name, search in searches.items():
                     rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
                     if rows:
+                        options = {key: v for key, v in method_options.items() if key in search.options}
                         records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
-                                                 model, attribute_kwargs, pred=pred[rows])
+                                                 model, {**attribute_kwargs, **options}, pred=pred[rows])
                 new += append_records(file, records)
                 bar.update(len(index))
             ok = True

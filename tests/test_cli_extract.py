@@ -183,3 +183,26 @@ def test_merge_joins_rank_files_without_duplicates(tmp_path, capsys):
     merged = read_records(tmp_path / "records.jsonl")
     assert [(r["method"], r["image_id"]) for r in merged] == sorted((r["method"], r["image_id"]) for r in rows)
     assert not list(tmp_path.glob("records.rank*.jsonl"))
+
+
+def test_refine_and_beam_reach_the_neuron_path_records_only(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, *extract_args(data, out, "--method", "neuron-path", "random", "--limit", "3",
+                                                  "--refine", "2", "--beam", "2", "--steps", "2"))
+    assert code == 0, err
+    records = read_records(out / "records.jsonl")
+    searched = [r for r in records if r["method"] == "neuron-path"]
+    assert len(searched) == 3 and all(r["settings"]["refine"] == 2 and r["settings"]["beam"] == 2 for r in searched)
+    assert all("beam" not in r["settings"] for r in records if r["method"] == "random")
+    run = json.loads((out / "run.json").read_text())
+    assert run["refine"] == 2 and run["beam"] == 2
+    # another refine is another run
+    code, _, err = run_main(capsys, *extract_args(data, out, "--method", "neuron-path", "--limit", "3",
+                                                  "--refine", "all", "--beam", "2", "--steps", "2"))
+    assert code == 2 and "refine" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--refine", "x"), ("--refine", "-1"), ("--beam", "0")])
+def test_bad_refine_and_beam_are_one_line_errors(data, tmp_path, capsys, flag, value):
+    code, _, err = run_main(capsys, *extract_args(data, tmp_path / "run", flag, value))
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1

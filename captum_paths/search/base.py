@@ -73,6 +73,8 @@ class PathAttribution(SiteAttribution):
     """
 
     name: ClassVar[str] = ""
+    #: method-specific keyword options of ``attribute`` (run pipelines pass only these)
+    options: ClassVar[Tuple[str, ...]] = ()
     # Gauss-Legendre steps of the gate-mode integrals (search and final JAS) when
     # n_steps is None; shared by every path method so their JAS are comparable.
     # 4 steps: paths agree with a 128-step run on 99.7% (demo ViT, 64 images) and
@@ -155,7 +157,7 @@ class PathAttribution(SiteAttribution):
         contributions, jas, delta = scored
         settings = {
             "mode": mode, "n_steps": n_steps, "method": method, "k": k, "output": self.output,
-            **({"tol": tol} if tol is not None else {}), **self._settings(options),
+            **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, **options}),
         }
         return PathResult(
             paths=paths, contributions=contributions, jas=jas, delta=delta, targets=target,

@@ -42,8 +42,16 @@ __all__ = ["LayerProgressiveNeuronPath"]
 
 Refine = Union[int, str]
 
-#: candidates re-scored exactly per layer when ``refine`` is not given
-DEFAULT_REFINE: Refine = 0
+#: candidates re-scored exactly per layer when ``refine`` is not given (gate mode;
+#: paper mode keeps the released scripts' whole-site search, ``refine=0``)
+DEFAULT_REFINE: Refine = 8
+
+
+def _refine(refine: Optional[Refine], mode: str) -> Refine:
+    """``refine`` with its default for ``mode``."""
+    if refine is not None:
+        return refine
+    return DEFAULT_REFINE if mode == "gate" else 0
 #: proposals per beam member when ``beam > 1`` and ``refine=0``
 BEAM_CANDIDATES = 8
 
@@ -75,12 +83,13 @@ class LayerProgressiveNeuronPath(PathAttribution):
     """
 
     name = "neuron-path"
+    options = ("refine", "beam")
 
     def _check_options(self, options: Dict[str, Any]) -> None:
-        unknown = set(options) - {"refine", "beam"}
+        unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"LayerProgressiveNeuronPath.attribute() got unexpected arguments {sorted(unknown)}")
-        refine = options.get("refine", DEFAULT_REFINE)
+        refine = _refine(options.get("refine"), "gate")
         if refine != "all" and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
             raise ValueError(f"refine must be a non-negative int or 'all'; got {refine!r}")
         beam = options.get("beam", 1)
@@ -88,14 +97,14 @@ class LayerProgressiveNeuronPath(PathAttribution):
             raise ValueError(f"beam must be a positive int; got {beam!r}")
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
-        settings = {"refine": options.get("refine", DEFAULT_REFINE)}
+        settings = {"refine": _refine(options.get("refine"), options.get("mode", "gate"))}
         if options.get("beam", 1) > 1:
             settings["beam"] = options["beam"]
         return settings
 
-    def _select(self, ctx: SearchContext, refine: Refine = None, beam: int = 1):
+    def _select(self, ctx: SearchContext, refine: Optional[Refine] = None, beam: int = 1):
         width = ctx.width
-        refine = DEFAULT_REFINE if refine is None else refine
+        refine = _refine(refine, ctx.mode)
         candidates = width if refine == "all" else int(refine)
         if 0 < candidates < ctx.k:
             raise ValueError(f"refine must be 0, 'all' or at least k={ctx.k}; got {refine!r}")
