@@ -44,6 +44,8 @@ __all__ = [
     "Timer",
     "timed",
     "markdown_table",
+    "removal_effect",
+    "emit",
 ]
 
 MODEL_SEED = 0
@@ -154,3 +156,25 @@ def markdown_table(header: List[str], rows: List[List[Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def removal_effect(model: torch.nn.Module, sites, images: torch.Tensor, labels: torch.Tensor,
+                   paths: torch.Tensor) -> torch.Tensor:
+    """``F(x) - F(x; every path neuron zeroed)`` per image, F = probability of the label:
+    ``(N,)`` float64 (the exact gate JAS of the path)."""
+    from captum_paths.interventions import remove_neurons
+
+    with torch.no_grad():
+        clean = model(images).softmax(-1).gather(1, labels[:, None])[:, 0]
+        with remove_neurons(sites, paths):
+            removed = model(images).softmax(-1).gather(1, labels[:, None])[:, 0]
+    return (clean - removed).double()
+
+
+def emit(text: str, out=None) -> None:
+    """Print a benchmark's Markdown and, when ``out`` is given, write it there atomically."""
+    from captum_paths.records import write_text_atomic
+
+    print(text, flush=True)
+    if out:
+        write_text_atomic(out, text + "\n")

@@ -13,7 +13,8 @@ Per path variant (method and settings) it reports
 - ``reported JAS``: the JAS in the method's :class:`~captum_paths.PathResult`
   (what records, tables and the CLI show), and its largest relative gap to the
   exact value;
-- ``mean |delta| / |JAS|``: how far the per-neuron contributions are from adding up;
+- ``sum |delta| / sum |JAS|``: how far the per-neuron contributions are from
+  adding up to the JAS;
 - removal / enhancement (x2) probability deviation
   (:func:`captum_paths.evaluation.probability_deviation`);
 - within- and between-class Jaccard of the paths' (layer, neuron) sets
@@ -44,12 +45,11 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
+from benchmarks.common import emit, removal_effect
 from benchmarks.real_model import build_real_classifier, select_test_images
 from captum_paths import NeuronSites
 from captum_paths.analysis import path_sharing
 from captum_paths.evaluation import probability_deviation, summarize_deviation
-from captum_paths.interventions import remove_neurons
-from captum_paths.records import write_text_atomic
 from captum_paths.report import markdown
 from captum_paths.search import PATH_METHODS
 
@@ -63,6 +63,7 @@ def variants(beams: List[int]) -> List[Tuple[str, str, Dict]]:
         (WHOLE_SITE, SEARCHED, {"refine": 0}),
         (f"{SEARCHED}, refine=0, n_steps=8", SEARCHED, {"refine": 0, "n_steps": 8}),
         (f"{SEARCHED} (default)", SEARCHED, {}),
+        (f"{SEARCHED} (default), tol=0.01", SEARCHED, {"tol": 0.01}),
         (f"{SEARCHED}, refine=4", SEARCHED, {"refine": 4}),
         (f"{SEARCHED}, refine=8", SEARCHED, {"refine": 8}),
         (f"{SEARCHED}, refine=32", SEARCHED, {"refine": 32}),
@@ -70,15 +71,6 @@ def variants(beams: List[int]) -> List[Tuple[str, str, Dict]]:
     rows += [(f"{SEARCHED}, beam={b}, refine=8", SEARCHED, {"beam": b, "refine": 8}) for b in beams]
     rows += [(name, name, {}) for name in PATH_METHODS if name != SEARCHED]
     return rows
-
-
-def removal_effect(model, sites, images, labels, paths) -> torch.Tensor:
-    """``F(x) - F(x; path zeroed)`` per image, F = probability of the label: ``(N,)``."""
-    with torch.no_grad():
-        clean = model(images).softmax(-1).gather(1, labels[:, None])[:, 0]
-        with remove_neurons(sites, paths):
-            removed = model(images).softmax(-1).gather(1, labels[:, None])[:, 0]
-    return (clean - removed).double()
 
 
 def run_variant(model, sites, images, labels, name, kwargs) -> Tuple[object, float]:
@@ -91,7 +83,7 @@ def summarize(model, sites, images, labels, row, result, seconds) -> Dict:
     exact = removal_effect(model, sites, images, labels, result.paths)
     reported = result.jas.double()
     gap = (reported - exact).abs() / exact.abs().clamp(min=1e-12)
-    delta_share = (result.delta.double().abs() / reported.abs().clamp(min=1e-12)).mean().item()
+    delta_share = (result.delta.double().abs().sum() / reported.abs().sum().clamp(min=1e-12)).item()
     records = result.to_records(labels=labels.tolist())
     sharing = path_sharing(records)
     deviation = summarize_deviation(probability_deviation(model, images, labels, {row: result.paths}, sites=sites))
@@ -99,7 +91,7 @@ def summarize(model, sites, images, labels, row, result, seconds) -> Dict:
     return {
         "path": row, "images": len(images), "mean exact JAS": exact.mean().item(),
         "mean reported JAS": reported.mean().item(), "max rel. gap": gap.max().item(),
-        "mean |delta|/|JAS|": delta_share,
+        "sum |delta| / sum |JAS|": delta_share,
         "prob. dev. remove": float(dev["remove"]), "prob. dev. enhance": float(dev["enhance"]),
         "Jaccard within": sharing.within, "Jaccard between": sharing.between, "search s": seconds,
     }
@@ -140,7 +132,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
         table["time vs refine=0"] = table["search s"] / seconds[WHOLE_SITE]
     text = (f"DINOv2 ViT-S/14 + linear probe, {args.img_size} px digits, {len(images)} test images "
             f"({args.per_class} per class), k = 1, target = label, {args.threads} torch threads\n\n"
-            + markdown(table))
+            + (markdown(table) if len(table) else "(no path variant run)"))
+    emit(text, args.out)
 
     if not args.skip_greedy and (not args.only or "greedy" in args.only):
         n = args.greedy_images or len(images)
@@ -159,13 +152,13 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
                                 "images >= greedy": (exact >= base - 1e-7).double().mean().item(),
                                 "search s": secs})
             print(f"[greedy comparison] {row}: {secs:.1f} s, exact JAS {exact.mean().item():.4f}", flush=True)
+            partial = pd.DataFrame(greedy_rows)
+            print(markdown(partial), flush=True)
         greedy = pd.DataFrame(greedy_rows)
         whole = greedy.set_index("path").loc[WHOLE_SITE, "search s"]
         greedy["time vs refine=0"] = greedy["search s"] / whole
         text += f"\n\nAgainst the exact greedy, first {n} images:\n\n" + markdown(greedy)
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text + "\n")
+        emit(text, args.out)
     return table
 
 

@@ -1,4 +1,4 @@
-"""The paper's experiments as a harness: manipulation, JAS comparison, pruning (SPEC §6).
+"""The paper's experiments as a harness: manipulation, JAS comparison, pruning.
 
 Every function takes a model, images, labels and paths (one ``(N, L, k)`` tensor
 or :class:`~captum_paths.search.PathResult` per method, aligned with the images)
@@ -10,8 +10,8 @@ and returns a tidy :class:`pandas.DataFrame`, one row per observation, which
   correctness before and after. :func:`summarize_deviation` aggregates it per
   method (or per method and class), including the accuracy deviation
   ``accuracy_after - accuracy_before``.
-- :func:`jas_comparison`: the JAS of every method's paths, gate (SPEC §3) and
-  paper (SPEC §3.1) semantics.
+- :func:`jas_comparison`: the JAS of every method's paths, gate (exact removal
+  effect) and paper (the released scripts' score) semantics.
 - :func:`class_consensus` and :func:`pruning_study`: class consensus paths from
   top-k paths of some images of a class, and the pruned model evaluated on the
   *other* images of that class.
@@ -271,13 +271,14 @@ def jas_comparison(
     Args:
         model, images, labels, paths_by_method, sites, batch_size: as in
             :func:`probability_deviation`; ``F`` is the softmax probability of the label.
-        modes (sequence of str, optional): ``"gate"`` (SPEC §3) and/or ``"paper"``
-            (SPEC §3.1). Default: both.
-        n_steps (int, optional): Quadrature steps for every mode. Default: the
-            defaults of :class:`JointNeuronIntegratedGradients` (50 Gauss–Legendre
-            steps for gate, 20 left Riemann steps for paper).
+        modes (sequence of str, optional): ``"gate"`` (joint gates: the JAS is
+            exactly ``F(x) - F(x; path removed)``, one forward per batch, no
+            integral) and/or ``"paper"`` (the released scripts' score, an
+            integral). Default: both.
+        n_steps (int, optional): Quadrature steps of the paper score. Default:
+            20 left Riemann steps, as the released scripts.
         internal_batch_size (int, optional): Rows per forward/backward pass of the
-            integrals. Default: ``None``, ``batch_size × n_steps`` rows at once.
+            paper integral. Default: ``None``, ``batch_size × n_steps`` rows at once.
 
     Returns:
         DataFrame with columns :data:`JAS_COLUMNS`: ``image``, ``label``, ``method``,
@@ -295,11 +296,18 @@ def jas_comparison(
     device, n = _device(model), images.shape[0]
     table = {name: _as_paths(name, paths, n, sites.num_layers) for name, paths in paths_by_method.items()}
     jig = JointNeuronIntegratedGradients(model, sites=sites)
+    forward = as_logits_model(model)
+    rows = torch.arange(n)
+    p_clean = _probabilities(forward, images, batch_size, device)[rows, labels] if "gate" in modes else None
     frames = []
     for name, paths in table.items():
         for mode in modes:
             values = []
-            for start in range(0, n, batch_size):
+            if mode == "gate":
+                removed = _probabilities(forward, images, batch_size, device,
+                                         context=lambda part, paths=paths: scale_neurons(sites, paths[part], 0.0))
+                values.append(p_clean - removed[rows, labels])
+            for start in range(0, n if mode == "paper" else 0, batch_size):
                 stop = min(start + batch_size, n)
                 _, jas = jig.attribute(
                     images[start:stop].to(device), paths[start:stop], target=labels[start:stop].to(device),

@@ -119,8 +119,8 @@ plt.show()
 We pick, for the first image, the most active neuron of layers 1, 3 and 5 and
 score the set `[(1, j1), (3, j3), (5, j5)]` on eight images. `F` is the
 softmax probability of the true class. `attribute` returns the per-neuron
-contributions `phi_n`, their sum (the JAS) and, on request, the convergence
-delta.
+contributions `phi_n` (integrals), the JAS of the set and, on request, the
+convergence delta `sum(phi) - JAS`.
 """),
     code("""
 neurons = [(l, int(cls_acts[l].argmax())) for l in (1, 3, 5)]
@@ -144,17 +144,20 @@ plt.show()
     md("""
 ## 4. Completeness: JAS = F(x) − F(x with the set removed)
 
-In the default `mode="gate"` the score is *complete*: the contributions add up
-to the change of the output when the whole set is zeroed, up to quadrature
-error — that residual is the convergence delta. We check it directly with
-`remove_neurons` and watch the delta shrink as `n_steps` grows.
+In the default `mode="gate"` the integral is *complete*: the contributions add
+up to the change of the output when the whole set is zeroed. So the reported
+JAS *is* that removal effect, computed exactly by one forward with the set
+zeroed; the contributions are quadratures of the integral and miss it by the
+convergence delta. We check both with `remove_neurons`, watch the delta shrink
+as `n_steps` grows, and let `tol` pick the steps.
 """),
     code("""
 with torch.no_grad():
     p_clean = model(x).softmax(1)[torch.arange(len(y)), y]
     with remove_neurons(sites, neurons):
         p_removed = model(x).softmax(1)[torch.arange(len(y)), y]
-pd.DataFrame({"JAS": jas, "F(x) - F(x; removed)": p_clean - p_removed, "delta": delta})
+pd.DataFrame({"JAS": jas, "F(x) - F(x; removed)": p_clean - p_removed,
+              "sum of contributions": phi.sum(1), "delta": delta})
 """),
     code("""
 steps = [2, 4, 8, 16, 32]
@@ -169,9 +172,18 @@ ax.set_title("Convergence delta vs quadrature steps")
 plt.show()
 """),
     md("""
+`tol` asks for contributions that add up: the steps of each image are doubled
+until `|delta| <= tol * |JAS|`.
+"""),
+    code("""
+phi_tol, jas_tol, delta_tol = jig.attribute(x, neurons, target=y, n_steps=2, tol=1e-4,
+                                            return_convergence_delta=True)
+print("max |delta| / |JAS| with tol=1e-4:", (delta_tol.abs() / jas_tol.abs()).max().item())
+"""),
+    md("""
 ## 5. Gate vs paper semantics
 
-`mode="paper"` reproduces the authors' released scripts (SPEC §3.1): the
+`mode="paper"` reproduces the authors' released scripts: the
 sites up to the deepest set layer are *frozen* at their clean values except
 the set neurons, the grid is a left Riemann sum with 20 steps, and the score is
 a *product of sums* `[Σ_k Σ_n ∂F/∂a_n] · [Σ_n a⁰_n / m]`. Use it to compare with
@@ -206,7 +218,7 @@ NB02 = [
 The *influential neuron path* of an image is one neuron per layer, chosen
 layer by layer: at layer `t`, the neurons already chosen and the whole site
 `t` are scaled jointly, and the neuron with the largest joint attribution is
-kept (`LayerProgressiveNeuronPath`, SPEC §4). This notebook runs the search,
+kept (`LayerProgressiveNeuronPath`). This notebook runs the search,
 its top-k and refinement options, compares it with every baseline path method,
 and manipulates the paths (removal and enhancement).
 """),
@@ -223,13 +235,16 @@ from captum_paths.plots.evaluation import plot_deviation, plot_jas
 model = load_demo_model()
 images, labels = load_demo_data("test")
 x, y = images[:32], labels[:32]   # a small batch keeps the notebook fast
-N_STEPS = 16                      # quadrature steps of every integral (the library default)
+N_STEPS = 16                      # quadrature steps of every integral (the library default is 4)
 """),
     md("""
 ## 2. The layer-progressive search
 
 `attribute` returns a `PathResult`: `paths` `(batch, L, k)`, the per-neuron
-`contributions` of the whole path, its `jas` and the convergence `delta`.
+`contributions` of the whole path, its `jas` (exactly `F(x) - F(x; path
+removed)`) and the convergence `delta` of the contributions. By default the
+search re-scores the 8 best whole-site candidates of each layer exactly
+(`refine=8`, next section).
 """),
     code("""
 search = LayerProgressiveNeuronPath(model)
@@ -258,15 +273,16 @@ plt.show()
 prefix for later layers. The whole-site score is an approximation:
 `refine=c` re-scores the best `c` candidates of each layer *exactly*
 (`JAS(prefix ∪ {j}) = F(x) − F(x; prefix ∪ {j} removed)`, forward passes only)
-and keeps the best; `refine="all"` scores every candidate exactly (the exact
-greedy).
+and keeps the best; `refine=0` is the paper's whole-site search and
+`refine="all"` scores every candidate exactly (the exact greedy).
 """),
     code("""
 top3 = search.attribute(x, target=y, k=3, n_steps=N_STEPS)
-refined = search.attribute(x, target=y, n_steps=N_STEPS, refine=8)
+whole = search.attribute(x, target=y, n_steps=N_STEPS, refine=0)
+refined = result  # the default, refine=8
 print("top-3 path of image 0 (layer x rank):\\n", top3.paths[0].numpy())
 summary = pd.DataFrame({
-    "k=1": result.jas.numpy(), "k=1, refine=8": refined.jas.numpy(), "k=3": top3.jas.numpy(),
+    "k=1, refine=0": whole.jas.numpy(), "k=1, refine=8": refined.jas.numpy(), "k=3": top3.jas.numpy(),
 })
 print("images whose path refine=8 changed:", int((refined.refined_layers > 0).sum()), "of", len(x),
       "| mean layers changed per image:", refined.refined_layers.float().mean().item())
@@ -276,31 +292,34 @@ summary.describe().loc[["mean", "50%", "max"]]
 Top-3 paths hold three times as many neurons, so their JAS is larger; compare
 paths of the same `k`. The exact greedy re-scores all 256 candidates of every
 layer: more forward passes, so we run it on the first 8 images only. Re-scoring the best 8
-whole-site candidates already gets (almost) all of its gain.
+whole-site candidates already gets (almost) all of its gain. A beam search
+(`beam=4`) keeps the 4 best partial paths of each image after every layer and
+can go beyond the greedy.
 """),
     code("""
 exact = search.attribute(x[:8], target=y[:8], n_steps=N_STEPS, refine="all")
-pd.DataFrame({"k=1": result.jas[:8], "refine=8": refined.jas[:8], "refine='all'": exact.jas,
-              "layers changed by 'all'": exact.refined_layers})
+beam = search.attribute(x[:8], target=y[:8], n_steps=N_STEPS, beam=4)
+pd.DataFrame({"refine=0": whole.jas[:8], "refine=8": refined.jas[:8], "refine='all'": exact.jas,
+              "beam=4": beam.jas, "layers changed by 'all'": exact.refined_layers})
 """),
     md("""
 ## 4. Every baseline on the same images
 
-The registry `PATH_METHODS` holds the search and the baselines of SPEC §5
+The registry `PATH_METHODS` holds the search and the baselines
 (activation, knowledge neurons, conductance, influence pattern, random); they
 all return a `PathResult` of the same shape, so `jas_comparison` scores every
-path with the same integral.
+path the same way.
 """),
     code("""
 paths = {name: cls(model).attribute(x, target=y, n_steps=N_STEPS) for name, cls in PATH_METHODS.items()}
-paths["neuron-path (refine=8)"] = refined
+paths["neuron-path (refine=0)"] = whole
 jas_df = jas_comparison(model, x, y, paths, modes=("gate",), n_steps=N_STEPS)
 display(jas_df.groupby("method", sort=False)["jas"].agg(["mean", "median"]).sort_values("mean", ascending=False))
 show(plot_jas(jas_df))
 """),
     md("""
 On this small model the whole-site approximation picks the same neurons as
-per-layer knowledge-neuron IG (SPEC §4 measured 96% agreement); exact
+per-layer knowledge-neuron IG (96% of them on the demo's test images); exact
 refinement is what lifts the JAS above it. Activation, conductance and
 influence-pattern paths score lower, and random paths score about zero.
 
@@ -334,7 +353,7 @@ NB03 = [
 
 One path explains one image. Collected over many images, paths show which
 neurons a *class* relies on. Here we search the paths of 60 digits (6 per
-class), turn them into records (SPEC §7), and analyse them as a layered
+class), turn them into records (one JSON line per image), and analyse them as a layered
 `networkx` graph, per-class frequencies, shared neurons and class similarity,
 then explain a path neuron in pixel space.
 """),
@@ -447,7 +466,7 @@ NB04 = [
 
 If a class really relies on its path neurons, a model that keeps only the
 class *consensus* path and zeroes the other FFN neurons should still recognise
-that class. The pruning study (SPEC §6) tests this on images that were **not**
+that class. The pruning study tests this on images that were **not**
 used to build the consensus.
 """),
     md("## 1. Setup"),

@@ -1,5 +1,5 @@
 """The shared contract of every path method: choose k neurons per layer, then
-score the whole path with the joint attribution (SPEC §3–§5)."""
+score the whole path with the joint attribution."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -108,7 +108,7 @@ class PathAttribution(SiteAttribution):
                 final JAS). Default: ``default_n_steps`` (4) Gauss-Legendre steps in
                 ``"gate"`` mode, 20 left Riemann steps in ``"paper"`` mode.
             method (str, optional): Captum approximation method name.
-            mode (str, optional): ``"gate"`` (SPEC §3) or ``"paper"`` (§3.1).
+            mode (str, optional): ``"gate"`` (joint gates) or ``"paper"`` (the released scripts' score).
             internal_batch_size (int, optional): (image, step) rows per
                 forward/backward pass. Default: ``None``: the fast engine of
                 :class:`LayerProgressiveNeuronPath` sizes its passes to a memory
