@@ -1,4 +1,4 @@
-"""The paper's experiments (SPEC §6) on the embedded demo model's 360 test images.
+"""The paper's experiments on the embedded demo model's 360 test images.
 
 Every registered path method finds one neuron per layer (k=1, gate semantics,
 target = label); then
