@@ -436,3 +436,13 @@ def test_beam_is_never_worse_than_the_greedy_and_records_its_setting(tiny):
         search.attribute(x, target=y, beam=2, k=2)
     with pytest.raises(ValueError, match="beam"):
         search.attribute(x, target=y, beam=0)
+
+
+@pytest.mark.parametrize("internal_batch_size", [4, 9, None])
+def test_beam_results_do_not_depend_on_the_row_budget(tiny, internal_batch_size):
+    model, x, y = tiny
+    search = LayerProgressiveNeuronPath(model)
+    whole = search.attribute(x, target=y, beam=3, refine=4, internal_batch_size=10_000)
+    part = search.attribute(x, target=y, beam=3, refine=4, internal_batch_size=internal_batch_size)
+    assert torch.equal(part.paths, whole.paths)
+    torch.testing.assert_close(part.jas, whole.jas)

@@ -35,7 +35,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from captum_paths.attribution.joint_integrated_gradients import JointNeuronIntegratedGradients
 from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
-from captum_paths.search.beam import beam_search
+from captum_paths.search.beam import beam_search, member_context
 from captum_paths.stream import ResidualStream
 
 __all__ = ["LayerProgressiveNeuronPath"]
@@ -157,14 +157,22 @@ class LayerProgressiveNeuronPath(PathAttribution):
         if ctx.k != 1:
             raise ValueError(f"beam > 1 searches paths of one neuron per layer (k=1); got k={ctx.k}")
         stream = _stream_for(self.sites, ctx) if ctx.mode == "gate" else None
-        if stream is not None:
-            searcher = _StreamLayers(self, ctx, stream)
-        else:
-            if ctx.internal_batch_size is None:
-                ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
-            searcher = _GateSearch(self, ctx) if ctx.mode == "gate" else _PaperSearch(self, ctx)
-        paths, scores = beam_search(searcher, ctx, beam, candidates, self.sites.num_layers)
-        return paths, scores.float(), {}
+        if stream is None and ctx.internal_batch_size is None:
+            ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
+        # images in groups whose beam members' cached streams fit the row budget
+        rows = ctx.internal_batch_size or _StreamLayers.row_budget(self, ctx, stream)
+        group = max(1, rows // (beam * ctx.n_steps))
+        paths, scores = [], []
+        for images in torch.arange(ctx.batch, device=ctx.device).split(group):
+            sub = member_context(ctx, images)
+            if stream is not None:
+                searcher = _StreamLayers(self, sub, stream)
+            else:
+                searcher = _GateSearch(self, sub) if ctx.mode == "gate" else _PaperSearch(self, sub)
+            found = beam_search(searcher, sub, beam, candidates, self.sites.num_layers)
+            paths.append(found[0])
+            scores.append(found[1])
+        return torch.cat(paths), torch.cat(scores).float(), {}
 
 
 def _stream_for(sites, ctx: SearchContext) -> Optional[ResidualStream]:
@@ -452,6 +460,15 @@ class _StreamLayers:
         self.chunk = ctx.internal_batch_size or _auto_rows(per_row, removed.device)
         exact_row = 4 * tokens * (dim + ctx.width) * removed.element_size()
         self.exact_chunk = ctx.internal_batch_size or max(1, self.chunk * per_row // exact_row)
+
+    @staticmethod
+    def row_budget(owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream) -> int:
+        """(member, step) rows per pass under the default memory budget."""
+        with torch.no_grad():
+            tokens, dim = stream.embed(ctx.inputs[0][:1]).shape[1:]
+        element = ctx.inputs[0].element_size() if ctx.inputs[0].is_floating_point() else 4
+        per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, element)
+        return _auto_rows(per_row, ctx.device)
 
     def _f(self, logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         return output_value(logits, self.ctx.target[members], self.owner.output)
