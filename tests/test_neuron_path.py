@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+import captum_paths.attribution._machinery as machinery
 import captum_paths.search.neuron_path as neuron_path
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites, PathResult
 from _models import tiny_vit as _tiny_vit
@@ -125,21 +126,22 @@ def test_whole_model_passes_are_sized_to_the_memory_budget(tiny, mode, monkeypat
     model, x, y = tiny
     monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
     search = LayerProgressiveNeuronPath(model)
-    whole = search.attribute(x, target=y, k=2, mode=mode, internal_batch_size=10_000)
+    whole = search.attribute(x, target=y, k=2, mode=mode, internal_batch_size=10_000, refine=0)
     measured = []
     real = neuron_path._measured_graph_bytes
     monkeypatch.setattr(neuron_path, "_measured_graph_bytes", lambda o, c: measured.append(real(o, c)) or measured[-1])
     chunks = []
-    real_rows = neuron_path._Rows.__init__
+    real_rows = machinery.StepRows.__init__
 
-    def spy(self, ctx):
-        real_rows(self, ctx)
+    def spy(self, *args, **kwargs):
+        real_rows(self, *args, **kwargs)
         chunks.append(self.chunk)
 
-    monkeypatch.setattr(neuron_path._Rows, "__init__", spy)
-    monkeypatch.setattr(neuron_path, "CPU_GRAPH_BUDGET", 0)  # one row per pass
-    small = search.attribute(x, target=y, k=2, mode=mode)
-    assert measured and measured[0] > 0 and chunks == [1]
+    monkeypatch.setattr(machinery.StepRows, "__init__", spy)
+    monkeypatch.setattr(machinery, "CPU_GRAPH_BUDGET", 0)  # one row per pass
+    small = search.attribute(x, target=y, k=2, mode=mode, refine=0)
+    # the search's passes and the final scoring's, all one row each
+    assert measured and measured[0] > 0 and chunks and set(chunks) == {1}
     assert torch.equal(small.paths, whole.paths)
     torch.testing.assert_close(small.jas, whole.jas)
     torch.testing.assert_close(small.contributions, whole.contributions)

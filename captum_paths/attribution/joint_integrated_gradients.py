@@ -5,9 +5,9 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 from captum.log import log_usage
 
+from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited_output
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
@@ -16,7 +16,6 @@ from captum_paths.attribution.output import (
     format_inputs,
     output_value,
     resolve_target,
-    select_rows,
 )
 
 __all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps", "check_tolerance", "MAX_TOLERANCE_STEPS"]
@@ -31,8 +30,8 @@ def default_steps(mode: str, n_steps: Optional[int], method: Optional[str]) -> T
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     method = _DEFAULT_METHOD[mode] if method is None else method
-    if method not in SUPPORTED_METHODS:
-        raise ValueError(f"method must be one of {SUPPORTED_METHODS}; got {method!r}")
+    if method not in APPROXIMATIONS:
+        raise ValueError(f"method must be one of {APPROXIMATIONS}; got {method!r}")
     if mode == "paper" and method != "riemann_left":
         raise ValueError(
             f"mode='paper' reproduces the released scripts' left Riemann grid, so method must be "
@@ -253,11 +252,8 @@ class _Runner:
         self.deepest = nset.layers.max(dim=1).values
 
     def _forward(self, ex: torch.Tensor, edits: Dict[int, Callable]) -> torch.Tensor:
-        inputs = tuple(t[ex.to(t.device)] for t in self.inputs)
-        args = select_rows(self.args, ex, self.batch)
-        with self.attr.sites.edit(edits):
-            logits = self.attr.forward_func(*inputs, *args)
-        return output_value(logits, self.target[ex], self.attr.output)
+        attr = self.attr
+        return edited_output(attr.forward_func, attr.sites, attr.output, self.inputs, self.args, self.target, ex, edits)
 
     def _edits(self, ex: torch.Tensor, alpha: torch.Tensor, grad: bool):
         """Site edits for the rows and the leaves whose gradients are wanted."""
@@ -288,18 +284,14 @@ class _Runner:
         ``(len(examples), |N|)`` and, for paper mode, the summed activation
         gradients ``(len(examples),)``; rows chunked by ``internal_batch_size``."""
         device = examples.device
-        step_sizes, alphas = approximation_parameters(method)
-        weights = torch.tensor(step_sizes(n_steps), dtype=torch.float64, device=device)
-        alpha = torch.tensor(alphas(n_steps), dtype=torch.float32, device=device)
         n = examples.numel()
+        rows = StepRows(n, method, n_steps, device, internal_batch_size)
         contributions = torch.zeros(n, self.nset.size, dtype=torch.float64, device=device)
         grad_sums = torch.zeros(n, dtype=torch.float64, device=device)
-        rows = torch.arange(n * n_steps, device=device)
         with torch.enable_grad():
-            for part in rows.split(internal_batch_size or rows.numel()):
-                local, st = part // n_steps, part % n_steps
-                per_neuron, grad_total = self.gradients(examples[local], alpha[st])
-                contributions.index_add_(0, local, per_neuron * weights[st, None])
+            for _, local, st, alpha in rows:
+                per_neuron, grad_total = self.gradients(examples[local], alpha)
+                contributions.index_add_(0, local, per_neuron * rows.weights[st, None])
                 grad_sums.index_add_(0, local, grad_total)
         return contributions, grad_sums
 

@@ -30,8 +30,17 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-from captum.attr._utils.approximation_methods import approximation_parameters
 
+from captum_paths.attribution._machinery import (
+    StepRows,
+    auto_rows,
+    edited_output,
+    gate,
+    gating,
+    layer_mask,
+    measured_graph_bytes,
+    removal,
+)
 from captum_paths.attribution.joint_integrated_gradients import JointNeuronIntegratedGradients
 from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
@@ -135,7 +144,7 @@ class LayerProgressiveNeuronPath(PathAttribution):
                 return _StreamSearch(self, ctx, stream, candidates).run()
         if ctx.internal_batch_size is None:
             # whole-model passes: size them to the memory budget (the final scoring too)
-            ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
+            ctx.internal_batch_size = auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
         search = _GateSearch(self, ctx) if ctx.mode == "gate" else _PaperSearch(self, ctx)
         L, k, B = self.sites.num_layers, ctx.k, ctx.batch
         paths = torch.zeros(B, L, k, dtype=torch.long, device=ctx.device)
@@ -158,7 +167,7 @@ class LayerProgressiveNeuronPath(PathAttribution):
             raise ValueError(f"beam > 1 searches paths of one neuron per layer (k=1); got k={ctx.k}")
         stream = _stream_for(self.sites, ctx) if ctx.mode == "gate" else None
         if stream is None and ctx.internal_batch_size is None:
-            ctx.internal_batch_size = _auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
+            ctx.internal_batch_size = auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
         # images in groups whose beam members' cached streams fit the row budget
         rows = ctx.internal_batch_size or _StreamLayers.row_budget(self, ctx, stream)
         group = max(1, rows // (beam * ctx.n_steps))
@@ -173,6 +182,11 @@ class LayerProgressiveNeuronPath(PathAttribution):
             paths.append(found[0])
             scores.append(found[1])
         return torch.cat(paths), torch.cat(scores).float(), {}
+
+
+def _rows(ctx: SearchContext) -> StepRows:
+    """The (image, step) rows of ``ctx``'s quadrature, chunked by ``internal_batch_size``."""
+    return StepRows(ctx.batch, ctx.method, ctx.n_steps, ctx.device, ctx.internal_batch_size)
 
 
 def _stream_for(sites, ctx: SearchContext) -> Optional[ResidualStream]:
@@ -202,61 +216,25 @@ def _choose(approx: torch.Tensor, k: int, candidates: int, exact_scores: Callabl
     return chosen, chosen_scores, changed
 
 
-class _Rows:
-    """(example, step) rows of a batch, chunked by ``internal_batch_size``."""
-
-    def __init__(self, ctx: SearchContext) -> None:
-        step_sizes, alphas = approximation_parameters(ctx.method)
-        self.m = ctx.n_steps
-        self.weights = torch.tensor(step_sizes(self.m), dtype=torch.float64, device=ctx.device)
-        self.alphas = torch.tensor(alphas(self.m), dtype=torch.float32, device=ctx.device)
-        self.count = ctx.batch * self.m
-        self.chunk = ctx.internal_batch_size or self.count
-
-    def __iter__(self):
-        rows = torch.arange(self.count, device=self.alphas.device)
-        for part in rows.split(self.chunk):
-            ex, st = part // self.m, part % self.m
-            yield part, ex, st, self.alphas[st]
-
-
-def _gate(mask_rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Gates ``(rows, d_ff)``: ``alpha`` where the mask is 1, else 1."""
-    return 1.0 + mask_rows * (alpha[:, None] - 1.0)
-
-
-def _gating(gate: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda act: (act * gate[:, None, :]).to(act.dtype)
-
-
-def _layer_mask(paths: torch.Tensor, layer: int, width: int) -> torch.Tensor:
-    """``(batch, d_ff)`` 0/1 mask of the path's neurons in ``layer``."""
-    mask = torch.zeros(paths.shape[0], width, device=paths.device)
-    return mask.scatter_(1, paths[:, layer], 1.0)
-
-
 class _GateSearch:
     """Gate semantics on any model: one full forward per layer and row chunk."""
 
     def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext):
         self.owner, self.ctx = owner, ctx
         self.sites = owner.sites
-        self.rows = _Rows(ctx)
+        self.rows = _rows(ctx)
 
     def _forward(self, ex: torch.Tensor, edits: Dict[int, Callable]) -> torch.Tensor:
-        ctx = self.ctx
-        inputs = tuple(t[ex] for t in ctx.inputs)
-        with self.sites.edit(edits):
-            logits = self.owner.forward_func(*inputs, *select_rows(ctx.args, ex, ctx.batch))
-        return output_value(logits, ctx.target[ex], self.owner.output)
+        ctx, owner = self.ctx, self.owner
+        return edited_output(owner.forward_func, self.sites, owner.output, ctx.inputs, ctx.args, ctx.target, ex, edits)
 
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
         ctx, width = self.ctx, self.ctx.width
         scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
         for part, ex, st, alpha in self.rows:
             site_gate = (torch.ones(len(part), width, device=ctx.device) * alpha[:, None]).requires_grad_(True)
-            edits = {l: _gating(_gate(_layer_mask(paths, l, width)[ex], alpha)) for l in range(t)}
-            edits[t] = _gating(site_gate)
+            edits = {l: gating(gate(layer_mask(paths, l, width)[ex], alpha)) for l in range(t)}
+            edits[t] = gating(site_gate)
             with torch.enable_grad():
                 f = self._forward(ex, edits)
                 (grad,) = torch.autograd.grad(f.sum(), site_gate)
@@ -275,16 +253,10 @@ class _GateSearch:
         with torch.no_grad():
             for part in torch.arange(B * c, device=ctx.device).split(ctx.internal_batch_size or B * c):
                 ex = part // c
-                edits = {l: _gating(1.0 - _layer_mask(paths, l, width)[ex]) for l in range(t)}
-                edits[t] = _gating(_removal(pool.reshape(-1)[part], width))
+                edits = {l: gating(1.0 - layer_mask(paths, l, width)[ex]) for l in range(t)}
+                edits[t] = gating(removal(pool.reshape(-1)[part], width))
                 f_removed[part] = self._forward(ex, edits)
         return ctx.f_clean[:, None] - f_removed.view(B, c)
-
-
-def _removal(units: torch.Tensor, width: int) -> torch.Tensor:
-    """Keep-gates ``(rows, d_ff)`` that remove neuron ``units[r]`` of row ``r``."""
-    keep = torch.ones(len(units), width, device=units.device)
-    return keep.scatter_(1, units[:, None], 0.0)
 
 
 class _StreamSearch:
@@ -311,12 +283,12 @@ class _StreamSearch:
 
     def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream, candidates: int):
         self.owner, self.ctx, self.stream, self.candidates = owner, ctx, stream, candidates
-        self.rows = _Rows(ctx)
+        self.rows = _rows(ctx)
         with torch.no_grad():
             self.embedded = stream.embed(ctx.inputs[0])  # (B, T, D)
         tokens, dim = self.embedded.shape[1:]
         per_row = _graph_bytes(self.sites.num_layers, tokens, dim, ctx.width, self.embedded.element_size())
-        budget = ctx.internal_batch_size or _auto_rows(per_row, self.embedded.device)
+        budget = ctx.internal_batch_size or auto_rows(per_row, self.embedded.device)
         m = self.rows.m
         self.group = max(1, budget // m)  # images per group
         self.chunk = ctx.internal_batch_size or self.group * m  # rows per pass
@@ -373,7 +345,7 @@ class _StreamSearch:
             for rows, run in zip(chunks, runs):
                 site_gate = (torch.ones(len(rows), width, device=ctx.device) * alpha[rows, None]).requires_grad_(True)
                 with torch.enable_grad():
-                    f = self._f(stream.logits(run.finish(_gating(site_gate)), t + 1), images[local[rows]])
+                    f = self._f(stream.logits(run.finish(gating(site_gate)), t + 1), images[local[rows]])
                     (grad,) = torch.autograd.grad(f.sum(), site_gate)
                 approx.index_add_(0, local[rows], grad.double() * weight[rows, None])
             with torch.no_grad():
@@ -382,14 +354,14 @@ class _StreamSearch:
                 approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool)
             )
             paths[:, t], scores[:, t], refined = chosen, chosen_scores.float(), refined + changed
-            mask = _layer_mask(paths, t, width)
+            mask = layer_mask(paths, t, width)
             with torch.no_grad():
-                removed = removed_run.finish(_gating(1.0 - mask))
+                removed = removed_run.finish(gating(1.0 - mask))
             for i, rows in enumerate(chunks):
                 with torch.set_grad_enabled(self.fuse):
-                    gate = _gate(mask[local[rows]], alpha[rows]).requires_grad_(self.fuse)
-                    h = runs[i].finish(_gating(gate))
-                kept[i].append((gate, h))
+                    gates = gate(mask[local[rows]], alpha[rows]).requires_grad_(self.fuse)
+                    h = runs[i].finish(gating(gates))
+                kept[i].append((gates, h))
                 if t + 1 < L:
                     leaf = h.detach().requires_grad_(self.fuse)
                     leaves[i].append(leaf)
@@ -415,8 +387,7 @@ class _StreamSearch:
             f = self._f(self.stream.head(kept[-1][1]), images)
             outputs, grad_outputs = f.sum(), None
             for t in reversed(range(L)):
-                gate = kept[t][0]
-                wrt = [gate] + ([leaves[t - 1]] if t > 0 else [])
+                wrt = [kept[t][0]] + ([leaves[t - 1]] if t > 0 else [])
                 found = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs)
                 grads[t] = found[0]
                 if t > 0:
@@ -431,7 +402,7 @@ class _StreamSearch:
         with torch.no_grad():
             for part in torch.arange(G * c, device=pool.device).split(self.exact_chunk):
                 ex = part // c
-                h = removed_run.take(ex).finish(_gating(_removal(pool.reshape(-1)[part], self.ctx.width)))
+                h = removed_run.take(ex).finish(gating(removal(pool.reshape(-1)[part], self.ctx.width)))
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), images[ex])
         return self.ctx.f_clean[images, None] - f_removed.view(G, c)
 
@@ -448,7 +419,7 @@ class _StreamLayers:
     def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream,
                  gated: Optional[torch.Tensor] = None, removed: Optional[torch.Tensor] = None) -> None:
         self.owner, self.ctx, self.stream = owner, ctx, stream
-        self.rows = _Rows(ctx)
+        self.rows = _rows(ctx)
         m = self.rows.m
         if removed is None:
             with torch.no_grad():
@@ -457,7 +428,7 @@ class _StreamLayers:
         self.gated, self.removed = gated, removed
         tokens, dim = removed.shape[1:]
         per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, removed.element_size())
-        self.chunk = ctx.internal_batch_size or _auto_rows(per_row, removed.device)
+        self.chunk = ctx.internal_batch_size or auto_rows(per_row, removed.device)
         exact_row = 4 * tokens * (dim + ctx.width) * removed.element_size()
         self.exact_chunk = ctx.internal_batch_size or max(1, self.chunk * per_row // exact_row)
 
@@ -468,7 +439,7 @@ class _StreamLayers:
             tokens, dim = stream.embed(ctx.inputs[0][:1]).shape[1:]
         element = ctx.inputs[0].element_size() if ctx.inputs[0].is_floating_point() else 4
         per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, element)
-        return _auto_rows(per_row, ctx.device)
+        return auto_rows(per_row, ctx.device)
 
     def _f(self, logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         return output_value(logits, self.ctx.target[members], self.owner.output)
@@ -479,11 +450,11 @@ class _StreamLayers:
         scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
         for rows in torch.arange(ctx.batch * m, device=ctx.device).split(self.chunk):
             members, steps = rows // m, rows % m
-            gate = (torch.ones(len(rows), width, device=ctx.device) * alphas[steps, None]).requires_grad_(True)
+            site_gate = (torch.ones(len(rows), width, device=ctx.device) * alphas[steps, None]).requires_grad_(True)
             with torch.enable_grad():
-                h = self.stream.begin(t, self.gated[rows]).finish(_gating(gate))
+                h = self.stream.begin(t, self.gated[rows]).finish(gating(site_gate))
                 f = self._f(self.stream.logits(h, t + 1), members)
-                (grad,) = torch.autograd.grad(f.sum(), gate)
+                (grad,) = torch.autograd.grad(f.sum(), site_gate)
             scores.index_add_(0, members, grad.double() * weights[steps, None])
         return scores
 
@@ -494,62 +465,32 @@ class _StreamLayers:
             run = self.stream.begin(t, self.removed)
             for part in torch.arange(R * c, device=pool.device).split(self.exact_chunk):
                 members = part // c
-                h = run.take(members).finish(_gating(_removal(pool.reshape(-1)[part], self.ctx.width)))
+                h = run.take(members).finish(gating(removal(pool.reshape(-1)[part], self.ctx.width)))
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), members)
         return self.ctx.f_clean[:, None] - f_removed.view(R, c)
 
     def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_StreamLayers":
         m, width = self.rows.m, ctx.width
         step_rows = (parents[:, None] * m + torch.arange(m, device=parents.device)).reshape(-1)
-        mask = _layer_mask(paths, t, width)  # (members', d_ff)
+        mask = layer_mask(paths, t, width)  # (members', d_ff)
         steps = torch.arange(m, device=parents.device).repeat(len(parents))
         gated = []
         with torch.no_grad():
             for rows in torch.arange(len(step_rows), device=parents.device).split(self.chunk):
-                gate = _gate(mask[rows // m], self.rows.alphas[steps[rows]])
-                gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(_gating(gate)))
-            removed = self.stream.begin(t, self.removed[parents]).finish(_gating(1.0 - mask))
+                gates = gate(mask[rows // m], self.rows.alphas[steps[rows]])
+                gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(gating(gates)))
+            removed = self.stream.begin(t, self.removed[parents]).finish(gating(1.0 - mask))
         return _StreamLayers(self.owner, ctx, self.stream, torch.cat(gated), removed)
 
 
 def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext) -> int:
-    """Bytes autograd keeps per row of a whole-model pass with a gate on site 0,
-    measured as the difference between a 2-row and a 1-row forward (the saved
-    parameters cancel out)."""
-    saved = []
-    for rows in (1, 2):
-        ex = torch.zeros(rows, dtype=torch.long, device=ctx.device)
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        gate = torch.ones(rows, ctx.width, device=ctx.device, requires_grad=True)
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with owner.sites.edit({0: _gating(gate)}):
-                owner.forward_func(*(x[ex] for x in ctx.inputs), *select_rows(ctx.args, ex, ctx.batch))
-        saved.append(total)
-    return max(1, saved[1] - saved[0])
+    """Autograd bytes per row of a whole-model pass (see :func:`measured_graph_bytes`)."""
+    return measured_graph_bytes(owner.forward_func, owner.sites, ctx.inputs, ctx.args, ctx.width)
 
 
 def _graph_bytes(layers: int, tokens: int, dim: int, width: int, element: int) -> int:
     """Rough autograd memory of one row through every block: what the fused search keeps."""
     return layers * tokens * (12 * dim + 3 * width) * element
-
-
-#: memory the engine may keep in autograd graphs when ``internal_batch_size`` is None
-CPU_GRAPH_BUDGET = 512 * 2**20
-
-
-def _auto_rows(per_row: int, device: torch.device) -> int:
-    """Rows per pass under the default memory budget: ``CPU_GRAPH_BUDGET`` on CPU, a
-    quarter of the free memory on CUDA."""
-    budget = CPU_GRAPH_BUDGET
-    if device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0] // 4
-    return max(1, budget // max(1, per_row))
 
 
 class _PaperSearch:
@@ -558,7 +499,7 @@ class _PaperSearch:
     def __init__(self, owner: LayerProgressiveNeuronPath, ctx: SearchContext):
         self.owner, self.ctx = owner, ctx
         self.sites = owner.sites
-        self.rows = _Rows(ctx)
+        self.rows = _rows(ctx)
         # clean activations summed over the selected tokens, (B, d_ff) per layer
         self.a0 = {l: a.double().sum(dim=1) for l, a in ctx.clean.items()}
 
@@ -566,12 +507,12 @@ class _PaperSearch:
         ctx, width, m = self.ctx, self.ctx.width, self.rows.m
         site_grad = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
         prefix_grad = torch.zeros(ctx.batch, dtype=torch.float64, device=ctx.device)
-        masks = {l: _layer_mask(paths, l, width) for l in range(t)}
+        masks = {l: layer_mask(paths, l, width) for l in range(t)}
         for part, ex, st, alpha in self.rows:
             leaves, edits = [], {}
             for l in range(t + 1):
                 mask = masks[l][ex] if l < t else torch.ones(len(part), width, device=ctx.device)
-                value = (ctx.clean[l][ex] * _gate(mask, alpha)[:, None, :]).requires_grad_(True)
+                value = (ctx.clean[l][ex] * gate(mask, alpha)[:, None, :]).requires_grad_(True)
                 leaves.append(value)
                 edits[l] = lambda act, v=value: v.to(act.dtype)
             with torch.enable_grad():
