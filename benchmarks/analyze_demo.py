@@ -1,4 +1,4 @@
-"""Class-level paths of the demo model (SPEC §6): do images of one digit share path neurons?
+"""Class-level paths of the demo model: do images of one digit share path neurons?
 
 On all 360 test images of the embedded digits ViT, the neuron-path method
 (``LayerProgressiveNeuronPath``, k=1, gate semantics, target = label) finds one

@@ -2,7 +2,8 @@
 
 This module is an *oracle* and a *speed baseline*, not a library component. It
 mirrors the structure and the cost of the authors' released research scripts
-(SPEC §3.1, §4, §4.1) on a timm ``VisionTransformer``; clarity beats speed here.
+(see "Paper semantics", "Layer-progressive search" and "Where the released
+scripts differ" in docs/method.md) on a timm ``VisionTransformer``; clarity beats speed here.
 
 Site ``l`` is the output of ``model.blocks[l].mlp.act`` (shape
 ``(batch, tokens, d_ff)``); a neuron ``(l, j)`` is channel ``j`` read at the CLS
@@ -33,13 +34,13 @@ Three entry points:
       all of them enter the sums of later layers (the released top-k script's
       bug of dropping ``k-1`` of them is NOT reproduced).
 
-``reference_paper_jas``  -- the paper-mode JAS of given paths (SPEC §3.1)
+``reference_paper_jas``  -- the paper-mode JAS of given paths
     Freeze every site from layer 0 to the deepest layer of the path, set the path
     neurons to ``alpha_k * a0``, one forward over ``m`` rows, one separate gradient
     call per patched layer, and the product of sums
     ``[sum_k sum_{n in N} dF/da_n(alpha_k)] * [sum_{n in N} a0_n / m]``.
 
-``reference_exact_greedy``  -- exact greedy of SPEC §4 (gate semantics, no freeze)
+``reference_exact_greedy``  -- exact greedy (gate semantics, no freeze)
     At layer ``t``, for every candidate ``j`` of site ``t``:
     ``JAS(prefix + {j}) = F(x) - F(x with prefix + {j} zeroed at CLS)``, one full
     model forward row per candidate (candidates batched in chunks of
@@ -275,7 +276,7 @@ def _frozen_forward_and_grads(
 
 
 # ---------------------------------------------------------------------------
-# Paper-mode search (SPEC §3.1 + §4, mode="paper")
+# Paper-mode search (mode="paper")
 # ---------------------------------------------------------------------------
 
 
@@ -369,7 +370,7 @@ def reference_paper_jas(
     stats: Optional[ReferenceStats] = None,
     return_terms: bool = False,
 ):
-    """Paper-mode JAS (SPEC §3.1) of ``paths``, literal and slow.
+    """Paper-mode JAS of ``paths``, literal and slow.
 
     ``paths``: ``(batch, T, k)`` or ``(batch, T)`` neuron indices of layers
     ``0 .. T-1`` (``T <= L``; a full path has ``T = L``). Sites ``0 .. T-1`` are
@@ -435,7 +436,7 @@ def reference_paper_jas(
 
 
 # ---------------------------------------------------------------------------
-# Exact greedy (SPEC §4, gate semantics; oracle for refine="all")
+# Exact greedy (gate semantics; oracle for refine="all")
 # ---------------------------------------------------------------------------
 
 
@@ -448,7 +449,7 @@ def reference_exact_greedy(
     chunk_size: int = 256,
     stats: Optional[ReferenceStats] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Exact greedy path search under SPEC §3 gate semantics, literal and slow.
+    """Exact greedy path search under gate semantics, literal and slow.
 
     At layer ``t`` every candidate ``j`` of site ``t`` is scored by
     ``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} zeroed at the CLS token)``

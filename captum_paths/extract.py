@@ -1,4 +1,6 @@
-"""Run path methods over a set of images and append their records (SPEC §7).
+"""Run path methods over a set of images and append their records.
+
+See "Records" in docs/method.md.
 
 :func:`extract_paths` is resumable: images whose (image_id, method) record is
 already in the output file are skipped, and records are appended per batch, so
@@ -224,10 +226,10 @@ def extract_run(
     ``refine`` and ``beam`` go to the methods that take them (``neuron-path``);
     ``None`` keeps each method's default.
 
-    The run folder holds ``run.json`` (the settings), ``records.jsonl`` (SPEC §7,
-    sorted by ``(method, image_id)`` once the run finishes) and ``unreadable.txt``
-    (skipped files). Rerunning resumes; other settings are refused unless
-    ``restart``. Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted
+    The run folder holds ``run.json`` (the settings), ``records.jsonl`` (one record
+    per image and method, sorted by ``(method, image_id)`` once the run
+    finishes) and ``unreadable.txt`` (skipped files). Rerunning resumes; other
+    settings are refused unless ``restart``. Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted
     image ids goes to rank ``i % world_size``, each rank appends to
     ``records.rank{r}.jsonl`` and rank 0 merges them after a barrier.
 

@@ -1,4 +1,6 @@
-"""Interventions on FFN neurons: remove, enhance, rescale and prune (SPEC §6).
+"""Interventions on FFN neurons: remove, enhance, rescale and prune.
+
+See "Evaluation" in docs/method.md.
 
 Every intervention is a context manager built on :meth:`NeuronSites.edit`, so
 it changes the model only inside its ``with`` block and its hooks are removed on
@@ -238,7 +240,7 @@ def prune_neurons(
     model, and every image of every forward inside the block sees that model. The
     draws are uniforms ``u`` of shape ``(depth, d_ff)`` and a neuron is zeroed when
     ``u < p``, so for a fixed seed a larger ``p`` zeroes a superset of neurons.
-    Only the selected tokens are changed (SPEC §6).
+    Only the selected tokens are changed.
 
     Args:
         sites (NeuronSites or nn.Module): Where the neurons live.

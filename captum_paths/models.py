@@ -85,7 +85,7 @@ def _is_hf_model(model: nn.Module) -> bool:
 
 __all__ += ["ModelLoadError", "load_model", "load_checkpoint"]
 
-_SPEC_FORMS = '"timm:NAME", "torchvision:NAME", "hf:NAME_OR_PATH", "demo"'
+_MODEL_FORMS = '"timm:NAME", "torchvision:NAME", "hf:NAME_OR_PATH", "demo"'
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,7 +135,7 @@ def load_model(
         ModelLoadError: pretrained weights or a hub model could not be downloaded.
     """
     if not isinstance(spec, str):
-        raise TypeError(f"spec must be a str such as {_SPEC_FORMS}; got {type(spec).__name__}")
+        raise TypeError(f"spec must be a str such as {_MODEL_FORMS}; got {type(spec).__name__}")
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be a bool; got {pretrained!r}")
     if num_classes is not None and (
@@ -192,11 +192,11 @@ def _parse_spec(spec: str) -> Tuple[str, str]:
     prefix, sep, name = text.partition(":")
     if sep and prefix in ("timm", "torchvision", "hf"):
         if not name.strip():
-            raise ValueError(f"spec {spec!r} has no model name after {prefix + ':'!r}; allowed forms: {_SPEC_FORMS}")
+            raise ValueError(f"spec {spec!r} has no model name after {prefix + ':'!r}; allowed forms: {_MODEL_FORMS}")
         return prefix, name.strip()
     if sep and prefix not in ("hf-hub", "local-dir"):  # timm's own schemes, bare
         raise ValueError(
-            f"unknown model spec prefix {prefix + ':'!r} in {spec!r}; allowed forms: {_SPEC_FORMS}"
+            f"unknown model spec prefix {prefix + ':'!r} in {spec!r}; allowed forms: {_MODEL_FORMS}"
         )
     import timm
 
@@ -204,7 +204,7 @@ def _parse_spec(spec: str) -> Tuple[str, str]:
         return "timm", text
     raise ValueError(
         f"model spec {spec!r} has no prefix and is not a timm model name; allowed forms: "
-        f"{_SPEC_FORMS}{_suggest(text, timm.list_models())}"
+        f"{_MODEL_FORMS}{_suggest(text, timm.list_models())}"
     )
 
 

@@ -1,4 +1,6 @@
-"""Path records on disk (SPEC §7): JSON Lines, appended safely, read back tolerantly.
+"""Path records on disk: JSON Lines, appended safely, read back tolerantly.
+
+See "Records" in docs/method.md.
 
 A record is one dict per (image, method); see :meth:`PathResult.to_records`.
 Appends write whole lines and fsync, so a killed run leaves at most one partial

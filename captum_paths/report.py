@@ -1,8 +1,9 @@
 """Evaluate, analyze and report a run folder written by :func:`captum_paths.extract.extract_run`.
 
 - :func:`evaluate_run` reloads the run's model and images (from ``run.json``) and
-  runs the paper's experiments (SPEC §6) on the paths of the records: remove /
-  enhance deviation, JAS comparison, pruning study. Output: ``RUN/evaluation/``.
+  runs the paper's experiments (see "Evaluation" in docs/method.md) on the paths
+  of the records: remove / enhance deviation, JAS comparison, pruning study.
+  Output: ``RUN/evaluation/``.
 - :func:`analyze_run` reads records only: path sharing, class similarity,
   consensus paths, shared neurons, the path graph. Output: ``RUN/analysis/``.
 - :func:`write_report` gathers both into ``RUN/report.html`` (self-contained:

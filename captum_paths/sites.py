@@ -3,11 +3,11 @@
 A *site* is one layer's FFN hidden activation, after the non-linearity and
 before the second linear layer, shape ``(batch, tokens, d_ff)``. A *neuron*
 ``(layer, j)`` is channel ``j`` of site ``layer`` read at the token selection
-(SPEC §1). :class:`NeuronSites` finds the sites of timm, torchvision and
-Hugging Face ViT-family models, accepts explicit modules for any other model,
-and is the only place that hooks them: :meth:`NeuronSites.record` and
-:meth:`NeuronSites.edit` are context managers that remove every hook on exit,
-even when the forward raises.
+(see "Sites and neurons" in docs/method.md). :class:`NeuronSites` finds the
+sites of timm, torchvision and Hugging Face ViT-family models, accepts explicit
+modules for any other model, and is the only place that hooks them:
+:meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
+that remove every hook on exit, even when the forward raises.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class TokenSelection:
     and register tokens) or ``"all"``. Selected positions are always taken in
     ascending order. A neuron read at several tokens is gated
     at every one of them with a single gate, so its attribution is the sum over
-    those tokens (SPEC §1).
+    those tokens.
     """
 
     kind: str = "cls"

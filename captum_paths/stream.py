@@ -1,6 +1,6 @@
 """Block-by-block execution of a ViT's residual stream.
 
-The path search (SPEC §4.1) resumes the forward from a cached residual stream
+The path search resumes the forward from a cached residual stream
 instead of re-running the early blocks. :class:`ResidualStream` splits a model
 into ``embed`` (images -> stream entering block 0), ``blocks[i]`` and ``head``
 (stream after the last block -> logits) for the families that

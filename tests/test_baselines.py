@@ -1,4 +1,4 @@
-"""Baseline path methods (SPEC §5) against literal implementations and Captum run directly."""
+"""Baseline path methods against literal implementations and Captum run directly."""
 from __future__ import annotations
 
 import numpy as np

@@ -178,7 +178,10 @@ def test_bad_tolerance_is_refused(tol, mode, tiny):
 
 
 def test_has_convergence_delta(tiny):
-    assert JointNeuronIntegratedGradients(tiny[0]).has_convergence_delta()
+    jig = JointNeuronIntegratedGradients(tiny[0])
+    assert jig.has_convergence_delta()
+    with pytest.raises(NotImplementedError, match="return_convergence_delta=True"):
+        jig.compute_convergence_delta(torch.zeros(1, 3), tiny[1][:1], tiny[1][:1])
 
 
 def _zero_cls(out, units):
@@ -231,7 +234,7 @@ def test_single_neuron_equals_integrated_gradients(tiny, output, layer, unit):
 
 # ----------------------------------------------------------------------- paper parity
 def _literal_paper_jas(model, x, target, neurons, m=20, output="prob"):
-    """SPEC §3.1, literally: one example at a time, hooks overwrite activations,
+    """The paper score, literally: one example at a time, hooks overwrite activations,
     a Python loop over the left Riemann steps. ``neurons``: list of (layer, unit)."""
     results, per_neuron = [], []
     for i in range(x.shape[0]):
@@ -300,7 +303,7 @@ def test_paper_mode_on_demo_path(demo):
 
 
 def test_paper_mode_single_neuron_is_left_riemann_ig(tiny):
-    """SPEC §3.1: with |N| = 1 the paper score is left-Riemann IG."""
+    """Paper semantics: with |N| = 1 the paper score is left-Riemann IG."""
     model, x = tiny
     jig = JointNeuronIntegratedGradients(model)
     _, paper = jig.attribute(x, [(1, 11)], target=2, mode="paper")

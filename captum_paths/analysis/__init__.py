@@ -1,7 +1,8 @@
-"""Analysis of neuron paths across images and classes (SPEC §6 "Class-level paths").
+"""Analysis of neuron paths across images and classes.
 
-Everything here reads path records (SPEC §7), never the model, except
-:func:`neuron_pixel_attribution`, which explains one path neuron in pixel space.
+See "Class-level analysis" in docs/method.md. Everything here reads path records
+(see "Records" there), never the model, except :func:`neuron_pixel_attribution`,
+which explains one path neuron in pixel space.
 
 - :class:`PathGraph`: the paths as a layered ``networkx.DiGraph`` of
   ``(layer, neuron)`` nodes, with GraphML and node-link JSON round trips.

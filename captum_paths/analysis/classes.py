@@ -1,7 +1,7 @@
-"""Class-level path analysis (SPEC §6, "Class-level paths"), from records alone.
+"""Class-level path analysis (see "Class-level analysis" in docs/method.md), from records alone.
 
-Every function takes path records (SPEC §7) or a :class:`PathTable` built from
-them, and returns pandas objects:
+Every function takes path records (see "Records" in docs/method.md) or a
+:class:`PathTable` built from them, and returns pandas objects:
 
 - :func:`neuron_frequencies`: how often each neuron is on the paths of a class;
 - :func:`consensus_paths`: the class consensus path (mode per layer) and its support;

@@ -99,7 +99,7 @@ class PathGraph:
         """Build the graph of some paths.
 
         Args:
-            records (list of dict or PathTable): Path records (SPEC §7).
+            records (list of dict or PathTable): Path records.
             method (str, optional): Use this method's records; ``None`` requires
                 the records to hold one method. Default: ``None``.
             classes (iterable, optional): Use only paths of these classes (one

@@ -78,7 +78,7 @@ def neuron_selector(sites: NeuronSites, neuron: int) -> Union[Tuple[int, int], C
     """Captum neuron selector for channel ``neuron`` at the sites' token selection.
 
     The CLS token gives the tuple ``(0, neuron)``; any other selection gives a
-    callable that sums the channel over the selected tokens (SPEC §1).
+    callable that sums the channel over the selected tokens.
     """
     if sites.tokens.kind == "cls":
         return (0, int(neuron))

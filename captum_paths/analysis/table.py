@@ -1,6 +1,6 @@
 """Path records as arrays: the vectorised form every analysis works on.
 
-A list of records (SPEC §7, :meth:`PathResult.to_records`) is turned once into a
+A list of records (:meth:`PathResult.to_records`) is turned once into a
 :class:`PathTable`: a ``(records, L, k)`` array of neuron indices, the matching
 contributions, and an integer class code per record. Every count in
 :mod:`captum_paths.analysis` is then a ``np.unique`` / ``np.bincount`` over
@@ -62,7 +62,7 @@ class PathTable:
         """Select records and stack them.
 
         Args:
-            records (list of dict): Path records (SPEC §7).
+            records (list of dict): Path records.
             method (str, optional): Keep only this method's records. ``None``
                 requires all records to share one method (mixing methods would
                 count each image once per method). Default: ``None``.

@@ -184,6 +184,15 @@ class JointNeuronIntegratedGradients(SiteAttribution):
     def has_convergence_delta(self) -> bool:
         return True
 
+    def compute_convergence_delta(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Not available: Captum's version compares attributions with ``F(end) - F(start)``
+        for two *inputs*, but the baseline here is the same input with a neuron set
+        zeroed. Use ``attribute(..., return_convergence_delta=True)``."""
+        raise NotImplementedError(
+            "JointNeuronIntegratedGradients.compute_convergence_delta: the baseline is the input with the "
+            "neuron set zeroed, not another input; call attribute(..., return_convergence_delta=True)"
+        )
+
 
 #: the most Gauss-Legendre (or other) steps the contribution tolerance doubles up to
 MAX_TOLERANCE_STEPS = 1024

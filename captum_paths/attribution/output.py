@@ -1,4 +1,4 @@
-"""The scalar output ``F(x)`` that attributions explain (SPEC §2)."""
+"""The scalar output ``F(x)`` that attributions explain (see "The output F" in docs/method.md)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple

@@ -1,4 +1,6 @@
-"""Figures of the evaluation experiments (SPEC §6): manipulation, JAS, pruning.
+"""Figures of the evaluation experiments: manipulation, JAS, pruning.
+
+See "Evaluation" in docs/method.md.
 
 Every function takes the tidy :class:`pandas.DataFrame` that
 ``captum_paths.evaluation`` produces, checks its columns, and returns a
@@ -34,7 +36,8 @@ __all__ = [
     "plot_pruning",
 ]
 
-#: The method the figures highlight (the searched path of SPEC §4).
+#: The method the figures highlight (the searched path, see "Layer-progressive
+#: search" in docs/method.md).
 HIGHLIGHT_METHOD = "neuron-path"
 
 #: Fixed colour per known method: the searched path in a strong red, the
@@ -61,8 +64,8 @@ _OPERATION_TITLES = {
 }
 _MODE_ORDER = ("gate", "paper")
 _MODE_TITLES = {
-    "gate": "mode \"gate\" (§3: F(x) − F(x; path zeroed))",
-    "paper": "mode \"paper\" (§3.1: released scripts)",
+    "gate": "mode \"gate\" (exact removal effect: F(x) − F(x; path zeroed))",
+    "paper": "mode \"paper\" (the released scripts' score)",
 }
 
 DEVIATION_COLUMNS = (
@@ -238,7 +241,7 @@ def plot_deviation(
     by the median of ``|prob_deviation|`` over all rows, largest first (same
     order in every panel), unless ``order`` is given. A horizontal line marks 0.
     With ``show_accuracy`` each method's tick label carries its accuracy
-    deviation (top-1 accuracy after minus before, SPEC §6). Rows whose
+    deviation (top-1 accuracy after minus before). Rows whose
     ``prob_deviation`` is not finite (``p_before = 0``) are dropped with a
     warning.
     """

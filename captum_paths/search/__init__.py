@@ -8,7 +8,7 @@ from captum_paths.search.baselines import (
     RandomPath,
 )
 from captum_paths.search.neuron_path import LayerProgressiveNeuronPath
-from captum_paths.search.registry import PATH_METHODS, create_path_method, get_path_method
+from captum_paths.search.registry import PATH_METHODS, create_path_method, get_path_method, register_path_method
 from captum_paths.search.result import PathResult
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "SearchContext",
     "create_path_method",
     "get_path_method",
+    "register_path_method",
 ]

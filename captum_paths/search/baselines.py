@@ -1,23 +1,26 @@
-"""Baseline path methods: the same path shape and evaluation, other per-layer scores (SPEC §5).
+"""Baseline path methods: the same path shape and evaluation, other per-layer scores.
+
+See "Baselines" in docs/method.md.
 
 Each method scores every neuron of every layer on its own, independently per
 layer, and keeps the ``k`` best per layer (best first). The base class
 (:class:`~captum_paths.search.base.PathAttribution`) then scores the whole path
-with the joint attribution (SPEC §3, or §3.1 for ``mode="paper"``), so every
+with the joint attribution (gate semantics, or paper semantics for
+``mode="paper"``), so every
 method is compared on the same footing.
 
 Per layer ``t``, the score of neuron ``j`` (registry name: score, built on):
 
 - ``activation``: the clean activation (Captum ``LayerActivation``).
 - ``knowledge-neurons``: ``∫₀¹ dF/dg_{t,j} dα`` with the whole site ``t`` gated
-  by ``α`` and nothing else (site gates and autograd, as in SPEC §3).
+  by ``α`` and nothing else (site gates and autograd, as in the joint attribution).
 - ``conductance``: conductance of site ``t`` from a zero input baseline
   (Captum ``LayerConductance``).
 - ``influence-pattern``: ``dF/da_{t,j}`` averaged over the inputs ``α·x``
   (autograd).
 - ``random``: uniform distinct neurons, seeded per image (``torch.Generator``).
 
-A neuron read at several tokens gets the sum of its per-token values (SPEC §1).
+A neuron read at several tokens gets the sum of its per-token values.
 The quadrature of the integral methods is the search's ``n_steps`` / ``method``
 (Captum approximation names); ``mode`` changes only the final path score.
 """

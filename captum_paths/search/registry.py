@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, Type
+from typing import Any, Callable, Dict, Optional, Type, TypeVar
 
 from torch import nn
 
@@ -16,7 +16,9 @@ from captum_paths.search.baselines import (
 )
 from captum_paths.search.neuron_path import LayerProgressiveNeuronPath
 
-__all__ = ["PATH_METHODS", "get_path_method", "create_path_method"]
+__all__ = ["PATH_METHODS", "get_path_method", "create_path_method", "register_path_method"]
+
+M = TypeVar("M", bound=Type[PathAttribution])
 
 PATH_METHODS: Dict[str, Type[PathAttribution]] = {
     cls.name: cls
@@ -45,3 +47,35 @@ def get_path_method(name: str) -> Type[PathAttribution]:
 def create_path_method(name: str, model: nn.Module, **kwargs: Any) -> PathAttribution:
     """Instantiate the method ``name`` on ``model`` (kwargs go to its constructor)."""
     return get_path_method(name)(model, **kwargs)
+
+
+def register_path_method(
+    cls: Optional[M] = None, *, name: Optional[str] = None, overwrite: bool = False
+) -> Any:
+    """Register a :class:`PathAttribution` subclass under ``name`` (default: its ``name``
+    attribute), so that ``get_path_method``, the evaluation harness and the command
+    line's ``--method`` find it. Use as ``@register_path_method`` or
+    ``register_path_method(MyPath, name="my-path")``.
+
+    Args:
+        cls (type): A subclass of :class:`PathAttribution` implementing ``_select``.
+        name (str, optional): Registry name. Default: ``cls.name``.
+        overwrite (bool, optional): Replace a method already registered under the
+            name. Default: ``False`` (a clash raises ``ValueError``).
+    """
+    def register(method: M) -> M:
+        if not (isinstance(method, type) and issubclass(method, PathAttribution)):
+            raise TypeError(f"register_path_method: expected a PathAttribution subclass; got {method!r}")
+        key = method.name if name is None else name
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"register_path_method: {method.__name__} needs a non-empty str name "
+                             f"(set the class attribute `name` or pass name=); got {key!r}")
+        if key in PATH_METHODS and PATH_METHODS[key] is not method and not overwrite:
+            raise ValueError(f"a path method is already registered as {key!r} ({PATH_METHODS[key].__name__}); "
+                             "pass overwrite=True to replace it")
+        if method.name != key:
+            method.name = key
+        PATH_METHODS[key] = method
+        return method
+
+    return register if cls is None else register(cls)

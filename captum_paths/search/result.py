@@ -1,4 +1,4 @@
-"""PathResult: the neuron paths found for a batch of images, as data (SPEC §7)."""
+"""PathResult: the neuron paths found for a batch of images, as data."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +17,8 @@ class PathResult:
         paths (Tensor): ``(batch, L, k)`` long, neuron indices per layer; within a
             layer, the best-scored neuron first.
         contributions (Tensor): ``(batch, L, k)`` per-neuron contributions of the
-            whole path (SPEC §3, or §3.1 for ``mode="paper"``).
+            whole path (see "Joint attribution score (gate semantics)" and "Paper semantics"
+            in docs/method.md).
         jas (Tensor): ``(batch,)`` joint attribution score of each path.
         delta (Tensor, optional): ``(batch,)`` convergence delta of the final JAS.
         targets (Tensor): ``(batch,)`` class explained for each image.
@@ -71,7 +72,7 @@ class PathResult:
         predictions: Optional[Sequence[int]] = None,
         model_id: Optional[str] = None,
     ) -> List[Dict[str, Any]]:
-        """One JSON-ready dict per image (SPEC §7).
+        """One JSON-ready dict per image (see "Records" in docs/method.md).
 
         ``path`` and ``contributions`` are layer-major lists of ``k`` values per layer.
         """
