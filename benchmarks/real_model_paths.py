@@ -55,6 +55,7 @@ from captum_paths.search import PATH_METHODS
 
 SEARCHED = "neuron-path"
 WHOLE_SITE = f"{SEARCHED}, refine=0"
+DEFAULT = f"{SEARCHED} (default, refine=6)"
 
 
 def variants(beams: List[int]) -> List[Tuple[str, str, Dict]]:
@@ -62,13 +63,12 @@ def variants(beams: List[int]) -> List[Tuple[str, str, Dict]]:
     rows: List[Tuple[str, str, Dict]] = [
         (WHOLE_SITE, SEARCHED, {"refine": 0}),
         (f"{SEARCHED}, refine=0, n_steps=8", SEARCHED, {"refine": 0, "n_steps": 8}),
-        (f"{SEARCHED} (default)", SEARCHED, {}),
-        (f"{SEARCHED} (default), tol=0.01", SEARCHED, {"tol": 0.01}),
-        (f"{SEARCHED}, refine=4", SEARCHED, {"refine": 4}),
-        (f"{SEARCHED}, refine=8", SEARCHED, {"refine": 8}),
-        (f"{SEARCHED}, refine=32", SEARCHED, {"refine": 32}),
+        (DEFAULT, SEARCHED, {}),
+        (f"{DEFAULT}, tol=0.01", SEARCHED, {"tol": 0.01}),
+        (f"{SEARCHED}, refine=3", SEARCHED, {"refine": 3}),
+        (f"{SEARCHED}, refine=12", SEARCHED, {"refine": 12}),
     ]
-    rows += [(f"{SEARCHED}, beam={b}, refine=8", SEARCHED, {"beam": b, "refine": 8}) for b in beams]
+    rows += [(f"{SEARCHED}, beam={b}", SEARCHED, {"beam": b}) for b in beams]
     rows += [(name, name, {}) for name in PATH_METHODS if name != SEARCHED]
     return rows
 
@@ -140,8 +140,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
         sub_x, sub_y = images[:n], labels[:n]
         greedy_rows = []
         compared = [("exact greedy (refine='all')", {"refine": "all"}), (WHOLE_SITE, {"refine": 0}),
-                    (f"{SEARCHED} (default)", {})]
-        compared += [(f"beam={b}, refine=8", {"beam": b, "refine": 8}) for b in args.beams]
+                    (DEFAULT, {}), (f"{SEARCHED}, refine=3", {"refine": 3})]
+        compared += [(f"{SEARCHED}, beam={b}", {"beam": b}) for b in args.beams]
         base = None
         for row, kwargs in compared:
             result, secs = run_variant(model, sites, sub_x, sub_y, SEARCHED, kwargs)

@@ -15,12 +15,13 @@ members (``(image, partial path)`` pairs) instead of images.
 """
 from __future__ import annotations
 
-from typing import Protocol, Tuple
+from typing import List, Protocol, Tuple
 
 import torch
 
 from captum_paths.attribution.output import select_rows
 from captum_paths.search.base import SearchContext
+from captum_paths.search.candidates import proposal_pool
 
 __all__ = ["LayerSearcher", "beam_search", "member_context"]
 
@@ -31,6 +32,9 @@ class LayerSearcher(Protocol):
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
         """Whole-site approximate score of every neuron of layer ``t`` given the
         members' prefixes ``paths[:, :t]``: ``(members, d_ff)``."""
+
+    def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
+        """Further rankings ``(members, d_ff)`` the candidate pool draws from (may be empty)."""
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         """Exact joint score of ``prefix + {pool[r, i]}`` per member: ``(members, c)``."""
@@ -76,8 +80,8 @@ def beam_search(
     scores = torch.zeros(B, num_layers, 1, dtype=torch.float64, device=device)
     for t in range(num_layers):
         approx = searcher.layer_scores(t, paths)  # (R, d_ff)
-        c = min(candidates, approx.shape[1])
-        pool = approx.topk(c, dim=1).indices  # (R, c)
+        extra = searcher.proposal_scores(t, paths) if candidates < approx.shape[1] else []
+        pool = proposal_pool([approx] + extra, candidates)  # (R, c)
         exact = searcher.exact_scores(t, paths, pool).double()  # (R, c)
         parents, chosen, chosen_scores = _survivors(image, exact, pool, beam, B)
         image = image[parents]

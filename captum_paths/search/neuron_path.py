@@ -45,6 +45,7 @@ from captum_paths.attribution.joint_integrated_gradients import JointNeuronInteg
 from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
 from captum_paths.search.beam import beam_search, member_context
+from captum_paths.search.candidates import proposal_pool
 from captum_paths.stream import ResidualStream
 
 __all__ = ["LayerProgressiveNeuronPath"]
@@ -53,7 +54,7 @@ Refine = Union[int, str]
 
 #: candidates re-scored exactly per layer when ``refine`` is not given (gate mode;
 #: paper mode keeps the released scripts' whole-site search, ``refine=0``)
-DEFAULT_REFINE: Refine = 8
+DEFAULT_REFINE: Refine = 6
 
 
 def _refine(refine: Optional[Refine], mode: str) -> Refine:
@@ -153,7 +154,8 @@ class LayerProgressiveNeuronPath(PathAttribution):
         for t in range(L):
             approx = search.layer_scores(t, paths)  # (B, d_ff)
             chosen, chosen_scores, changed = _choose(
-                approx, k, candidates, lambda pool: search.exact_scores(t, paths, pool)
+                approx, k, candidates, lambda pool: search.exact_scores(t, paths, pool),
+                lambda: search.proposal_scores(t, paths),
             )
             refined += changed
             paths[:, t] = chosen
@@ -200,15 +202,18 @@ def _stream_for(sites, ctx: SearchContext) -> Optional[ResidualStream]:
     return None
 
 
-def _choose(approx: torch.Tensor, k: int, candidates: int, exact_scores: Callable[[torch.Tensor], torch.Tensor]):
+def _choose(approx: torch.Tensor, k: int, candidates: int, exact_scores: Callable[[torch.Tensor], torch.Tensor],
+            proposals: Callable[[], List[torch.Tensor]] = list):
     """The ``k`` best neurons by ``approx`` ``(B, d_ff)``, or, with ``candidates``, the
-    ``k`` best of the top ``candidates`` by their exact scores. Returns the chosen
+    ``k`` best by their exact scores among a pool of ``candidates`` drawn from ``approx``
+    and the ``proposals()`` rankings (:func:`proposal_pool`). Returns the chosen
     ``(B, k)``, their scores ``(B, k)`` and whether refinement changed the choice ``(B,)``."""
     best = approx.topk(k, dim=1)
     chosen, chosen_scores = best.indices, best.values
     changed = torch.zeros(approx.shape[0], dtype=torch.long, device=approx.device)
     if candidates:
-        pool = approx.topk(candidates, dim=1).indices  # (B, c)
+        rankings = [approx] + (proposals() if candidates < approx.shape[1] else [])
+        pool = proposal_pool(rankings, candidates)  # (B, c)
         top = exact_scores(pool).topk(k, dim=1)
         refined_choice = pool.gather(1, top.indices)
         changed = (refined_choice.sort(1).values != chosen.sort(1).values).any(1).long()
@@ -240,6 +245,22 @@ class _GateSearch:
                 (grad,) = torch.autograd.grad(f.sum(), site_gate)
             scores.index_add_(0, ex, grad.double() * self.rows.weights[st, None])
         return scores
+
+    def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
+        """First-order removal effect and activation magnitude of every neuron of site
+        ``t`` with the prefix removed, ``[(B, d_ff), (B, d_ff)]`` (see :mod:`.candidates`)."""
+        ctx, width = self.ctx, self.ctx.width
+        marginal, magnitude = [], []
+        for rows in torch.arange(ctx.batch, device=ctx.device).split(ctx.internal_batch_size or ctx.batch):
+            gates = torch.ones(len(rows), width, device=ctx.device, requires_grad=True)
+            seen: List[torch.Tensor] = []
+            edits = {l: gating(1.0 - layer_mask(paths, l, width)[rows]) for l in range(t)}
+            edits[t] = _capturing(gates, seen)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(self._forward(rows, edits).sum(), gates)
+            marginal.append(grad.double())
+            magnitude.append(seen[0].detach().abs().sum(dim=1).double())
+        return [torch.cat(marginal), torch.cat(magnitude)]
 
     def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_GateSearch":
         """The searcher on the beam's next members (it keeps no state between layers)."""
@@ -351,7 +372,8 @@ class _StreamSearch:
             with torch.no_grad():
                 removed_run = stream.begin(t, removed)
             chosen, chosen_scores, changed = _choose(
-                approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool)
+                approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool),
+                lambda: _first_order(removed_run, self.chunk, lambda h, part: self._f(stream.logits(h, t + 1), images[part])),
             )
             paths[:, t], scores[:, t], refined = chosen, chosen_scores.float(), refined + changed
             mask = layer_mask(paths, t, width)
@@ -458,6 +480,12 @@ class _StreamLayers:
             scores.index_add_(0, members, grad.double() * weights[steps, None])
         return scores
 
+    def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
+        """As :meth:`_GateSearch.proposal_scores`, from the cached prefix-removed stream."""
+        with torch.no_grad():
+            run = self.stream.begin(t, self.removed)
+        return _first_order(run, self.chunk, lambda h, part: self._f(self.stream.logits(h, t + 1), part))
+
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         R, c = pool.shape
         f_removed = torch.empty(R * c, dtype=self.ctx.f_clean.dtype, device=pool.device)
@@ -481,6 +509,42 @@ class _StreamLayers:
                 gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(gating(gates)))
             removed = self.stream.begin(t, self.removed[parents]).finish(gating(1.0 - mask))
         return _StreamLayers(self.owner, ctx, self.stream, torch.cat(gated), removed)
+
+
+def _capturing(gates: torch.Tensor, seen: List[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``gating(gates)`` that also keeps the selected activation it gates."""
+    def edit(act: torch.Tensor) -> torch.Tensor:
+        seen.append(act)
+        return (act * gates[:, None, :]).to(act.dtype)
+    return edit
+
+
+def _first_order(run, chunk: int, output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> List[torch.Tensor]:
+    """First-order removal effect ``dF/dg`` at gates 1 and activation magnitude of every
+    neuron of the site of ``run`` (a :class:`BlockRun` on the prefix-removed stream),
+    ``[(rows, d_ff), (rows, d_ff)]``; ``output(h, rows)`` is ``F`` from the block's output."""
+    rows_total = run.h.shape[0]
+    marginal, magnitude = [], []
+    for part in torch.arange(rows_total, device=run.h.device).split(chunk):
+        seen: List[torch.Tensor] = []
+        with torch.enable_grad():
+            sub = run.take(part)
+            width = sub.act.shape[-1] if sub.act is not None else None
+            gates = None
+            if width is None:  # an unsplit block: the width comes from the first call
+                def edit(act, seen=seen):
+                    nonlocal gates
+                    gates = torch.ones(act.shape[0], act.shape[-1], device=act.device, requires_grad=True)
+                    seen.append(act)
+                    return (act * gates[:, None, :]).to(act.dtype)
+                h = sub.finish(edit)
+            else:
+                gates = torch.ones(len(part), width, device=run.h.device, requires_grad=True)
+                h = sub.finish(_capturing(gates, seen))
+            (grad,) = torch.autograd.grad(output(h, part).sum(), gates)
+        marginal.append(grad.double())
+        magnitude.append(seen[0].detach().abs().sum(dim=1).double())
+    return [torch.cat(marginal), torch.cat(magnitude)]
 
 
 def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext) -> int:
@@ -530,6 +594,10 @@ class _PaperSearch:
         for l in range(t):
             prefix_act += (self.a0[l] * masks[l]).sum(dim=1)
         return (site_grad + prefix_grad[:, None]) * (self.a0[t] + prefix_act[:, None]) / m
+
+    def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
+        """Paper mode draws its candidates from the paper score alone."""
+        return []
 
     def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_PaperSearch":
         """The searcher on the beam's next members (it keeps no state between layers)."""
