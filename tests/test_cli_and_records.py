@@ -72,3 +72,23 @@ def test_registry_names_and_errors():
     assert get_path_method("neuron-path") is LayerProgressiveNeuronPath
     with pytest.raises(ValueError, match="Did you mean 'activation'"):
         get_path_method("activations")
+
+
+def test_atomic_writes_keep_the_permissions_of_a_plain_write(tmp_path):
+    import os
+    import stat
+
+    from captum_paths.records import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "report.html"
+        write_text_atomic(fresh, "x")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        existing = tmp_path / "records.jsonl"
+        existing.write_text("a")
+        existing.chmod(0o640)
+        write_text_atomic(existing, "b")
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and existing.read_text() == "b"
+    finally:
+        os.umask(old)
