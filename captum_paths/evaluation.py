@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from numbers import Real
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from captum_paths.attribution.joint_integrated_gradients import MODES, JointNeuronIntegratedGradients
+from captum_paths.consensus import consensus_path
 from captum_paths.interventions import _check_scale, prune_neurons, scale_neurons
 from captum_paths.models import as_logits_model
 from captum_paths.records import write_text_atomic
@@ -325,13 +325,9 @@ def jas_comparison(
 def class_consensus(
     paths: PathsLike, labels: torch.Tensor, k: Optional[int] = None
 ) -> Dict[int, torch.Tensor]:
-    """Class consensus paths: per class, layer and rank, the most frequent neuron.
-
-    The consensus neuron of rank ``r`` in layer ``l`` is the mode of the images'
-    rank-``r`` neurons (ties: the smallest index). The ``k`` neurons of a layer
-    are kept distinct: when the mode of a rank was already taken by an earlier
-    rank, the rank gets the most frequent not yet taken neuron of the layer,
-    counted over the first ``k`` ranks of every image (ties: the smallest index).
+    """Class consensus paths (:func:`captum_paths.consensus.consensus_path`): per class,
+    layer and rank, the mode of the images' rank-``r`` neurons, kept distinct within a
+    layer (the same consensus as :func:`captum_paths.analysis.consensus_paths`).
 
     Args:
         paths: ``(N, L, K)`` top-``K`` paths (best first) or a PathResult.
@@ -355,29 +351,11 @@ def class_consensus(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K:
         raise ValueError(f"k must be an int in 1..{K} (the paths hold {K} neurons per layer); got {k!r}")
     tensor = tensor[..., :k].long().cpu()
-    _, L, _ = tensor.shape
     out: Dict[int, torch.Tensor] = {}
     for label in sorted(set(labels.tolist())):
-        members = tensor[labels == label]  # (n_c, L, k)
-        consensus = torch.empty(L, k, dtype=torch.long)
-        for layer in range(L):
-            layer_counts = Counter(members[:, layer].reshape(-1).tolist())
-            taken: List[int] = []
-            for rank in range(k):
-                rank_counts = Counter(members[:, layer, rank].tolist())
-                mode = _most_frequent(rank_counts, ())
-                if mode in taken:
-                    mode = _most_frequent(layer_counts, taken)
-                taken.append(mode)
-            consensus[layer] = torch.tensor(taken)
-        out[int(label)] = consensus
+        members = tensor[labels == label].numpy()  # (n_c, L, k)
+        out[int(label)] = torch.tensor(consensus_path(members, k), dtype=torch.long)
     return out
-
-
-def _most_frequent(counts: Counter, exclude: Sequence[int]) -> int:
-    """The most frequent key not in ``exclude`` (ties: the smallest key)."""
-    candidates = [(-c, u) for u, c in counts.items() if u not in exclude]
-    return min(candidates)[1]
 
 
 def split_by_class(

@@ -290,3 +290,18 @@ def test_save_table_writes_csv_and_json_records(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(csv_path), df)
     assert json.loads(json_path.read_text()) == df.to_dict(orient="records")
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_evaluation_and_analysis_share_one_consensus():
+    from captum_paths.analysis import consensus_path_lists, consensus_paths
+    from captum_paths.search import PathResult
+
+    gen = torch.Generator().manual_seed(3)
+    paths = torch.stack([torch.randperm(6, generator=gen)[:3] for _ in range(40 * 4)]).view(40, 4, 3)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    result = PathResult(paths=paths, contributions=torch.zeros(40, 4, 3), jas=torch.zeros(40),
+                        targets=labels, method="m")
+    records = result.to_records(labels=labels.tolist())
+    for k in (1, 2, 3):
+        from_eval = {c: t.tolist() for c, t in class_consensus(paths, labels, k=k).items()}
+        assert consensus_path_lists(consensus_paths(records, k=k)) == from_eval

@@ -72,3 +72,23 @@ def test_import_captum_paths_loads_no_heavy_library():
     assert "LayerProgressiveNeuronPath" in dir(captum_paths)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         captum_paths.nope
+
+
+def test_the_readme_example_runs(registry):
+    """The README's custom path method, verbatim in spirit: per layer the neurons with
+    the largest fc2 column norm, scored like every other method."""
+    @register_path_method
+    class LargestWeightPath(PathAttribution):
+        name = "largest-weight"
+
+        def _select(self, ctx):
+            norms = torch.stack([b.mlp.fc2.weight.norm(dim=0) for b in self.model.blocks])
+            top = norms.topk(ctx.k, dim=1).indices
+            return top.expand(ctx.batch, -1, -1).to(ctx.device), None, {}
+
+    model = tiny_vit()
+    x = torch.randn(2, 3, 16, 16)
+    result = get_path_method("largest-weight")(model).attribute(x, target=0, k=2)
+    norms = torch.stack([b.mlp.fc2.weight.norm(dim=0) for b in model.blocks])
+    assert torch.equal(result.paths[0], norms.topk(2, dim=1).indices)
+    assert result.delta is not None and torch.isfinite(result.jas).all()

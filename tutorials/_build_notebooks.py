@@ -243,8 +243,7 @@ N_STEPS = 16                      # quadrature steps of every integral (the libr
 `attribute` returns a `PathResult`: `paths` `(batch, L, k)`, the per-neuron
 `contributions` of the whole path, its `jas` (exactly `F(x) - F(x; path
 removed)`) and the convergence `delta` of the contributions. By default the
-search re-scores the 8 best whole-site candidates of each layer exactly
-(`refine=8`, next section).
+search re-scores 6 candidates of each layer exactly (`refine=6`, next section).
 """),
     code("""
 search = LayerProgressiveNeuronPath(model)
@@ -271,35 +270,39 @@ plt.show()
 
 `k=3` keeps the three best neurons per layer; all of them join the scaled
 prefix for later layers. The whole-site score is an approximation:
-`refine=c` re-scores the best `c` candidates of each layer *exactly*
+`refine=c` re-scores `c` candidates of each layer *exactly*
 (`JAS(prefix ∪ {j}) = F(x) − F(x; prefix ∪ {j} removed)`, forward passes only)
-and keeps the best; `refine=0` is the paper's whole-site search and
-`refine="all"` scores every candidate exactly (the exact greedy).
+and keeps the best. The candidates come in turn from three rankings: the
+whole-site score, the first-order removal effect on top of the removed prefix,
+and the activation magnitude (on pretrained ViTs the whole-site score ranks
+some of the most influential, very active units last). `refine=0` is the
+paper's whole-site search and `refine="all"` scores every candidate exactly
+(the exact greedy).
 """),
     code("""
 top3 = search.attribute(x, target=y, k=3, n_steps=N_STEPS)
 whole = search.attribute(x, target=y, n_steps=N_STEPS, refine=0)
-refined = result  # the default, refine=8
+refined = result  # the default, refine=6
 print("top-3 path of image 0 (layer x rank):\\n", top3.paths[0].numpy())
 summary = pd.DataFrame({
-    "k=1, refine=0": whole.jas.numpy(), "k=1, refine=8": refined.jas.numpy(), "k=3": top3.jas.numpy(),
+    "k=1, refine=0": whole.jas.numpy(), "k=1, refine=6": refined.jas.numpy(), "k=3": top3.jas.numpy(),
 })
-print("images whose path refine=8 changed:", int((refined.refined_layers > 0).sum()), "of", len(x),
+print("images whose path refine=6 changed:", int((refined.refined_layers > 0).sum()), "of", len(x),
       "| mean layers changed per image:", refined.refined_layers.float().mean().item())
 summary.describe().loc[["mean", "50%", "max"]]
 """),
     md("""
 Top-3 paths hold three times as many neurons, so their JAS is larger; compare
 paths of the same `k`. The exact greedy re-scores all 256 candidates of every
-layer: more forward passes, so we run it on the first 8 images only. Re-scoring the best 8
-whole-site candidates already gets (almost) all of its gain. A beam search
+layer: more forward passes, so we run it on the first 8 images only. Re-scoring 6
+candidates already gets (almost) all of its gain. A beam search
 (`beam=4`) keeps the 4 best partial paths of each image after every layer and
 can go beyond the greedy.
 """),
     code("""
 exact = search.attribute(x[:8], target=y[:8], n_steps=N_STEPS, refine="all")
 beam = search.attribute(x[:8], target=y[:8], n_steps=N_STEPS, beam=4)
-pd.DataFrame({"refine=0": whole.jas[:8], "refine=8": refined.jas[:8], "refine='all'": exact.jas,
+pd.DataFrame({"refine=0": whole.jas[:8], "refine=6": refined.jas[:8], "refine='all'": exact.jas,
               "beam=4": beam.jas, "layers changed by 'all'": exact.refined_layers})
 """),
     md("""

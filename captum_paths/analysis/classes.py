@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import sparse
 
 from captum_paths.analysis.table import PathTable, as_table
+from captum_paths.consensus import consensus_path
 
 __all__ = [
     "neuron_frequencies",
@@ -98,12 +99,14 @@ def consensus_paths(
     classes: Optional[Iterable[Hashable]] = None,
     label_key: str = "label",
 ) -> pd.DataFrame:
-    """The consensus path of every class: the most frequent neuron(s) of each layer.
+    """The consensus path of every class (:func:`captum_paths.consensus.consensus_path`):
+    per layer and rank the mode of the class's rank-``r`` neurons, distinct within a
+    layer (``k = 1``: the mode per layer). The pruning study uses the same consensus.
 
     Args:
-        k (int, optional): Neurons per layer in the consensus; the ``k`` most
-            frequent neurons of the layer (``k = 1``: the mode). Default: the
-            records' ``k``.
+        k (int, optional): Neurons per layer in the consensus; ranks beyond the
+            records' ``k`` take the layer's most frequent neurons not yet taken.
+            Default: the records' ``k``.
 
     Returns:
         DataFrame with columns ``class, layer, rank, neuron, count, support``:
@@ -118,11 +121,20 @@ def _consensus_frame(table: PathTable, k: Optional[int]) -> pd.DataFrame:
     k = table.k if k is None else k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
-    freq = _frequency_frame(table)
-    top = freq.groupby(["class", "layer"], sort=False).head(k).copy()
-    top.insert(2, "rank", top.groupby(["class", "layer"], sort=False).cumcount())
-    top = top.rename(columns={"frequency": "support"})
-    return top.reset_index(drop=True)
+    codes = table.class_codes
+    sizes = table.class_sizes
+    rows = []
+    for c in range(len(table.classes)):
+        members = table.paths[codes == c]
+        if not len(members):
+            continue
+        for layer, neurons in enumerate(consensus_path(members, int(k))):
+            for rank, neuron in enumerate(neurons):
+                count = int((members[:, layer, :] == neuron).any(axis=1).sum())
+                rows.append((c, layer, rank, neuron, count, count / sizes[c]))
+    frame = pd.DataFrame(rows, columns=["code", "layer", "rank", "neuron", "count", "support"])
+    frame.insert(0, "class", _labels(table, frame.pop("code").to_numpy(dtype=int)))
+    return frame
 
 
 def consensus_path_lists(consensus: pd.DataFrame) -> Dict[Hashable, List[List[int]]]:

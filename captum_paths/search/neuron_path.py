@@ -87,19 +87,25 @@ class LayerProgressiveNeuronPath(PathAttribution):
     beam=1)`` returns a :class:`~captum_paths.search.PathResult`; the common
     arguments are those of :meth:`PathAttribution.attribute`. Options:
 
-    - ``refine`` (int or ``"all"``): re-score the best ``refine`` candidates of
-      each layer exactly, ``JAS(prefix + {j}) = F(x) - F(x; prefix + {j}
-      removed)`` (one forward each from the cached residual stream), and keep the
-      best ``k``; ``"all"`` scores every candidate (the exact greedy); ``0`` is
-      the paper's whole-site search. Default: 8 in ``mode="gate"``: on a
-      pretrained DINOv2 ViT-S/14 the whole-site ranking alone reaches about 80%
-      of the exact greedy's JAS, and its 8 best candidates almost always hold the
-      exact best, for about 1.5x the time of ``refine=0`` (see the README's
-      real-model table). ``mode="paper"`` defaults to 0 (the released scripts'
-      search) and re-scores with the paper score of ``prefix + {j}``.
+    - ``refine`` (int or ``"all"``): re-score ``refine`` candidates of each layer
+      exactly, ``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} removed)`` (one
+      forward each from the cached residual stream), and keep the best ``k``.
+      The candidates are drawn in turn from three rankings (see
+      :mod:`captum_paths.search.candidates`): the whole-site score, the
+      first-order removal effect on top of the removed prefix, and the
+      activation magnitude. ``"all"`` scores every candidate (the exact greedy);
+      ``0`` is the paper's whole-site search. Default: 6 in ``mode="gate"``: on
+      a pretrained DINOv2 ViT-S/14 the whole-site ranking alone reaches 77% of
+      the exact greedy's JAS, because it ranks outlier units with very large
+      activations (often the most influential ones) last; two candidates from
+      each ranking reach the exact greedy's JAS for about 1.7x the time of
+      ``refine=0`` (see the README's real-model tables). ``mode="paper"``
+      defaults to 0 (the released scripts' search) and re-scores with the paper
+      score of ``prefix + {j}``, drawing candidates from the paper score alone.
     - ``beam`` (int): keep the ``beam`` best partial paths of each image by exact
-      JAS after every layer; each proposes its ``refine`` best candidates (8 when
-      ``refine=0``). ``beam=1`` (default) is the greedy. ``k=1`` only.
+      JAS after every layer; each proposes ``refine`` candidates (8 when
+      ``refine=0``), drawn like the greedy's. ``beam=1`` (default) is the
+      greedy. ``k=1`` only.
 
     Examples::
 
