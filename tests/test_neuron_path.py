@@ -448,3 +448,60 @@ def test_beam_results_do_not_depend_on_the_row_budget(tiny, internal_batch_size)
     part = search.attribute(x, target=y, beam=3, refine=4, internal_batch_size=internal_batch_size)
     assert torch.equal(part.paths, whole.paths)
     torch.testing.assert_close(part.jas, whole.jas)
+
+
+# ------------------------------------------------------------------ candidate pools
+def test_proposal_pool_takes_distinct_neurons_from_each_ranking_in_turn():
+    from captum_paths.search.candidates import proposal_pool
+
+    whole = torch.tensor([[9.0, 8, 7, 1, 0, 0], [0, 0, 0, 0, 0, 1]])
+    marginal = torch.tensor([[9.0, 0, 0, 8, 0, 0], [0, 0, 0, 0, 0, 5]])
+    magnitude = torch.tensor([[0.0, 0, 0, 0, 9, 8], [3, 2, 1, 0, 0, 0]])
+    pool = proposal_pool([whole, marginal, magnitude], 4)
+    # row 0: whole 0, marginal 0 (taken) , magnitude 4, whole 1, marginal 3 -> [0, 4, 1, 3]
+    assert pool[0].tolist() == [0, 4, 1, 3]
+    # row 1: whole 5, marginal 5 (taken), magnitude 0, then whole's second best (the first of its ties)
+    assert pool[1].tolist()[:2] == [5, 0] and len(set(pool[1].tolist())) == 4
+    assert torch.equal(proposal_pool([whole], 3), whole.topk(3, dim=1).indices)
+
+
+def _first_order_brute_force(model, x, y, prefix_paths, t):
+    """dF/dg of site t at gates 1 with the prefix removed, and |a| there: (B, d_ff) each."""
+    sites = NeuronSites.from_model(model)
+    width = sites.width
+    gates = torch.ones(len(x), width, requires_grad=True)
+    edits = {}
+    for l in range(t):
+        keep = torch.ones(len(x), width).scatter_(1, prefix_paths[:, l], 0.0)
+        edits[l] = lambda a, keep=keep: a * keep[:, None, :]
+    seen = []
+    edits[t] = lambda a: (seen.append(a), a * gates[:, None, :])[1]
+    with torch.enable_grad(), sites.edit(edits):
+        f = model(x).softmax(-1).gather(1, y[:, None]).sum()
+    (grad,) = torch.autograd.grad(f, gates)
+    return grad.double(), seen[0].detach().abs().sum(1).double()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_refined_choice_beats_the_best_of_every_ranking(tiny, stream, monkeypatch):
+    """refine=3 re-scores the top neuron of each ranking (whole-site, first-order,
+    magnitude): the chosen neuron's exact JAS is at least each of theirs."""
+    if not stream:
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))
+    model, x, y = tiny
+    sites = NeuronSites.from_model(model)
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=y, refine=3)
+    paths = result.paths
+    for t in range(3):
+        marginal, magnitude = _first_order_brute_force(model, x, y, paths, t)
+        for ranking in (marginal, magnitude):
+            top = ranking.argmax(dim=1)
+            sets_top = [[(l, int(paths[i, l, 0])) for l in range(t)] + [(t, int(top[i]))] for i in range(len(x))]
+            sets_chosen = [[(l, int(paths[i, l, 0])) for l in range(t + 1)] for i in range(len(x))]
+            chosen = _removed_output(model, sites, x, y, sets_chosen)
+            other = _removed_output(model, sites, x, y, sets_top)
+            assert (chosen <= other + 1e-7).all()  # lower F after removal = higher JAS
+        torch.testing.assert_close(result.scores[:, t, 0].double(),
+                                   (model(x).softmax(-1).gather(1, y[:, None])[:, 0].detach().double()
+                                    - _removed_output(model, sites, x, y, sets_chosen).double()),
+                                   rtol=1e-4, atol=1e-6)
