@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from captum_paths.models import to_logits
-from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
+from captum_paths.records import SCHEMA_VERSION, append_records, read_records, write_json_atomic, write_text_atomic
 from captum_paths.search.registry import create_path_method
 
 __all__ = ["extract_paths", "extract_run", "merge_records", "read_run", "check_run", "RunMismatchError"]
@@ -111,6 +111,7 @@ def run_settings(
 ) -> Dict[str, Any]:
     """The settings a run folder records in ``run.json`` (paths made absolute)."""
     return {
+        "schema": SCHEMA_VERSION,
         "refine": refine,
         "beam": beam,
         "model": model,

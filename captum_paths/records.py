@@ -17,13 +17,36 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
-__all__ = ["append_records", "read_records", "write_text_atomic", "write_json_atomic"]
+__all__ = ["SCHEMA_VERSION", "append_records", "read_records", "upgrade_record", "write_text_atomic",
+           "write_json_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
+#: Version of the record layout, written in every record (``"schema"``) and in a run
+#: folder's ``run.json``. Version 1 (records without ``"schema"``) named the
+#: quadrature ``settings["method"]``; version 2 names it ``settings["approximation"]``.
+SCHEMA_VERSION = 2
+
+
+def upgrade_record(record: Dict[str, Any]) -> Dict[str, Any]:
+    """``record`` in the current layout (a new dict; records already current are copied)."""
+    record = dict(record)
+    version = record.get("schema", 1)
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"record schema {version} is newer than this captum_paths reads ({SCHEMA_VERSION}); "
+                         "upgrade captum_paths")
+    if version < 2:
+        settings = dict(record.get("settings") or {})
+        if "method" in settings and "approximation" not in settings:
+            settings["approximation"] = settings.pop("method")
+        record["settings"] = settings
+    record["schema"] = SCHEMA_VERSION
+    return record
+
 
 def read_records(path: PathLike) -> List[Dict[str, Any]]:
-    """All complete records of a JSON Lines file (a torn last line is skipped)."""
+    """All complete records of a JSON Lines file (a torn last line is skipped), in the
+    current layout (:func:`upgrade_record`)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -34,7 +57,7 @@ def read_records(path: PathLike) -> List[Dict[str, Any]]:
                 break  # torn write of a killed run
             line = line.strip()
             if line:
-                records.append(json.loads(line))
+                records.append(upgrade_record(json.loads(line)))
     return records
 
 

@@ -111,7 +111,7 @@ def test_path_result_contract(tiny, results, cls, k):
 def test_final_jas_is_the_joint_score_of_the_path(tiny, results, cls, mode):
     model, x, target = tiny
     r = results(cls, 3, mode)
-    assert r.settings["method"] == ("gausslegendre" if mode == "gate" else "riemann_left")
+    assert r.settings["approximation"] == ("gausslegendre" if mode == "gate" else "riemann_left")
     _, jas = JointNeuronIntegratedGradients(model).attribute(
         x, r.paths, target=r.targets, mode=mode, n_steps=r.settings["n_steps"]
     )
@@ -276,7 +276,7 @@ def test_influence_pattern_equals_literal_loop(tiny):
 def test_influence_pattern_paper_mode_uses_left_riemann(tiny):
     model, x, target = tiny
     r = InfluencePatternPath(model).attribute(x[:1], target=target[:1], k=1, mode="paper", n_steps=4)
-    assert r.settings["method"] == "riemann_left"
+    assert r.settings["approximation"] == "riemann_left"
     acts = {}
     total = torch.zeros(WIDTH, dtype=torch.float64)
     for a in (0.0, 0.25, 0.5, 0.75):

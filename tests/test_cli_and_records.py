@@ -92,3 +92,27 @@ def test_atomic_writes_keep_the_permissions_of_a_plain_write(tmp_path):
         assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and existing.read_text() == "b"
     finally:
         os.umask(old)
+
+
+def test_version_less_records_load_in_the_current_layout(tmp_path):
+    import json
+
+    from captum_paths.records import SCHEMA_VERSION, read_records
+    from captum_paths.search import PathResult
+
+    old = {"image_id": "a", "label": 1, "target": 1, "prediction": 1, "method": "neuron-path",
+           "path": [[3], [4]], "contributions": [[0.1], [0.2]], "jas": 0.3, "delta": 0.0, "scores": None,
+           "refined_layers": None, "model_id": "demo",
+           "settings": {"mode": "gate", "n_steps": 4, "method": "gausslegendre", "k": 1, "output": "prob"}}
+    file = tmp_path / "records.jsonl"
+    file.write_text(json.dumps(old) + "\n")
+    (record,) = read_records(file)
+    assert record["schema"] == SCHEMA_VERSION == 2
+    assert record["settings"]["approximation"] == "gausslegendre" and "method" not in record["settings"]
+    result = PathResult.from_records([old])
+    assert result.settings["approximation"] == "gausslegendre"
+    again = result.to_records(image_ids=["a"])[0]
+    assert again["schema"] == 2 and again["settings"] == record["settings"]
+    with pytest.raises(ValueError, match="newer than this captum_paths reads"):
+        file.write_text(json.dumps({**old, "schema": 99}) + "\n")
+        read_records(file)

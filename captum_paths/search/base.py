@@ -156,7 +156,7 @@ class PathAttribution(SiteAttribution):
             scored = _meet_tolerance(jig, ctx, paths, *scored, tol)
         contributions, jas, delta = scored
         settings = {
-            "mode": mode, "n_steps": n_steps, "method": method, "k": k, "output": self.output,
+            "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
             **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, **options}),
         }
         return PathResult(

@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from captum_paths.records import SCHEMA_VERSION, upgrade_record
+
 __all__ = ["PathResult"]
 
 
@@ -23,8 +25,9 @@ class PathResult:
         delta (Tensor, optional): ``(batch,)`` convergence delta of the final JAS.
         targets (Tensor): ``(batch,)`` class explained for each image.
         method (str): Registry name of the method that found the paths.
-        settings (dict): Everything needed to reproduce the run (mode, n_steps,
-            approximation method, k, output, ...).
+        settings (dict): Everything needed to reproduce the run: ``mode``,
+            ``n_steps``, ``approximation`` (Captum's quadrature name), ``k``,
+            ``output``, and ``tol``, ``refine``, ``beam``, ``seed`` where they apply.
         scores (Tensor, optional): ``(batch, L, k)`` the method's own selection
             score of each chosen neuron.
         refined_layers (Tensor, optional): ``(batch,)`` how many layers the exact
@@ -84,6 +87,7 @@ class PathResult:
         for i in range(n):
             records.append(
                 {
+                    "schema": SCHEMA_VERSION,
                     "image_id": image_ids[i] if image_ids is not None else i,
                     "label": _as_int(labels[i]) if labels is not None else None,
                     "target": int(self.targets[i]),
@@ -106,6 +110,7 @@ class PathResult:
         """Rebuild a result from records of one method and one setting."""
         if not records:
             raise ValueError("records is empty: nothing to rebuild a PathResult from")
+        records = [upgrade_record(r) for r in records]
         methods = {r["method"] for r in records}
         if len(methods) != 1:
             raise ValueError(f"records mix several methods {sorted(methods)}; select one method first")
