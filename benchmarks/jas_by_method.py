@@ -38,11 +38,12 @@ from captum_paths import NeuronSites
 from captum_paths.demo import load_demo_data, load_demo_model
 from captum_paths.report import markdown
 from captum_paths.search import PATH_METHODS
+from captum_paths.search.neuron_path import DEFAULT_REFINE
 
 SEARCHED = "neuron-path"
 #: (row name, registry name, extra attribute kwargs)
 VARIANTS: List[Tuple[str, str, Dict]] = [
-    (f"{SEARCHED} (default, refine=8)", SEARCHED, {}),
+    (f"{SEARCHED} (default, refine={DEFAULT_REFINE})", SEARCHED, {}),
     (f"{SEARCHED}, refine=0", SEARCHED, {"refine": 0}),
     (f"{SEARCHED}, refine='all'", SEARCHED, {"refine": "all"}),
     (f"{SEARCHED}, beam=4", SEARCHED, {"beam": 4}),
