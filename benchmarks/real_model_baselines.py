@@ -83,11 +83,11 @@ def _scores(search, x, y, n_steps: int) -> torch.Tensor:
 def influence_literal(model, sites, x, y, n_steps: int = 4) -> torch.Tensor:
     """The released scripts' influence pattern: dF/da at alpha*x, averaged over the
     Gauss-Legendre grid, per layer at the class token: ``(N, L, d_ff)``."""
-    from captum.attr._utils.approximation_methods import approximation_parameters
+    from captum_paths.attribution._machinery import quadrature
 
-    step_sizes, alphas = approximation_parameters("gausslegendre")
+    weights, alphas = quadrature("gausslegendre", n_steps, x.device)
     out = torch.zeros(len(x), sites.num_layers, sites.width, dtype=torch.float64)
-    for w, a in zip(step_sizes(n_steps), alphas(n_steps)):
+    for w, a in zip(weights.tolist(), alphas.tolist()):
         acts = {}
         handles = [m.register_forward_hook(lambda mod, i, o, l=l: acts.__setitem__(l, o) or o)
                    for l, m in enumerate(sites.modules)]

@@ -31,10 +31,10 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from captum.attr import LayerActivation, LayerConductance
-from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
-from captum_paths.attribution.output import output_value, select_rows
+from captum_paths.attribution._machinery import StepRows, edited_output, gating
+from captum_paths.attribution.output import select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
 from captum_paths.sites import NeuronSites, SiteEdit
 
@@ -75,31 +75,14 @@ class _TopKPath(PathAttribution):
     ) -> torch.Tensor:
         """``F`` on the rows ``ex`` (images repeated per step), with site edits and
         the inputs optionally scaled per row by ``scale`` ``(rows,)``: ``(rows,)``."""
-        inputs = tuple(t[ex.to(t.device)] for t in ctx.inputs)
-        if scale is not None:
-            inputs = tuple(
-                t * scale.to(t.device, t.dtype).view(-1, *([1] * (t.dim() - 1))) for t in inputs
-            )
-        args = select_rows(ctx.args, ex, ctx.batch)
-        with self.sites.edit(edits):
-            logits = self.forward_func(*inputs, *args)
-        return output_value(logits, ctx.target[ex], self.output)
+        return edited_output(self.forward_func, self.sites, self.output, ctx.inputs, ctx.args, ctx.target,
+                             ex, edits, scale=scale)
 
 
-def _quadrature(ctx: SearchContext) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Step weights ``(n_steps,)`` float64 and alphas ``(n_steps,)`` float32 of ``ctx.method``."""
-    step_sizes, alphas = approximation_parameters(ctx.method)
-    weights = torch.tensor(step_sizes(ctx.n_steps), dtype=torch.float64, device=ctx.device)
-    alpha = torch.tensor(alphas(ctx.n_steps), dtype=torch.float32, device=ctx.device)
-    return weights, alpha
-
-
-def _step_rows(ctx: SearchContext) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """(example, step) index pairs of all ``batch × n_steps`` rows, in chunks of
+def _step_rows(ctx: SearchContext) -> StepRows:
+    """The ``batch x n_steps`` (example, step) rows of ``ctx``'s quadrature, in chunks of
     at most ``internal_batch_size`` rows."""
-    rows = torch.arange(ctx.batch * ctx.n_steps, device=ctx.device)
-    for part in rows.split(ctx.internal_batch_size or rows.numel()):
-        yield part // ctx.n_steps, part % ctx.n_steps
+    return StepRows(ctx.batch, ctx.method, ctx.n_steps, ctx.device, ctx.internal_batch_size)
 
 
 def _image_chunks(batch: int, size: Optional[int], device: torch.device) -> Iterator[torch.Tensor]:
@@ -180,17 +163,15 @@ class KnowledgeNeuronPath(_TopKPath):
     name = "knowledge-neurons"
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
-        weights, alpha = _quadrature(ctx)
-        width = ctx.width
+        rows, width = _step_rows(ctx), ctx.width
         scores = torch.zeros(ctx.batch, self.sites.num_layers, width, dtype=torch.float64, device=ctx.device)
         with torch.enable_grad():
             for t in range(self.sites.num_layers):
-                for ex, st in _step_rows(ctx):
-                    gate = alpha[st, None].expand(-1, width).clone().requires_grad_(True)  # (rows, d_ff)
-                    edit = lambda act, g=gate: (act * g[:, None, :]).to(act.dtype)  # noqa: E731
-                    f = self._rows_output(ctx, ex, {t: edit})
-                    (grad,) = torch.autograd.grad(f.sum(), gate)
-                    scores[:, t].index_add_(0, ex, grad.double() * weights[st, None])
+                for _, ex, st, alpha in rows:
+                    gates = alpha[:, None].expand(-1, width).clone().requires_grad_(True)  # (rows, d_ff)
+                    f = self._rows_output(ctx, ex, {t: gating(gates)})
+                    (grad,) = torch.autograd.grad(f.sum(), gates)
+                    scores[:, t].index_add_(0, ex, grad.double() * rows.weights[st, None])
         return scores
 
 
@@ -282,19 +263,19 @@ class InfluencePatternPath(_TopKPath):
                     f"{type(self).__name__} scales the inputs by alpha, so they must be floating "
                     f"point; inputs[{i}] has dtype {x.dtype}"
                 )
-        weights, alpha = _quadrature(ctx)
+        rows = _step_rows(ctx)
         layers = range(self.sites.num_layers)
         scores = torch.zeros(ctx.batch, len(layers), ctx.width, dtype=torch.float64, device=ctx.device)
         with torch.enable_grad():
-            for ex, st in _step_rows(ctx):
+            for _, ex, st, alpha in rows:
                 probes: Dict[int, torch.Tensor] = {}
-                f = self._rows_output(ctx, ex, {l: _probe(probes, l) for l in layers}, scale=alpha[st])
+                f = self._rows_output(ctx, ex, {l: _probe(probes, l) for l in layers}, scale=alpha)
                 missing = [l for l in layers if l not in probes]
                 if missing:
                     raise RuntimeError(f"the forward pass did not run the sites of layers {missing}")
                 grads = torch.autograd.grad(f.sum(), [probes[l] for l in layers])
                 for l, g in zip(layers, grads):
-                    scores[:, l].index_add_(0, ex, g.double().sum(dim=1) * weights[st, None])
+                    scores[:, l].index_add_(0, ex, g.double().sum(dim=1) * rows.weights[st, None])
         return scores
 
 
