@@ -32,14 +32,15 @@ import torch
 from benchmarks.common import vit_small_case
 
 #: run name -> (kind, keyword arguments)
-RUNS = {
+RUNS = {  # gate runs: the whole-site search (refine=0), the engine these numbers describe
     "reference_m20": ("reference", {"m": 20}),
-    "gate_riemann_left_m20": ("engine", {"n_steps": 20, "method": "riemann_left"}),
-    "gate_gausslegendre_m20": ("engine", {"n_steps": 20, "method": "gausslegendre"}),
+    "gate_riemann_left_m20": ("engine", {"n_steps": 20, "method": "riemann_left", "refine": 0}),
+    "gate_gausslegendre_m20": ("engine", {"n_steps": 20, "method": "gausslegendre", "refine": 0}),
     "paper_m20": ("engine", {"mode": "paper", "n_steps": 20}),
-    "gate_defaults": ("engine", {}),
-    "gate_gausslegendre_16": ("engine", {"n_steps": 16, "method": "gausslegendre"}),
-    "gate_gausslegendre_16_ibs16": ("engine", {"n_steps": 16, "method": "gausslegendre", "internal_batch_size": 16}),
+    "gate_defaults": ("engine", {"refine": 0}),
+    "gate_gausslegendre_16": ("engine", {"n_steps": 16, "method": "gausslegendre", "refine": 0}),
+    "gate_gausslegendre_16_ibs16": ("engine", {"n_steps": 16, "method": "gausslegendre", "internal_batch_size": 16,
+                                               "refine": 0}),
 }
 
 

@@ -65,7 +65,7 @@ def search(case: Case, k: int, n_steps: int, method: str, internal_batch_size: O
     start, cpu = time.perf_counter(), time.process_time()
     result = engine.attribute(
         case.images, target=case.targets, k=k, n_steps=n_steps, method=method,
-        internal_batch_size=internal_batch_size,
+        internal_batch_size=internal_batch_size, refine=0,  # the whole-site ranking itself
     )
     return result.paths, time.perf_counter() - start, time.process_time() - cpu
 

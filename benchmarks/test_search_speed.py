@@ -116,14 +116,14 @@ def _engine_bench(benchmark, case, reference, report, name, kwargs, target, roun
 def test_gate_riemann_left_m20(benchmark, vit_case, reference, report):
     """Gate engine on the reference's grid (20 left Riemann steps): target >= 5x."""
     _engine_bench(benchmark, vit_case, reference, report, "gate, riemann_left, 20 steps",
-                  {"n_steps": M, "method": "riemann_left"}, target=5)
+                  {"n_steps": M, "method": "riemann_left", "refine": 0}, target=5)
 
 
 @pytest.mark.benchmark(group="search: ViT-S shape, 4 images, k=1")
 def test_gate_gausslegendre_m20(benchmark, vit_case, reference, report):
     """Gate engine, 20 Gauss-Legendre steps: target >= 5x."""
     _engine_bench(benchmark, vit_case, reference, report, "gate, gausslegendre, 20 steps",
-                  {"n_steps": M, "method": "gausslegendre"}, target=5)
+                  {"n_steps": M, "method": "gausslegendre", "refine": 0}, target=5)
 
 
 @pytest.mark.benchmark(group="search: ViT-S shape, 4 images, k=1")
@@ -146,7 +146,8 @@ def _default_gate_settings():
 def test_gate_defaults(benchmark, vit_case, reference, report):
     """Gate engine at its defaults (``n_steps=None, method=None``): target >= 10x."""
     steps, method = _default_gate_settings()
-    _engine_bench(benchmark, vit_case, reference, report, f"gate, defaults ({method}, {steps} steps)", {}, target=10)
+    _engine_bench(benchmark, vit_case, reference, report, f"gate, default steps ({method}, {steps} steps), refine=0",
+                  {"refine": 0}, target=10)
 
 
 @pytest.mark.benchmark(group="search: ViT-S shape, 4 images, k=1")
@@ -156,7 +157,7 @@ def test_gate_gausslegendre_steps(benchmark, vit_case, reference, report, steps)
     if _default_gate_settings() == (steps, "gausslegendre"):
         pytest.skip(f"{steps} Gauss-Legendre steps is the default: see test_gate_defaults")
     _engine_bench(benchmark, vit_case, reference, report, f"gate, gausslegendre, {steps} steps",
-                  {"n_steps": steps, "method": "gausslegendre"}, target=10)
+                  {"n_steps": steps, "method": "gausslegendre", "refine": 0}, target=10)
 
 
 @pytest.mark.benchmark(group="peak memory: fresh process per run (time includes start-up)")
