@@ -98,7 +98,7 @@ class LayerProgressiveNeuronPath(PathAttribution):
       a pretrained DINOv2 ViT-S/14 the whole-site ranking alone reaches 77% of
       the exact greedy's JAS, because it ranks outlier units with very large
       activations (often the most influential ones) last; two candidates from
-      each ranking reach the exact greedy's JAS for about 1.7x the time of
+      each ranking reach the exact greedy's JAS for 1.7-1.8x the time of
       ``refine=0`` (see the README's real-model tables). ``mode="paper"``
       defaults to 0 (the released scripts' search) and re-scores with the paper
       score of ``prefix + {j}``, drawing candidates from the paper score alone.
