@@ -161,8 +161,10 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         run = _Runner(self, inputs, args, target, nset, clean, width, mode)
         everyone = torch.arange(batch, device=device)
         contributions, grad_sums = run.integrate(everyone, n_steps, method, internal_batch_size)
-        with torch.no_grad():
-            f_removed = run.value(everyone, torch.zeros(batch, device=device))
+        f_removed = None
+        if mode == "gate" or return_convergence_delta:
+            with torch.no_grad():
+                f_removed = run.value(everyone, torch.zeros(batch, device=device))
         if mode == "gate":
             # completeness: the joint score of the set is exactly its removal effect
             jas = (f_clean - f_removed).double()
@@ -174,7 +176,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         else:
             # paper score: [sum_k sum_n dF/da_n(alpha_k)] * [sum_n a0_n / m]
             jas = grad_sums * run.clean_set_activation() / n_steps
-            delta = jas - (f_clean - f_removed).double()
+            delta = None if f_removed is None else jas - (f_clean - f_removed).double()
         dtype = f_clean.dtype
         result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions.to(dtype)), jas.to(dtype))
         if return_convergence_delta:

@@ -123,8 +123,8 @@ class LayerProgressiveNeuronPath(PathAttribution):
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"LayerProgressiveNeuronPath.attribute() got unexpected arguments {sorted(unknown)}")
-        refine = _refine(options.get("refine"), "gate")
-        if refine != "all" and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+        refine = options.get("refine")
+        if refine not in (None, "all") and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
             raise ValueError(f"refine must be a non-negative int or 'all'; got {refine!r}")
         beam = options.get("beam", 1)
         if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
@@ -177,7 +177,11 @@ class LayerProgressiveNeuronPath(PathAttribution):
         if stream is None and ctx.internal_batch_size is None:
             ctx.internal_batch_size = auto_rows(_measured_graph_bytes(self, ctx), ctx.device)
         # images in groups whose beam members' cached streams fit the row budget
-        rows = ctx.internal_batch_size or _StreamLayers.row_budget(self, ctx, stream)
+        if ctx.internal_batch_size is not None:
+            rows = ctx.internal_batch_size
+        else:
+            with torch.no_grad():
+                rows = _stream_budget(self.sites.num_layers, stream.embed(ctx.inputs[0][:1]), ctx)[0]
         group = max(1, rows // (beam * ctx.n_steps))
         paths, scores = [], []
         for images in torch.arange(ctx.batch, device=ctx.device).split(group):
@@ -313,16 +317,11 @@ class _StreamSearch:
         self.rows = _rows(ctx)
         with torch.no_grad():
             self.embedded = stream.embed(ctx.inputs[0])  # (B, T, D)
-        tokens, dim = self.embedded.shape[1:]
-        per_row = _graph_bytes(self.sites.num_layers, tokens, dim, ctx.width, self.embedded.element_size())
-        budget = ctx.internal_batch_size or auto_rows(per_row, self.embedded.device)
+        budget, self.exact_chunk = _stream_budget(self.sites.num_layers, self.embedded, ctx)
         m = self.rows.m
         self.group = max(1, budget // m)  # images per group
         self.chunk = ctx.internal_batch_size or self.group * m  # rows per pass
         self.fuse = self.chunk >= m
-        # rows per no-grad pass of the exact re-scoring: about the same memory
-        exact_row = 4 * tokens * (dim + ctx.width) * self.embedded.element_size()
-        self.exact_chunk = ctx.internal_batch_size or max(1, budget * per_row // exact_row)
 
     @property
     def sites(self):
@@ -379,7 +378,8 @@ class _StreamSearch:
                 removed_run = stream.begin(t, removed)
             chosen, chosen_scores, changed = _choose(
                 approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool),
-                lambda: _first_order(removed_run, self.chunk, lambda h, part: self._f(stream.logits(h, t + 1), images[part])),
+                lambda: _first_order(removed_run, self.chunk, width,
+                                     lambda h, part: self._f(stream.logits(h, t + 1), images[part])),
             )
             paths[:, t], scores[:, t], refined = chosen, chosen_scores.float(), refined + changed
             mask = layer_mask(paths, t, width)
@@ -454,20 +454,15 @@ class _StreamLayers:
                 removed = stream.embed(ctx.inputs[0])
             gated = removed.repeat_interleave(m, dim=0)
         self.gated, self.removed = gated, removed
-        tokens, dim = removed.shape[1:]
-        per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, removed.element_size())
-        self.chunk = ctx.internal_batch_size or auto_rows(per_row, removed.device)
-        exact_row = 4 * tokens * (dim + ctx.width) * removed.element_size()
-        self.exact_chunk = ctx.internal_batch_size or max(1, self.chunk * per_row // exact_row)
+        self.chunk, self.exact_chunk = _stream_budget(owner.sites.num_layers, removed, ctx)
+        self._removed_run: Optional[Tuple[int, Any]] = None
 
-    @staticmethod
-    def row_budget(owner: LayerProgressiveNeuronPath, ctx: SearchContext, stream: ResidualStream) -> int:
-        """(member, step) rows per pass under the default memory budget."""
-        with torch.no_grad():
-            tokens, dim = stream.embed(ctx.inputs[0][:1]).shape[1:]
-        element = ctx.inputs[0].element_size() if ctx.inputs[0].is_floating_point() else 4
-        per_row = _graph_bytes(owner.sites.num_layers, tokens, dim, ctx.width, element)
-        return auto_rows(per_row, ctx.device)
+    def _removed_begin(self, t: int):
+        """Block ``t`` run up to its site on the prefix-removed stream, once per layer."""
+        if self._removed_run is None or self._removed_run[0] != t:
+            with torch.no_grad():
+                self._removed_run = (t, self.stream.begin(t, self.removed))
+        return self._removed_run[1]
 
     def _f(self, logits: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         return output_value(logits, self.ctx.target[members], self.owner.output)
@@ -488,15 +483,14 @@ class _StreamLayers:
 
     def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
         """As :meth:`_GateSearch.proposal_scores`, from the cached prefix-removed stream."""
-        with torch.no_grad():
-            run = self.stream.begin(t, self.removed)
-        return _first_order(run, self.chunk, lambda h, part: self._f(self.stream.logits(h, t + 1), part))
+        return _first_order(self._removed_begin(t), self.chunk, self.ctx.width,
+                            lambda h, part: self._f(self.stream.logits(h, t + 1), part))
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         R, c = pool.shape
         f_removed = torch.empty(R * c, dtype=self.ctx.f_clean.dtype, device=pool.device)
+        run = self._removed_begin(t)
         with torch.no_grad():
-            run = self.stream.begin(t, self.removed)
             for part in torch.arange(R * c, device=pool.device).split(self.exact_chunk):
                 members = part // c
                 h = run.take(members).finish(gating(removal(pool.reshape(-1)[part], self.ctx.width)))
@@ -525,28 +519,17 @@ def _capturing(gates: torch.Tensor, seen: List[torch.Tensor]) -> Callable[[torch
     return edit
 
 
-def _first_order(run, chunk: int, output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> List[torch.Tensor]:
+def _first_order(run, chunk: int, width: int,
+                 output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> List[torch.Tensor]:
     """First-order removal effect ``dF/dg`` at gates 1 and activation magnitude of every
     neuron of the site of ``run`` (a :class:`BlockRun` on the prefix-removed stream),
     ``[(rows, d_ff), (rows, d_ff)]``; ``output(h, rows)`` is ``F`` from the block's output."""
-    rows_total = run.h.shape[0]
     marginal, magnitude = [], []
-    for part in torch.arange(rows_total, device=run.h.device).split(chunk):
+    for part in torch.arange(run.h.shape[0], device=run.h.device).split(chunk):
         seen: List[torch.Tensor] = []
+        gates = torch.ones(len(part), width, device=run.h.device, requires_grad=True)
         with torch.enable_grad():
-            sub = run.take(part)
-            width = sub.act.shape[-1] if sub.act is not None else None
-            gates = None
-            if width is None:  # an unsplit block: the width comes from the first call
-                def edit(act, seen=seen):
-                    nonlocal gates
-                    gates = torch.ones(act.shape[0], act.shape[-1], device=act.device, requires_grad=True)
-                    seen.append(act)
-                    return (act * gates[:, None, :]).to(act.dtype)
-                h = sub.finish(edit)
-            else:
-                gates = torch.ones(len(part), width, device=run.h.device, requires_grad=True)
-                h = sub.finish(_capturing(gates, seen))
+            h = run.take(part).finish(_capturing(gates, seen))
             (grad,) = torch.autograd.grad(output(h, part).sum(), gates)
         marginal.append(grad.double())
         magnitude.append(seen[0].detach().abs().sum(dim=1).double())
@@ -561,6 +544,19 @@ def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext)
 def _graph_bytes(layers: int, tokens: int, dim: int, width: int, element: int) -> int:
     """Rough autograd memory of one row through every block: what the fused search keeps."""
     return layers * tokens * (12 * dim + 3 * width) * element
+
+
+def _stream_budget(layers: int, stream: torch.Tensor, ctx: SearchContext) -> Tuple[int, int]:
+    """Rows per autograd pass and rows per no-grad exact re-scoring pass (about the same
+    memory) for residual streams like ``stream`` ``(rows, T, D)``: ``internal_batch_size``
+    for both when given, else the default memory budget."""
+    if ctx.internal_batch_size:
+        return ctx.internal_batch_size, ctx.internal_batch_size
+    tokens, dim = stream.shape[1:]
+    per_row = _graph_bytes(layers, tokens, dim, ctx.width, stream.element_size())
+    rows = auto_rows(per_row, stream.device)
+    exact_row = 4 * tokens * (dim + ctx.width) * stream.element_size()
+    return rows, max(1, rows * per_row // exact_row)
 
 
 class _PaperSearch:
