@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
     extract.add_argument("--refine", default=None, metavar="C",
                          help="neuron-path: candidates re-scored exactly per layer, a number or 'all' "
-                              "(default: 8 in gate mode, 0 in paper mode)")
+                              "(default: 6 in gate mode, 0 in paper mode)")
     extract.add_argument("--beam", type=int, default=None, metavar="B",
                          help="neuron-path: keep the B best partial paths per image (default: 1, the greedy)")
     extract.add_argument("--target", choices=("label", "pred"), default="label",

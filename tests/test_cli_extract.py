@@ -206,3 +206,11 @@ def test_refine_and_beam_reach_the_neuron_path_records_only(data, tmp_path, caps
 def test_bad_refine_and_beam_are_one_line_errors(data, tmp_path, capsys, flag, value):
     code, _, err = run_main(capsys, *extract_args(data, tmp_path / "run", flag, value))
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_refine_help_names_the_default():
+    from captum_paths.cli import build_parser
+    from captum_paths.search.neuron_path import DEFAULT_REFINE
+
+    extract = build_parser()._subparsers._group_actions[0].choices["extract"]
+    assert f"default: {DEFAULT_REFINE} in gate mode" in extract.format_help().replace("\n", " ").replace("  ", " ")

@@ -18,7 +18,8 @@ from captum_paths.attribution.output import (
     resolve_target,
 )
 
-__all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps", "check_tolerance", "MAX_TOLERANCE_STEPS"]
+__all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps", "check_tolerance", "misses_tolerance",
+           "MAX_TOLERANCE_STEPS"]
 
 MODES = ("gate", "paper")
 _DEFAULT_STEPS = {"gate": 50, "paper": 20}
@@ -211,6 +212,11 @@ def check_tolerance(tol: Any, mode: str) -> Optional[float]:
     return float(tol)
 
 
+def misses_tolerance(delta: torch.Tensor, jas: torch.Tensor, tol: float) -> torch.Tensor:
+    """``(batch,)`` bool: where ``|delta| > tol * |JAS|`` (and above 1e-7 absolute)."""
+    return delta.abs() > torch.clamp(tol * jas.abs(), min=1e-7)
+
+
 def _refine_to_tolerance(
     run: "_Runner",
     contributions: torch.Tensor,
@@ -225,8 +231,7 @@ def _refine_to_tolerance(
     :data:`MAX_TOLERANCE_STEPS`. Returns the contributions ``(batch, |N|)``."""
     contributions = contributions.clone()
     while True:
-        gap = (contributions.sum(dim=1) - jas).abs()
-        failing = (gap > torch.clamp(tol * jas.abs(), min=1e-7)).nonzero().flatten()
+        failing = misses_tolerance(contributions.sum(dim=1) - jas, jas, tol).nonzero().flatten()
         if failing.numel() == 0:
             return contributions
         if n_steps >= MAX_TOLERANCE_STEPS:

@@ -13,6 +13,7 @@ from captum_paths.attribution.joint_integrated_gradients import (
     JointNeuronIntegratedGradients,
     check_tolerance,
     default_steps,
+    misses_tolerance,
 )
 from captum_paths.attribution.output import (
     check_internal_batch_size,
@@ -197,7 +198,7 @@ def _meet_tolerance(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re-integrate, with ``tol``, the contributions of the images whose ``|delta|``
     exceeds ``tol * |jas|``: ``(contributions (batch, L, k), jas, delta (batch,))``."""
-    failing = (delta.abs() > torch.clamp(tol * jas.abs(), min=1e-7)).nonzero().flatten()
+    failing = misses_tolerance(delta, jas, tol).nonzero().flatten()
     if failing.numel() == 0:
         return contributions, jas, delta
     contributions, delta = contributions.clone(), delta.clone()
