@@ -47,7 +47,7 @@ from captum_paths.analysis import (
     typical_paths,
 )
 from captum_paths.demo import DEMO_MEAN, DEMO_STD, load_demo_data, load_demo_model
-from captum_paths.extract import extract_paths
+from captum_paths.pipeline.extract import extract_paths
 from captum_paths.plots.figures import save_figure
 from captum_paths.plots.paths import (
     plot_class_similarity,
@@ -57,7 +57,7 @@ from captum_paths.plots.paths import (
     plot_path_graph,
 )
 from captum_paths.records import write_json_atomic, write_text_atomic
-from captum_paths.report import markdown
+from captum_paths.pipeline.report import markdown
 
 METHOD = "neuron-path"
 

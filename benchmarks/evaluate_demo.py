@@ -31,31 +31,17 @@ import pandas as pd
 import torch
 
 from captum_paths.demo import load_demo_data, load_demo_model
-from captum_paths.evaluation import (
-    jas_comparison,
-    probability_deviation,
-    pruning_study,
-    save_table,
-    summarize_deviation,
-)
-from captum_paths.extract import extract_paths
-from captum_paths.plots import plot_deviation, plot_jas, plot_pruning, save_figure
+from captum_paths.evaluation import pruning_study, save_table, summarize_deviation
+from captum_paths.pipeline.evaluate import SEARCHED, complete_images, evaluate_paths, pruning_table
+from captum_paths.pipeline.extract import extract_paths
 from captum_paths.records import write_json_atomic, write_text_atomic
-from captum_paths.report import method_table, pruning_table
 from captum_paths.search import PATH_METHODS, PathResult
-
-SEARCHED = "neuron-path"
 
 
 def _paths_by_method(records: List[dict], image_ids: List[str]) -> Dict[str, PathResult]:
-    by_method: Dict[str, Dict[str, dict]] = {}
-    for r in records:
-        by_method.setdefault(r["method"], {})[r["image_id"]] = r
-    return {
-        name: PathResult.from_records([rows[i] for i in image_ids])
-        for name, rows in by_method.items()
-        if all(i in rows for i in image_ids)
-    }
+    common, by_method = complete_images(records)
+    assert set(image_ids) <= set(common), "every method must have a record of every image"
+    return {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
 
 
 def _win_rate(deviation: pd.DataFrame, operation: str, rival: str) -> str:
@@ -179,21 +165,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths = _paths_by_method(records, image_ids)
     timings["paths_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    deviation = probability_deviation(model, images, labels, paths, factor=2.0, batch_size=args.batch_size)
-    save_table(deviation, out / "deviation")
-    save_table(summarize_deviation(deviation), out / "deviation_by_method")
+    # the run pipeline's evaluate stage on tensors in memory: deviation, JAS (gate and paper), pruning
+    result = evaluate_paths(model, images, labels, paths, out, batch_size=args.batch_size, factor=2.0,
+                            jas_modes=("gate", "paper"), seed=args.seed)
+    timings.update(result["timings"])
+    deviation, pruning, methods_df = result["deviation"], result["pruning"], result["methods"]
     save_table(summarize_deviation(deviation, by=("method", "label")), out / "deviation_by_method_and_class")
-    timings["deviation_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    jas = jas_comparison(model, images, labels, paths, modes=("gate", "paper"), batch_size=args.batch_size)
-    save_table(jas, out / "jas")
-    timings["jas_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    pruning = pruning_study(model, images, labels, seed=args.seed, batch_size=args.batch_size)
-    save_table(pruning, out / "pruning")
     # control: the same study with the consensus of random paths (same split, same masks)
     control = pruning_study(model, images, labels, seed=args.seed, batch_size=args.batch_size, method="random")
     save_table(control, out / "pruning_random_control")
@@ -201,20 +180,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         "split": {str(k): v for k, v in pruning.attrs["split"].items()},
         "consensus": {str(k): {str(c): p for c, p in v.items()} for k, v in pruning.attrs["consensus"].items()},
     })
-    timings["pruning_s"] = time.perf_counter() - start
+    timings["pruning_control_s"] = time.perf_counter() - start
 
-    methods_df = method_table(deviation, jas, paths)
     grid = pruning_table(pruning)
     control_grid = pruning_table(control)
-    save_table(methods_df, out / "methods_summary")
-    save_table(grid, out / "pruning_grid")
     save_table(control_grid, out / "pruning_grid_random_control")
     write_json_atomic(out / "timings.json", timings)
-    save_figure(plot_deviation(deviation), out / "deviation")
-    save_figure(plot_jas(jas), out / "jas")
-    save_figure(plot_pruning(pruning), out / "pruning")
 
-    accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
+    accuracy = result["accuracy"]
     text = "\n".join([
         "# Evaluation on the demo model",
         "",

@@ -36,7 +36,7 @@ import torch
 from benchmarks.common import emit, removal_effect
 from captum_paths import NeuronSites
 from captum_paths.demo import load_demo_data, load_demo_model
-from captum_paths.report import markdown
+from captum_paths.pipeline.report import markdown
 from captum_paths.search import PATH_METHODS
 from captum_paths.search.neuron_path import DEFAULT_REFINE
 

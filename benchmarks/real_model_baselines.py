@@ -40,7 +40,7 @@ from captum.attr import LayerConductance
 from benchmarks.common import emit
 from benchmarks.real_model import build_real_classifier, select_test_images
 from captum_paths import NeuronSites
-from captum_paths.report import markdown
+from captum_paths.pipeline.report import markdown
 from captum_paths.search import PATH_METHODS
 
 

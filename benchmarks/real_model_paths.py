@@ -50,7 +50,7 @@ from benchmarks.real_model import build_real_classifier, select_test_images
 from captum_paths import NeuronSites
 from captum_paths.analysis import path_sharing
 from captum_paths.evaluation import probability_deviation, summarize_deviation
-from captum_paths.report import markdown
+from captum_paths.pipeline.report import markdown
 from captum_paths.search import PATH_METHODS
 
 SEARCHED = "neuron-path"

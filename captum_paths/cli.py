@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--per-class", type=int, default=None,
                       help="test images per class (default: 4, i.e. 40 images; 0 = all 360)")
-    demo.add_argument("--steps", type=int, default=None,
+    demo.add_argument("--n-steps", "--steps", dest="n_steps", type=int, default=None,
                       help="integration steps of every search and score (default: each method's; faster when small)")
     demo.add_argument("--threads", type=int, default=None,
                       help="torch intra-op threads (default: 1, best for the tiny demo model on a shared machine; "
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--method", nargs="+", default=["neuron-path"], metavar="NAME",
                          help="path methods (default: neuron-path; 'all' for every one)")
     extract.add_argument("--k", type=int, default=1, help="neurons per layer (default: 1)")
-    extract.add_argument("--steps", type=int, default=None, help="integration steps (default: the method's)")
+    extract.add_argument("--n-steps", "--steps", dest="n_steps", type=int, default=None,
+                         help="integration steps (default: the method's)")
     extract.add_argument("--approximation", default=None,
                          help="riemann_left|riemann_right|riemann_middle|riemann_trapezoid|gausslegendre")
     extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-pruning", action="store_true", help="skip the pruning study")
             sub.add_argument("--jas-modes", nargs="+", default=["gate", "paper"], choices=("gate", "paper"),
                              help="JAS semantics to compare (default: gate paper)")
-            sub.add_argument("--jas-steps", type=int, default=None,
+            sub.add_argument("--n-steps", "--jas-steps", dest="n_steps", type=int, default=None,
                              help="integration steps of the JAS comparison and of the pruning study's path search "
                                   "(default: each mode's)")
             sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
@@ -139,10 +140,10 @@ def _set_threads(threads: Optional[int]) -> None:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from captum_paths.extract import extract_run
+    from captum_paths.pipeline import Run
     from captum_paths.search.registry import PATH_METHODS
 
-    for name in ("--k", "--steps", "--batch-size", "--limit", "--num-classes", "--beam"):
+    for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes", "--beam"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
     refine = args.refine
     if refine is not None and refine != "all":
@@ -151,12 +152,11 @@ def _run_extract(args: argparse.Namespace) -> int:
         refine = int(refine)
     _set_threads(args.threads)
     methods = list(PATH_METHODS) if args.method == ["all"] else args.method
-    summary = extract_run(
-        args.model, args.data, args.out, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
-        num_classes=args.num_classes, label_map=args.label_map, k=args.k, steps=args.steps,
+    summary = Run(args.out, device=args.device).extract(
+        args.model, args.data, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
+        num_classes=args.num_classes, label_map=args.label_map, k=args.k, n_steps=args.n_steps,
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
-        device=args.device, limit=args.limit, restart=args.restart, progress=not args.quiet,
-        refine=refine, beam=args.beam,
+        limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "
@@ -165,59 +165,59 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from captum_paths.extract import merge_records
+    from captum_paths.pipeline import Run
 
     if not args.run.is_dir():
         raise _UsageError(f"run folder {str(args.run)!r} does not exist")
-    records = merge_records(args.run)
+    records = Run(args.run).merge()
     print(f"records: {args.run / 'records.jsonl'} ({len(records)} records)")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from captum_paths.report import evaluate_run
+    from captum_paths.pipeline import Run
 
     _positive("--batch-size", args.batch_size)
-    _positive("--jas-steps", args.jas_steps)
+    _positive("--n-steps", args.n_steps)
     _set_threads(args.threads)
-    summary = evaluate_run(args.run, batch_size=args.batch_size, device=args.device, factor=args.factor,
-                           jas_modes=args.jas_modes, jas_steps=args.jas_steps, pruning=not args.no_pruning,
-                           progress=not args.quiet)
+    summary = Run(args.run, device=args.device).evaluate(
+        batch_size=args.batch_size, factor=args.factor, jas_modes=args.jas_modes, n_steps=args.n_steps,
+        pruning=not args.no_pruning)
     print(f"evaluation: {summary}")
     return 0
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from captum_paths.report import analyze_run
+    from captum_paths.pipeline import Run
 
-    summary = analyze_run(args.run, method=args.method, permutations=args.permutations,
-                          pixels=not args.no_pixels, device=args.device)
+    summary = Run(args.run, device=args.device).analyze(method=args.method, permutations=args.permutations,
+                                                        pixels=not args.no_pixels)
     print(f"analysis: {summary}")
     return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from captum_paths.report import write_report
+    from captum_paths.pipeline import Run
 
-    html, markdown = write_report(args.run)
+    html, markdown = Run(args.run).report()
     print(f"report: {html}\nsummary: {markdown}")
     return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from captum_paths.demo.run import run_demo
+    from captum_paths.pipeline.demo import run_demo
 
     if args.limit is not None and args.limit < 1:
         raise _UsageError(f"--limit must be a positive number of images; got {args.limit}")
     if args.per_class is not None and args.per_class < 0:
         raise _UsageError(f"--per-class must be 0 (all) or a positive number; got {args.per_class}")
-    _positive("--steps", args.steps)
+    _positive("--n-steps", args.n_steps)
     if args.threads is not None and args.threads < 0:
         raise _UsageError(f"--threads must be 0 (torch's default) or a positive number; got {args.threads}")
     kwargs = {} if args.per_class is None else {"per_class": args.per_class}
     if args.threads is not None:
         kwargs["threads"] = args.threads
-    report = run_demo(args.out, limit=args.limit, progress=not args.quiet, steps=args.steps, **kwargs)
+    report = run_demo(args.out, limit=args.limit, progress=not args.quiet, n_steps=args.n_steps, **kwargs)
     print(f"report: {report}")
     print(f"html report: {report.with_name('report.html')}")
     return 0

@@ -11,7 +11,7 @@ import torch
 from captum_paths import __version__
 from captum_paths.cli import main
 from captum_paths.demo import load_demo_data, load_demo_model
-from captum_paths.extract import extract_paths
+from captum_paths.pipeline.extract import extract_paths
 from captum_paths.records import append_records, read_records, write_json_atomic
 
 

@@ -12,7 +12,7 @@ from captum_paths.search.registry import PATH_METHODS
 
 def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--per-class", "2", "--steps", "8", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--per-class", "2", "--n-steps", "8", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'summary.md'}" in printed and f"html report: {out / 'report.html'}" in printed
     records = read_records(out / "records.jsonl")
@@ -39,7 +39,7 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     assert "neuron-path" in page and "Path sharing" in page and "Paths per layer" in page
     summary = (out / "summary.md").read_text()
     assert "Evaluation per method" in summary and "Path sharing" in summary
-    assert json.loads((out / "run.json").read_text())["steps"] == 8
+    assert json.loads((out / "run.json").read_text())["n_steps"] == 8
     timings = json.loads((out / "settings.json").read_text())["timings"]
     assert timings["total_s"] > 0
 

@@ -51,7 +51,7 @@ def assert_same(a, b):
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    res = cli(*extract_args(data, out, "--method", "neuron-path", "activation", "--steps", "4", "--batch-size", "2"))
+    res = cli(*extract_args(data, out, "--method", "neuron-path", "activation", "--n-steps", "4", "--batch-size", "2"))
     assert res.returncode == 0, res.stderr
     return read_records(out / "records.jsonl")
 
@@ -64,7 +64,7 @@ def test_extract_writes_sorted_records_and_settings(reference, data):
 
 def test_extract_killed_and_resumed_equals_uninterrupted(data, reference, tmp_path):
     out = tmp_path / "run"
-    args = extract_args(data, out, "--method", "neuron-path", "activation", "--steps", "4", "--batch-size", "2")
+    args = extract_args(data, out, "--method", "neuron-path", "activation", "--n-steps", "4", "--batch-size", "2")
     proc = subprocess.Popen([sys.executable, "-m", "captum_paths", *map(str, args)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     file = out / "records.jsonl"
@@ -84,7 +84,7 @@ def test_torchrun_two_processes_equals_one(data, reference, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "captum_paths", *map(str, extract_args(data, out, "--method", "neuron-path", "activation",
-                                                         "--steps", "4", "--batch-size", "2", "--device", "cpu"))]
+                                                         "--n-steps", "4", "--batch-size", "2", "--device", "cpu"))]
     res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert not list(out.glob("records.rank*.jsonl"))
@@ -97,7 +97,7 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(data, tmp_path, capsys)
     code, stdout, _ = run_main(capsys, *extract_args(data, out, "--method", "activation", "--limit", "3"))
     assert code == 0 and "0 new" in stdout
     assert len(read_records(out / "records.jsonl")) == 3
-    for extra in (["--k", "2"], ["--mode", "paper"], ["--steps", "7"], ["--target", "pred"],
+    for extra in (["--k", "2"], ["--mode", "paper"], ["--n-steps", "7"], ["--target", "pred"],
                   ["--approximation", "riemann_left"]):
         code, _, err = run_main(capsys, *extract_args(data, out, "--method", "activation", *extra))
         assert code != 0 and "another run" in err
@@ -188,7 +188,7 @@ def test_merge_joins_rank_files_without_duplicates(tmp_path, capsys):
 def test_refine_and_beam_reach_the_neuron_path_records_only(data, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_main(capsys, *extract_args(data, out, "--method", "neuron-path", "random", "--limit", "3",
-                                                  "--refine", "2", "--beam", "2", "--steps", "2"))
+                                                  "--refine", "2", "--beam", "2", "--n-steps", "2"))
     assert code == 0, err
     records = read_records(out / "records.jsonl")
     searched = [r for r in records if r["method"] == "neuron-path"]

@@ -6,8 +6,8 @@ import torch
 
 from captum_paths.cli import main
 from captum_paths.demo import save_demo_image_folder
-from captum_paths.demo.run import DEMO_THREADS, _torch_threads, run_demo
-from captum_paths.extract import extract_run
+from captum_paths.pipeline import Run
+from captum_paths.pipeline.demo import DEMO_THREADS, _torch_threads, run_demo
 from captum_paths.records import read_records
 
 
@@ -68,9 +68,9 @@ def test_extract_predictions_equal_a_forward_per_image(tmp_path):
     data = save_demo_image_folder(tmp_path / "data", limit_per_class=2)
     out = tmp_path / "run"
     # a first run leaves activation done on 5 images, so the resumed batches search subsets of rows per method
-    kwargs = dict(batch_size=7, progress=False, device="cpu", steps=2)
-    extract_run("demo", data, out, methods=["activation"], limit=5, **kwargs)
-    extract_run("demo", data, out, methods=["random", "activation"], **kwargs)
+    kwargs = dict(batch_size=7, progress=False, n_steps=2)
+    Run(out, device="cpu").extract("demo", data, methods=["activation"], limit=5, **kwargs)
+    Run(out, device="cpu").extract("demo", data, methods=["random", "activation"], **kwargs)
     records = read_records(out / "records.jsonl")
     assert len(records) == 2 * 20
     assert len({(r["method"], r["image_id"]) for r in records}) == 2 * 20

@@ -126,12 +126,9 @@ class PathAttribution(SiteAttribution):
             F(x; path zeroed)``), ``delta`` (``sum(contributions) - jas``),
             ``settings``.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int; got {k!r}")
-        n_steps, method = self._default_steps(mode, n_steps, method)
+        n_steps, method, tol = self.check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol,
+                                                    **options)
         check_internal_batch_size(internal_batch_size)
-        tol = check_tolerance(tol, mode)
-        self._check_options(options)
         inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
         with torch.no_grad(), self.sites.record() as clean:
@@ -165,15 +162,37 @@ class PathAttribution(SiteAttribution):
             method=self.name, settings=settings, scores=scores, **extra,
         )
 
+    @classmethod
+    def check_arguments(
+        cls,
+        k: int = 1,
+        n_steps: Optional[int] = None,
+        method: Optional[str] = None,
+        mode: str = "gate",
+        tol: Optional[float] = None,
+        **options: Any,
+    ) -> Tuple[int, str, Optional[float]]:
+        """Validate ``attribute``'s settings without a model or images; returns the
+        resolved ``(n_steps, method, tol)``. Run pipelines call it before they write anything."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}")
+        n_steps, method = cls._default_steps(mode, n_steps, method)
+        tol = check_tolerance(tol, mode)
+        cls._check_options(options)
+        return n_steps, method, tol
+
     # ------------------------------------------------------------------ for subclasses
-    def _default_steps(self, mode: str, n_steps: Optional[int], method: Optional[str]) -> Tuple[int, str]:
+    @classmethod
+    def _default_steps(cls, mode: str, n_steps: Optional[int], method: Optional[str]) -> Tuple[int, str]:
         if mode == "gate" and n_steps is None:
-            n_steps = self.default_n_steps
+            n_steps = cls.default_n_steps
         return default_steps(mode, n_steps, method)
 
-    def _check_options(self, options: Dict[str, Any]) -> None:
+    @classmethod
+    def _check_options(cls, options: Dict[str, Any]) -> None:
+        """Raise for unknown or invalid method-specific options (``options``: the names in :attr:`options`)."""
         if options:
-            raise TypeError(f"{type(self).__name__}.attribute() got unexpected arguments {sorted(options)}")
+            raise TypeError(f"{cls.__name__}.attribute() got unexpected arguments {sorted(options)}")
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
         return dict(options)

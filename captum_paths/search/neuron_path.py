@@ -119,8 +119,9 @@ class LayerProgressiveNeuronPath(PathAttribution):
     name = "neuron-path"
     options = ("refine", "beam")
 
-    def _check_options(self, options: Dict[str, Any]) -> None:
-        unknown = set(options) - set(self.options)
+    @classmethod
+    def _check_options(cls, options: Dict[str, Any]) -> None:
+        unknown = set(options) - set(cls.options)
         if unknown:
             raise TypeError(f"LayerProgressiveNeuronPath.attribute() got unexpected arguments {sorted(unknown)}")
         refine = options.get("refine")

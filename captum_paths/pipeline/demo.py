@@ -1,8 +1,9 @@
 """The main job on the embedded demo, end to end: paths, evaluation, analysis, report.
 
 The demo's test images are written as an image folder (``OUT/data``), so the demo
-runs exactly what a user runs on their own data: ``extract_run`` (every path
-method), ``evaluate_run``, ``analyze_run`` and ``write_report``.
+runs exactly what a user runs on their own data: the stages of one
+:class:`~captum_paths.pipeline.run.Run` (extract with every path method,
+evaluate, analyze, report), which loads the model and the images once.
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from captum_paths.demo import save_demo_image_folder
-from captum_paths.extract import extract_run
+from captum_paths.pipeline.run import Run
 from captum_paths.records import write_json_atomic
-from captum_paths.report import analyze_run, evaluate_run, write_report
 from captum_paths.search.registry import PATH_METHODS
 
 __all__ = ["run_demo", "DEMO_PER_CLASS", "DEMO_THREADS"]
@@ -53,7 +53,7 @@ def run_demo(
     limit: Optional[int] = None,
     progress: bool = True,
     per_class: Optional[int] = DEMO_PER_CLASS,
-    steps: Optional[int] = None,
+    n_steps: Optional[int] = None,
     threads: Optional[int] = DEMO_THREADS,
 ) -> Path:
     """Run the whole job on the demo model's test images; returns the Markdown summary.
@@ -63,7 +63,7 @@ def run_demo(
             ``analysis/``, ``report.html``, ``summary.md``, ``settings.json``).
         limit: use only the first ``limit`` images (sorted by id) of the image folder.
         per_class: test images per class written to ``OUT/data`` (``None`` or 0: all 360).
-        steps: integration steps of the path search, the JAS comparison and the pruning
+        n_steps: integration steps of the path search, the JAS comparison and the pruning
             study's search (default: the methods' own for the search, 16 for the rest).
         threads: torch intra-op threads for the run, restored afterwards (``None`` or 0: torch's
             own setting). Default: :data:`DEMO_THREADS` (1).
@@ -72,10 +72,10 @@ def run_demo(
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads must be a non-negative int (0 or None: torch's default); got {threads!r}")
     with _torch_threads(threads or None):
-        return _run_demo(Path(out), limit, progress, per_class, steps, threads or None)
+        return _run_demo(Path(out), limit, progress, per_class, n_steps, threads or None)
 
 
-def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Optional[int], steps: Optional[int],
+def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Optional[int], n_steps: Optional[int],
               threads: Optional[int]) -> Path:
     start = time.perf_counter()
     per_class = per_class or None
@@ -83,21 +83,21 @@ def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Option
     if not data.exists():
         save_demo_image_folder(data, split="test", limit_per_class=per_class)
     methods = list(PATH_METHODS)
-    summary = extract_run("demo", data, out, methods=methods, batch_size=64, limit=limit, progress=progress,
-                          device="cpu", steps=steps)
+    run = Run(out, device="cpu")
+    summary = run.extract("demo", data, methods=methods, batch_size=64, limit=limit, progress=progress,
+                          n_steps=n_steps)
     timings = {"extract_s": time.perf_counter() - start}
     t = time.perf_counter()
-    evaluate_run(out, device="cpu", jas_modes=("gate",), jas_steps=steps or 16, pruning_ks=(1, 3), pruning_ps=(0.5, 1.0),
-                 progress=progress)
+    run.evaluate(jas_modes=("gate",), n_steps=n_steps or 16, pruning_ks=(1, 3), pruning_ps=(0.5, 1.0))
     timings["evaluate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     try:
-        analyze_run(out, permutations=200)
+        run.analyze(permutations=200)
     except ValueError as exc:  # e.g. a --limit that leaves a single class
         logger.warning("analysis skipped: %s", exc)
     timings["analyze_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    html, markdown = write_report(out)
+    html, markdown = run.report()
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
     write_json_atomic(out / "settings.json", {"model": "demo", "split": "test", "images": summary["images"],

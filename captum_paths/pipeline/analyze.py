@@ -1,0 +1,117 @@
+"""The analyze stage: class-level path analysis of a run's records.
+
+Path sharing, class similarity, consensus paths, shared neurons, the per-layer
+summary and the path graph, from records only; with the run's model and images
+at hand, also the pixels behind one path neuron. Output: ``RUN/analysis/``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+import numpy as np
+
+from captum_paths.pipeline.evaluate import SEARCHED
+from captum_paths.records import write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from captum_paths.pipeline.run import Run
+
+__all__ = ["analyze"]
+
+logger = logging.getLogger(__name__)
+
+
+def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, seed: int = 0,
+            pixels: bool = True) -> Path:
+    """Class-level path analysis of one method's records; writes ``RUN/analysis/`` and returns it.
+
+    ``method`` defaults to ``neuron-path`` when the run has it. With ``pixels``
+    (and the run's model and data folder at hand) it also draws which pixels
+    drive the last-layer neuron of one image's path (Captum
+    ``NeuronIntegratedGradients``); without them that figure is skipped with a warning.
+    """
+    from captum_paths.analysis import (
+        PathGraph,
+        PathTable,
+        class_similarity,
+        consensus_path_lists,
+        consensus_paths,
+        path_sharing,
+        shared_neurons,
+    )
+    from captum_paths.plots.figures import save_figure
+    from captum_paths.plots.paths import plot_class_similarity, plot_neuron_frequency_heatmap, plot_path_graph
+
+    records = run.records()
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    if method is None:
+        method = SEARCHED if SEARCHED in methods else methods[0]
+    if method not in methods:
+        raise ValueError(f"run {str(run.folder)!r} has no records of method {method!r}; it has {methods}")
+    records = [r for r in records if r["method"] == method]
+    out = run.analysis_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table = PathTable.from_records(records)
+    if len(table.classes) < 2:
+        raise ValueError(f"analysis needs images of at least 2 classes; run {str(run.folder)!r} has "
+                         f"{len(table.classes)}")
+    sharing = path_sharing(table, permutations=permutations, seed=seed)
+    cosine = class_similarity(table, metric="cosine")
+    jaccard = class_similarity(table, metric="jaccard")
+    cons = consensus_paths(table)
+    shared = shared_neurons(table, among="consensus")
+    graph = PathGraph.from_table(table)
+
+    sharing.to_frame().to_csv(out / "path_sharing.csv", index=False)
+    sharing.per_class.to_csv(out / "path_sharing_by_class.csv", index=False)
+    cosine.to_csv(out / "class_similarity_cosine.csv")
+    jaccard.to_csv(out / "class_similarity_jaccard.csv")
+    cons.to_csv(out / "consensus_paths.csv", index=False)
+    table.layer_summary().to_csv(out / "layer_summary.csv", index=False)
+    shared.to_csv(out / "shared_consensus_neurons.csv", index=False)
+    graph.to_graphml(out / "path_graph.graphml")
+    write_json_atomic(out / "consensus_paths.json", {str(k): v for k, v in consensus_path_lists(cons).items()})
+
+    per_class = sharing.per_class
+    best = per_class["class"].iloc[int(np.nanargmax(per_class["within"].to_numpy()))]
+    figures = {
+        "class_similarity_cosine": plot_class_similarity(
+            cosine, title="Cosine similarity of the classes' neuron-frequency vectors"),
+        "neuron_frequency_heatmap": plot_neuron_frequency_heatmap(table, top=12),
+        f"path_graph_class_{best}": plot_path_graph(graph, cls=best, max_nodes_per_layer=5),
+    }
+    if pixels:
+        figures.update(_pixel_figure(run, [r for r in records if r["label"] == best][0]))
+    for stale in [*out.glob("*.png"), *out.glob("*.svg")]:  # figures of an earlier analysis (another method)
+        stale.unlink()
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    write_json_atomic(out / "summary.json", {
+        "method": method, "images": len(records), "classes": [str(c) for c in table.classes],
+        "within": sharing.within, "between": sharing.between, "ratio": sharing.ratio,
+        "p_value": sharing.p_value, "permutations": sharing.permutations,
+        "mean_consensus_support": float(cons["support"].mean()),
+        "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
+    })
+    return out
+
+
+def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:
+    """``{name: figure}`` of the pixels behind the last neuron of ``record``'s path, or ``{}``."""
+    from captum_paths.models import ModelLoadError
+    from captum_paths.plots.paths import plot_neuron_pixels
+
+    try:
+        model = run.model()
+        images, _ = run.images([str(record["image_id"])])
+    except (ValueError, OSError, ModelLoadError) as exc:
+        logger.warning("pixel figure skipped: %s", exc)
+        return {}
+    layer = len(record["path"]) - 1
+    fig, _, _ = plot_neuron_pixels(model, images[0].to(next(model.parameters()).device), layer,
+                                   int(record["path"][layer][0]))
+    fig.text(0.01, 0.01, f"image {record['image_id']} (class {record['label']}), method {record['method']}",
+             fontsize=8)
+    return {"neuron_pixels": fig}

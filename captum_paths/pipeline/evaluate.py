@@ -1,0 +1,193 @@
+"""The evaluate stage: the paper's experiments on a run's paths.
+
+See "Evaluation" in docs/method.md. :func:`evaluate_paths` works on a model,
+images and paths in memory and writes its tables and figures to a folder;
+:func:`evaluate` runs it on a run folder's records, with the run's model and
+images (loaded once by the :class:`~captum_paths.pipeline.run.Run`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from captum_paths.records import write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from captum_paths.pipeline.run import Run
+    from captum_paths.search import PathResult
+
+__all__ = ["evaluate", "evaluate_paths", "method_table", "pruning_table", "complete_images", "SEARCHED"]
+
+logger = logging.getLogger(__name__)
+
+#: The path method the others are compared with.
+SEARCHED = "neuron-path"
+
+
+def complete_images(records: Sequence[Dict[str, Any]]) -> Tuple[List[str], Dict[str, Dict[str, dict]]]:
+    """The sorted ids of the images every method has a record of, and ``{method: {image_id: record}}``."""
+    by_method: Dict[str, Dict[str, dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], {})[str(r["image_id"])] = r
+    if not by_method:
+        return [], by_method
+    common = set.intersection(*(set(rows) for rows in by_method.values()))
+    return sorted(common), by_method
+
+
+def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Mapping[str, "PathResult"]) -> pd.DataFrame:
+    """Per method: mean JAS per mode, mean / median probability deviation and accuracy deviation per
+    operation, and the share of path neurons equal to the searched path's."""
+    from captum_paths.evaluation import summarize_deviation
+
+    summary = summarize_deviation(deviation)
+    wide = summary.pivot(index="method", columns="operation",
+                         values=["mean_prob_deviation", "median_prob_deviation", "accuracy_deviation"])
+    wide.columns = [f"{a}_{b}" for a, b in wide.columns]
+    mean_jas = jas.groupby(["method", "mode"])["jas"].mean().unstack("mode").add_prefix("mean_jas_")
+    order = list(dict.fromkeys(deviation["method"]))
+    table = mean_jas.join(wide).reindex(order)
+    columns = [c for c in (
+        "mean_jas_gate", "mean_jas_paper",
+        "mean_prob_deviation_remove", "mean_prob_deviation_enhance",
+        "median_prob_deviation_remove", "median_prob_deviation_enhance",
+        "accuracy_deviation_remove", "accuracy_deviation_enhance",
+    ) if c in table.columns]
+    table = table[columns]
+    if SEARCHED in paths:
+        reference = paths[SEARCHED].paths
+        table["same_neurons_as_searched"] = [
+            float((paths[m].paths == reference).double().mean()) if m in paths else float("nan")
+            for m in table.index
+        ]
+    return table.reset_index()
+
+
+def pruning_table(pruning: pd.DataFrame) -> pd.DataFrame:
+    """Mean over classes per (depth, k, p) of mean true-class probability and accuracy."""
+    return (
+        pruning.groupby(["depth", "k", "p"])[["mean_prob", "accuracy", "mean_prob_unpruned", "accuracy_unpruned"]]
+        .mean()
+        .reset_index()
+    )
+
+
+def evaluate_paths(
+    model: "nn.Module",
+    images: "torch.Tensor",
+    labels: "torch.Tensor",
+    paths: Mapping[str, "PathResult"],
+    out: Union[str, Path],
+    batch_size: int = 64,
+    factor: float = 2.0,
+    jas_modes: Sequence[str] = ("gate", "paper"),
+    pruning: bool = True,
+    pruning_ks: Sequence[int] = (1, 3, 5),
+    pruning_ps: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    n_steps: Optional[int] = None,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """The paper's experiments on ``paths`` (one :class:`PathResult` per method, rows
+    aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
+
+    Tables (CSV + JSON): ``deviation``, ``deviation_by_method``, ``jas``,
+    ``methods_summary``, and with ``pruning`` ``pruning``, ``pruning_grid``;
+    figures (PNG + SVG): ``deviation``, ``jas``, ``pruning``. ``n_steps`` sets the
+    quadrature steps of the JAS comparison and of the pruning study's top-k path
+    search (default: each mode's default).
+
+    Returns:
+        ``{"deviation", "jas", "methods", "pruning", "timings", "accuracy"}``: the
+        tables as DataFrames (``pruning`` is ``None`` when skipped), the seconds per
+        experiment and the clean top-1 accuracy.
+    """
+    from captum_paths.evaluation import (
+        jas_comparison,
+        probability_deviation,
+        pruning_study,
+        save_table,
+        summarize_deviation,
+    )
+    from captum_paths.plots import plot_deviation, plot_jas, plot_pruning, save_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: Dict[str, float] = {}
+
+    start = time.perf_counter()
+    logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
+    deviation = probability_deviation(model, images, labels, paths, factor=factor, batch_size=batch_size)
+    save_table(deviation, out / "deviation")
+    save_table(summarize_deviation(deviation), out / "deviation_by_method")
+    save_figure(plot_deviation(deviation), out / "deviation")
+    timings["deviation_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
+    jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps,
+                         batch_size=batch_size)
+    save_table(jas, out / "jas")
+    save_figure(plot_jas(jas), out / "jas")
+    timings["jas_s"] = time.perf_counter() - start
+
+    methods = method_table(deviation, jas, paths)
+    save_table(methods, out / "methods_summary")
+
+    study = None
+    counts = np.bincount(labels.cpu().numpy())
+    if pruning and (counts >= 2).any():
+        start = time.perf_counter()
+        logger.info("evaluate: pruning study")
+        study = pruning_study(model, images, labels, ks=pruning_ks, ps=pruning_ps,
+                              seed=seed, n_steps=n_steps, batch_size=batch_size)
+        save_table(study, out / "pruning")
+        save_table(pruning_table(study), out / "pruning_grid")
+        save_figure(plot_pruning(study), out / "pruning")
+        timings["pruning_s"] = time.perf_counter() - start
+    elif pruning:
+        logger.warning("evaluate: pruning study skipped (it needs at least 2 images per class)")
+    accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
+    return {"deviation": deviation, "jas": jas, "methods": methods, "pruning": study, "timings": timings,
+            "accuracy": accuracy}
+
+
+def evaluate(
+    run: "Run",
+    batch_size: int = 64,
+    factor: float = 2.0,
+    jas_modes: Sequence[str] = ("gate", "paper"),
+    pruning: bool = True,
+    pruning_ks: Sequence[int] = (1, 3, 5),
+    pruning_ps: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    n_steps: Optional[int] = None,
+    seed: int = 0,
+) -> Path:
+    """:func:`evaluate_paths` on the images every method of ``run`` has a record of;
+    writes ``RUN/evaluation/`` (with ``summary.json``: settings and timings) and returns it."""
+    from captum_paths.search import PathResult
+
+    records = run.records()
+    image_ids, by_method = complete_images(records)
+    if not image_ids:
+        raise ValueError(f"no image of run {str(run.folder)!r} has a record for every method")
+    model = run.model()
+    images, labels = run.images(image_ids)
+    paths = {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
+    out = run.evaluation_dir
+    result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
+                            jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
+                            n_steps=n_steps, seed=seed)
+    write_json_atomic(out / "summary.json", {
+        "images": len(image_ids), "methods": list(paths), "factor": factor, "jas_modes": list(jas_modes),
+        "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
+        "model": run.settings["model"],
+    })
+    return out

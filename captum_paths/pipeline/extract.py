@@ -1,0 +1,249 @@
+"""The extract stage: run path methods over images and append their records.
+
+:func:`extract_paths` works on tensors in memory; :func:`extract` on a run
+folder (:class:`~captum_paths.pipeline.run.Run`). Both resume: images whose
+(image_id, method) record already exists are skipped, and records are appended
+per batch, so a stopped run continues where it stopped and never writes an
+image twice. See "Records" in docs/method.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from captum_paths.models import to_logits
+from captum_paths.pipeline.run import run_settings
+from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
+from captum_paths.search.registry import create_path_method, get_path_method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from captum_paths.pipeline.run import Run
+
+__all__ = ["extract_paths", "extract"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+def extract_paths(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: Sequence[str],
+    out_file: PathLike,
+    methods: Sequence[str] = ("neuron-path",),
+    target: str = "label",
+    batch_size: int = 32,
+    model_id: Optional[str] = None,
+    progress: bool = True,
+    **attribute_kwargs: Any,
+) -> List[Dict[str, Any]]:
+    """Find paths for ``images`` with every method and append records to ``out_file``.
+
+    Args:
+        images (Tensor): ``(N, C, H, W)`` preprocessed images.
+        labels (Tensor): ``(N,)`` ground-truth classes.
+        image_ids (sequence of str): ``N`` stable ids, the resume key.
+        target (str): ``"label"`` explains the ground truth, ``"pred"`` the prediction.
+        attribute_kwargs: passed to every method's ``attribute`` (k, n_steps, mode, ...).
+
+    Returns:
+        The records of every image and method, old and new, in file order.
+    """
+    _check_target(target)
+    if len(images) != len(labels) or len(images) != len(image_ids):
+        raise ValueError(
+            f"images, labels and image_ids must have the same length; got {len(images)}, {len(labels)}, {len(image_ids)}"
+        )
+    _check_positive("batch_size", batch_size)
+    device = next(model.parameters()).device
+    done = {(r["image_id"], r["method"]) for r in read_records(out_file)}
+    for name in methods:
+        search = create_path_method(name, model)
+        todo = [i for i, image_id in enumerate(image_ids) if (image_id, name) not in done]
+        if len(todo) < len(image_ids):
+            logger.info("%s: %d of %d images already done, resuming", name, len(image_ids) - len(todo), len(image_ids))
+        bar = tqdm(total=len(todo), desc=name, unit="img", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            index = todo[start : start + batch_size]
+            x, y = images[index].to(device), labels[index].to(device)
+            records = _search_batch(search, x, y, [image_ids[i] for i in index], target, model_id,
+                                    attribute_kwargs, _predict(model, x))
+            append_records(out_file, records)
+            bar.update(len(index))
+        bar.close()
+    return read_records(out_file)
+
+
+def extract(
+    run: "Run",
+    model: str,
+    data: PathLike,
+    methods: Sequence[str] = ("neuron-path",),
+    checkpoint: Optional[PathLike] = None,
+    pretrained: bool = False,
+    num_classes: Optional[int] = None,
+    label_map: Optional[Union[PathLike, Mapping[str, int]]] = None,
+    k: int = 1,
+    n_steps: Optional[int] = None,
+    approximation: Optional[str] = None,
+    mode: str = "gate",
+    target: str = "label",
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+    restart: bool = False,
+    progress: bool = True,
+    refine: Optional[Union[int, str]] = None,
+    beam: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
+
+    ``model`` is a spec for :func:`captum_paths.models.load_model` (``demo``,
+    ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME_OR_PATH``). ``refine`` and
+    ``beam`` go to the methods that take them (``neuron-path``); ``None`` keeps
+    each method's default. Every setting is checked before anything is
+    written. Rerunning resumes; other settings are refused unless ``restart``.
+    Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted image ids
+    goes to rank ``i % world_size``, each rank appends to
+    ``records.rank{r}.jsonl`` and rank 0 merges them after a barrier.
+
+    Returns:
+        A summary dict: ``images``, ``new_records``, ``records``, ``unreadable``,
+        ``seconds``, ``out``, ``world_size``, ``rank``.
+    """
+    from captum_paths.distributed import all_ok, barrier, init_distributed, shutdown_distributed
+
+    start = time.perf_counter()
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("give at least one path method")
+    _check_target(target)
+    for name, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None:
+            _check_positive(name, value)
+    options = {key: value for key, value in (("refine", refine), ("beam", beam)) if value is not None}
+    for name in methods:  # every method's settings, before run.json is written
+        cls = get_path_method(name)
+        cls.check_arguments(k=k, n_steps=n_steps, method=approximation, mode=mode,
+                            **{key: v for key, v in options.items() if key in cls.options})
+    out = run.folder
+    settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
+                            methods, data, label_map, refine, beam)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {str(out)!r} is a file")
+    old = None if restart else run.check(settings)
+    if old is not None:
+        settings["methods"] = list(dict.fromkeys(old.get("methods", []) + methods))
+    run.adopt(settings)  # the model and the images load from these settings
+
+    dataset = run.dataset()
+    net = run.model()
+    device = run.device
+    classes = _model_classes(net, dataset[0][0].to(device))
+    top = max(dataset.targets)
+    if top >= classes:
+        raise ValueError(
+            f"the data has class index {top} ({len(dataset.classes)} class folders) but the model {model!r} "
+            f"outputs {classes} classes; pass --num-classes, a --label-map or a model with a matching head"
+        )
+
+    searches = {name: create_path_method(name, net) for name in methods}
+    widths = [search.sites.width for search in searches.values() if search.sites.width is not None]
+    width = min(widths, default=None)
+    if width is not None and k > width:
+        raise ValueError(f"k must be at most the FFN width {width} of {model!r}; got {k}")
+
+    info = init_distributed(device)
+    try:
+        if info.is_main:
+            if restart:
+                run.clear()
+                run.adopt(settings)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run.run_file, settings)
+            if dataset.unreadable:
+                write_text_atomic(run.unreadable_file, "".join(f"{p}\t{e}\n" for p, e in dataset.unreadable))
+        barrier(info)
+
+        order = sorted(range(len(dataset)), key=lambda i: dataset.image_ids[i])
+        if limit is not None:
+            order = order[:limit]
+        mine = order[info.rank :: info.world_size]
+        done = {(r["image_id"], r["method"]) for f in run.record_files() for r in read_records(f)}
+        todo = [i for i in mine if any((dataset.image_ids[i], m) not in done for m in methods)]
+        if len(todo) < len(mine):
+            logger.info("rank %d: %d of %d images already done, resuming", info.rank, len(mine) - len(todo), len(mine))
+        file = run.rank_file(info.rank, info.world_size)
+        attribute_kwargs = {"k": k, "n_steps": n_steps, "method": approximation, "mode": mode}
+        bar = tqdm(total=len(todo), desc=f"extract rank {info.rank}" if info.world_size > 1 else "extract",
+                   unit="img", disable=not progress or not info.is_main, dynamic_ncols=True)
+        new = 0
+        ok = False
+        try:
+            for begin in range(0, len(todo), batch_size):
+                index = todo[begin : begin + batch_size]
+                items = [dataset[i] for i in index]
+                x = torch.stack([item[0] for item in items]).to(device)
+                y = torch.tensor([item[1] for item in items], device=device)
+                ids = [item[2] for item in items]
+                records = []
+                pred = _predict(net, x)  # one clean forward per batch, shared by every method
+                for name, search in searches.items():
+                    rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
+                    if rows:
+                        mine_options = {key: v for key, v in options.items() if key in search.options}
+                        records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
+                                                 model, {**attribute_kwargs, **mine_options}, pred[rows])
+                new += append_records(file, records)
+                bar.update(len(index))
+            ok = True
+        finally:
+            bar.close()
+            ok = all_ok(info, ok)
+        records = run.merge() if info.is_main and ok else []
+        if info.world_size > 1 and info.is_main:
+            new = len(records) - len(done)
+        barrier(info)
+    finally:
+        shutdown_distributed(info)
+    seconds = time.perf_counter() - start
+    summary = {"out": str(out), "images": len(order), "new_records": new, "records": len(records),
+               "unreadable": len(dataset.unreadable), "seconds": seconds, "world_size": info.world_size,
+               "rank": info.rank}
+    logger.info("rank %d: %d new records for %d images in %.1f s", info.rank, new, len(mine), seconds)
+    return summary
+
+
+def _check_target(target: str) -> None:
+    if target not in ("label", "pred"):
+        raise ValueError(f"target must be 'label' or 'pred'; got {target!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def _model_classes(model: nn.Module, example: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(to_logits(model(example.unsqueeze(0))).shape[-1])
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Top-1 classes ``(N,)`` of ``x``."""
+    with torch.no_grad():
+        return to_logits(model(x)).argmax(dim=1)
+
+
+def _search_batch(search, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str], target: str,
+                  model_id: Optional[str], attribute_kwargs: Dict[str, Any], pred: torch.Tensor
+                  ) -> List[Dict[str, Any]]:
+    result = search.attribute(x, target=y if target == "label" else pred, **attribute_kwargs)
+    return result.to_records(image_ids=list(ids), labels=y.tolist(), predictions=pred.tolist(), model_id=model_id)

@@ -1,0 +1,346 @@
+"""A run folder and the :class:`Run` that owns it.
+
+A run folder holds what one model searched on one image folder:
+
+- ``run.json``: the settings (:func:`run_settings`), written before the first record;
+- ``records.jsonl``: one path record per (image, method), sorted by
+  ``(method, image_id)`` once a run finishes (``records.rank{r}.jsonl`` per rank
+  while a ``torchrun`` is under way);
+- ``unreadable.txt``: image files that were skipped;
+- ``evaluation/``, ``analysis/``: tables, figures and ``summary.json`` of those stages;
+- ``report.html`` and ``summary.md``.
+
+See "Records" in docs/method.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from captum_paths.records import SCHEMA_VERSION, read_records, write_text_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from captum_paths.data import ImageFolderDataset
+
+__all__ = ["Run", "RunMismatchError", "run_settings", "COMPATIBLE_KEYS", "RUN_FILE", "RECORDS_FILE",
+           "UNREADABLE_FILE"]
+
+PathLike = Union[str, os.PathLike]
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+UNREADABLE_FILE = "unreadable.txt"
+
+#: Settings that must match for records to share a run folder.
+COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
+                   "target", "refine", "beam")
+
+
+#: Settings the run's model and images are loaded from.
+_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map")
+
+
+class RunMismatchError(ValueError):
+    """The output folder holds a run with other settings."""
+
+
+def run_settings(
+    model: str,
+    checkpoint: Optional[PathLike] = None,
+    pretrained: bool = False,
+    num_classes: Optional[int] = None,
+    mode: str = "gate",
+    n_steps: Optional[int] = None,
+    approximation: Optional[str] = None,
+    k: int = 1,
+    target: str = "label",
+    methods: Sequence[str] = ("neuron-path",),
+    data: Optional[PathLike] = None,
+    label_map: Optional[Union[PathLike, Mapping[str, int]]] = None,
+    refine: Optional[Union[int, str]] = None,
+    beam: Optional[int] = None,
+) -> Dict[str, Any]:
+    """The settings a run folder records in ``run.json`` (file and folder paths made absolute)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "checkpoint": _absolute(checkpoint),
+        "pretrained": bool(pretrained),
+        "num_classes": num_classes,
+        "mode": mode,
+        "n_steps": n_steps,
+        "approximation": approximation,
+        "k": k,
+        "target": target,
+        "methods": list(methods),
+        "data": _absolute(data),
+        "label_map": dict(label_map) if isinstance(label_map, Mapping) else _absolute(label_map),
+        "refine": refine,
+        "beam": beam,
+    }
+
+
+def upgrade_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """``run.json`` settings in the current layout (schema 2 and older named the step count ``steps``)."""
+    settings = dict(settings)
+    if settings.get("schema", 1) < 3 and "steps" in settings:
+        settings.setdefault("n_steps", settings.pop("steps"))
+    settings["schema"] = max(settings.get("schema", 1), SCHEMA_VERSION)
+    return settings
+
+
+def _load_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: settings.get(key) for key in _LOAD_KEYS}
+
+
+def _absolute(path: Optional[PathLike]) -> Optional[str]:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+class Run:
+    """A run folder: its settings, records and stage outputs, and the run's model and images.
+
+    The model, its transform and the image folder are loaded on first use and kept,
+    so the stages of one :class:`Run` (``extract``, ``evaluate``, ``analyze``,
+    ``report``) load them once between them.
+
+    Args:
+        folder: the run folder (created by :meth:`extract`).
+        device: where the model runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+            Default: ``None``, CUDA when available (``cuda:LOCAL_RANK`` under
+            ``torchrun``), else CPU.
+
+    Example::
+
+        run = Run("runs/digits")
+        run.extract(model="demo", data="digits", methods=["neuron-path", "activation"])
+        run.evaluate()
+        run.analyze()
+        html, markdown = run.report()
+    """
+
+    def __init__(self, folder: PathLike, device: Optional[str] = None) -> None:
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"folder must be a path; got {type(folder).__name__}")
+        self.folder = Path(folder)
+        self._device = device
+        self._settings: Optional[Dict[str, Any]] = None
+        self._model: Optional["nn.Module"] = None
+        self._transform = None
+        self._dataset: Optional["ImageFolderDataset"] = None
+        self._loaded_from: Optional[Dict[str, Any]] = None  # the settings the model and images came from
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.folder)!r})"
+
+    # ------------------------------------------------------------------ files
+    @property
+    def run_file(self) -> Path:
+        return self.folder / RUN_FILE
+
+    @property
+    def records_file(self) -> Path:
+        return self.folder / RECORDS_FILE
+
+    @property
+    def unreadable_file(self) -> Path:
+        return self.folder / UNREADABLE_FILE
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.folder / "evaluation"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.folder / "analysis"
+
+    @property
+    def report_file(self) -> Path:
+        return self.folder / "report.html"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.folder / "summary.md"
+
+    def rank_file(self, rank: int, world_size: int) -> Path:
+        """The file rank ``rank`` appends its records to (``records.jsonl`` in a world of one)."""
+        return self.records_file if world_size == 1 else self.folder / f"records.rank{rank}.jsonl"
+
+    def record_files(self) -> List[Path]:
+        """``records.jsonl`` and every per-rank ``records.rank{r}.jsonl`` that exist."""
+        files = [self.records_file] if self.records_file.exists() else []
+        return files + sorted(self.folder.glob("records.rank*.jsonl"))
+
+    # --------------------------------------------------------------- settings
+    def read_settings(self) -> Optional[Dict[str, Any]]:
+        """The settings in ``run.json`` in the current layout (``None`` when there is none)."""
+        if not self.run_file.exists():
+            return None
+        try:
+            return upgrade_settings(json.loads(self.run_file.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise RunMismatchError(f"{self.run_file} is not valid JSON ({exc}); use --restart to start over") from exc
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """The run's settings (``run.json``); an error names the command that writes them."""
+        if self._settings is None:
+            if not self.folder.is_dir():
+                raise FileNotFoundError(f"run folder {str(self.folder)!r} does not exist; "
+                                        "create it with `captum-paths extract`")
+            settings = self.read_settings()
+            if settings is None:
+                raise FileNotFoundError(f"run folder {str(self.folder)!r} has no {RUN_FILE}; "
+                                        "create it with `captum-paths extract`")
+            self._settings = settings
+        return self._settings
+
+    def check(self, settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The folder's settings, or ``None`` for a new folder; :class:`RunMismatchError`
+        when the folder holds records of a run with other settings."""
+        old = self.read_settings()
+        if old is None:
+            if self.record_files():
+                raise RunMismatchError(f"output folder {str(self.folder)!r} holds records but no {RUN_FILE}; "
+                                       "use another --out or --restart")
+            return None
+        diff = [f"{key}: {old.get(key)!r} there, {settings.get(key)!r} here"
+                for key in COMPATIBLE_KEYS if old.get(key) != settings.get(key)]
+        if diff:
+            raise RunMismatchError(
+                f"output folder {str(self.folder)!r} belongs to another run ({'; '.join(diff)}); "
+                "use another --out, or --restart to delete its records"
+            )
+        return old
+
+    def adopt(self, settings: Dict[str, Any]) -> None:
+        """Use ``settings`` for a run being created (before ``run.json`` is written); the
+        model and images loaded for other settings are dropped."""
+        if self._loaded_from is not None and self._loaded_from != _load_settings(settings):
+            self._model = self._transform = self._dataset = None
+            self._loaded_from = None
+        self._settings = settings
+
+    def clear(self) -> None:
+        """Delete the folder's records and settings (other files stay)."""
+        for file in self.record_files() + [self.run_file, self.unreadable_file]:
+            if file.exists():
+                file.unlink()
+        self._settings = None
+
+    # ---------------------------------------------------------------- records
+    def records(self) -> List[Dict[str, Any]]:
+        """The records of ``records.jsonl``; an error says how to make them."""
+        settings = self.settings  # a missing folder or run.json is named first
+        del settings
+        records = read_records(self.records_file)
+        if not records:
+            raise ValueError(f"run folder {str(self.folder)!r} has no records in {RECORDS_FILE}; run "
+                             "`captum-paths extract` (or `captum-paths merge` after a torchrun that stopped early)")
+        return records
+
+    def merge(self) -> List[Dict[str, Any]]:
+        """Merge every record file into ``records.jsonl``, one record per (method, image_id).
+
+        Records are sorted by ``(method, image_id)``; the merged file is written
+        atomically before the per-rank files are deleted, so an interrupted merge
+        loses nothing.
+        """
+        files = self.record_files()
+        merged: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        for file in files:
+            for r in read_records(file):
+                merged.setdefault((r["method"], str(r["image_id"])), r)
+        records = [merged[key] for key in sorted(merged)]
+        write_text_atomic(self.records_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        for file in files:
+            if file.name != RECORDS_FILE:
+                file.unlink()
+        return records
+
+    # ------------------------------------------------- the run's model and images
+    @property
+    def device(self) -> str:
+        """The device the run's model is on (resolved on first use)."""
+        from captum_paths.distributed import default_device
+
+        if self._device is None or self._device == "cuda":
+            self._device = default_device(self._device, int(os.environ.get("LOCAL_RANK", "0")))
+        return self._device
+
+    def model(self) -> "nn.Module":
+        """The run's model in eval mode on :attr:`device`, loaded once."""
+        if self._model is None:
+            from captum_paths.models import load_model
+
+            s = self.settings
+            self._model, self._transform = load_model(
+                s["model"], pretrained=bool(s.get("pretrained")), checkpoint=s.get("checkpoint"),
+                num_classes=s.get("num_classes"), device=self.device,
+            )
+            self._loaded_from = _load_settings(s)
+        return self._model
+
+    def transform(self):
+        """The model's preprocessing (PIL image -> ``(C, H, W)`` tensor)."""
+        self.model()
+        return self._transform
+
+    def dataset(self) -> "ImageFolderDataset":
+        """The run's image folder with the model's transform, scanned once."""
+        if self._dataset is None:
+            from captum_paths.data import ImageFolderDataset
+
+            s = self.settings
+            if s.get("data") is None:
+                raise ValueError(f"{RUN_FILE} of {str(self.folder)!r} names no data folder; this stage needs "
+                                 "the run's images")
+            dataset = ImageFolderDataset(s["data"], transform=None, label_map=s.get("label_map"))
+            dataset.transform = self.transform()  # the folder is checked before the model loads
+            self._dataset = dataset
+            self._loaded_from = _load_settings(s)
+        return self._dataset
+
+    def images(self, image_ids: Sequence[str]) -> Tuple["torch.Tensor", "torch.Tensor"]:
+        """``(images (N, C, H, W), labels (N,))`` of recorded images, on the CPU."""
+        import torch
+
+        dataset = self.dataset()
+        where = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+        missing = [i for i in image_ids if i not in where]
+        if missing:
+            raise ValueError(f"{len(missing)} recorded images are not in the data folder "
+                             f"{self.settings['data']!r} (e.g. {missing[0]!r})")
+        items = [dataset[where[i]] for i in image_ids]
+        return torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items])
+
+    # ----------------------------------------------------------------- stages
+    def extract(self, model: str, data: PathLike, methods: Sequence[str] = ("neuron-path",), **kwargs: Any
+                ) -> Dict[str, Any]:
+        """Find paths for every image of ``data``; see :func:`captum_paths.pipeline.extract.extract`."""
+        from captum_paths.pipeline.extract import extract
+
+        return extract(self, model, data, methods, **kwargs)
+
+    def evaluate(self, **kwargs: Any) -> Path:
+        """The paper's experiments on the run's paths; see :func:`captum_paths.pipeline.evaluate.evaluate`."""
+        from captum_paths.pipeline.evaluate import evaluate
+
+        return evaluate(self, **kwargs)
+
+    def analyze(self, **kwargs: Any) -> Path:
+        """Class-level path analysis; see :func:`captum_paths.pipeline.analyze.analyze`."""
+        from captum_paths.pipeline.analyze import analyze
+
+        return analyze(self, **kwargs)
+
+    def report(self) -> Tuple[Path, Path]:
+        """Write ``report.html`` and ``summary.md``; see :func:`captum_paths.pipeline.report.write_report`."""
+        from captum_paths.pipeline.report import write_report
+
+        return write_report(self)
