@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", required=True, help="model spec: demo, timm:NAME, torchvision:NAME or hf:NAME_OR_PATH")
     extract.add_argument("--checkpoint", type=Path, default=None, help="local weights (.safetensors, .pt, .pth, .bin)")
     extract.add_argument("--pretrained", action="store_true", help="download the published weights")
+    extract.add_argument("--random-weights", type=int, default=None, metavar="SEED",
+                         help="study a timm/torchvision model with random weights drawn from SEED (recorded in "
+                              "run.json; without it such a model is refused)")
     extract.add_argument("--num-classes", type=int, default=None, help="size of the classifier head")
     extract.add_argument("--data", type=Path, required=True, help="image folder: DATA/<class>/<image>")
     extract.add_argument("--label-map", type=Path, default=None, help="JSON: class folder -> class index")
@@ -145,6 +148,8 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes", "--beam"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.random_weights is not None and args.random_weights < 0:
+        raise _UsageError(f"--random-weights must be a non-negative seed; got {args.random_weights}")
     refine = args.refine
     if refine is not None and refine != "all":
         if not refine.isdigit():
@@ -157,6 +162,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, label_map=args.label_map, k=args.k, n_steps=args.n_steps,
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
         limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
+        random_weights=args.random_weights,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "

@@ -7,7 +7,11 @@ the sorted folder names (as ``torchvision.datasets.ImageFolder``) or from a
 Corrupt or unreadable files are found upfront, in ``__init__``, with a cheap
 ``PIL.Image.open(...).verify()`` (or a full decode with ``scan="decode"``): they
 are left out of the dataset, listed in :attr:`ImageFolderDataset.unreadable` and
-reported through :mod:`logging`, so a ``DataLoader`` never meets them.
+reported through :mod:`logging`. Damage the cheap check cannot see (a truncated
+JPEG) surfaces when the image is loaded, as an :class:`UnreadableImageError`
+naming the file. Images of more than 8 bits per channel (16-bit PNG and TIFF,
+32-bit integer or float images) are scaled to 8 bits before any conversion, not
+clipped.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "read_label_map"]
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "UnreadableImageError", "read_label_map", "to_8bit",
+           "open_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,55 @@ IMG_EXTENSIONS: Tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
 )
 _SCANS = ("verify", "decode", "none")
+
+
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded; ``path`` names it."""
+
+    def __init__(self, path: Union[str, os.PathLike], reason: str) -> None:
+        super().__init__(f"cannot read image {str(path)!r}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8 bits per channel: 16-bit (``I;16*``), 32-bit integer (``I``) and float
+    (``F``) images are scaled to ``0..255`` by their type's range instead of clipped.
+
+    ``I`` images with values up to 255 are taken as 8-bit data, up to 65535 as
+    16-bit (how PIL opens 16-bit PNGs); float images in ``[0, 1]`` are scaled by
+    255, others by their own maximum.
+    """
+    import numpy as np
+
+    mode = image.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "I":
+        peak = float(values.max()) if values.size else 0.0
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    else:  # "F"
+        peak = float(np.nanmax(values)) if values.size else 0.0
+        top = 1.0 if peak <= 1.0 else peak
+    scaled = np.clip(np.rint(np.nan_to_num(values) * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def open_image(path: Union[str, os.PathLike], mode: Optional[str] = "RGB") -> Image.Image:
+    """Decode an image file fully, at 8 bits per channel (:func:`to_8bit`), converted to
+    ``mode`` (``None`` keeps the file's mode); :class:`UnreadableImageError` names a damaged file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, with its name
+            image = to_8bit(img)
+            return image.convert(mode) if mode is not None and image.mode != mode else image.copy()
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 class ImageFolderDataset(Dataset):
@@ -139,8 +193,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
         """Return ``(image (C, H, W), label, image_id)``."""
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = img.convert(self.mode) if self.mode is not None else img.copy()
+        image = open_image(path, self.mode)
         if self.transform is not None:
             tensor = self.transform(image)
         else:
@@ -148,6 +201,19 @@ class ImageFolderDataset(Dataset):
 
             tensor = to_tensor(image)
         return tensor, label, self.image_ids[index]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what identifies the data: the class folders and their indices, and the
+        id and file size of every image file found (unreadable ones included)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(json.dumps(sorted(self.class_to_idx.items())).encode())
+        files = sorted([p for p, _ in self.samples] + [p for p, _ in self.unreadable])
+        for path in files:
+            size = os.stat(path).st_size if os.path.exists(path) else -1
+            digest.update(f"{Path(path).relative_to(self.root).as_posix()}\t{size}\n".encode())
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return (
@@ -157,8 +223,15 @@ class ImageFolderDataset(Dataset):
 
     def _find_images(self, folder: Path) -> List[Path]:
         found = []
+        seen = set()  # real folders already walked: a symlink back up the tree is not followed again
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames
+                           if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen]
             found.extend(
                 Path(dirpath) / f
                 for f in filenames

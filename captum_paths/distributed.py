@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "barrier", "shutdown_distributed", "default_device"]
+__all__ = ["DistInfo", "init_distributed", "barrier", "shutdown_distributed", "default_device", "all_ok", "gather"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def all_ok(info: DistInfo, ok: bool) -> bool:
         flag = flag.cuda()
     dist.all_reduce(flag)
     return int(flag.item()) == 0
+
+
+def gather(info: DistInfo, items: List[Any]) -> List[Any]:
+    """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+    if info.world_size <= 1 or not dist.is_initialized():
+        return list(items)
+    parts: List[Optional[List[Any]]] = [None] * info.world_size
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in (part or [])]
 
 
 def shutdown_distributed(info: DistInfo) -> None:

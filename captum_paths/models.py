@@ -83,7 +83,7 @@ def _is_hf_model(model: nn.Module) -> bool:
 # Model loading
 # ---------------------------------------------------------------------------
 
-__all__ += ["ModelLoadError", "load_model", "load_checkpoint"]
+__all__ += ["ModelLoadError", "load_model", "load_checkpoint", "has_random_weights", "weights_fingerprint"]
 
 _MODEL_FORMS = '"timm:NAME", "torchvision:NAME", "hf:NAME_OR_PATH", "demo"'
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
@@ -104,6 +104,7 @@ def load_model(
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     num_classes: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
+    random_weights: Optional[int] = None,
     **model_kwargs: Any,
 ) -> Tuple[nn.Module, Transform]:
     """Build a vision model and its evaluation preprocessing from a spec string.
@@ -120,6 +121,11 @@ def load_model(
             selects the pretrained preprocessing where that differs.
         num_classes: size of the classifier head (``num_labels`` for ``hf:``).
         device: device to move the model to.
+        random_weights: a seed: build a ``timm:`` / ``torchvision:`` model with
+            random weights drawn from it (the same network on every load with
+            the same torch). Without ``pretrained``, ``checkpoint`` or a seed such
+            a model gets unseeded random weights, a different network on every
+            load, with a warning.
         **model_kwargs: passed to the model constructor (timm / torchvision) or
             to ``from_pretrained`` (``hf:``), e.g. ``img_size=32, depth=2``.
 
@@ -142,14 +148,26 @@ def load_model(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ValueError(f"num_classes must be a positive int or None; got {num_classes!r}")
+    if random_weights is not None and (isinstance(random_weights, bool) or not isinstance(random_weights, int)
+                                       or random_weights < 0):
+        raise ValueError(f"random_weights must be a non-negative int seed or None; got {random_weights!r}")
     checkpoint_path = _checkpoint_path(checkpoint)
     torch_device = _as_device(device)
 
     kind, name = _parse_spec(spec)
-    if kind == "timm":
-        model, transform = _load_timm(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
-    elif kind == "torchvision":
-        model, transform = _load_torchvision(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
+    random = kind in ("timm", "torchvision") and not pretrained and checkpoint_path is None
+    if random_weights is not None and not random:
+        raise ValueError(f"random_weights applies to timm: and torchvision: models without pretrained weights or "
+                         f"a checkpoint; spec {spec!r} has its weights")
+    if random and random_weights is None:
+        logger.warning("%s gets random, unseeded weights: a different network on every load; pass pretrained=True, "
+                       "a checkpoint, or random_weights=SEED", spec)
+    if kind in ("timm", "torchvision"):
+        load = _load_timm if kind == "timm" else _load_torchvision
+        with torch.random.fork_rng(devices=[]):
+            if random_weights is not None:
+                torch.manual_seed(random_weights)
+            model, transform = load(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
     elif kind == "hf":
         model, transform = _load_hf(spec, name, checkpoint_path, num_classes, model_kwargs)
     else:
@@ -158,6 +176,25 @@ def load_model(
     if torch_device is not None:
         model = model.to(torch_device)
     return model.eval(), transform
+
+
+def has_random_weights(spec: str, pretrained: bool = False, checkpoint: Optional[Union[str, os.PathLike]] = None
+                       ) -> bool:
+    """Whether :func:`load_model` builds ``spec`` with random weights (timm / torchvision
+    without ``pretrained`` or a checkpoint)."""
+    return _parse_spec(spec)[0] in ("timm", "torchvision") and not pretrained and checkpoint is None
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` (names, dtypes, shapes and bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_checkpoint(
@@ -359,7 +396,12 @@ def _standard_transform(size: Union[int, Sequence[int]], mean=_IMAGENET_MEAN, st
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    return image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
+    """RGB at 8 bits per channel (high-depth images scaled, not clipped)."""
+    if not isinstance(image, Image.Image) or image.mode == "RGB":
+        return image
+    from captum_paths.data import to_8bit
+
+    return to_8bit(image).convert("RGB")
 
 
 class _ToRGB:

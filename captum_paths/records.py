@@ -1,8 +1,12 @@
-"""Path records on disk: JSON Lines, appended safely, read back tolerantly.
+"""Path records: their one schema, and JSON Lines files of them.
 
 See "Records" in docs/method.md.
 
-A record is one dict per (image, method); see :meth:`PathResult.to_records`.
+A record is one dict per (image, method). :class:`PathRecord` is its typed form
+and :meth:`PathRecord.from_dict` the one parser of it; :func:`stack_records`
+turns records into the numpy arrays that :class:`~captum_paths.search.PathResult`
+and :class:`~captum_paths.analysis.PathTable` are views of.
+
 Appends write whole lines and fsync, so a killed run leaves at most one partial
 last line, which :func:`read_records` ignores (and :func:`append_records`
 truncates before writing again). Whole files are written atomically through a
@@ -11,24 +15,35 @@ temporary file and ``os.replace``.
 from __future__ import annotations
 
 import json
+import logging
+import numbers
 import os
 import stat
 import tempfile
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["SCHEMA_VERSION", "append_records", "read_records", "upgrade_record", "write_text_atomic",
+import numpy as np
+
+__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
+           "stack_records", "append_records", "read_records", "record_key", "unique_records", "upgrade_record", "write_text_atomic",
            "write_json_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
+logger = logging.getLogger(__name__)
+
 #: Version of the record layout, written in every record (``"schema"``) and in a run
 #: folder's ``run.json``. Version 1 (records without ``"schema"``) named the
-#: quadrature ``settings["method"]``; version 2 names it ``settings["approximation"]``.
-SCHEMA_VERSION = 2
+#: quadrature ``settings["method"]``; version 2 names it ``settings["approximation"]``;
+#: version 3 names the step count of ``run.json`` ``n_steps`` (records are unchanged).
+SCHEMA_VERSION = 3
 
 
-def upgrade_record(record: Dict[str, Any]) -> Dict[str, Any]:
+def upgrade_record(record: Mapping[str, Any]) -> Dict[str, Any]:
     """``record`` in the current layout (a new dict; records already current are copied)."""
     record = dict(record)
     version = record.get("schema", 1)
@@ -44,9 +59,277 @@ def upgrade_record(record: Dict[str, Any]) -> Dict[str, Any]:
     return record
 
 
-def read_records(path: PathLike) -> List[Dict[str, Any]]:
+# ------------------------------------------------------------------ the schema
+#: Keys every record must hold (not ``None``).
+REQUIRED_KEYS = ("image_id", "method", "path", "target")
+
+#: ``to_dict`` writes the keys in this order (``"schema"`` first).
+_KEY_ORDER = ("image_id", "label", "target", "prediction", "method", "path", "contributions", "jas", "delta",
+              "scores", "refined_layers", "settings", "model_id")
+
+Class = Union[int, str]
+
+
+@dataclass
+class PathRecord:
+    """One path record (one image, one method), checked and typed.
+
+    Construction checks every field (``ValueError`` on a bad one) and turns numpy
+    or torch values into plain Python ones, so :meth:`to_dict` is JSON-ready.
+
+    Attributes:
+        image_id (str or int): The image.
+        method (str): Registry name of the path method.
+        path (list): ``(L, k)`` as ``L`` lists of ``k`` neuron indices (int,
+            non-negative), layer-major, best first within a layer.
+        target (int or str): The class explained.
+        label (int or str, optional): The image's label.
+        prediction (int or str, optional): The model's predicted class.
+        contributions (list, optional): ``(L, k)`` per-neuron contributions (float).
+        jas (float, optional): Joint attribution score of the path.
+        delta (float, optional): Convergence delta of the JAS.
+        scores (list, optional): ``(L, k)`` the method's own selection scores.
+        refined_layers (int, optional): Layers whose choice the refinement changed.
+        settings (dict): The search settings (``mode``, ``n_steps``, ``approximation``, ``k``, ...).
+        model_id (str, optional): The model.
+    """
+
+    image_id: Class
+    method: str
+    path: List[List[int]]
+    target: Class
+    label: Optional[Class] = None
+    prediction: Optional[Class] = None
+    contributions: Optional[List[List[float]]] = None
+    jas: Optional[float] = None
+    delta: Optional[float] = None
+    scores: Optional[List[List[float]]] = None
+    refined_layers: Optional[int] = None
+    settings: Dict[str, Any] = field(default_factory=dict)
+    model_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        # plain-type fast paths first: records are parsed by the tens of thousands
+        rid = self.image_id
+        if type(rid) is not str and type(rid) is not int:
+            if rid is None:
+                raise ValueError("a record has no 'image_id'")
+            rid = self.image_id = _class_value(rid, "image_id", None)
+        if type(self.method) is not str:
+            if self.method is None:
+                raise ValueError(f"record {rid!r} has no 'method'")
+            raise ValueError(f"record {rid!r}: 'method' must be a str; got {_short(self.method)}")
+        if self.path is None:
+            raise ValueError(f"record {rid!r} has no 'path'")
+        path = self.path = _checked_path(self.path, rid)
+        if type(self.target) is not int and type(self.target) is not str:
+            if self.target is None:
+                raise ValueError(f"record {rid!r} has no 'target'")
+            self.target = _class_value(self.target, "target", rid)
+        if self.label is not None and type(self.label) is not int and type(self.label) is not str:
+            self.label = _class_value(self.label, "label", rid)
+        if self.prediction is not None and type(self.prediction) is not int and type(self.prediction) is not str:
+            self.prediction = _class_value(self.prediction, "prediction", rid)
+        if self.contributions is not None:
+            self.contributions = _checked_reals(self.contributions, "contributions", rid, len(path), len(path[0]))
+        if self.scores is not None:
+            self.scores = _checked_reals(self.scores, "scores", rid, len(path), len(path[0]))
+        if self.jas is not None and type(self.jas) is not float:
+            self.jas = _real_value(self.jas, "jas", rid)
+        if self.delta is not None and type(self.delta) is not float:
+            self.delta = _real_value(self.delta, "delta", rid)
+        refined = self.refined_layers
+        if refined is not None and type(refined) is not int:
+            if isinstance(refined, bool) or not isinstance(refined, numbers.Integral):
+                raise ValueError(f"record {rid!r}: 'refined_layers' must be an int; got {_short(refined)}")
+            self.refined_layers = int(refined)
+        if type(self.settings) is not dict:
+            if self.settings is None:
+                self.settings = {}
+            elif isinstance(self.settings, Mapping):
+                self.settings = dict(self.settings)
+            else:
+                raise ValueError(f"record {rid!r}: 'settings' must be a dict; got {_short(self.settings)}")
+        if self.model_id is not None and type(self.model_id) is not str:
+            raise ValueError(f"record {rid!r}: 'model_id' must be a str; got {_short(self.model_id)}")
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """``(L, k)`` of the path."""
+        return len(self.path), len(self.path[0])
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "PathRecord":
+        """Parse one record dict (any schema version this package reads).
+
+        Older layouts are upgraded first (:func:`upgrade_record`). Raises
+        ``ValueError`` naming the record's ``image_id`` when a key of
+        :data:`REQUIRED_KEYS` is missing or ``None``, or a field has a bad type or
+        shape. Keys outside the schema are ignored. The record's lists are
+        shared, not copied.
+        """
+        if type(record) is not dict and not isinstance(record, Mapping):
+            raise ValueError(f"a record must be a dict; got {type(record).__name__}")
+        if record.get("schema") != SCHEMA_VERSION:
+            record = upgrade_record(record)
+        get = record.get
+        if get("image_id") is None:
+            raise ValueError(f"a record has no 'image_id' (its keys: {sorted(map(str, record))})")
+        return cls(get("image_id"), get("method"), get("path"), get("target"), get("label"), get("prediction"),
+                   get("contributions"), get("jas"), get("delta"), get("scores"), get("refined_layers"),
+                   get("settings"), get("model_id"))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON form: ``"schema"`` then every field, with fresh lists and settings."""
+        out: Dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for key in _KEY_ORDER:
+            out[key] = getattr(self, key)
+        out["path"] = [list(layer) for layer in self.path]
+        for key in ("contributions", "scores"):
+            if out[key] is not None:
+                out[key] = [list(layer) for layer in out[key]]
+        out["settings"] = dict(self.settings)
+        return out
+
+
+RecordLike = Union[Mapping[str, Any], PathRecord]
+
+
+def as_path_records(records: Iterable[RecordLike]) -> List[PathRecord]:
+    """Records as :class:`PathRecord` (dicts are parsed, records kept as they are)."""
+    from_dict = PathRecord.from_dict
+    return [r if isinstance(r, PathRecord) else from_dict(r) for r in records]
+
+
+@dataclass
+class RecordArrays:
+    """Records stacked into arrays, one row per record, in the given order.
+
+    Attributes:
+        paths (ndarray): ``(N, L, k)`` int64 neuron indices.
+        contributions (ndarray): ``(N, L, k)`` float64, NaN where a record has none.
+        jas (ndarray): ``(N,)`` float64, NaN where absent.
+        delta (ndarray): ``(N,)`` float64, NaN where absent.
+        scores (ndarray): ``(N, L, k)`` float64, NaN where absent.
+        refined_layers (ndarray): ``(N,)`` float64 counts, NaN where absent.
+        targets, labels, predictions (list): ``N`` classes each (int or str;
+            ``None`` where a record has no label or prediction).
+        image_ids (list): ``N`` image ids.
+        methods (list): ``N`` method names.
+        settings (dict): The settings of the first record.
+    """
+
+    paths: np.ndarray
+    contributions: np.ndarray
+    jas: np.ndarray
+    delta: np.ndarray
+    scores: np.ndarray
+    refined_layers: np.ndarray
+    targets: List[Class]
+    labels: List[Optional[Class]]
+    predictions: List[Optional[Class]]
+    image_ids: List[Class]
+    methods: List[str]
+    settings: Dict[str, Any]
+
+    def __len__(self) -> int:
+        return self.paths.shape[0]
+
+
+def stack_records(records: Iterable[RecordLike]) -> RecordArrays:
+    """Stack records of one path shape ``(L, k)`` into :class:`RecordArrays`.
+
+    Raises ``ValueError`` if ``records`` is empty or the paths differ in shape
+    (records of several models or several ``k``).
+    """
+    recs = as_path_records(records)
+    if not recs:
+        raise ValueError("records is empty: nothing to stack")
+    n = len(recs)
+    paths_of = list(map(attrgetter("path"), recs))
+    shapes = set(zip(map(len, paths_of), map(len, map(_first, paths_of))))
+    if len(shapes) != 1:
+        raise ValueError("records hold paths of different shapes (layers or k); analyse records of one "
+                         "model and one k at a time")
+    (shape,) = shapes
+    size = shape[0] * shape[1]
+    paths = np.fromiter(chain.from_iterable(chain.from_iterable(paths_of)), dtype=np.int64)
+    if paths.size != n * size:  # a path edited after its record was checked
+        raise ValueError("a record's path must be L lists of k neuron indices; got a layer of another k")
+    paths = paths.reshape(n, *shape)
+    if paths.size and paths.min() < 0:
+        raise ValueError("records hold negative neuron indices")
+    return RecordArrays(
+        paths=paths,
+        contributions=_stack_optional(recs, "contributions", paths.shape),
+        jas=_reals(recs, "jas"),
+        delta=_reals(recs, "delta"),
+        scores=_stack_optional(recs, "scores", paths.shape),
+        refined_layers=_reals(recs, "refined_layers"),
+        targets=[r.target for r in recs],
+        labels=[r.label for r in recs],
+        predictions=[r.prediction for r in recs],
+        image_ids=[r.image_id for r in recs],
+        methods=[r.method for r in recs],
+        settings=dict(recs[0].settings),
+    )
+
+
+def _first(seq: Sequence[Any]) -> Any:
+    return seq[0]
+
+
+def _stack_optional(recs: List[PathRecord], key: str, shape: Tuple[int, ...]) -> np.ndarray:
+    """``shape`` float64 of an ``(L, k)`` field, NaN rows where it is absent."""
+    out = np.full(shape, np.nan)
+    values = list(map(attrgetter(key), recs))
+    rows = [i for i, v in enumerate(values) if v is not None]
+    if rows:
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(values[i] for i in rows)), dtype=np.float64)
+        if flat.size != len(rows) * shape[1] * shape[2]:
+            raise ValueError(f"a record's {key!r} must have the shape of its path")
+        out[rows] = flat.reshape(len(rows), *shape[1:])
+    return out
+
+
+def _reals(recs: List[PathRecord], key: str) -> np.ndarray:
+    """``(N,)`` float64 of a scalar field, NaN where it is absent."""
+    nan = float("nan")
+    return np.fromiter((nan if v is None else v for v in map(attrgetter(key), recs)), dtype=np.float64,
+                       count=len(recs))
+
+
+# ------------------------------------------------------------------- files
+def record_key(record: Mapping[str, Any]) -> Tuple[str, str, str]:
+    """What a record is the record of: ``(method, image_id, model_id)`` as strings."""
+    return str(record.get("method")), str(record.get("image_id")), str(record.get("model_id"))
+
+
+def unique_records(records: Iterable[Dict[str, Any]], source: str = "records") -> List[Dict[str, Any]]:
+    """``records`` with one record per :func:`record_key` (the first one), in order.
+
+    Duplicates (a run written by two processes at once, before run folders had
+    a lock) are dropped with a warning that says how many there were and how
+    many disagree with the kept record on the path.
+    """
+    kept: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+    dropped = disagree = 0
+    for r in records:
+        key = record_key(r)
+        first = kept.setdefault(key, r)
+        if first is not r:
+            dropped += 1
+            disagree += first.get("path") != r.get("path")
+    if dropped:
+        logger.warning("%s: %d duplicate record(s) of the same (method, image, model) ignored, the first kept; "
+                       "%d of them disagree with it on the path", source, dropped, disagree)
+    return list(kept.values())
+
+
+def read_records(path: PathLike, unique: bool = True) -> List[Dict[str, Any]]:
     """All complete records of a JSON Lines file (a torn last line is skipped), in the
-    current layout (:func:`upgrade_record`)."""
+    current layout (:func:`upgrade_record`), one per (method, image, model) unless
+    ``unique=False`` (:func:`unique_records`)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -58,7 +341,7 @@ def read_records(path: PathLike) -> List[Dict[str, Any]]:
             line = line.strip()
             if line:
                 records.append(upgrade_record(json.loads(line)))
-    return records
+    return unique_records(records, str(path)) if unique else records
 
 
 def append_records(path: PathLike, records: Iterable[Dict[str, Any]]) -> int:
@@ -116,3 +399,104 @@ def _drop_torn_tail(path: Path) -> None:
             return
         cut = data.rfind(b"\n") + 1
         fh.truncate(cut)
+
+
+# ------------------------------------------------------------ field checking
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _class_value(value: Any, key: str, rid: Any) -> Optional[Class]:
+    """An int or str (numpy ints become int); ``None`` stays ``None``."""
+    if value is None or type(value) is str or type(value) is int:
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
+    where = "a record" if rid is None else f"record {rid!r}"
+    raise ValueError(f"{where}: {key!r} must be an int or a str; got {_short(value)}")
+
+
+def _real_value(value: Any, key: str, rid: Any) -> Optional[float]:
+    if value is None or type(value) is float or type(value) is int:
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"record {rid!r}: {key!r} must be a number; got {_short(value)}")
+
+
+def _as_lists(value: Any) -> Any:
+    """numpy arrays and tensors as nested lists; anything else unchanged."""
+    tolist = getattr(value, "tolist", None)
+    return tolist() if tolist is not None and not isinstance(value, (list, tuple)) else value
+
+
+def _checked_path(value: Any, rid: Any) -> List[List[int]]:
+    """``value`` as ``L >= 1`` lists of ``k >= 1`` non-negative ints (converted only if it is not already)."""
+    if _is_plain_path(value):
+        return value
+    value = _as_lists(value)
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(layer, (list, tuple)) for layer in value)):
+        raise _bad_path(value, rid)
+    k = len(value[0])
+    if k < 1 or any(len(layer) != k for layer in value):
+        raise _bad_path(value, rid)
+    for n in chain.from_iterable(value):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise _bad_path(value, rid)
+        if n < 0:
+            raise ValueError(f"record {rid!r} holds negative neuron indices in its path")
+    return [[int(n) for n in layer] for layer in value]
+
+
+def _is_plain_path(value: Any) -> bool:
+    """Whether ``value`` already is a non-empty list of equal, non-empty lists of non-negative ints."""
+    if type(value) is not list or not value or type(value[0]) is not list:
+        return False
+    k = len(value[0])
+    for layer in value:
+        if type(layer) is not list or len(layer) != k:
+            return False
+        for n in layer:
+            if type(n) is not int or n < 0:
+                return False
+    return k > 0
+
+
+def _bad_path(value: Any, rid: Any) -> ValueError:
+    return ValueError(f"record {rid!r}: a record's path must be L lists of k neuron indices; got {_short(value)}")
+
+
+def _checked_reals(value: Any, key: str, rid: Any, L: int, k: int) -> List[List[float]]:
+    """``value`` as ``L`` lists of ``k`` numbers (converted only if it is not already)."""
+    if _is_plain_reals(value, L, k):
+        return value
+    value = _as_lists(value)
+    if (not isinstance(value, (list, tuple)) or len(value) != L
+            or not all(isinstance(layer, (list, tuple)) and len(layer) == k for layer in value)):
+        raise _bad_reals(value, key, rid, L, k)
+    for x in chain.from_iterable(value):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise _bad_reals(value, key, rid, L, k)
+    return [[x if type(x) is float or type(x) is int else float(x) for x in layer] for layer in value]
+
+
+def _is_plain_reals(value: Any, L: int, k: int) -> bool:
+    """Whether ``value`` already is a list of ``L`` lists of ``k`` Python ints or floats."""
+    if type(value) is not list or len(value) != L:
+        return False
+    for layer in value:
+        if type(layer) is not list or len(layer) != k:
+            return False
+        for x in layer:
+            if type(x) is not float and type(x) is not int:
+                return False
+    return True
+
+
+def _bad_reals(value: Any, key: str, rid: Any, L: int, k: int) -> ValueError:
+    return ValueError(f"record {rid!r}: {key!r} must be {L} lists of {k} numbers, "
+                      f"the shape of its path; got {_short(value)}")

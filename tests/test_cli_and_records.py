@@ -107,12 +107,12 @@ def test_version_less_records_load_in_the_current_layout(tmp_path):
     file = tmp_path / "records.jsonl"
     file.write_text(json.dumps(old) + "\n")
     (record,) = read_records(file)
-    assert record["schema"] == SCHEMA_VERSION == 2
+    assert record["schema"] == SCHEMA_VERSION == 3
     assert record["settings"]["approximation"] == "gausslegendre" and "method" not in record["settings"]
     result = PathResult.from_records([old])
     assert result.settings["approximation"] == "gausslegendre"
     again = result.to_records(image_ids=["a"])[0]
-    assert again["schema"] == 2 and again["settings"] == record["settings"]
+    assert again["schema"] == SCHEMA_VERSION and again["settings"] == record["settings"]
     with pytest.raises(ValueError, match="newer than this captum_paths reads"):
         file.write_text(json.dumps({**old, "schema": 99}) + "\n")
         read_records(file)

@@ -1,6 +1,7 @@
 """Path records as arrays: the vectorised form every analysis works on.
 
-A list of records (:meth:`PathResult.to_records`) is turned once into a
+A list of records (:meth:`PathResult.to_records`, or
+:class:`~captum_paths.records.PathRecord`) is turned once into a
 :class:`PathTable`: a ``(records, L, k)`` array of neuron indices, the matching
 contributions, and an integer class code per record. Every count in
 :mod:`captum_paths.analysis` is then a ``np.unique`` / ``np.bincount`` over
@@ -9,13 +10,15 @@ contributions, and an integer class code per record. Every count in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Union
+from typing import Any, Hashable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from captum_paths.records import RecordLike, as_path_records, stack_records
+
 __all__ = ["PathTable", "as_table"]
 
-Records = Sequence[Dict[str, Any]]
+Records = Sequence[RecordLike]
 
 
 @dataclass
@@ -61,8 +64,11 @@ class PathTable:
     ) -> "PathTable":
         """Select records and stack them.
 
+        Records are parsed by :meth:`~captum_paths.records.PathRecord.from_dict`
+        and stacked by :func:`~captum_paths.records.stack_records`.
+
         Args:
-            records (list of dict): Path records.
+            records (list of dict or PathRecord): Path records.
             method (str, optional): Keep only this method's records. ``None``
                 requires all records to share one method (mixing methods would
                 count each image once per method). Default: ``None``.
@@ -79,57 +85,41 @@ class PathTable:
             raise ValueError("records is empty: no paths to analyse")
         if label_key not in ("label", "target", "prediction"):
             raise ValueError(f"label_key must be 'label', 'target' or 'prediction'; got {label_key!r}")
-        methods = sorted({str(r.get("method")) for r in records})
+        parsed = as_path_records(records)
+        methods = sorted({r.method for r in parsed})
         if method is None:
             if len(methods) > 1:
                 raise ValueError(
                     f"records mix the methods {methods}; pass method=... to analyse one of them"
                 )
             method = methods[0]
-        keep = [i for i, r in enumerate(records) if r.get("method") == method]
+        keep = [i for i, r in enumerate(parsed) if r.method == method]
         if not keep:
             raise ValueError(f"no record has method {method!r}; the records hold {methods}")
         if classes is not None:
             wanted = set(classes)
-            keep = [i for i in keep if records[i].get(label_key) in wanted]
+            keep = [i for i in keep if getattr(parsed[i], label_key) in wanted]
             if not keep:
                 raise ValueError(f"no {method!r} record has a {label_key} in {sorted(wanted, key=str)}")
-        selected = [records[i] for i in keep]
-        labels = [r.get(label_key) for r in selected]
+        selected = [parsed[i] for i in keep]
+        labels = [getattr(r, label_key) for r in selected]
         missing = sum(label is None for label in labels)
         if missing:
             hint = " (pass label_key='target' to group by the explained class)" if label_key != "target" else ""
             raise ValueError(f"{missing} of {len(selected)} records have no {label_key!r}{hint}")
-        try:
-            paths = np.asarray([r["path"] for r in selected], dtype=np.int64)
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                "records hold paths of different shapes (layers or k); analyse records of one "
-                "model and one k at a time"
-            ) from err
-        if paths.ndim != 3:
-            raise ValueError(f"a record's path must be L lists of k neuron indices; got shape {paths.shape[1:]}")
-        if paths.size and paths.min() < 0:
-            raise ValueError("records hold negative neuron indices")
-        contributions = np.full(paths.shape, np.nan)
-        with_contrib = [i for i, r in enumerate(selected) if r.get("contributions") is not None]
-        if with_contrib:
-            contributions[with_contrib] = np.asarray(
-                [selected[i]["contributions"] for i in with_contrib], dtype=np.float64
-            )
+        arrays = stack_records(selected)
         uniq, codes = _factorize(labels)
-        jas = np.asarray([np.nan if r.get("jas") is None else r["jas"] for r in selected], dtype=np.float64)
         return cls(
-            paths=paths,
-            contributions=contributions,
+            paths=arrays.paths,
+            contributions=arrays.contributions,
             class_codes=codes,
             classes=uniq,
-            image_ids=[r.get("image_id", i) for i, r in zip(keep, selected)],
-            jas=jas,
+            image_ids=arrays.image_ids,
+            jas=arrays.jas,
             method=method,
             label_key=label_key,
             record_index=np.asarray(keep, dtype=np.int64),
-            width=int(paths.max()) + 1 if paths.size else 0,
+            width=int(arrays.paths.max()) + 1 if arrays.paths.size else 0,
         )
 
     def select(self, classes: Iterable[Hashable]) -> "PathTable":

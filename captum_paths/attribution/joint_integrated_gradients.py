@@ -11,6 +11,7 @@ from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
+    check_finite_output,
     check_internal_batch_size,
     format_additional_args,
     format_inputs,
@@ -152,6 +153,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
 
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
+        check_finite_output(logits)
         width = clean[0].shape[-1]
         device = logits.device
         target = resolve_target(target, logits)

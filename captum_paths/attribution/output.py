@@ -1,6 +1,7 @@
 """The scalar output ``F(x)`` that attributions explain (see "The output F" in docs/method.md)."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Tuple
 
 import torch
@@ -96,10 +97,33 @@ def format_inputs(inputs: Any, model: Optional[nn.Module] = None) -> Tuple[torch
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"inputs[{i}] holds non-finite values (nan or inf)")
+    if model is not None:
+        warn_if_training(model)
     param = next(model.parameters(), None) if model is not None else None
     if param is not None:
         tensors = tuple(t.to(param.device) for t in tensors)
     return tensors
+
+
+def warn_if_training(model: nn.Module) -> None:
+    """Warn when any module of ``model`` is in training mode: dropout, drop-path and
+    batch statistics then change every forward, so two identical searches disagree
+    and the convergence delta is meaningless. The model is left as it is."""
+    if any(m.training for m in model.modules()):
+        warnings.warn(
+            f"{type(model).__name__} is in training mode (dropout and drop-path are active), so paths and scores "
+            "change from one forward to the next; call model.eval() first",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def check_finite_output(logits: torch.Tensor) -> None:
+    """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``."""
+    bad = (~torch.isfinite(logits.reshape(logits.shape[0], -1)).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the model's output is not finite (NaN or inf) for {len(bad)} of {logits.shape[0]} "
+                         f"inputs (rows {bad[:5]}); check the model's weights")
 
 
 def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:

@@ -31,6 +31,8 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     (and the run's model and data folder at hand) it also draws which pixels
     drive the last-layer neuron of one image's path (Captum
     ``NeuronIntegratedGradients``); without them that figure is skipped with a warning.
+    The folder is replaced as a whole when the stage succeeds, under the run
+    folder's writer lock.
     """
     from captum_paths.analysis import (
         PathGraph,
@@ -51,8 +53,6 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     if method not in methods:
         raise ValueError(f"run {str(run.folder)!r} has no records of method {method!r}; it has {methods}")
     records = [r for r in records if r["method"] == method]
-    out = run.analysis_dir
-    out.mkdir(parents=True, exist_ok=True)
     table = PathTable.from_records(records)
     if len(table.classes) < 2:
         raise ValueError(f"analysis needs images of at least 2 classes; run {str(run.folder)!r} has "
@@ -64,38 +64,37 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     shared = shared_neurons(table, among="consensus")
     graph = PathGraph.from_table(table)
 
-    sharing.to_frame().to_csv(out / "path_sharing.csv", index=False)
-    sharing.per_class.to_csv(out / "path_sharing_by_class.csv", index=False)
-    cosine.to_csv(out / "class_similarity_cosine.csv")
-    jaccard.to_csv(out / "class_similarity_jaccard.csv")
-    cons.to_csv(out / "consensus_paths.csv", index=False)
-    table.layer_summary().to_csv(out / "layer_summary.csv", index=False)
-    shared.to_csv(out / "shared_consensus_neurons.csv", index=False)
-    graph.to_graphml(out / "path_graph.graphml")
-    write_json_atomic(out / "consensus_paths.json", {str(k): v for k, v in consensus_path_lists(cons).items()})
+    with run.lock(), run.replacing(run.analysis_dir) as out:
+        sharing.to_frame().to_csv(out / "path_sharing.csv", index=False)
+        sharing.per_class.to_csv(out / "path_sharing_by_class.csv", index=False)
+        cosine.to_csv(out / "class_similarity_cosine.csv")
+        jaccard.to_csv(out / "class_similarity_jaccard.csv")
+        cons.to_csv(out / "consensus_paths.csv", index=False)
+        table.layer_summary().to_csv(out / "layer_summary.csv", index=False)
+        shared.to_csv(out / "shared_consensus_neurons.csv", index=False)
+        graph.to_graphml(out / "path_graph.graphml")
+        write_json_atomic(out / "consensus_paths.json", {str(k): v for k, v in consensus_path_lists(cons).items()})
 
-    per_class = sharing.per_class
-    best = per_class["class"].iloc[int(np.nanargmax(per_class["within"].to_numpy()))]
-    figures = {
-        "class_similarity_cosine": plot_class_similarity(
-            cosine, title="Cosine similarity of the classes' neuron-frequency vectors"),
-        "neuron_frequency_heatmap": plot_neuron_frequency_heatmap(table, top=12),
-        f"path_graph_class_{best}": plot_path_graph(graph, cls=best, max_nodes_per_layer=5),
-    }
-    if pixels:
-        figures.update(_pixel_figure(run, [r for r in records if r["label"] == best][0]))
-    for stale in [*out.glob("*.png"), *out.glob("*.svg")]:  # figures of an earlier analysis (another method)
-        stale.unlink()
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
-    write_json_atomic(out / "summary.json", {
-        "method": method, "images": len(records), "classes": [str(c) for c in table.classes],
-        "within": sharing.within, "between": sharing.between, "ratio": sharing.ratio,
-        "p_value": sharing.p_value, "permutations": sharing.permutations,
-        "mean_consensus_support": float(cons["support"].mean()),
-        "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
-    })
-    return out
+        per_class = sharing.per_class
+        best = per_class["class"].iloc[int(np.nanargmax(per_class["within"].to_numpy()))]
+        figures = {
+            "class_similarity_cosine": plot_class_similarity(
+                cosine, title="Cosine similarity of the classes' neuron-frequency vectors"),
+            "neuron_frequency_heatmap": plot_neuron_frequency_heatmap(table, top=12),
+            f"path_graph_class_{best}": plot_path_graph(graph, cls=best, max_nodes_per_layer=5),
+        }
+        if pixels:
+            figures.update(_pixel_figure(run, [r for r in records if r["label"] == best][0]))
+        for name, fig in figures.items():
+            save_figure(fig, out / name)
+        write_json_atomic(out / "summary.json", {
+            "method": method, "images": len(records), "classes": [str(c) for c in table.classes],
+            "within": sharing.within, "between": sharing.between, "ratio": sharing.ratio,
+            "p_value": sharing.p_value, "permutations": sharing.permutations,
+            "mean_consensus_support": float(cons["support"].mean()),
+            "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
+        })
+    return run.analysis_dir
 
 
 def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:

@@ -8,7 +8,10 @@ evaluate, analyze, report), which loads the model and the images once.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -79,13 +82,39 @@ def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Option
               threads: Optional[int]) -> Path:
     start = time.perf_counter()
     per_class = per_class or None
-    data = out / "data"
-    if not data.exists():
-        save_demo_image_folder(data, split="test", limit_per_class=per_class)
     methods = list(PATH_METHODS)
     run = Run(out, device="cpu")
-    summary = run.extract("demo", data, methods=methods, batch_size=64, limit=limit, progress=progress,
-                          n_steps=n_steps)
+    with run.lock():  # one demo per folder, from its images to its report
+        data = out / "data"
+        rebuilt = _write_images(data, per_class)
+        summary = run.extract("demo", data, methods=methods, batch_size=64, limit=limit, progress=progress,
+                              n_steps=n_steps, restart=rebuilt)
+        return _finish(run, out, summary, methods, per_class, n_steps, threads, start)
+
+
+def _write_images(data: Path, per_class: Optional[int]) -> bool:
+    """Write the demo's test images to ``data`` unless a complete folder of the same
+    ``per_class`` is there; returns whether it was (re)written."""
+    marker = data / ".demo.json"
+    wanted = {"split": "test", "per_class": per_class}
+    if data.exists():
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")) == wanted:
+                return False
+        except (OSError, ValueError):  # no marker: a folder a killed demo left half written
+            pass
+        logger.info("rewriting %s (partial, or written for other settings)", data)
+        shutil.rmtree(data)
+    partial = data.with_name(f".{data.name}.new")
+    if partial.exists():
+        shutil.rmtree(partial)
+    save_demo_image_folder(partial, split="test", limit_per_class=per_class)
+    write_json_atomic(partial / ".demo.json", wanted)  # written last: the folder is complete
+    os.replace(partial, data)
+    return True
+
+
+def _finish(run: Run, out: Path, summary, methods, per_class, n_steps, threads, start: float) -> Path:
     timings = {"extract_s": time.perf_counter() - start}
     t = time.perf_counter()
     run.evaluate(jas_modes=("gate",), n_steps=n_steps or 16, pruning_ks=(1, 3), pruning_ps=(0.5, 1.0))

@@ -171,7 +171,10 @@ def evaluate(
     seed: int = 0,
 ) -> Path:
     """:func:`evaluate_paths` on the images every method of ``run`` has a record of;
-    writes ``RUN/evaluation/`` (with ``summary.json``: settings and timings) and returns it."""
+    writes ``RUN/evaluation/`` (with ``summary.json``: settings and timings) and returns it.
+
+    The folder is replaced as a whole when the stage succeeds (readers never see a
+    mix of two evaluations), under the run folder's writer lock."""
     from captum_paths.search import PathResult
 
     records = run.records()
@@ -181,13 +184,13 @@ def evaluate(
     model = run.model()
     images, labels = run.images(image_ids)
     paths = {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
-    out = run.evaluation_dir
-    result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
-                            jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
-                            n_steps=n_steps, seed=seed)
-    write_json_atomic(out / "summary.json", {
-        "images": len(image_ids), "methods": list(paths), "factor": factor, "jas_modes": list(jas_modes),
-        "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
-        "model": run.settings["model"],
-    })
-    return out
+    with run.lock(), run.replacing(run.evaluation_dir) as out:
+        result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
+                                jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
+                                n_steps=n_steps, seed=seed)
+        write_json_atomic(out / "summary.json", {
+            "images": len(image_ids), "methods": list(paths), "factor": factor, "jas_modes": list(jas_modes),
+            "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
+            "model": run.settings["model"],
+        })
+    return run.evaluation_dir

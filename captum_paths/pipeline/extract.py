@@ -8,17 +8,19 @@ image twice. See "Records" in docs/method.md.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from captum_paths.models import to_logits
-from captum_paths.pipeline.run import run_settings
+from captum_paths.data import UnreadableImageError
+from captum_paths.pipeline.run import RunLockedError, file_sha256, run_settings
 from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
 from captum_paths.search.registry import create_path_method, get_path_method
 
@@ -102,14 +104,21 @@ def extract(
     progress: bool = True,
     refine: Optional[Union[int, str]] = None,
     beam: Optional[int] = None,
+    random_weights: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
 
     ``model`` is a spec for :func:`captum_paths.models.load_model` (``demo``,
     ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME_OR_PATH``). ``refine`` and
     ``beam`` go to the methods that take them (``neuron-path``); ``None`` keeps
-    each method's default. Every setting is checked before anything is
-    written. Rerunning resumes; other settings are refused unless ``restart``.
+    each method's default. A ``timm:`` or ``torchvision:`` model without
+    ``pretrained`` or ``checkpoint`` is refused unless ``random_weights`` gives
+    the seed of its weights. Every setting is checked before anything is
+    written, and the run folder is locked while it is written (a second writer
+    gets :class:`~captum_paths.pipeline.run.RunLockedError`). Rerunning resumes;
+    other settings, another data folder or changed data, label map, checkpoint
+    or weights are refused unless ``restart``. Images that fail to decode are
+    skipped and listed in ``unreadable.txt``.
     Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted image ids
     goes to rank ``i % world_size``, each rank appends to
     ``records.rank{r}.jsonl`` and rank 0 merges them after a barrier.
@@ -118,7 +127,8 @@ def extract(
         A summary dict: ``images``, ``new_records``, ``records``, ``unreadable``,
         ``seconds``, ``out``, ``world_size``, ``rank``.
     """
-    from captum_paths.distributed import all_ok, barrier, init_distributed, shutdown_distributed
+    from captum_paths.distributed import all_ok, barrier, gather, init_distributed, shutdown_distributed
+    from captum_paths.models import has_random_weights, weights_fingerprint
 
     start = time.perf_counter()
     methods = list(dict.fromkeys(methods))
@@ -134,26 +144,34 @@ def extract(
         cls.check_arguments(k=k, n_steps=n_steps, method=approximation, mode=mode,
                             **{key: v for key, v in options.items() if key in cls.options})
     out = run.folder
-    settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
-                            methods, data, label_map, refine, beam)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {str(out)!r} is a file")
+    if random_weights is None and has_random_weights(model, pretrained, checkpoint):
+        raise ValueError(
+            f"model {model!r} without --pretrained or --checkpoint has random weights, a different network on every "
+            "load; pass --pretrained, --checkpoint FILE, or --random-weights SEED to study a seeded random network"
+        )
+    settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
+                            methods, data, label_map, refine, beam, random_weights)
+    run.adopt(settings)  # the model and the images load from these settings
+    dataset = run.dataset()
+    settings["data_fingerprint"] = dataset.fingerprint()
+    settings["label_map_sha256"] = (file_sha256(settings["label_map"]) if isinstance(settings["label_map"], str)
+                                    else None)
+    settings["checkpoint_sha256"] = None if checkpoint is None else file_sha256(settings["checkpoint"])
+    net = run.model()
+    settings["weights_sha256"] = None if random_weights is None else weights_fingerprint(net)
     old = None if restart else run.check(settings)
     if old is not None:
         settings["methods"] = list(dict.fromkeys(old.get("methods", []) + methods))
-    run.adopt(settings)  # the model and the images load from these settings
-
-    dataset = run.dataset()
-    net = run.model()
     device = run.device
-    classes = _model_classes(net, dataset[0][0].to(device))
+    classes = _model_classes(net, _first_image(dataset).to(device))
     top = max(dataset.targets)
     if top >= classes:
         raise ValueError(
             f"the data has class index {top} ({len(dataset.classes)} class folders) but the model {model!r} "
             f"outputs {classes} classes; pass --num-classes, a --label-map or a model with a matching head"
         )
-
     searches = {name: create_path_method(name, net) for name in methods}
     widths = [search.sites.width for search in searches.values() if search.sites.width is not None]
     width = min(widths, default=None)
@@ -162,60 +180,74 @@ def extract(
 
     info = init_distributed(device)
     try:
-        if info.is_main:
-            if restart:
-                run.clear()
+        with _rank0_lock(run, info):
+            if info.is_main:
+                if restart:
+                    run.clear()
+                else:  # under the lock: nobody changed the folder since the check above
+                    run.check(settings)
                 run.adopt(settings)
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run.run_file, settings)
-            if dataset.unreadable:
-                write_text_atomic(run.unreadable_file, "".join(f"{p}\t{e}\n" for p, e in dataset.unreadable))
-        barrier(info)
+                write_json_atomic(run.run_file, settings)
+                if dataset.unreadable:
+                    write_text_atomic(run.unreadable_file, "".join(f"{p}\t{e}\n" for p, e in dataset.unreadable))
+                elif run.unreadable_file.exists():
+                    run.unreadable_file.unlink()
+            barrier(info)
 
-        order = sorted(range(len(dataset)), key=lambda i: dataset.image_ids[i])
-        if limit is not None:
-            order = order[:limit]
-        mine = order[info.rank :: info.world_size]
-        done = {(r["image_id"], r["method"]) for f in run.record_files() for r in read_records(f)}
-        todo = [i for i in mine if any((dataset.image_ids[i], m) not in done for m in methods)]
-        if len(todo) < len(mine):
-            logger.info("rank %d: %d of %d images already done, resuming", info.rank, len(mine) - len(todo), len(mine))
-        file = run.rank_file(info.rank, info.world_size)
-        attribute_kwargs = {"k": k, "n_steps": n_steps, "method": approximation, "mode": mode}
-        bar = tqdm(total=len(todo), desc=f"extract rank {info.rank}" if info.world_size > 1 else "extract",
-                   unit="img", disable=not progress or not info.is_main, dynamic_ncols=True)
-        new = 0
-        ok = False
-        try:
-            for begin in range(0, len(todo), batch_size):
-                index = todo[begin : begin + batch_size]
-                items = [dataset[i] for i in index]
-                x = torch.stack([item[0] for item in items]).to(device)
-                y = torch.tensor([item[1] for item in items], device=device)
-                ids = [item[2] for item in items]
-                records = []
-                pred = _predict(net, x)  # one clean forward per batch, shared by every method
-                for name, search in searches.items():
-                    rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
-                    if rows:
-                        mine_options = {key: v for key, v in options.items() if key in search.options}
-                        records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
-                                                 model, {**attribute_kwargs, **mine_options}, pred[rows])
-                new += append_records(file, records)
-                bar.update(len(index))
-            ok = True
-        finally:
-            bar.close()
-            ok = all_ok(info, ok)
-        records = run.merge() if info.is_main and ok else []
-        if info.world_size > 1 and info.is_main:
-            new = len(records) - len(done)
-        barrier(info)
+            order = sorted(range(len(dataset)), key=lambda i: dataset.image_ids[i])
+            if limit is not None:
+                order = order[:limit]
+            mine = order[info.rank :: info.world_size]
+            done = {(r["image_id"], r["method"]) for f in run.record_files() for r in read_records(f)}
+            todo = [i for i in mine if any((dataset.image_ids[i], m) not in done for m in methods)]
+            if len(todo) < len(mine):
+                logger.info("rank %d: %d of %d images already done, resuming", info.rank, len(mine) - len(todo),
+                            len(mine))
+            file = run.rank_file(info.rank, info.world_size)
+            attribute_kwargs = {"k": k, "n_steps": n_steps, "method": approximation, "mode": mode}
+            bar = tqdm(total=len(todo), desc=f"extract rank {info.rank}" if info.world_size > 1 else "extract",
+                       unit="img", disable=not progress or not info.is_main, dynamic_ncols=True)
+            new = 0
+            skipped: List[Tuple[str, str]] = []  # (file, error) of images that fail to decode
+            ok = False
+            try:
+                for begin in range(0, len(todo), batch_size):
+                    index = todo[begin : begin + batch_size]
+                    items = _load(dataset, index, skipped)
+                    bar.update(len(index) - len(items))
+                    if not items:
+                        continue
+                    x = torch.stack([item[0] for item in items]).to(device)
+                    y = torch.tensor([item[1] for item in items], device=device)
+                    ids = [item[2] for item in items]
+                    records = []
+                    pred = _predict(net, x, ids, model, checkpoint)  # one clean forward, shared by every method
+                    for name, search in searches.items():
+                        rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
+                        if rows:
+                            mine_options = {key: v for key, v in options.items() if key in search.options}
+                            records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
+                                                     model, {**attribute_kwargs, **mine_options}, pred[rows])
+                    new += append_records(file, records)
+                    bar.update(len(items))
+                ok = True
+            finally:
+                bar.close()
+                ok = all_ok(info, ok)
+            skipped = gather(info, skipped)
+            records = []
+            if info.is_main and ok:
+                records = run.merge()
+                if skipped:
+                    _list_unreadable(run, skipped)
+            if info.world_size > 1 and info.is_main:
+                new = len(records) - len(done)
+            barrier(info)
     finally:
         shutdown_distributed(info)
     seconds = time.perf_counter() - start
-    summary = {"out": str(out), "images": len(order), "new_records": new, "records": len(records),
-               "unreadable": len(dataset.unreadable), "seconds": seconds, "world_size": info.world_size,
+    summary = {"out": str(out), "images": len(order) - len(skipped), "new_records": new, "records": len(records),
+               "unreadable": len(dataset.unreadable) + len(skipped), "seconds": seconds, "world_size": info.world_size,
                "rank": info.rank}
     logger.info("rank %d: %d new records for %d images in %.1f s", info.rank, new, len(mine), seconds)
     return summary
@@ -236,10 +268,67 @@ def _model_classes(model: nn.Module, example: torch.Tensor) -> int:
         return int(to_logits(model(example.unsqueeze(0))).shape[-1])
 
 
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Top-1 classes ``(N,)`` of ``x``."""
+def _predict(model: nn.Module, x: torch.Tensor, ids: Optional[Sequence[str]] = None, spec: Optional[str] = None,
+             checkpoint: Optional[PathLike] = None) -> torch.Tensor:
+    """Top-1 classes ``(N,)`` of ``x``; a ValueError names the model and the images with non-finite outputs."""
     with torch.no_grad():
-        return to_logits(model(x)).argmax(dim=1)
+        logits = to_logits(model(x))
+    bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        where = [ids[i] for i in bad[:3]] if ids is not None else bad[:3]
+        source = f"model {spec!r}" if spec is not None else "the model"
+        if checkpoint is not None:
+            source += f" with checkpoint {str(checkpoint)!r}"
+        raise ValueError(f"{source} gives non-finite outputs (NaN or inf) for {len(bad)} of {len(x)} images "
+                         f"(e.g. {', '.join(map(str, where))}); check its weights")
+    return logits.argmax(dim=1)
+
+
+def _first_image(dataset) -> torch.Tensor:
+    """The first image of ``dataset`` that decodes (for a shape probe)."""
+    for i in range(len(dataset)):
+        try:
+            return dataset[i][0]
+        except UnreadableImageError:
+            continue
+    raise ValueError(f"no image of the data folder {str(dataset.root)!r} can be decoded")
+
+
+def _load(dataset, index: Sequence[int], skipped: List[Tuple[str, str]]) -> List[Tuple[torch.Tensor, int, str]]:
+    """The items of ``index`` that decode; the others go to ``skipped`` as ``(file, error)`` and are logged."""
+    items = []
+    for i in index:
+        try:
+            items.append(dataset[i])
+        except UnreadableImageError as exc:
+            logger.warning("skipped %s", exc)
+            skipped.append((exc.path, exc.reason))
+    return items
+
+
+def _list_unreadable(run: "Run", skipped: Sequence[Tuple[str, str]]) -> None:
+    """Add images that failed to decode during the run to ``unreadable.txt`` (each file once)."""
+    lines = run.unreadable_file.read_text(encoding="utf-8").splitlines() if run.unreadable_file.exists() else []
+    listed = {line.split("\t", 1)[0] for line in lines}
+    lines += [f"{p}\t{e}" for p, e in sorted(set(skipped)) if p not in listed]
+    write_text_atomic(run.unreadable_file, "".join(line + "\n" for line in lines))
+
+
+@contextlib.contextmanager
+def _rank0_lock(run: "Run", info) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock for the whole torchrun; every rank stops when it cannot."""
+    from captum_paths.distributed import all_ok
+
+    with contextlib.ExitStack() as stack:
+        error: Optional[RunLockedError] = None
+        if info.is_main:
+            try:
+                stack.enter_context(run.lock())
+            except RunLockedError as exc:
+                error = exc
+        if not all_ok(info, error is None):
+            raise error or RunLockedError(f"run folder {str(run.folder)!r} is being written by another process")
+        yield
 
 
 def _search_batch(search, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str], target: str,

@@ -100,7 +100,6 @@ def write_report(run: "Run") -> Tuple[Path, Path]:
     if not (ana / "path_sharing.csv").exists():
         lines += ["(No analysis yet: run `captum-paths analyze --run RUN`.)", ""]
     summary = run.summary_file
-    write_text_atomic(summary, "\n".join(lines))
 
     body = [f"<h1>captum-paths report</h1><p>Run <code>{html.escape(str(run.folder))}</code>: {len(records)} records, "
             f"methods {html.escape(', '.join(methods))}.</p><p>Settings: {html.escape(settings_md)}.</p>"]
@@ -117,5 +116,7 @@ def write_report(run: "Run") -> Tuple[Path, Path]:
         "</style></head><body>" + "\n".join(body) + "</body></html>\n"
     )
     report = run.report_file
-    write_text_atomic(report, page)
+    with run.lock():
+        write_text_atomic(summary, "\n".join(lines))
+        write_text_atomic(report, page)
     return report, summary

@@ -14,12 +14,18 @@ See "Records" in docs/method.md.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from captum_paths.records import SCHEMA_VERSION, read_records, write_text_atomic
+from captum_paths.records import SCHEMA_VERSION, read_records, record_key, unique_records, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,26 +33,36 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from captum_paths.data import ImageFolderDataset
 
-__all__ = ["Run", "RunMismatchError", "run_settings", "COMPATIBLE_KEYS", "RUN_FILE", "RECORDS_FILE",
-           "UNREADABLE_FILE"]
+__all__ = ["Run", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "RUN_FILE",
+           "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE"]
 
 PathLike = Union[str, os.PathLike]
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 UNREADABLE_FILE = "unreadable.txt"
+#: The writer lock (an OS file lock, released when its process ends, even by ``kill -9``).
+LOCK_FILE = ".lock"
 
-#: Settings that must match for records to share a run folder.
+#: Settings that must match for records to share a run folder: the run's identity.
 COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
-                   "target", "refine", "beam")
+                   "target", "refine", "beam", "data", "data_fingerprint", "label_map_sha256",
+                   "checkpoint_sha256", "random_weights", "weights_sha256")
+#: Identity keys that run folders of schema 2 and older do not have (compared only when present).
+_NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
+             "weights_sha256")
 
 
 #: Settings the run's model and images are loaded from.
-_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map")
+_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map", "random_weights")
 
 
 class RunMismatchError(ValueError):
-    """The output folder holds a run with other settings."""
+    """The output folder holds a run with other settings, or its data or model changed."""
+
+
+class RunLockedError(OSError):
+    """Another process is writing to the run folder."""
 
 
 def run_settings(
@@ -64,8 +80,15 @@ def run_settings(
     label_map: Optional[Union[PathLike, Mapping[str, int]]] = None,
     refine: Optional[Union[int, str]] = None,
     beam: Optional[int] = None,
+    random_weights: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """The settings a run folder records in ``run.json`` (file and folder paths made absolute)."""
+    """The settings a run folder records in ``run.json`` (file and folder paths made absolute).
+
+    :func:`~captum_paths.pipeline.extract.extract` adds the fingerprints of the run's
+    identity: ``data_fingerprint`` (class folders, their indices, image ids and file
+    sizes), ``label_map_sha256``, ``checkpoint_sha256`` and, for random weights,
+    ``weights_sha256``.
+    """
     return {
         "schema": SCHEMA_VERSION,
         "model": model,
@@ -82,6 +105,7 @@ def run_settings(
         "label_map": dict(label_map) if isinstance(label_map, Mapping) else _absolute(label_map),
         "refine": refine,
         "beam": beam,
+        "random_weights": random_weights,
     }
 
 
@@ -94,8 +118,24 @@ def upgrade_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     return settings
 
 
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _load_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     return {key: settings.get(key) for key in _LOAD_KEYS}
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a setting, hashes cut to 12 characters."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(value[:12] + "...")
+    return repr(value)
 
 
 def _absolute(path: Optional[PathLike]) -> Optional[str]:
@@ -134,6 +174,7 @@ class Run:
         self._transform = None
         self._dataset: Optional["ImageFolderDataset"] = None
         self._loaded_from: Optional[Dict[str, Any]] = None  # the settings the model and images came from
+        self._lock_depth = 0
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r})"
@@ -209,8 +250,9 @@ class Run:
                 raise RunMismatchError(f"output folder {str(self.folder)!r} holds records but no {RUN_FILE}; "
                                        "use another --out or --restart")
             return None
-        diff = [f"{key}: {old.get(key)!r} there, {settings.get(key)!r} here"
-                for key in COMPATIBLE_KEYS if old.get(key) != settings.get(key)]
+        keys = [key for key in COMPATIBLE_KEYS if key in old or key not in _NEW_IN_3]
+        diff = [f"{key}: {_short(old.get(key))} there, {_short(settings.get(key))} here"
+                for key in keys if old.get(key) != settings.get(key)]
         if diff:
             raise RunMismatchError(
                 f"output folder {str(self.folder)!r} belongs to another run ({'; '.join(diff)}); "
@@ -245,22 +287,22 @@ class Run:
         return records
 
     def merge(self) -> List[Dict[str, Any]]:
-        """Merge every record file into ``records.jsonl``, one record per (method, image_id).
+        """Merge every record file into ``records.jsonl``, one record per (method, image, model).
 
+        Duplicates are dropped with a warning (:func:`~captum_paths.records.unique_records`).
         Records are sorted by ``(method, image_id)``; the merged file is written
         atomically before the per-rank files are deleted, so an interrupted merge
         loses nothing.
         """
-        files = self.record_files()
-        merged: Dict[Tuple[str, str], Dict[str, Any]] = {}
-        for file in files:
-            for r in read_records(file):
-                merged.setdefault((r["method"], str(r["image_id"])), r)
-        records = [merged[key] for key in sorted(merged)]
-        write_text_atomic(self.records_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        for file in files:
-            if file.name != RECORDS_FILE:
-                file.unlink()
+        with self.lock():  # no extract appends while the files are merged
+            files = self.record_files()
+            records = unique_records((r for file in files for r in read_records(file, unique=False)),
+                                     f"run folder {str(self.folder)!r}")
+            records.sort(key=record_key)
+            write_text_atomic(self.records_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            for file in files:
+                if file.name != RECORDS_FILE:
+                    file.unlink()
         return records
 
     # ------------------------------------------------- the run's model and images
@@ -281,9 +323,10 @@ class Run:
             s = self.settings
             self._model, self._transform = load_model(
                 s["model"], pretrained=bool(s.get("pretrained")), checkpoint=s.get("checkpoint"),
-                num_classes=s.get("num_classes"), device=self.device,
+                num_classes=s.get("num_classes"), device=self.device, random_weights=s.get("random_weights"),
             )
             self._loaded_from = _load_settings(s)
+            self._check_weights(self._model)
         return self._model
 
     def transform(self):
@@ -301,6 +344,12 @@ class Run:
                 raise ValueError(f"{RUN_FILE} of {str(self.folder)!r} names no data folder; this stage needs "
                                  "the run's images")
             dataset = ImageFolderDataset(s["data"], transform=None, label_map=s.get("label_map"))
+            recorded = s.get("data_fingerprint")
+            if recorded is not None and dataset.fingerprint() != recorded:
+                raise RunMismatchError(
+                    f"the data folder {s['data']!r} changed since run {str(self.folder)!r} was extracted (other "
+                    "class folders, images or file sizes); restore it, or extract a new run"
+                )
             dataset.transform = self.transform()  # the folder is checked before the model loads
             self._dataset = dataset
             self._loaded_from = _load_settings(s)
@@ -318,6 +367,96 @@ class Run:
                              f"{self.settings['data']!r} (e.g. {missing[0]!r})")
         items = [dataset[where[i]] for i in image_ids]
         return torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items])
+
+    def _check_weights(self, model: "nn.Module") -> None:
+        recorded = self.settings.get("weights_sha256")
+        if recorded is None:
+            return
+        from captum_paths.models import weights_fingerprint
+
+        if weights_fingerprint(model) != recorded:
+            raise RunMismatchError(
+                f"the random weights drawn now from seed {self.settings.get('random_weights')} differ from those "
+                f"run {str(self.folder)!r} searched (another torch version or device?); save the model with "
+                "torch.save(model.state_dict(), path) and pass it as --checkpoint"
+            )
+
+    # ------------------------------------------------------------ one writer
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder's writer lock for the block (re-entrant within this :class:`Run`).
+
+        The lock is an OS file lock on ``RUN/.lock``: a second writer (another
+        ``extract``, ``merge``, ``evaluate``, ``analyze`` or ``report`` on the same
+        folder) gets :class:`RunLockedError` naming the holder; the lock dies with
+        its process. Taking it also tidies what a killed writer left: temporary
+        files of atomic writes and half-swapped stage folders.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _flock(fd, self.folder)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "command": " ".join(sys.argv)}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            self._tidy()
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _tidy(self) -> None:
+        """Remove what a killed writer left (the lock is held): temporary files, half-swapped folders."""
+        for folder in (self.folder, self.evaluation_dir, self.analysis_dir):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink()
+        for final in (self.evaluation_dir, self.analysis_dir):
+            new, old = _swap_names(final)
+            if new.exists():
+                shutil.rmtree(new)
+            if old.exists():
+                if final.exists():
+                    shutil.rmtree(old)
+                else:  # killed between the two renames of a swap: the old outputs come back
+                    os.replace(old, final)
+
+    @contextlib.contextmanager
+    def replacing(self, final: Path) -> Iterator[Path]:
+        """A fresh folder for a stage's outputs that replaces ``final`` when the block succeeds.
+
+        Readers see the old folder or the new one, never a mix: the outputs are
+        written into ``.NAME.new`` and swapped in by two renames (a writer killed
+        between them is repaired by the next :meth:`lock`). On an error the old
+        folder stays and the new one is removed.
+        """
+        new, old = _swap_names(final)
+        if new.exists():
+            shutil.rmtree(new)
+        new.mkdir(parents=True)
+        try:
+            yield new
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
 
     # ----------------------------------------------------------------- stages
     def extract(self, model: str, data: PathLike, methods: Sequence[str] = ("neuron-path",), **kwargs: Any
@@ -344,3 +483,26 @@ class Run:
         from captum_paths.pipeline.report import write_report
 
         return write_report(self)
+
+
+def _swap_names(final: Path) -> Tuple[Path, Path]:
+    return final.with_name(f".{final.name}.new"), final.with_name(f".{final.name}.old")
+
+
+def _flock(fd: int, folder: Path) -> None:
+    """Take the exclusive lock on ``fd`` without waiting; :class:`RunLockedError` names the holder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no OS lock to take
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except ValueError:
+            holder = {}
+        who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
+               f"({holder.get('command')})") if holder else "another process"
+        raise RunLockedError(f"run folder {str(folder)!r} is being written by {who}; wait for it to finish or "
+                             "stop it, or use another folder") from None

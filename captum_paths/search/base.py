@@ -16,6 +16,7 @@ from captum_paths.attribution.joint_integrated_gradients import (
     misses_tolerance,
 )
 from captum_paths.attribution.output import (
+    check_finite_output,
     check_internal_batch_size,
     format_additional_args,
     format_inputs,
@@ -133,6 +134,7 @@ class PathAttribution(SiteAttribution):
         args = format_additional_args(additional_forward_args)
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
+        check_finite_output(logits)
         width = clean[0].shape[-1]
         if k > width:
             raise ValueError(f"k must be at most the site width {width}; got {k}")

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from captum_paths.records import SCHEMA_VERSION, upgrade_record
+from captum_paths.records import PathRecord, RecordLike, as_path_records, stack_records
 
 __all__ = ["PathResult"]
 
@@ -68,6 +68,49 @@ class PathResult:
     def k(self) -> int:
         return self.paths.shape[2]
 
+    def to_path_records(
+        self,
+        image_ids: Optional[Sequence[Any]] = None,
+        labels: Optional[Sequence[int]] = None,
+        predictions: Optional[Sequence[int]] = None,
+        model_id: Optional[str] = None,
+    ) -> List[PathRecord]:
+        """One :class:`~captum_paths.records.PathRecord` per image.
+
+        ``image_ids`` default to the batch positions; ``labels``, ``predictions``
+        and ``model_id`` to ``None``.
+        """
+        n = len(self)
+        for name, value in (("image_ids", image_ids), ("labels", labels), ("predictions", predictions)):
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} must have one entry per image ({n}); got {len(value)}")
+        # whole-batch tolist() gives the same Python values as per-row tolist(), faster
+        paths = self.paths.tolist()
+        contributions = self.contributions.double().tolist()
+        jas = self.jas.tolist()
+        targets = self.targets.tolist()
+        delta = None if self.delta is None else self.delta.tolist()
+        scores = None if self.scores is None else self.scores.double().tolist()
+        refined = None if self.refined_layers is None else self.refined_layers.tolist()
+        return [
+            PathRecord(
+                image_id=image_ids[i] if image_ids is not None else i,
+                method=self.method,
+                path=paths[i],
+                target=int(targets[i]),
+                label=_as_int(labels[i]) if labels is not None else None,
+                prediction=_as_int(predictions[i]) if predictions is not None else None,
+                contributions=contributions[i],
+                jas=float(jas[i]),
+                delta=None if delta is None else float(delta[i]),
+                scores=None if scores is None else scores[i],
+                refined_layers=None if refined is None else int(refined[i]),
+                settings=dict(self.settings),
+                model_id=model_id,
+            )
+            for i in range(n)
+        ]
+
     def to_records(
         self,
         image_ids: Optional[Sequence[Any]] = None,
@@ -77,60 +120,52 @@ class PathResult:
     ) -> List[Dict[str, Any]]:
         """One JSON-ready dict per image (see "Records" in docs/method.md).
 
-        ``path`` and ``contributions`` are layer-major lists of ``k`` values per layer.
+        ``path`` and ``contributions`` are layer-major lists of ``k`` values per
+        layer. The dicts are :meth:`PathRecord.to_dict` of :meth:`to_path_records`.
         """
-        n = len(self)
-        for name, value in (("image_ids", image_ids), ("labels", labels), ("predictions", predictions)):
-            if value is not None and len(value) != n:
-                raise ValueError(f"{name} must have one entry per image ({n}); got {len(value)}")
-        records = []
-        for i in range(n):
-            records.append(
-                {
-                    "schema": SCHEMA_VERSION,
-                    "image_id": image_ids[i] if image_ids is not None else i,
-                    "label": _as_int(labels[i]) if labels is not None else None,
-                    "target": int(self.targets[i]),
-                    "prediction": _as_int(predictions[i]) if predictions is not None else None,
-                    "method": self.method,
-                    "path": self.paths[i].tolist(),
-                    "contributions": self.contributions[i].double().tolist(),
-                    "jas": float(self.jas[i]),
-                    "delta": None if self.delta is None else float(self.delta[i]),
-                    "scores": None if self.scores is None else self.scores[i].double().tolist(),
-                    "refined_layers": None if self.refined_layers is None else int(self.refined_layers[i]),
-                    "settings": dict(self.settings),
-                    "model_id": model_id,
-                }
-            )
-        return records
+        return [r.to_dict() for r in self.to_path_records(image_ids, labels, predictions, model_id)]
 
     @classmethod
-    def from_records(cls, records: Sequence[Dict[str, Any]]) -> "PathResult":
-        """Rebuild a result from records of one method and one setting."""
+    def from_records(cls, records: Sequence[RecordLike]) -> "PathResult":
+        """Rebuild a result from records (dicts or :class:`PathRecord`) of one method and one setting.
+
+        ``delta``, ``scores`` and ``refined_layers`` are ``None`` unless every
+        record has them; ``settings`` are the first record's.
+        """
         if not records:
             raise ValueError("records is empty: nothing to rebuild a PathResult from")
-        records = [upgrade_record(r) for r in records]
-        methods = {r["method"] for r in records}
+        records = as_path_records(records)
+        methods = {r.method for r in records}
         if len(methods) != 1:
             raise ValueError(f"records mix several methods {sorted(methods)}; select one method first")
+        for key in ("contributions", "jas"):
+            lacking = _first_lacking(records, key)
+            if lacking is not None:
+                raise ValueError(f"record {lacking.image_id!r} has no {key!r}; a PathResult needs it")
+        for r in records:
+            if type(r.target) is not int:
+                raise ValueError(f"record {r.image_id!r}: a PathResult needs an int target; got {r.target!r}")
+        arrays = stack_records(records)
 
-        def optional(key, dtype):
-            if any(r.get(key) is None for r in records):
-                return None
-            return torch.tensor([r[key] for r in records], dtype=dtype)
+        def complete(key: str) -> bool:
+            return _first_lacking(records, key) is None
 
         return cls(
-            paths=torch.tensor([r["path"] for r in records], dtype=torch.long),
-            contributions=torch.tensor([r["contributions"] for r in records], dtype=torch.float32),
-            jas=torch.tensor([r["jas"] for r in records], dtype=torch.float32),
-            targets=torch.tensor([r["target"] for r in records], dtype=torch.long),
+            paths=torch.from_numpy(arrays.paths),
+            contributions=torch.from_numpy(arrays.contributions).float(),
+            jas=torch.from_numpy(arrays.jas).float(),
+            targets=torch.tensor(arrays.targets, dtype=torch.long),
             method=methods.pop(),
-            settings=dict(records[0].get("settings") or {}),
-            delta=optional("delta", torch.float32),
-            scores=optional("scores", torch.float32),
-            refined_layers=optional("refined_layers", torch.long),
+            settings=arrays.settings,
+            delta=torch.from_numpy(arrays.delta).float() if complete("delta") else None,
+            scores=torch.from_numpy(arrays.scores).float() if complete("scores") else None,
+            refined_layers=torch.from_numpy(arrays.refined_layers).long() if complete("refined_layers") else None,
         )
+
+
+def _first_lacking(records: List[PathRecord], key: str) -> Optional[PathRecord]:
+    """The first record whose field ``key`` is ``None``, if any."""
+    return next((r for r in records if getattr(r, key) is None), None)
 
 
 def _as_int(value: Any) -> Optional[int]:
