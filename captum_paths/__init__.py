@@ -12,6 +12,9 @@ The public API is flat:
 - ``captum_paths.analysis``: path graphs (networkx), class consensus, sharing and
   similarity, pixel explanations of path neurons; figures in ``captum_paths.plots``.
 - ``captum_paths.models`` / ``captum_paths.data``: loading models and image folders.
+- :class:`Run` (``captum_paths.pipeline``): a run folder and its stages (extract,
+  evaluate, analyze, report); :class:`PathRecord` (``captum_paths.records``): the
+  record schema.
 - ``captum_paths.demo``: the embedded digits ViT that runs offline.
 """
 from importlib import import_module
@@ -44,6 +47,8 @@ _LAZY: Dict[str, str] = {
     )},
     "NeuronSites": "captum_paths.sites",
     "TokenSelection": "captum_paths.sites",
+    "PathRecord": "captum_paths.records",
+    "Run": "captum_paths.pipeline",
 }
 
 
@@ -77,6 +82,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         LayerProgressiveNeuronPath, PathAttribution, PathResult, RandomPath, get_path_method,
         register_path_method,
     )
+    from captum_paths.pipeline import Run  # noqa: F401
+    from captum_paths.records import PathRecord  # noqa: F401
     from captum_paths.sites import NeuronSites, TokenSelection  # noqa: F401
 
 __all__ = [
@@ -93,6 +100,8 @@ __all__ = [
     "JointNeuronIntegratedGradients",
     "LayerProgressiveNeuronPath",
     "PathResult",
+    "PathRecord",
+    "Run",
     "LogitsOnly",
     "NeuronSites",
     "TokenSelection",
