@@ -4,7 +4,7 @@ A *site* is one layer's FFN hidden activation, after the non-linearity and
 before the second linear layer, shape ``(batch, tokens, d_ff)``. A *neuron*
 ``(layer, j)`` is channel ``j`` of site ``layer`` read at the token selection
 (see "Sites and neurons" in docs/method.md). :class:`NeuronSites` finds the
-sites of timm, torchvision and Hugging Face ViT-family models, accepts explicit
+sites of every registered model family (:mod:`captum_paths.families`), accepts explicit
 modules for any other model, and is the only place that hooks them:
 :meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
 that remove every hook on exit, even when the forward raises.
@@ -13,114 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from captum_paths.models import LogitsOnly
+from captum_paths.tokens import TokenSelection, TokenSpec
 
 __all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites"]
 
-TokenSpec = Union[int, str, Sequence[int], "TokenSelection"]
 # An edit receives the activation at the selected tokens, (batch, n_tokens, d_ff),
 # and returns its replacement of the same shape.
 SiteEdit = Callable[[torch.Tensor], torch.Tensor]
 _CAPTURES = ("output", "input")
-
-
-@dataclass(frozen=True)
-class TokenSelection:
-    """Which token positions of a site hold the neurons.
-
-    ``kind`` is ``"cls"`` (index 0), ``"indices"`` (the explicit ``indices``),
-    ``"patches"`` (every token after the ``num_prefix_tokens`` class, distillation
-    and register tokens) or ``"all"``. Selected positions are always taken in
-    ascending order. A neuron read at several tokens is gated
-    at every one of them with a single gate, so its attribution is the sum over
-    those tokens.
-    """
-
-    kind: str = "cls"
-    indices: Tuple[int, ...] = ()
-    num_prefix_tokens: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("cls", "indices", "patches", "all"):
-            raise ValueError(
-                f"tokens kind must be one of 'cls', 'indices', 'patches', 'all'; got {self.kind!r}"
-            )
-        if self.kind == "indices" and not self.indices:
-            raise ValueError("tokens: an explicit token selection needs at least one index")
-        if self.num_prefix_tokens < 0:
-            raise ValueError(
-                f"num_prefix_tokens must be >= 0; got {self.num_prefix_tokens}"
-            )
-
-    @classmethod
-    def parse(cls, tokens: TokenSpec, num_prefix_tokens: int = 1) -> "TokenSelection":
-        """Build a selection from ``"cls"``, ``"patches"``, ``"all"``, an int or a list of ints."""
-        if isinstance(tokens, TokenSelection):
-            return tokens
-        if isinstance(tokens, str):
-            if tokens not in ("cls", "patches", "all"):
-                raise ValueError(
-                    f"tokens must be 'cls', 'patches', 'all', a token index or a list of "
-                    f"indices; got {tokens!r}"
-                )
-            return cls(kind=tokens, num_prefix_tokens=num_prefix_tokens)
-        if isinstance(tokens, bool):
-            raise TypeError(f"tokens must not be a bool; got {tokens!r}")
-        if isinstance(tokens, int):
-            return cls(kind="indices", indices=(tokens,), num_prefix_tokens=num_prefix_tokens)
-        if isinstance(tokens, Sequence) and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in tokens
-        ):
-            if len(set(tokens)) != len(tokens):
-                raise ValueError(f"tokens: indices must be distinct; got {list(tokens)}")
-            return cls(
-                kind="indices", indices=tuple(int(t) for t in tokens),
-                num_prefix_tokens=num_prefix_tokens,
-            )
-        raise TypeError(
-            "tokens must be 'cls', 'patches', 'all', an int or a list of ints; "
-            f"got {type(tokens).__name__}"
-        )
-
-    def index(self, seq_len: int) -> Union[slice, List[int]]:
-        """The positions for a sequence of ``seq_len`` tokens, as a slice or index list."""
-        if self.kind == "cls":
-            return slice(0, 1)
-        if self.kind == "all":
-            return slice(0, seq_len)
-        if self.kind == "patches":
-            if self.num_prefix_tokens >= seq_len:
-                raise ValueError(
-                    f"tokens='patches' selects nothing: the sequence has {seq_len} tokens "
-                    f"and {self.num_prefix_tokens} prefix tokens"
-                )
-            return slice(self.num_prefix_tokens, seq_len)
-        bad = [i for i in self.indices if not -seq_len <= i < seq_len]
-        if bad:
-            raise ValueError(
-                f"token indices {bad} are out of range for a sequence of {seq_len} tokens"
-            )
-        idx = sorted(i % seq_len for i in self.indices)
-        if len(set(idx)) != len(idx):
-            raise ValueError(
-                f"token indices {list(self.indices)} name the same position twice in a sequence of {seq_len} tokens"
-            )
-        if idx == list(range(idx[0], idx[-1] + 1)):
-            return slice(idx[0], idx[-1] + 1)
-        return idx
-
-    def __str__(self) -> str:
-        if self.kind == "indices":
-            return f"indices{list(self.indices)}"
-        if self.kind == "patches":
-            return f"patches(after {self.num_prefix_tokens} prefix tokens)"
-        return self.kind
 
 
 class NeuronSites:
@@ -185,34 +90,30 @@ class NeuronSites:
     # ------------------------------------------------------------------ discovery
     @classmethod
     def from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
-        """Discover the sites of a timm, torchvision or Hugging Face ViT-family model.
+        """Discover the sites of a model of a registered family (:mod:`captum_paths.families`).
 
         Args:
-            model (nn.Module): timm ``VisionTransformer`` (DeiT, DINOv2-style
-                LayerScale, ``global_pool='avg'``), torchvision
-                ``VisionTransformer``, Hugging Face ViT / DeiT / DINOv2 image
-                models, or any of them wrapped in :class:`LogitsOnly`.
+            model (nn.Module): a model of a registered family (timm ViT, EVA,
+                BEiT, CaiT, torchvision ViT, Hugging Face ViT family, open_clip
+                towers ...), or one wrapped in :class:`LogitsOnly`.
             tokens (optional): Override the token selection the model's pooling
                 implies (CLS for CLS-pooled heads, patch tokens for averaging heads).
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        inner = model.model if isinstance(model, LogitsOnly) else model
-        for discover in (_discover_timm, _discover_torchvision, _discover_hf):
-            found = discover(inner)
-            if found is not None:
-                modules, capture, default_tokens, family, width = found
-                selection = default_tokens if tokens is None else TokenSelection.parse(
-                    tokens, default_tokens.num_prefix_tokens
-                )
-                return cls(model, modules, selection, capture=capture, width=width, family=family)
-        raise ValueError(
-            f"cannot find neuron sites in a {type(inner).__name__}: looked for a timm "
-            "VisionTransformer (`blocks[i].mlp.act`), a torchvision VisionTransformer "
-            "(`encoder.layers[i].mlp[1]`) and a Hugging Face ViT/DeiT/DINOv2 model "
-            "(`*.encoder.layer[i].intermediate` or `*.layers[i].mlp.fc2`). For other models pass the "
-            "modules explicitly: NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls')"
-        )
+        from captum_paths.families import find_family, inner_model, looked_for
+
+        found = find_family(model)
+        if found is None:
+            raise ValueError(
+                f"cannot find neuron sites in a {type(inner_model(model)).__name__}: looked for "
+                f"{'; '.join(looked_for())}. For other models pass the modules explicitly: "
+                "NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls'), or register a "
+                "FamilyAdapter with captum_paths.families.register_family"
+            )
+        adapter, spec = found
+        selection = spec.tokens if tokens is None else TokenSelection.parse(tokens, spec.tokens.num_prefix_tokens)
+        return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=adapter.name)
 
     @classmethod
     def from_names(
@@ -368,119 +269,6 @@ def resolve_sites(model: nn.Module, sites: Optional[NeuronSites]) -> NeuronSites
     if not isinstance(sites, NeuronSites):
         raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
     return sites
-
-
-# ---------------------------------------------------------------------- discovery
-# (modules, capture, default tokens, family, d_ff)
-_Found = Optional[Tuple[List[nn.Module], str, TokenSelection, str, Optional[int]]]
-
-
-def _discover_timm(model: nn.Module) -> _Found:
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-        return None
-    if not all(hasattr(b, "mlp") for b in blocks):
-        return None
-    modules, captures = [], set()
-    for block in blocks:
-        mlp = block.mlp
-        if hasattr(mlp, "act") and hasattr(mlp, "fc1") and hasattr(mlp, "fc2") and not _is_gated_timm(mlp):
-            modules.append(mlp.act)
-            captures.add("output")
-        elif hasattr(mlp, "fc2"):  # GluMlp / SwiGLU: the neuron is the gated product
-            modules.append(mlp.fc2)
-            captures.add("input")
-        else:
-            return None
-    if len(captures) != 1:
-        return None
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
-    pool = getattr(model, "global_pool", "token")
-    distilled = type(model).__name__ == "VisionTransformerDistilled"
-    if pool == "token" and prefix > 0:
-        tokens = TokenSelection("indices", (0, 1), prefix) if distilled else TokenSelection("cls", (), prefix)
-    elif getattr(model, "pool_include_prefix", False) or prefix == 0:
-        tokens = TokenSelection("all", (), prefix)
-    else:
-        tokens = TokenSelection("patches", (), prefix)
-    capture = captures.pop()
-    fc1 = getattr(blocks[0].mlp, "fc1", None)
-    if capture == "output" and isinstance(fc1, nn.Linear):
-        width = fc1.out_features
-    else:
-        width = _infer_width(modules, capture)
-    return modules, capture, tokens, "timm", width
-
-
-def _is_gated_timm(mlp: nn.Module) -> bool:
-    return type(mlp).__name__ in ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
-
-
-def _discover_torchvision(model: nn.Module) -> _Found:
-    encoder = getattr(model, "encoder", None)
-    layers = getattr(encoder, "layers", None)
-    if not isinstance(layers, nn.Sequential) or len(layers) == 0:
-        return None
-    modules = []
-    for layer in layers:
-        mlp = getattr(layer, "mlp", None)
-        if not isinstance(mlp, nn.Sequential) or len(mlp) < 4:
-            return None
-        modules.append(mlp[1])
-    fc1 = layers[0].mlp[0]
-    width = fc1.out_features if isinstance(fc1, nn.Linear) else None
-    return modules, "output", TokenSelection("cls", (), 1), "torchvision", width
-
-
-def _discover_hf(model: nn.Module) -> _Found:
-    # transformers < 5 keeps the blocks in `vit.encoder.layer`, transformers 5 in `vit.layers`.
-    layer_list = None
-    for name, module in model.named_modules():
-        if (
-            name.rsplit(".", 1)[-1] in ("layer", "layers")
-            and isinstance(module, nn.ModuleList)
-            and len(module)
-            and all(hasattr(b, "intermediate") or hasattr(b, "mlp") for b in module)
-        ):
-            layer_list = module
-            break
-    if layer_list is None:
-        return None
-    modules, captures = [], set()
-    for layer in layer_list:
-        if hasattr(layer, "intermediate"):  # transformers < 5: ViTIntermediate = dense + act
-            modules.append(layer.intermediate)
-            captures.add("output")
-        else:
-            # the FFN's second linear layer; its input is the hidden activation
-            # (`weights_out` / `down_proj`: DINOv2 SwiGLU in transformers < 5 / >= 5)
-            mlp = getattr(layer, "mlp", None)
-            out_proj = next(
-                (getattr(mlp, n) for n in ("fc2", "weights_out", "down_proj") if hasattr(mlp, n)),
-                None,
-            )
-            if not isinstance(out_proj, nn.Linear):
-                return None
-            modules.append(out_proj)
-            captures.add("input")
-    if len(captures) != 1:
-        return None
-    config = getattr(model, "config", None)
-    cls_name = type(model).__name__
-    registers = int(getattr(config, "num_register_tokens", 0) or 0)
-    if cls_name.startswith("DeiT"):
-        prefix = 2
-        tokens = (
-            TokenSelection("indices", (0, 1), prefix) if "WithTeacher" in cls_name
-            else TokenSelection("cls", (), prefix)
-        )
-    elif cls_name.startswith("Dinov2") and "ImageClassification" in cls_name:
-        # The DINOv2 head reads the CLS token and the mean of the patch tokens.
-        tokens = TokenSelection("all", (), 1 + registers)
-    else:
-        tokens = TokenSelection("cls", (), 1 + registers)
-    capture = captures.pop()
-    return modules, capture, tokens, "hf", _infer_width(modules, capture)
 
 
 def _infer_width(modules: Sequence[nn.Module], capture: str) -> Optional[int]:

@@ -3,13 +3,13 @@
 The path search resumes the forward from a cached residual stream
 instead of re-running the early blocks. :class:`ResidualStream` splits a model
 into ``embed`` (images -> stream entering block 0), ``blocks[i]`` and ``head``
-(stream after the last block -> logits) for the families that
-:class:`~captum_paths.sites.NeuronSites` discovers. Hooks on the sites stay
+(stream after the last block -> logits) for the model families whose adapter
+declares one (:mod:`captum_paths.families`). Hooks on the sites stay
 active because the very same modules run.
 
 Two further savings, both checked numerically before use (:meth:`ResidualStream.matches`):
 
-- blocks whose structure is known (timm ``Block`` with ``Mlp``, torchvision
+- blocks whose structure the adapter knows (timm ``Block`` with ``Mlp``, torchvision
   ``EncoderBlock``) are split at their neuron site, so that a block can be
   finished several times with different site edits while the attention and the
   first FFN layer run once (:class:`BlockRun`);
@@ -19,36 +19,18 @@ Two further savings, both checked numerically before use (:meth:`ResidualStream.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+import logging
+from typing import Callable, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from captum_paths.models import LogitsOnly
+from captum_paths.families.base import SiteSpec, SplitBlock
 from captum_paths.sites import NeuronSites, SiteEdit
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["ResidualStream", "BlockRun", "SplitBlock"]
-
-
-class SplitBlock:
-    """A transformer block cut at its neuron site: ``block(h) == post(*pre(h))``.
-
-    ``post`` must act on each token separately (FFN, layer scale, residual add).
-
-    Args:
-        pre (callable): ``(h, cls_only) -> (mid, act)``: the stream after the
-            attention residual and the full site activation ``(batch, tokens, d_ff)``;
-            with ``cls_only`` both hold the class token row only.
-        post (callable): ``(mid, act) -> h_out``: the rest of the block.
-    """
-
-    def __init__(
-        self,
-        pre: Callable[[torch.Tensor, bool], Tuple[torch.Tensor, torch.Tensor]],
-        post: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> None:
-        self.pre, self.post = pre, post
 
 
 class BlockRun:
@@ -130,37 +112,32 @@ class ResidualStream:
 
     @classmethod
     def from_sites(cls, sites: NeuronSites) -> Optional["ResidualStream"]:
-        """The stream of a timm, torchvision or Hugging Face (ViT, DeiT, DINOv2) classifier
-        whose blocks hold the sites, else ``None``."""
-        model = sites.model.model if isinstance(sites.model, LogitsOnly) else sites.model
-        if sites.family == "timm":
-            blocks = list(model.blocks)
-            embed, head = _timm_embed(model), (lambda h: model.forward_head(model.norm(h)))
-            splits = [_timm_split(b, s, sites.capture) for b, s in zip(blocks, sites.modules)]
-            reads_cls = (
-                getattr(model, "global_pool", None) == "token"
-                and getattr(model, "attn_pool", None) is None
-                and not hasattr(model, "head_dist")
-            )
-        elif sites.family == "torchvision":
-            blocks = list(model.encoder.layers)
-            embed, head = _torchvision_embed(model), (lambda h: model.heads(model.encoder.ln(h)[:, 0]))
-            splits = [_torchvision_split(b, s, sites.capture) for b, s in zip(blocks, sites.modules)]
-            reads_cls = True
-        elif sites.family == "hf":
-            found = _hf_parts(model)
-            if found is None:
-                return None
-            embed, blocks, head = found
-            splits, reads_cls = None, False
-        else:
+        """The stream of a model whose family adapter declares one and whose blocks hold
+        the sites, else ``None`` (also when building it fails: the search then runs the
+        whole model)."""
+        from captum_paths.families import get_family, inner_model
+
+        model = inner_model(sites.model)
+        try:
+            adapter = get_family(sites.family)
+        except ValueError:  # explicit sites ("custom"): no stream
             return None
-        if len(blocks) != sites.num_layers or not all(
-            _contains(block, site) for block, site in zip(blocks, sites.modules)
+        spec = SiteSpec(sites.modules, sites.capture, sites.tokens, sites.width)
+        try:
+            parts = adapter.stream(model, spec)
+        except Exception as exc:  # an unknown variant of a known family: run the model whole
+            logger.info("no residual stream for %s (%s: %s); the search runs the whole model",
+                        type(model).__name__, type(exc).__name__, exc)
+            return None
+        if parts is None:
+            return None
+        if len(parts.blocks) != sites.num_layers or not all(
+            _contains(block, site) for block, site in zip(parts.blocks, sites.modules)
         ):
             return None
         cls_tokens = sites.tokens.kind == "cls" or tuple(sites.tokens.indices) == (0,)
-        return cls(embed, blocks, head, sites, splits, cls_readout=reads_cls and cls_tokens)
+        return cls(parts.embed, parts.blocks, parts.head, sites, parts.splits,
+                   cls_readout=parts.reads_cls and cls_tokens)
 
     def plain(self) -> "ResidualStream":
         """The same stream without block splits or the class-token shortcut."""
@@ -203,144 +180,3 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _contains(block: nn.Module, module: nn.Module) -> bool:
     return any(m is module for m in block.modules())
-
-
-def _timm_embed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        x = model.patch_embed(x)
-        x = model._pos_embed(x)
-        x = model.patch_drop(x)
-        return model.norm_pre(x)
-    return embed
-
-
-def _torchvision_embed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        x = model._process_input(x)
-        x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return model.encoder.dropout(x + model.encoder.pos_embedding)
-    return embed
-
-
-class _TensorOutput(nn.Module):
-    """A Hugging Face layer that returns its hidden states only (transformers < 5 returns a tuple)."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.layer(h)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _hf_parts(model: nn.Module):
-    """``(embed, blocks, head)`` of Hugging Face ViT, DeiT and DINOv2 image classifiers, else ``None``."""
-    name = type(model).__name__
-    base = next((getattr(model, a) for a in ("vit", "deit", "dinov2") if hasattr(model, a)), None)
-    if base is None or not hasattr(base, "embeddings") or not hasattr(base, "layernorm"):
-        return None
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        return None
-    dtype = base.embeddings.patch_embeddings.projection.weight.dtype
-
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        return base.embeddings(x.to(dtype))
-
-    if name in ("ViTForImageClassification", "DeiTForImageClassification"):
-        def head(h: torch.Tensor) -> torch.Tensor:
-            return model.classifier(base.layernorm(h)[:, 0])
-    elif name == "DeiTForImageClassificationWithTeacher":
-        def head(h: torch.Tensor) -> torch.Tensor:
-            s = base.layernorm(h)
-            return (model.cls_classifier(s[:, 0]) + model.distillation_classifier(s[:, 1])) / 2
-    elif name in ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification"):
-        registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
-
-        def head(h: torch.Tensor) -> torch.Tensor:
-            s = base.layernorm(h)
-            return model.classifier(torch.cat([s[:, 0], s[:, 1 + registers:].mean(dim=1)], dim=1))
-    else:
-        return None
-    return embed, [_TensorOutput(layer) for layer in layers], head
-
-
-def _timm_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[SplitBlock]:
-    """timm ``Block`` with a plain ``Mlp`` whose ``act`` output is the site."""
-    try:
-        from timm.layers import Mlp
-        from timm.models.vision_transformer import Block
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return None
-    if type(block) is not Block or type(block.mlp) is not Mlp or site is not block.mlp.act or capture != "output":
-        return None
-    mlp = block.mlp
-    cls_attention = _timm_cls_attention(block.attn)
-
-    def pre(h: torch.Tensor, cls_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = block.norm1(h)
-        if cls_only:
-            attn = cls_attention(x) if cls_attention is not None else block.attn(x)[:, :1]
-            h = h[:, :1]
-        else:
-            attn = block.attn(x)
-        mid = h + block.drop_path1(block.ls1(attn))
-        return mid, mlp.act(mlp.fc1(block.norm2(mid)))
-
-    def post(mid: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return mid + block.drop_path2(block.ls2(mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(act))))))
-
-    return SplitBlock(pre, post)
-
-
-def _timm_cls_attention(attn: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """The class token's output of timm's standard ``Attention``, ``(B, N, C) -> (B, 1, C)``:
-    its query alone, keys and values of every token (the same arithmetic as
-    ``Attention.forward`` in eval mode)."""
-    from timm.layers import Attention
-
-    if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
-        return None
-    heads, head_dim = attn.num_heads, attn.head_dim
-    width = getattr(attn, "attn_dim", heads * head_dim)
-
-    def cls_attention(x: torch.Tensor) -> torch.Tensor:
-        if attn.training and attn.attn_drop.p > 0:
-            return attn(x)[:, :1]
-        batch, tokens, _ = x.shape
-        weight, bias = attn.qkv.weight, attn.qkv.bias
-        q = F.linear(x[:, :1], weight[:width], None if bias is None else bias[:width])
-        kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
-        q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
-        k, v = kv.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
-        out = attn.norm(out.transpose(1, 2).reshape(batch, 1, width))
-        return attn.proj_drop(attn.proj(out))
-
-    return cls_attention
-
-
-def _torchvision_split(block: nn.Module, site: nn.Module, capture: str) -> Optional[SplitBlock]:
-    """torchvision ``EncoderBlock`` whose ``MLPBlock`` is Linear, GELU (the site), Dropout, Linear, Dropout."""
-    from torchvision.models.vision_transformer import EncoderBlock
-
-    mlp = getattr(block, "mlp", None)
-    if type(block) is not EncoderBlock or not isinstance(mlp, nn.Sequential) or len(mlp) != 5:
-        return None
-    if site is not mlp[1] or capture != "output":
-        return None
-
-    def pre(h: torch.Tensor, cls_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = block.ln_1(h)
-        query, h = (x[:, :1], h[:, :1]) if cls_only else (x, h)
-        attn, _ = block.self_attention(query, x, x, need_weights=False)
-        mid = block.dropout(attn) + h
-        return mid, mlp[1](mlp[0](block.ln_2(mid)))
-
-    def post(mid: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return mid + mlp[4](mlp[3](mlp[2](act)))
-
-    return SplitBlock(pre, post)

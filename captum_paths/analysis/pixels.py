@@ -54,24 +54,16 @@ class NeuronPixelAttribution:
 
 
 def model_patch_size(model: nn.Module) -> Tuple[int, int]:
-    """The patch size of a timm, torchvision or Hugging Face ViT, as ``(ph, pw)``."""
-    inner = getattr(model, "model", model)  # LogitsOnly
-    candidates = [
-        getattr(getattr(inner, "patch_embed", None), "patch_size", None),  # timm
-        getattr(inner, "patch_size", None),  # torchvision
-        getattr(getattr(inner, "config", None), "patch_size", None),  # Hugging Face
-    ]
-    for size in candidates:
-        if size is None:
-            continue
-        if isinstance(size, int):
-            return int(size), int(size)
-        if isinstance(size, (tuple, list)) and len(size) == 2:
-            return int(size[0]), int(size[1])
-    raise ValueError(
-        f"cannot find the patch size of a {type(inner).__name__} (looked for patch_embed.patch_size, "
-        "patch_size and config.patch_size); pass patch_size=(ph, pw)"
-    )
+    """The patch size ``(ph, pw)`` of a model, as its family adapter declares it."""
+    from captum_paths.families import find_family, inner_model
+
+    found = find_family(model)
+    size = found[0].patch_size(inner_model(model)) if found is not None else None
+    if size is None:
+        family = f"family {found[0].name!r}" if found is not None else "no registered family"
+        raise ValueError(f"cannot find the patch size of a {type(inner_model(model)).__name__} ({family}); "
+                         "pass patch_size=(ph, pw)")
+    return size
 
 
 def neuron_selector(sites: NeuronSites, neuron: int) -> Union[Tuple[int, int], Callable[[torch.Tensor], torch.Tensor]]:

@@ -1,0 +1,43 @@
+"""Model family adapters: how each vision transformer family exposes its FFN neurons.
+
+One module per family, each registering a :class:`FamilyAdapter` with
+:func:`register_family`. :class:`~captum_paths.sites.NeuronSites` (site discovery),
+:class:`~captum_paths.stream.ResidualStream` (the fast engine's stream) and the
+pixel figures (patch size) ask the registry; nothing else names a family.
+
+Your own architecture in a few lines::
+
+    from captum_paths.families import FamilyAdapter, SiteSpec, register_family
+    from captum_paths.tokens import TokenSelection
+
+    @register_family
+    class MyViT(FamilyAdapter):
+        name = "my-vit"
+
+        def sites(self, model):
+            if type(model).__name__ != "MyViT":
+                return None
+            return SiteSpec([b.ffn.act for b in model.layers], "output", TokenSelection("cls"))
+"""
+from captum_paths.families.base import (
+    CallWith,
+    FamilyAdapter,
+    SiteSpec,
+    SplitBlock,
+    StreamParts,
+    families,
+    find_family,
+    get_family,
+    inner_model,
+    looked_for,
+    register_family,
+)
+
+# the built-in families, the most general first (adapters registered later are asked first)
+from captum_paths.families import timm_vit  # noqa: E402,F401  isort: skip
+from captum_paths.families import timm_eva, timm_beit, timm_cait  # noqa: E402,F401  isort: skip
+from captum_paths.families import torchvision_vit, huggingface, open_clip  # noqa: E402,F401  isort: skip
+from captum_paths.families import zero_shot  # noqa: E402,F401  isort: skip  (asked first: it delegates)
+
+__all__ = ["CallWith", "FamilyAdapter", "SiteSpec", "SplitBlock", "StreamParts", "register_family", "find_family", "get_family",
+           "families", "inner_model", "looked_for"]

@@ -1,0 +1,199 @@
+"""What a model family adapter declares, and the registry that holds the adapters.
+
+An adapter recognises the models of one family and says where their FFN neurons
+are (:class:`SiteSpec`), how the residual stream splits into embedding, blocks
+and head for the fast search engine (:class:`StreamParts`, optional) and the
+patch grid of pixel figures. :func:`register_family` adds an adapter;
+:func:`find_family` asks each one in turn, the ones registered last first, so a
+user's adapter can take over any model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+
+import torch
+from torch import nn
+
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["SiteSpec", "SplitBlock", "StreamParts", "FamilyAdapter", "register_family", "find_family",
+           "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair"]
+
+
+@dataclass
+class SiteSpec:
+    """Where a model's neurons are: one module per layer.
+
+    Attributes:
+        modules (list of nn.Module): the site of each layer, in execution order.
+        capture (str): ``"output"`` (the module's output is the activation, e.g.
+            ``mlp.act``) or ``"input"`` (its first input, e.g. ``mlp.fc2`` of a gated FFN).
+        tokens (TokenSelection): the tokens the model's pooling reads.
+        width (int, optional): the FFN width ``d_ff``.
+    """
+
+    modules: List[nn.Module]
+    capture: str
+    tokens: TokenSelection
+    width: Optional[int] = None
+
+
+class SplitBlock:
+    """A transformer block cut at its neuron site: ``block(h) == post(*pre(h))``.
+
+    ``post`` must act on each token separately (FFN, layer scale, residual add).
+
+    Args:
+        pre (callable): ``(h, cls_only) -> (mid, act)``: the stream after the
+            attention residual and the full site activation ``(batch, tokens, d_ff)``;
+            with ``cls_only`` both hold the class token row only.
+        post (callable): ``(mid, act) -> h_out``: the rest of the block.
+    """
+
+    def __init__(
+        self,
+        pre: Callable[[torch.Tensor, bool], Tuple[torch.Tensor, torch.Tensor]],
+        post: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.pre, self.post = pre, post
+
+
+@dataclass
+class StreamParts:
+    """``model(x) == head(blocks[-1](...blocks[0](embed(x))))`` with the sites inside ``blocks``.
+
+    Attributes:
+        embed (callable): images ``(batch, C, H, W)`` -> stream ``(batch, T, D)``.
+        blocks (list of nn.Module): one block per site, each ``(batch, T, D) -> (batch, T, D)``.
+        head (callable): final stream -> logits ``(batch, classes)``.
+        splits (list, optional): a :class:`SplitBlock` or ``None`` per block.
+        reads_cls (bool): the head reads the class token only.
+    """
+
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    blocks: List[nn.Module]
+    head: Callable[[torch.Tensor], torch.Tensor]
+    splits: Optional[List[Optional[SplitBlock]]] = None
+    reads_cls: bool = False
+
+
+class FamilyAdapter:
+    """Base class of model family adapters.
+
+    Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`stream` and
+    :meth:`patch_size` are optional. Every method receives the model itself (a
+    :class:`~captum_paths.models.LogitsOnly` wrapper already removed).
+    """
+
+    #: The family's name, recorded in ``NeuronSites.family``.
+    name: str = ""
+    #: What :meth:`sites` looks for, for the error when no family recognises a model.
+    looks_for: str = ""
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The model's sites, or ``None`` when the model is not of this family."""
+        raise NotImplementedError
+
+    def stream(self, model: nn.Module, spec: SiteSpec) -> Optional[StreamParts]:
+        """The model's residual stream, or ``None`` (the search then runs the whole model)."""
+        return None
+
+    def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
+        """The model's patch size ``(ph, pw)`` for pixel figures, or ``None``."""
+        return None
+
+
+_REGISTRY: Dict[str, FamilyAdapter] = {}
+A = TypeVar("A", bound=Type[FamilyAdapter])
+
+
+def register_family(adapter: A) -> A:
+    """Class decorator: register a :class:`FamilyAdapter` subclass (an instance is kept).
+
+    Adapters registered later are asked first, so registering an adapter for a
+    model an existing one also recognises takes the model over. Registering a name
+    again replaces the old adapter.
+    """
+    if not (isinstance(adapter, type) and issubclass(adapter, FamilyAdapter)):
+        raise TypeError(f"register_family expects a FamilyAdapter subclass; got {adapter!r}")
+    if not adapter.name:
+        raise ValueError(f"{adapter.__name__} must set a non-empty `name`")
+    _REGISTRY.pop(adapter.name, None)
+    _REGISTRY[adapter.name] = adapter()
+    return adapter
+
+
+def families() -> List[str]:
+    """Registered family names, in the order they are asked."""
+    return list(reversed(_REGISTRY))
+
+
+def get_family(name: str) -> FamilyAdapter:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; registered: {families()}") from None
+
+
+def find_family(model: nn.Module) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
+    """The first adapter (latest registered first) that finds sites in ``model``, with them."""
+    inner = inner_model(model)
+    for name in families():
+        adapter = _REGISTRY[name]
+        spec = adapter.sites(inner)
+        if spec is not None:
+            return adapter, spec
+    return None
+
+
+def looked_for() -> Sequence[str]:
+    """What each registered family looks for (for error messages)."""
+    return [a.looks_for for a in (_REGISTRY[n] for n in families()) if a.looks_for]
+
+
+def inner_model(model: nn.Module) -> nn.Module:
+    """The model inside a :class:`~captum_paths.models.LogitsOnly` wrapper (the model itself otherwise)."""
+    from captum_paths.models import LogitsOnly
+
+    return model.model if isinstance(model, LogitsOnly) else model
+
+
+def linear_width(module: Optional[nn.Module], side: str = "out") -> Optional[int]:
+    """``out_features`` (or ``in_features``) of a linear layer, else ``None``."""
+    if isinstance(module, nn.Linear):
+        return module.out_features if side == "out" else module.in_features
+    return None
+
+
+def as_pair(size) -> Optional[Tuple[int, int]]:
+    """``(h, w)`` from an int or a pair, else ``None``."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    try:
+        h, w = size
+        return int(h), int(w)
+    except (TypeError, ValueError):
+        return None
+
+
+
+class CallWith(nn.Module):
+    """A block that takes extra keyword arguments, called as ``block(h, **extra())``.
+
+    Families whose blocks need more than the stream (EVA's rotary embedding, BEiT's
+    shared relative position bias) hand such wrappers to :class:`StreamParts`.
+    """
+
+    def __init__(self, block: nn.Module, extra: Callable[[], Dict[str, object]]) -> None:
+        super().__init__()
+        self.block = block
+        self.extra = extra
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block(h, **self.extra())
+
+
+__all__ += ["CallWith"]

@@ -1,0 +1,135 @@
+"""Hugging Face image models: ViT, DeiT (with teacher), DINOv2 (with registers), BEiT, and the
+CLIP / SigLIP vision towers: ``encoder.layer[i].intermediate`` (transformers < 5) or
+``layers[i].mlp.fc2`` / ``down_proj`` / ``weights_out`` (its input is the hidden activation)."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from captum_paths.families.base import FamilyAdapter, SiteSpec, StreamParts, as_pair, register_family
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["HuggingFaceViT"]
+
+_OUT_PROJ = ("fc2", "weights_out", "down_proj")
+
+
+@register_family
+class HuggingFaceViT(FamilyAdapter):
+    name = "hf"
+    looks_for = ("a Hugging Face ViT-family model (`*.encoder.layer[i].intermediate` or "
+                 "`*.layers[i].mlp.fc2`)")
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        layer_list = _layer_list(model)
+        if layer_list is None:
+            return None
+        modules, captures = [], set()
+        for layer in layer_list:
+            if hasattr(layer, "intermediate"):  # transformers < 5: ViTIntermediate = dense + act
+                modules.append(layer.intermediate)
+                captures.add("output")
+            else:
+                mlp = getattr(layer, "mlp", None)
+                out_proj = next((getattr(mlp, n) for n in _OUT_PROJ if hasattr(mlp, n)), None)
+                if not isinstance(out_proj, nn.Linear):
+                    return None
+                modules.append(out_proj)
+                captures.add("input")
+        if len(captures) != 1:
+            return None
+        capture = captures.pop()
+        widths = {_width(m, capture) for m in modules}
+        return SiteSpec(modules, capture, _tokens(model), widths.pop() if len(widths) == 1 else None)
+
+    def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
+        return as_pair(getattr(getattr(model, "config", None), "patch_size", None))
+
+    def stream(self, model: nn.Module, spec: SiteSpec) -> Optional[StreamParts]:
+        found = _parts(model)
+        if found is None:
+            return None
+        embed, blocks, head = found
+        return StreamParts(embed, blocks, head)
+
+
+def _layer_list(model: nn.Module) -> Optional[nn.ModuleList]:
+    # transformers < 5 keeps the blocks in `vit.encoder.layer`, transformers 5 in `vit.layers`
+    for name, module in model.named_modules():
+        if (name.rsplit(".", 1)[-1] in ("layer", "layers") and isinstance(module, nn.ModuleList) and len(module)
+                and all(hasattr(b, "intermediate") or hasattr(b, "mlp") for b in module)):
+            return module
+    return None
+
+
+def _width(module: nn.Module, capture: str) -> Optional[int]:
+    if capture == "input" and isinstance(module, nn.Linear):
+        return module.in_features
+    dense = getattr(module, "dense", None)
+    return dense.out_features if isinstance(dense, nn.Linear) else None
+
+
+def _tokens(model: nn.Module) -> TokenSelection:
+    config = getattr(model, "config", None)
+    cls_name = type(model).__name__
+    registers = int(getattr(config, "num_register_tokens", 0) or 0)
+    if cls_name.startswith("DeiT"):
+        if "WithTeacher" in cls_name:
+            return TokenSelection("indices", (0, 1), 2)
+        return TokenSelection("cls", (), 2)
+    if cls_name.startswith("Dinov2") and "ImageClassification" in cls_name:
+        return TokenSelection("all", (), 1 + registers)  # the head reads the CLS token and the patch mean
+    if cls_name.startswith("Siglip"):  # no class token; the attention-pooling head reads every token
+        return TokenSelection("all", (), 0)
+    if cls_name.startswith("Beit") and getattr(config, "use_mean_pooling", False):
+        return TokenSelection("patches", (), 1)
+    return TokenSelection("cls", (), 1 + registers)
+
+
+class _TensorOutput(nn.Module):
+    """A Hugging Face layer that returns its hidden states only (transformers < 5 returns a tuple)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.layer(h)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _parts(model: nn.Module):
+    """``(embed, blocks, head)`` of Hugging Face ViT, DeiT and DINOv2 image classifiers, else ``None``."""
+    name = type(model).__name__
+    base = next((getattr(model, a) for a in ("vit", "deit", "dinov2") if hasattr(model, a)), None)
+    if base is None or not hasattr(base, "embeddings") or not hasattr(base, "layernorm"):
+        return None
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        return None
+    dtype = base.embeddings.patch_embeddings.projection.weight.dtype
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return base.embeddings(x.to(dtype))
+
+    if name in ("ViTForImageClassification", "DeiTForImageClassification"):
+        def head(h: torch.Tensor) -> torch.Tensor:
+            return model.classifier(base.layernorm(h)[:, 0])
+    elif name == "DeiTForImageClassificationWithTeacher":
+        def head(h: torch.Tensor) -> torch.Tensor:
+            s = base.layernorm(h)
+            return (model.cls_classifier(s[:, 0]) + model.distillation_classifier(s[:, 1])) / 2
+    elif name in ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification"):
+        registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+        def head(h: torch.Tensor) -> torch.Tensor:
+            s = base.layernorm(h)
+            return model.classifier(torch.cat([s[:, 0], s[:, 1 + registers:].mean(dim=1)], dim=1))
+    else:
+        return None
+    blocks: List[nn.Module] = [_TensorOutput(layer) for layer in layers]
+    return embed, blocks, head

@@ -1,0 +1,50 @@
+"""open_clip ``VisionTransformer`` image towers (``visual.transformer.resblocks[i].mlp`` =
+``c_fc``, ``gelu`` (the site), ``c_proj``), alone, inside a ``CLIP`` model, or under a
+:class:`~captum_paths.zero_shot.ZeroShotClassifier`. The tokens follow the tower's
+pooling: the class token (``pool_type='tok'``), the patch tokens (``'avg'``) or every
+token (attention pooling)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from torch import nn
+
+from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, linear_width, register_family
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["OpenClipVisionTransformer"]
+
+
+def _tower(model: nn.Module) -> Optional[nn.Module]:
+    for candidate in (getattr(model, "tower", None), getattr(model, "visual", None), model):
+        blocks = getattr(getattr(candidate, "transformer", None), "resblocks", None)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) and all(
+            all(hasattr(getattr(b, "mlp", None), n) for n in ("c_fc", "gelu", "c_proj")) for b in blocks
+        ):
+            return candidate
+    return None
+
+
+@register_family
+class OpenClipVisionTransformer(FamilyAdapter):
+    name = "open_clip"
+    looks_for = "an open_clip image tower (`visual.transformer.resblocks[i].mlp.gelu`)"
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        tower = _tower(model)
+        if tower is None or not getattr(tower.transformer, "batch_first", True):
+            return None  # open_clip < 2.23 runs its blocks sequence-first
+        blocks = tower.transformer.resblocks
+        prefix = 1 if getattr(tower, "class_embedding", None) is not None else 0
+        pool = getattr(tower, "pool_type", "tok")
+        if getattr(tower, "attn_pool", None) is not None or pool == "none" or prefix == 0:
+            tokens = TokenSelection("all", (), prefix)
+        elif pool == "avg":
+            tokens = TokenSelection("patches", (), prefix)
+        else:
+            tokens = TokenSelection("cls", (), prefix)
+        return SiteSpec([b.mlp.gelu for b in blocks], "output", tokens, linear_width(blocks[0].mlp.c_fc))
+
+    def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
+        tower = _tower(model)
+        return as_pair(getattr(tower, "patch_size", None)) if tower is not None else None

@@ -1,0 +1,38 @@
+"""timm ``Cait``: the self-attention blocks (``blocks``, patch tokens only) and the
+class-attention blocks (``blocks_token_only``, whose FFN sees the class token only)
+are all layers with FFN neurons, in that order. Every token of a site is read: the
+patch tokens feed the class token through class attention, and the class-attention
+FFN holds the class token alone. No stream: the search runs the model whole."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from captum_paths.families.base import SiteSpec, register_family
+from captum_paths.families.timm_vit import TimmBlocks, mlp_site
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["TimmCait"]
+
+
+@register_family
+class TimmCait(TimmBlocks):
+    name = "timm-cait"
+    looks_for = "a timm Cait (`blocks[i].mlp.act` and `blocks_token_only[i].mlp.act`)"
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        from timm.models.cait import Cait
+
+        if not isinstance(model, Cait):
+            return None
+        blocks = list(model.blocks) + list(model.blocks_token_only or [])
+        found = [mlp_site(b.mlp) for b in blocks]
+        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
+            return None
+        widths = {f[2] for f in found}
+        return SiteSpec([f[0] for f in found], found[0][1], TokenSelection("all", (), 0),
+                        widths.pop() if len(widths) == 1 else None)
+
+    def stream(self, model, spec):
+        return None

@@ -1,0 +1,159 @@
+"""timm ``VisionTransformer`` and its variants (DeiT, DeiT-III, distilled DeiT, DINOv2 with
+registers, FlexiViT, CLIP / SigLIP towers, MAE-style averaging heads), and any model
+laid out like it: ``blocks[i].mlp`` with ``fc1``, ``act``, ``fc2`` (or a gated FFN).
+
+The neuron is ``mlp.act``'s output (gated FFNs: the input of ``mlp.fc2``). The
+residual stream (and the split of plain blocks at their site) is built for
+``VisionTransformer`` itself; other models of this layout run whole.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captum_paths.families.base import (
+    FamilyAdapter,
+    SiteSpec,
+    SplitBlock,
+    StreamParts,
+    as_pair,
+    linear_width,
+    register_family,
+)
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["TimmBlocks", "mlp_site", "pooled_tokens"]
+
+_GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
+
+
+def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
+    """``(module, capture, width)`` of a timm FFN: ``act`` of a plain ``Mlp``, the input of
+    ``fc2`` of a gated one (its hidden activation is the gated product); else ``None``."""
+    gated = type(mlp).__name__ in _GATED
+    if not gated and all(hasattr(mlp, n) for n in ("fc1", "act", "fc2")):
+        return mlp.act, "output", linear_width(mlp.fc1)
+    if isinstance(getattr(mlp, "fc2", None), nn.Linear):
+        return mlp.fc2, "input", mlp.fc2.in_features
+    return None
+
+
+def pooled_tokens(model: nn.Module, prefix: int) -> TokenSelection:
+    """The tokens a timm head reads: the class token (and the distillation token of a
+    distilled DeiT), every token, or the patch tokens of an averaging head."""
+    pool = getattr(model, "global_pool", "token")
+    if pool == "token" and prefix > 0:
+        if hasattr(model, "head_dist"):
+            return TokenSelection("indices", (0, 1), prefix)
+        return TokenSelection("cls", (), prefix)
+    if getattr(model, "pool_include_prefix", False) or prefix == 0:
+        return TokenSelection("all", (), prefix)
+    return TokenSelection("patches", (), prefix)
+
+
+@register_family
+class TimmBlocks(FamilyAdapter):
+    name = "timm"
+    looks_for = "a timm-style ViT (`blocks[i].mlp.act`, or `blocks[i].mlp.fc2` of a gated FFN)"
+
+    def blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+            return None
+        return list(blocks)
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        blocks = self.blocks(model)
+        if blocks is None or not all(hasattr(b, "mlp") for b in blocks):
+            return None
+        found = [mlp_site(b.mlp) for b in blocks]
+        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
+            return None
+        widths = {f[2] for f in found}
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        return SiteSpec([f[0] for f in found], found[0][1], pooled_tokens(model, prefix),
+                        widths.pop() if len(widths) == 1 else None)
+
+    def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
+        return as_pair(getattr(getattr(model, "patch_embed", None), "patch_size", None))
+
+    def stream(self, model: nn.Module, spec: SiteSpec) -> Optional[StreamParts]:
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            return None
+        blocks = list(model.blocks)
+        reads_cls = (getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
+                     and not hasattr(model, "head_dist"))
+        return StreamParts(
+            embed=_embed(model),
+            blocks=blocks,
+            head=lambda h: model.forward_head(model.norm(h)),
+            splits=[_split(b, s, spec.capture) for b, s in zip(blocks, spec.modules)],
+            reads_cls=reads_cls,
+        )
+
+
+def _embed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = model.patch_embed(x)
+        x = model._pos_embed(x)
+        x = model.patch_drop(x)
+        return model.norm_pre(x)
+    return embed
+
+
+def _split(block: nn.Module, site: nn.Module, capture: str) -> Optional[SplitBlock]:
+    """timm ``Block`` with a plain ``Mlp`` whose ``act`` output is the site."""
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import Block
+
+    if type(block) is not Block or type(block.mlp) is not Mlp or site is not block.mlp.act or capture != "output":
+        return None
+    mlp = block.mlp
+    cls_attention = _cls_attention(block.attn)
+
+    def pre(h: torch.Tensor, cls_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = block.norm1(h)
+        if cls_only:
+            attn = cls_attention(x) if cls_attention is not None else block.attn(x)[:, :1]
+            h = h[:, :1]
+        else:
+            attn = block.attn(x)
+        mid = h + block.drop_path1(block.ls1(attn))
+        return mid, mlp.act(mlp.fc1(block.norm2(mid)))
+
+    def post(mid: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return mid + block.drop_path2(block.ls2(mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(act))))))
+
+    return SplitBlock(pre, post)
+
+
+def _cls_attention(attn: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The class token's output of timm's standard ``Attention``, ``(B, N, C) -> (B, 1, C)``:
+    its query alone, keys and values of every token (the same arithmetic as
+    ``Attention.forward`` in eval mode)."""
+    from timm.layers import Attention
+
+    if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+        return None
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = getattr(attn, "attn_dim", heads * head_dim)
+
+    def cls_attention(x: torch.Tensor) -> torch.Tensor:
+        if attn.training and attn.attn_drop.p > 0:
+            return attn(x)[:, :1]
+        batch, tokens, _ = x.shape
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(x[:, :1], weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
+        q = q.reshape(batch, 1, heads, head_dim).transpose(1, 2)
+        k, v = kv.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
+        out = attn.norm(out.transpose(1, 2).reshape(batch, 1, width))
+        return attn.proj_drop(attn.proj(out))
+
+    return cls_attention

@@ -1,0 +1,39 @@
+"""A :class:`~captum_paths.zero_shot.ZeroShotClassifier`: its sites are those of its image
+tower, found by the tower's own family; the search runs the whole classifier."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from torch import nn
+
+from captum_paths.families.base import FamilyAdapter, SiteSpec, families, get_family, register_family
+
+__all__ = ["ZeroShot"]
+
+
+@register_family
+class ZeroShot(FamilyAdapter):
+    name = "zero-shot"
+    looks_for = "a ZeroShotClassifier whose tower is of a registered family"
+
+    def _inner(self, model: nn.Module) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
+        from captum_paths.zero_shot import ZeroShotClassifier
+
+        if not isinstance(model, ZeroShotClassifier):
+            return None
+        for name in families():
+            if name == self.name:
+                continue
+            adapter = get_family(name)
+            spec = adapter.sites(model.tower)
+            if spec is not None:
+                return adapter, spec
+        return None
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        found = self._inner(model)
+        return None if found is None else found[1]
+
+    def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
+        found = self._inner(model)
+        return None if found is None else found[0].patch_size(model.tower)

@@ -1,0 +1,246 @@
+"""Model family adapters: for every family, tiny random-weight models (no downloads) get the
+right sites, a path search runs, the reported JAS is the removal effect, and where the
+fast stream is used its paths equal the whole-model search's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from captum_paths import LayerProgressiveNeuronPath, NeuronSites
+from captum_paths.families import FamilyAdapter, SiteSpec, families, find_family, register_family
+from captum_paths.families import base as family_base
+from captum_paths.interventions import remove_neurons
+from captum_paths.models import as_logits_model
+from captum_paths.search import neuron_path
+from captum_paths.stream import ResidualStream
+from captum_paths.tokens import TokenSelection
+from captum_paths.zero_shot import ZeroShotClassifier
+
+
+def _sharpen(model: nn.Module, head: Optional[nn.Module] = None, gain: float = 3.0) -> nn.Module:
+    """Redraw every linear layer with unit gain (and the classifier with ``gain``) so that a random
+    network's softmax is far from uniform and single neurons move it."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                scale = (gain if module is head else 1.0) / module.in_features ** 0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * scale)
+    return model.eval()
+
+
+def _timm(name, **kw):
+    def build():
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=5, **kw)
+        return _sharpen(model, model.head)
+    return build
+
+
+def _torchvision_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=5)
+    return _sharpen(model, model.heads.head)
+
+
+def _hf(config_name, model_name, **kw):
+    def build():
+        import transformers
+
+        torch.manual_seed(0)
+        config = getattr(transformers, config_name)(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=2, num_attention_heads=2, num_labels=5, **kw)
+        model = getattr(transformers, model_name)(config)
+        return as_logits_model(_sharpen(model, model.classifier))
+    return build
+
+
+class _Tokens:
+    def __call__(self, texts, **kw):
+        gen = torch.Generator().manual_seed(sum(ord(c) for c in "".join(texts)))  # each class its own text
+        return {"input_ids": torch.randint(0, 100, (len(texts), 16), generator=gen),
+                "attention_mask": torch.ones(len(texts), 16, dtype=torch.long)}
+
+
+def _hf_zero_shot(kind):
+    def build():
+        import transformers
+
+        torch.manual_seed(0)
+        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2)
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100,
+                    max_position_embeddings=16)
+        if kind == "clip":
+            model = transformers.CLIPModel(transformers.CLIPConfig(vision_config=vision, text_config=text,
+                                                                   projection_dim=16))
+        else:
+            model = transformers.SiglipModel(transformers.SiglipConfig(vision_config=vision, text_config=text))
+        return ZeroShotClassifier.from_hf(_sharpen(model), _Tokens(), ["a", "b", "c", "d", "e"]).eval()
+    return build
+
+
+def _open_clip_zero_shot():
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+                 text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+    return ZeroShotClassifier.from_open_clip(_sharpen(model), lambda texts: _Tokens()(texts)["input_ids"],
+                                             ["a", "b", "c", "d", "e"]).eval()
+
+
+@dataclass
+class Case:
+    build: Callable[[], nn.Module]
+    size: int
+    family: str
+    layers: int
+    width: int
+    tokens: str
+    stream: bool  # the fast stream is built and verified
+    needs: Optional[str] = None  # an optional package
+
+
+SMALL = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+CASES = {
+    "timm_vit": Case(_timm("vit_tiny_patch16_224", **SMALL, mlp_ratio=2.0), 32, "timm", 2, 64, "cls", True),
+    "timm_deit_distilled": Case(_timm("deit_tiny_distilled_patch16_224", **SMALL), 32, "timm", 2, 128, "indices",
+                                True),
+    "timm_dinov2_registers": Case(_timm("vit_small_patch14_reg4_dinov2", img_size=28, patch_size=14, depth=2,
+                                        embed_dim=32, num_heads=2), 28, "timm", 2, 128, "cls", True),
+    "timm_eva02_swiglu_rope": Case(_timm("eva02_tiny_patch14_224", img_size=28, depth=2), 28, "timm-eva", 2, 512,
+                                   "patches", True),
+    "timm_beit": Case(_timm("beit_base_patch16_224", **SMALL), 32, "timm-beit", 2, 128, "patches", True),
+    "timm_cait": Case(_timm("cait_xxs24_224", **SMALL), 32, "timm-cait", 4, 128, "all", False),
+    "torchvision_vit": Case(_torchvision_vit, 32, "torchvision", 2, 64, "cls", True),
+    "hf_vit": Case(_hf("ViTConfig", "ViTForImageClassification"), 32, "hf", 2, 64, "cls", True),
+    "hf_beit": Case(_hf("BeitConfig", "BeitForImageClassification", use_mean_pooling=True), 32, "hf", 2, 64,
+                    "patches", False),
+    "hf_clip_zero_shot": Case(_hf_zero_shot("clip"), 32, "zero-shot", 2, 64, "cls", False),
+    "hf_siglip_zero_shot": Case(_hf_zero_shot("siglip"), 32, "zero-shot", 2, 64, "all", False),
+    "open_clip_zero_shot": Case(_open_clip_zero_shot, 32, "zero-shot", 2, 256, "cls", False, needs="open_clip"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    case = CASES[request.param]
+    if case.needs:
+        pytest.importorskip(case.needs)
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, case.size, case.size)
+    return request.param, case, case.build(), x
+
+
+def test_sites_have_the_declared_layers_width_and_tokens(case):
+    name, c, model, x = case
+    sites = NeuronSites.from_model(model)
+    assert (sites.family, sites.num_layers, sites.width, sites.tokens.kind) == (c.family, c.layers, c.width,
+                                                                               c.tokens), name
+    with torch.no_grad(), sites.record() as acts:
+        model(x)
+    assert sorted(acts) == list(range(c.layers))
+    assert all(a.shape[0] == 3 and a.shape[-1] == c.width for a in acts.values())
+
+
+def test_search_reports_the_removal_effect_and_the_stream_agrees(case, monkeypatch):
+    name, c, model, x = case
+    target = torch.tensor([0, 2, 4])
+    sites = NeuronSites.from_model(model)
+    stream = ResidualStream.from_sites(sites)
+    with torch.no_grad():
+        logits = model(x)
+    assert (stream is not None and (stream.matches(x, logits) or stream.plain().matches(x, logits))) == c.stream
+    result = LayerProgressiveNeuronPath(model).attribute(x, target=target, k=2, n_steps=4)
+    assert result.paths.shape == (3, c.layers, 2)
+    with torch.no_grad():
+        clean = logits.softmax(-1).gather(1, target[:, None])[:, 0]
+        with remove_neurons(sites, result.paths):
+            removed = model(x).softmax(-1).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(result.jas, clean - removed, rtol=1e-4, atol=1e-7)
+    assert (result.jas.abs() > 1e-6).all(), f"{name}: the tiny model should respond to its path"
+    if c.stream:  # the fast engine's paths equal the whole-model search's
+        monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, s: None))
+        whole = LayerProgressiveNeuronPath(model).attribute(x, target=target, k=2, n_steps=4)
+        assert torch.equal(whole.paths, result.paths), name
+        torch.testing.assert_close(whole.jas, result.jas, rtol=1e-4, atol=1e-7)
+
+
+def test_a_users_adapter_takes_over_and_can_be_removed():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4)) for _ in range(2))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):  # x: (batch, tokens, 4)
+            for f in self.ffn:
+                x = x + f(x)
+            return self.head(x.mean(1))
+
+    model = Tiny().eval()
+    with pytest.raises(ValueError, match="cannot find neuron sites in a Tiny: looked for .*register_family"):
+        NeuronSites.from_model(model)
+
+    @register_family
+    class TinyFamily(FamilyAdapter):
+        name = "tiny-test"
+
+        def sites(self, m):
+            if not isinstance(m, Tiny):
+                return None
+            return SiteSpec([f[1] for f in m.ffn], "output", TokenSelection("all", (), 0), 6)
+
+    try:
+        assert families()[0] == "tiny-test"
+        sites = NeuronSites.from_model(model)
+        assert (sites.family, sites.num_layers, sites.width, sites.names) == ("tiny-test", 2, 6, ["ffn.0.1", "ffn.1.1"])
+        x = torch.randn(2, 5, 4)
+        result = LayerProgressiveNeuronPath(model).attribute(x, target=0, n_steps=4)
+        assert result.paths.shape == (2, 2, 1)
+    finally:
+        family_base._REGISTRY.pop("tiny-test")
+    assert find_family(model) is None
+
+
+def test_registering_rejects_what_is_not_an_adapter():
+    with pytest.raises(TypeError, match="FamilyAdapter subclass"):
+        register_family(object)
+
+    class Nameless(FamilyAdapter):
+        pass
+
+    with pytest.raises(ValueError, match="non-empty `name`"):
+        register_family(Nameless)
+
+
+def test_a_stream_that_fails_to_build_falls_back_to_the_whole_model(monkeypatch):
+    model = CASES["timm_vit"].build()
+    sites = NeuronSites.from_model(model)
+    adapter = family_base.get_family("timm")
+
+    def broken(self, m, spec):
+        raise AttributeError("'VisionTransformer' object has no attribute '_pos_embed'")
+
+    monkeypatch.setattr(type(adapter), "stream", broken)
+    assert ResidualStream.from_sites(sites) is None
+    result = LayerProgressiveNeuronPath(model).attribute(torch.randn(2, 3, 32, 32), target=1, n_steps=4)
+    assert result.paths.shape == (2, 2, 1)
+
+
+def test_patch_sizes_come_from_the_family():
+    from captum_paths.analysis.pixels import model_patch_size
+
+    assert model_patch_size(CASES["timm_eva02_swiglu_rope"].build()) == (14, 14)
+    assert model_patch_size(CASES["torchvision_vit"].build()) == (8, 8)
+    assert model_patch_size(CASES["hf_vit"].build()) == (8, 8)
+    assert model_patch_size(CASES["hf_clip_zero_shot"].build()) == (8, 8)
