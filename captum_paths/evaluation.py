@@ -445,7 +445,7 @@ def pruning_study(
     batch_size = _check_batch_size(batch_size)
     sites = _sites(model, sites)
     L = sites.num_layers
-    width = sites.width
+    width = min(sites.widths) if sites.widths is not None else None
     ks = _check_ints("ks", ks, 1, width)
     depths = _check_ints("depths", sorted({L // 2, L} - {0}) if depths is None else depths, 1, L)
     if isinstance(ps, (str, bytes)) or not isinstance(ps, Sequence) or not ps or not all(

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from captum_paths.attribution.neuron_sets import NeuronSet, looks_like_pair, parse_neurons
+from captum_paths.attribution.neuron_sets import NeuronSet, layer_widths, looks_like_pair, parse_neurons
 from captum_paths.sites import NeuronSites
 
 __all__ = ["scale_neurons", "remove_neurons", "enhance_neurons", "prune_neurons"]
@@ -87,18 +87,20 @@ class _SetMasks:
             self.rows, self.shared = len(source), False
         else:
             # let parse_neurons raise its message (wrong type or empty list)
-            parse_neurons(neurons, 1, sites.num_layers, sites.width or 1)
+            parse_neurons(neurons, 1, sites.num_layers, sites.widths or 1)
             raise TypeError(f"neurons: unsupported specification {type(neurons).__name__}")
         self._masks: Optional[Dict[int, torch.Tensor]] = None
         self._on_device: Dict[tuple, torch.Tensor] = {}
-        if sites.width is not None:
-            self._build(sites.width)
+        if sites.widths is not None:
+            self._build(sites.widths)
 
-    def _build(self, width: int) -> None:
-        nset: NeuronSet = parse_neurons(self.neurons, self.rows, self.sites.num_layers, width)
+    def _build(self, width: Union[int, List[int]]) -> None:
+        """Masks for the FFN width of every layer, or per-layer widths."""
+        widths = layer_widths(width, self.sites.num_layers)
+        nset: NeuronSet = parse_neurons(self.neurons, self.rows, self.sites.num_layers, widths)
         masks = {}
         for layer in sorted(set(nset.layers.unique().tolist())):
-            masks[int(layer)] = nset.mask(int(layer), width).bool()
+            masks[int(layer)] = nset.mask(int(layer), widths[int(layer)]).bool()
         self._masks = masks
 
     def layers(self) -> List[int]:
@@ -267,24 +269,28 @@ def prune_neurons(
     kept = _parse_keep(keep, L)
     zeroed: Dict[int, torch.Tensor] = {}
 
-    def draw(width: int) -> None:
+    def draw(width: Union[int, List[int]]) -> None:
+        widths = layer_widths(width, L)
         for layer, units in kept.items():
-            bad = [u for u in units if not 0 <= u < width]
+            bad = [u for u in units if not 0 <= u < widths[layer]]
             if bad:
                 raise ValueError(
                     f"keep: neuron index {bad[0]} (layer {layer}) is out of range; sites have "
-                    f"{width} neurons (0..{width - 1})"
+                    f"{widths[layer]} neurons (0..{widths[layer] - 1})"
                 )
         generator = torch.Generator().manual_seed(seed)
-        u = torch.rand(depth, width, generator=generator, dtype=torch.float64)
+        if len(set(widths)) == 1:
+            u = list(torch.rand(depth, widths[0], generator=generator, dtype=torch.float64))
+        else:  # hierarchical models: one draw per layer, in layer order
+            u = [torch.rand(widths[layer], generator=generator, dtype=torch.float64) for layer in range(depth)]
         for layer in range(depth):
             drop = u[layer] < p
             if kept[layer]:
                 drop[torch.tensor(kept[layer], dtype=torch.long)] = False
             zeroed[layer] = drop
 
-    if sites.width is not None:
-        draw(sites.width)
+    if sites.widths is not None:
+        draw(sites.widths)
     on_device: Dict[tuple, torch.Tensor] = {}
 
     def editing(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -40,11 +40,15 @@ class NeuronSites:
             each module (``blocks[i].mlp.act``), ``"input"`` when it is the first
             input (``blocks[i].mlp.fc2``, used for gated FFNs). Default: ``"output"``.
         names (list of str, optional): Dotted module names, for display.
-        width (int, optional): The FFN width ``d_ff``; inferred when ``None``.
+        width (int or list of int, optional): The FFN width ``d_ff``, or one width
+            per layer for hierarchical models (Swin stages); inferred when ``None``.
         family (str, optional): Model family the sites were discovered for.
 
     Attributes:
-        modules, num_layers, width, tokens, capture, names, family.
+        modules, num_layers, tokens, capture, names, family.
+        width (int or None): the FFN width when every layer has the same one.
+        widths (list of int or None): the width of each layer (``None`` when unknown
+            until a forward).
 
     Examples::
 
@@ -61,7 +65,7 @@ class NeuronSites:
         tokens: TokenSpec = "cls",
         capture: str = "output",
         names: Optional[Sequence[str]] = None,
-        width: Optional[int] = None,
+        width: Optional[Union[int, Sequence[int]]] = None,
         family: str = "custom",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -84,7 +88,17 @@ class NeuronSites:
         self.tokens = TokenSelection.parse(tokens)
         self.capture = capture
         self.names = list(names) if names is not None else [_module_name(model, m) for m in modules]
-        self.width = width if width is not None else _infer_width(modules, capture)
+        if width is None:
+            widths = [_infer_width([m], capture) for m in modules]
+            self.widths: Optional[List[int]] = None if None in widths else widths
+        elif isinstance(width, int) and not isinstance(width, bool):
+            self.widths = [width] * len(modules)
+        else:
+            self.widths = [int(w) for w in width]
+            if len(self.widths) != len(modules):
+                raise ValueError(f"width: give one width per layer ({len(modules)}); got {len(self.widths)}")
+        self.width: Optional[int] = (self.widths[0] if self.widths is not None and len(set(self.widths)) == 1
+                                     else None)
         self.family = family
 
     # ------------------------------------------------------------------ discovery
@@ -154,9 +168,10 @@ class NeuronSites:
 
     def __repr__(self) -> str:
         where = f"{self.names[0]} … {self.names[-1]}" if len(self.names) > 1 else self.names[0]
+        width = self.width if self.width is not None or self.widths is None else self.widths
         return (
             f"NeuronSites(family={self.family!r}, num_layers={self.num_layers}, "
-            f"width={self.width}, tokens={self.tokens}, capture={self.capture!r}, "
+            f"width={width}, tokens={self.tokens}, capture={self.capture!r}, "
             f"modules=[{where}])"
         )
 
@@ -228,9 +243,12 @@ class NeuronSites:
         tokens = self.tokens
 
         def apply(act: torch.Tensor) -> torch.Tensor:
+            if act.dim() == 4:  # (batch, H, W, d_ff) token grids: edited as (batch, H * W, d_ff)
+                return apply(act.reshape(act.shape[0], -1, act.shape[-1])).reshape(act.shape)
             if act.dim() != 3:
                 raise ValueError(
-                    f"a neuron site must produce (batch, tokens, d_ff) activations; got shape {tuple(act.shape)}"
+                    "a neuron site must produce (batch, tokens, d_ff) or (batch, H, W, d_ff) activations; got "
+                    f"shape {tuple(act.shape)}"
                 )
             idx = tokens.index(act.shape[1])
             selected = act[:, idx]

@@ -122,6 +122,8 @@ class ResidualStream:
             adapter = get_family(sites.family)
         except ValueError:  # explicit sites ("custom"): no stream
             return None
+        if sites.widths is not None and len(set(sites.widths)) > 1:
+            return None  # layers of several widths (hierarchical models): the whole-model search
         spec = SiteSpec(sites.modules, sites.capture, sites.tokens, sites.width)
         try:
             parts = adapter.stream(model, spec)

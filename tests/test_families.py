@@ -4,7 +4,7 @@ fast stream is used its paths equal the whole-model search's."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Union
 
 import pytest
 import timm
@@ -31,6 +31,8 @@ def _sharpen(model: nn.Module, head: Optional[nn.Module] = None, gain: float = 3
             if isinstance(module, nn.Linear):
                 scale = (gain if module is head else 1.0) / module.in_features ** 0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * scale)
+            elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+                module.weight.fill_(1.0)  # zero-initialised residual post-norms (Swin V2) would mute the blocks
     return model.eval()
 
 
@@ -49,6 +51,24 @@ def _torchvision_vit():
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
                               num_classes=5)
     return _sharpen(model, model.heads.head)
+
+
+def _torchvision_swin():
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4],
+                            num_classes=5)
+    return _sharpen(model, model.head)
+
+
+def _hf_swin():
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=5))
+    return as_logits_model(_sharpen(model, model.classifier))
 
 
 def _hf(config_name, model_name, **kw):
@@ -104,7 +124,7 @@ class Case:
     size: int
     family: str
     layers: int
-    width: int
+    width: Union[int, List[int]]  # one width, or one per layer (hierarchical models)
     tokens: str
     stream: bool  # the fast stream is built and verified
     needs: Optional[str] = None  # an optional package
@@ -121,7 +141,15 @@ CASES = {
                                    "patches", True),
     "timm_beit": Case(_timm("beit_base_patch16_224", **SMALL), 32, "timm-beit", 2, 128, "patches", True),
     "timm_cait": Case(_timm("cait_xxs24_224", **SMALL), 32, "timm-cait", 4, 128, "all", False),
+    "timm_swin": Case(_timm("swin_tiny_patch4_window7_224", img_size=32, window_size=4, depths=(1, 2), num_heads=(1, 2),
+                            embed_dim=16), 32, "timm-swin", 3, [64, 128, 128], "all", False),
+    "timm_swinv2": Case(_timm("swinv2_tiny_window8_256", img_size=32, window_size=4, depths=(1, 1), num_heads=(1, 2),
+                              embed_dim=16), 32, "timm-swin", 2, [64, 128], "all", False),
+    "timm_swinv2_cr": Case(_timm("swinv2_cr_tiny_224", img_size=32, window_size=4, depths=(1, 1), num_heads=(1, 2),
+                                 embed_dim=16), 32, "timm-swin", 2, [64, 128], "all", False),
     "torchvision_vit": Case(_torchvision_vit, 32, "torchvision", 2, 64, "cls", True),
+    "torchvision_swin": Case(_torchvision_swin, 32, "torchvision-swin", 2, [64, 128], "all", False),
+    "hf_swin": Case(_hf_swin, 32, "hf-swin", 2, [64, 128], "all", False),
     "hf_vit": Case(_hf("ViTConfig", "ViTForImageClassification"), 32, "hf", 2, 64, "cls", True),
     "hf_beit": Case(_hf("BeitConfig", "BeitForImageClassification", use_mean_pooling=True), 32, "hf", 2, 64,
                     "patches", False),
@@ -144,12 +172,14 @@ def case(request):
 def test_sites_have_the_declared_layers_width_and_tokens(case):
     name, c, model, x = case
     sites = NeuronSites.from_model(model)
-    assert (sites.family, sites.num_layers, sites.width, sites.tokens.kind) == (c.family, c.layers, c.width,
-                                                                               c.tokens), name
+    widths = c.width if isinstance(c.width, list) else [c.width] * c.layers
+    assert (sites.family, sites.num_layers, sites.widths, sites.tokens.kind) == (c.family, c.layers, widths,
+                                                                                c.tokens), name
+    assert sites.width == (None if len(set(widths)) > 1 else widths[0])
     with torch.no_grad(), sites.record() as acts:
         model(x)
     assert sorted(acts) == list(range(c.layers))
-    assert all(a.shape[0] == 3 and a.shape[-1] == c.width for a in acts.values())
+    assert [a.shape[-1] for a in acts.values()] == widths and all(a.shape[0] == 3 for a in acts.values())
 
 
 def test_search_reports_the_removal_effect_and_the_stream_agrees(case, monkeypatch):
@@ -168,6 +198,11 @@ def test_search_reports_the_removal_effect_and_the_stream_agrees(case, monkeypat
             removed = model(x).softmax(-1).gather(1, target[:, None])[:, 0]
     torch.testing.assert_close(result.jas, clean - removed, rtol=1e-4, atol=1e-7)
     assert (result.jas.abs() > 1e-6).all(), f"{name}: the tiny model should respond to its path"
+    if isinstance(c.width, list):  # every neuron within its own layer's width; the widths are recorded
+        assert all((result.paths[:, layer] < w).all() for layer, w in enumerate(c.width))
+        assert result.settings["widths"] == c.width
+    else:
+        assert "widths" not in result.settings
     if c.stream:  # the fast engine's paths equal the whole-model search's
         monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, s: None))
         whole = LayerProgressiveNeuronPath(model).attribute(x, target=target, k=2, n_steps=4)
@@ -244,3 +279,65 @@ def test_patch_sizes_come_from_the_family():
     assert model_patch_size(CASES["torchvision_vit"].build()) == (8, 8)
     assert model_patch_size(CASES["hf_vit"].build()) == (8, 8)
     assert model_patch_size(CASES["hf_clip_zero_shot"].build()) == (8, 8)
+
+
+HIERARCHICAL = ["timm_swin", "torchvision_swin", "hf_swin"]
+
+
+@pytest.mark.parametrize("name", HIERARCHICAL)
+@pytest.mark.parametrize("method", ["activation", "knowledge-neurons", "conductance", "influence-pattern", "random"])
+def test_baselines_on_layers_of_several_widths(name, method):
+    """Every baseline keeps each layer's neurons inside that layer's width and reports the
+    removal effect; padding of narrower layers never wins."""
+    from captum_paths.search import PATH_METHODS
+
+    model = CASES[name].build()
+    x, target = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    result = PATH_METHODS[method](model).attribute(x, target=target, k=3, n_steps=4)
+    sites = NeuronSites.from_model(model)
+    assert all((result.paths[:, layer] < w).all() for layer, w in enumerate(sites.widths))
+    with torch.no_grad():
+        clean = model(x).softmax(-1).gather(1, target[:, None])[:, 0]
+        with remove_neurons(sites, result.paths):
+            removed = model(x).softmax(-1).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(result.jas, clean - removed, rtol=1e-4, atol=1e-7)
+
+
+def test_hierarchical_search_equals_a_brute_force_greedy():
+    """On a Swin with layers of 64 and 128 neurons, the exact greedy (refine='all') picks, layer by
+    layer, the neuron whose removal together with the prefix moves F the most, found here by
+    removing every candidate in turn."""
+    model = CASES["timm_swinv2"].build()
+    sites = NeuronSites.from_model(model)
+    x, target = torch.randn(1, 3, 32, 32), torch.tensor([2])
+    found = LayerProgressiveNeuronPath(model).attribute(x, target=target, refine="all", n_steps=4)
+    with torch.no_grad():
+        clean = model(x).softmax(-1)[0, 2]
+        prefix = []
+        for layer, width in enumerate(sites.widths):
+            effects = []
+            for j in range(width):
+                with remove_neurons(sites, [prefix + [(layer, j)]]):
+                    effects.append(float(clean - model(x).softmax(-1)[0, 2]))
+            prefix.append((layer, max(range(width), key=effects.__getitem__)))
+    assert found.paths[0, :, 0].tolist() == [j for _, j in prefix]
+
+
+def test_hierarchical_interventions_and_pruning_use_each_layers_width():
+    from captum_paths.interventions import enhance_neurons, prune_neurons
+
+    model = CASES["torchvision_swin"].build()
+    sites = NeuronSites.from_model(model)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="layer 0.*the site has 64 neurons"):
+        with remove_neurons(sites, [(0, 100)]):
+            pass
+    with torch.no_grad():
+        base = model(x)
+        with enhance_neurons(sites, [(1, 100)], factor=1.0):
+            same = model(x)
+        with prune_neurons(sites, keep={0: [1], 1: [120]}, p=1.0, depth=2) as zeroed:
+            model(x)
+    torch.testing.assert_close(same, base)
+    assert [int(zeroed[l].numel()) for l in (0, 1)] == [64, 128]
+    assert not zeroed[0][1] and not zeroed[1][120] and int(zeroed[0].sum()) == 63 and int(zeroed[1].sum()) == 127

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from captum.log import log_usage
@@ -154,14 +154,14 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
         check_finite_output(logits)
-        width = clean[0].shape[-1]
+        widths = [clean[l].shape[-1] for l in range(self.sites.num_layers)]
         device = logits.device
         target = resolve_target(target, logits)
-        nset = parse_neurons(neurons, batch, self.sites.num_layers, width)
+        nset = parse_neurons(neurons, batch, self.sites.num_layers, widths)
         nset = NeuronSet(nset.layers.to(device), nset.units.to(device), nset.path_shape)
         f_clean = output_value(logits, target, self.output)
 
-        run = _Runner(self, inputs, args, target, nset, clean, width, mode)
+        run = _Runner(self, inputs, args, target, nset, clean, widths, mode)
         everyone = torch.arange(batch, device=device)
         contributions, grad_sums = run.integrate(everyone, n_steps, method, internal_batch_size)
         f_removed = None
@@ -258,14 +258,14 @@ class _Runner:
         target: torch.Tensor,
         nset: NeuronSet,
         clean: Dict[int, torch.Tensor],
-        width: int,
+        widths: List[int],
         mode: str,
     ) -> None:
         self.attr, self.inputs, self.args, self.target = attr, inputs, args, target
         self.nset, self.clean, self.mode = nset, clean, mode
         self.batch = inputs[0].shape[0]
         self.set_layers = sorted(set(nset.layers.unique().tolist()))
-        self.masks = {l: nset.mask(l, width) for l in self.set_layers}
+        self.masks = {l: nset.mask(l, widths[l]) for l in self.set_layers}
         # deepest layer of each example's set: paper mode freezes layers 0..deepest
         self.deepest = nset.layers.max(dim=1).values
 
@@ -330,12 +330,14 @@ class _Runner:
         grad_total = torch.zeros(layers.shape[0], dtype=torch.float64, device=layers.device)
         for l, g in grads.items():
             hit = layers == l
+            # other layers' units may exceed this layer's width (hierarchical models); they are masked by `hit`
+            here = units.clamp(max=g.shape[-1] - 1)
             if self.mode == "gate":
                 # dF/dg_n at the rows' gates, (rows, d_ff)
-                vals = g.double().gather(1, units)
+                vals = g.double().gather(1, here)
             else:
                 # dF/da_n per token, weighted by the clean activation: a0_n * dF/da_n
-                index = units[:, None, :].expand(-1, g.shape[1], -1)
+                index = here[:, None, :].expand(-1, g.shape[1], -1)
                 g_tok = g.double().gather(2, index)
                 a0 = self.clean[l][ex].double().gather(2, index)
                 vals = (a0 * g_tok).sum(dim=1)
@@ -349,5 +351,5 @@ class _Runner:
         for l in self.set_layers:
             a0 = self.clean[l].double().sum(dim=1)  # (batch, d_ff)
             hit = self.nset.layers == l
-            total += (a0.gather(1, self.nset.units) * hit).sum(dim=1)
+            total += (a0.gather(1, self.nset.units.clamp(max=a0.shape[1] - 1)) * hit).sum(dim=1)
         return total

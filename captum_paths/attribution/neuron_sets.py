@@ -6,7 +6,7 @@ A neuron set is held as two LongTensors ``layers`` and ``units`` of shape
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -50,15 +50,29 @@ class NeuronSet:
         return out
 
 
+Widths = Union[int, Sequence[int]]
+
+
+def layer_widths(width: Widths, num_layers: int) -> List[int]:
+    """The FFN width of each layer: ``width`` repeated, or the per-layer list itself."""
+    if isinstance(width, int):
+        return [width] * num_layers
+    widths = [int(w) for w in width]
+    if len(widths) != num_layers:
+        raise ValueError(f"widths must give one width per layer ({num_layers}); got {len(widths)}")
+    return widths
+
+
 def parse_neurons(
-    neurons: Any, batch: int, num_layers: int, width: int
+    neurons: Any, batch: int, num_layers: int, width: Widths
 ) -> NeuronSet:
     """Turn any accepted neuron specification into a :class:`NeuronSet`.
 
     Accepted: a list of ``(layer, neuron)`` pairs (shared by the batch); a list of
     such lists, one per example; a ``(batch, L, k)`` index tensor (a path with k
     neurons per layer, ``L == num_layers``); or any object with a ``paths``
-    attribute holding such a tensor (a path-search result).
+    attribute holding such a tensor (a path-search result). ``width`` is the FFN
+    width of every layer, or a list of per-layer widths (hierarchical models).
     """
     paths = getattr(neurons, "paths", None)
     if isinstance(paths, torch.Tensor):
@@ -119,7 +133,7 @@ def _is_pair(obj: Any) -> bool:
     )
 
 
-def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: int) -> NeuronSet:
+def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: Widths) -> NeuronSet:
     if paths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"neurons: a path tensor must hold integer indices; got dtype {paths.dtype}")
     if paths.dim() != 3 or paths.shape[0] != batch or paths.shape[1] != num_layers or paths.shape[2] < 1:
@@ -135,7 +149,7 @@ def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: i
     return result
 
 
-def _check_ranges(neurons: NeuronSet, num_layers: int, width: int) -> None:
+def _check_ranges(neurons: NeuronSet, num_layers: int, width: Widths) -> None:
     bad_layer = (neurons.layers < 0) | (neurons.layers >= num_layers)
     if bad_layer.any():
         i, m = bad_layer.nonzero()[0].tolist()
@@ -143,14 +157,17 @@ def _check_ranges(neurons: NeuronSet, num_layers: int, width: int) -> None:
             f"neurons: layer index {neurons.layers[i, m].item()} (example {i}) is out of range; "
             f"the model has {num_layers} layers (0..{num_layers - 1})"
         )
-    bad_unit = (neurons.units < 0) | (neurons.units >= width)
+    widths = torch.tensor(layer_widths(width, num_layers), dtype=torch.long)
+    limit = widths[neurons.layers.cpu()].to(neurons.units.device)
+    bad_unit = (neurons.units < 0) | (neurons.units >= limit)
     if bad_unit.any():
         i, m = bad_unit.nonzero()[0].tolist()
+        w = int(limit[i, m])
         raise ValueError(
             f"neurons: neuron index {neurons.units[i, m].item()} (example {i}, layer "
-            f"{neurons.layers[i, m].item()}) is out of range; sites have {width} neurons (0..{width - 1})"
+            f"{neurons.layers[i, m].item()}) is out of range; the site has {w} neurons (0..{w - 1})"
         )
-    key = neurons.layers * width + neurons.units
+    key = neurons.layers * int(widths.max()) + neurons.units
     sorted_key = key.sort(dim=1).values
     dup = (sorted_key[:, 1:] == sorted_key[:, :-1]).any(dim=1)
     if dup.any():

@@ -106,16 +106,28 @@ def format_inputs(inputs: Any, model: Optional[nn.Module] = None) -> Tuple[torch
 
 
 def warn_if_training(model: nn.Module) -> None:
-    """Warn when any module of ``model`` is in training mode: dropout, drop-path and
-    batch statistics then change every forward, so two identical searches disagree
-    and the convergence delta is meaningless. The model is left as it is."""
-    if any(m.training for m in model.modules()):
+    """Warn when a module of ``model`` that behaves differently in training is in training
+    mode (dropout or drop-path with a non-zero rate, batch norm): every forward then
+    differs, so two identical searches disagree and the convergence delta is
+    meaningless. The model is left as it is."""
+    if any(_varies_in_training(m) for m in model.modules()):
         warnings.warn(
             f"{type(model).__name__} is in training mode (dropout and drop-path are active), so paths and scores "
             "change from one forward to the next; call model.eval() first",
             UserWarning,
             stacklevel=4,
         )
+
+
+def _varies_in_training(module: nn.Module) -> bool:
+    if not module.training:
+        return False
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    rate = getattr(module, "drop_prob", None)  # timm DropPath
+    return isinstance(rate, float) and rate > 0
 
 
 def check_finite_output(logits: torch.Tensor) -> None:

@@ -9,13 +9,16 @@ user's adapter can take over any model.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import torch
 from torch import nn
 
 from captum_paths.tokens import TokenSelection
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SiteSpec", "SplitBlock", "StreamParts", "FamilyAdapter", "register_family", "find_family",
            "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair"]
@@ -30,13 +33,14 @@ class SiteSpec:
         capture (str): ``"output"`` (the module's output is the activation, e.g.
             ``mlp.act``) or ``"input"`` (its first input, e.g. ``mlp.fc2`` of a gated FFN).
         tokens (TokenSelection): the tokens the model's pooling reads.
-        width (int, optional): the FFN width ``d_ff``.
+        width (int or list of int, optional): the FFN width ``d_ff``, or one per layer
+            (hierarchical models).
     """
 
     modules: List[nn.Module]
     capture: str
     tokens: TokenSelection
-    width: Optional[int] = None
+    width: Optional[Union[int, List[int]]] = None
 
 
 class SplitBlock:
@@ -141,7 +145,11 @@ def find_family(model: nn.Module) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
     inner = inner_model(model)
     for name in families():
         adapter = _REGISTRY[name]
-        spec = adapter.sites(inner)
+        try:
+            spec = adapter.sites(inner)
+        except Exception as exc:  # an adapter that trips over an unknown variant does not claim the model
+            logger.debug("family %r: %s: %s", name, type(exc).__name__, exc)
+            continue
         if spec is not None:
             return adapter, spec
     return None

@@ -3,7 +3,7 @@ score the whole path with the joint attribution."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 from captum.log import log_usage
@@ -59,8 +59,14 @@ class SearchContext:
         return self.inputs[0].shape[0]
 
     @property
+    def widths(self) -> List[int]:
+        """The FFN width of each layer."""
+        return [self.clean[l].shape[-1] for l in range(len(self.clean))]
+
+    @property
     def width(self) -> int:
-        return self.clean[0].shape[-1]
+        """The largest FFN width (every layer's, for models of one width)."""
+        return max(self.widths)
 
     @property
     def device(self) -> torch.device:
@@ -135,7 +141,7 @@ class PathAttribution(SiteAttribution):
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
         check_finite_output(logits)
-        width = clean[0].shape[-1]
+        width = min(a.shape[-1] for a in clean.values())
         if k > width:
             raise ValueError(f"k must be at most the site width {width}; got {k}")
         target = resolve_target(target, logits)
@@ -159,6 +165,8 @@ class PathAttribution(SiteAttribution):
             "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
             **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, **options}),
         }
+        if len(set(ctx.widths)) > 1:  # hierarchical models: the FFN width of each layer
+            settings["widths"] = ctx.widths
         return PathResult(
             paths=paths, contributions=contributions, jas=jas, delta=delta, targets=target,
             method=self.name, settings=settings, scores=scores, **extra,

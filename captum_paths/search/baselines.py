@@ -54,16 +54,22 @@ class _TopKPath(PathAttribution):
 
     def _select(self, ctx: SearchContext, **options: Any) -> _Selection:
         scores = self._neuron_scores(ctx)  # (batch, L, d_ff)
+        for layer, w in enumerate(ctx.widths):  # narrower layers of hierarchical models: padding never wins
+            scores[:, layer, w:] = float("-inf")
         top = scores.topk(ctx.k, dim=-1)
         return top.indices, top.values.to(ctx.f_clean.dtype), {}
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
-        """Score of every neuron, ``(batch, L, d_ff)``."""
+        """Score of every neuron, ``(batch, L, d_ff)`` (``d_ff``: the largest width; layers
+        narrower than it fill their first ``widths[l]`` entries)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
     def _token_sum(self, act: torch.Tensor) -> torch.Tensor:
-        """A full site tensor ``(batch, seq, d_ff)`` summed over the selected tokens: ``(batch, d_ff)``."""
+        """A full site tensor ``(batch, seq, d_ff)`` (or ``(batch, H, W, d_ff)``) summed over the
+        selected tokens: ``(batch, d_ff)``."""
+        if act.dim() == 4:
+            act = act.reshape(act.shape[0], -1, act.shape[-1])
         return act[:, self.sites.tokens.index(act.shape[1])].sum(dim=1)
 
     def _rows_output(
@@ -131,7 +137,11 @@ class ActivationPath(_TopKPath):
                 additional_forward_args=args or None,
                 attribute_to_layer_input=self.sites.capture == "input",
             )
-            parts.append(torch.stack([self._token_sum(a.double()) for a in acts], dim=1))
+            part = torch.zeros(len(ex), len(acts), ctx.width, dtype=torch.float64, device=ctx.device)
+            for layer, a in enumerate(acts):
+                summed = self._token_sum(a.double())
+                part[:, layer, : summed.shape[-1]] = summed
+            parts.append(part)
         return torch.cat(parts)
 
 
@@ -163,15 +173,15 @@ class KnowledgeNeuronPath(_TopKPath):
     name = "knowledge-neurons"
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
-        rows, width = _step_rows(ctx), ctx.width
-        scores = torch.zeros(ctx.batch, self.sites.num_layers, width, dtype=torch.float64, device=ctx.device)
+        rows, widths = _step_rows(ctx), ctx.widths
+        scores = torch.zeros(ctx.batch, self.sites.num_layers, ctx.width, dtype=torch.float64, device=ctx.device)
         with torch.enable_grad():
             for t in range(self.sites.num_layers):
                 for _, ex, st, alpha in rows:
-                    gates = alpha[:, None].expand(-1, width).clone().requires_grad_(True)  # (rows, d_ff)
+                    gates = alpha[:, None].expand(-1, widths[t]).clone().requires_grad_(True)  # (rows, d_ff)
                     f = self._rows_output(ctx, ex, {t: gating(gates)})
                     (grad,) = torch.autograd.grad(f.sum(), gates)
-                    scores[:, t].index_add_(0, ex, grad.double() * rows.weights[st, None])
+                    scores[:, t, : widths[t]].index_add_(0, ex, grad.double() * rows.weights[st, None])
         return scores
 
 
@@ -227,7 +237,8 @@ class ConductancePath(_TopKPath):
                         internal_batch_size=ibs,
                         attribute_to_layer_input=self.sites.capture == "input",
                     )
-                    scores[ex, t] = self._token_sum(attr.detach().double())
+                    summed = self._token_sum(attr.detach().double())
+                    scores[ex, t, : summed.shape[-1]] = summed
         return scores
 
 
@@ -275,7 +286,7 @@ class InfluencePatternPath(_TopKPath):
                     raise RuntimeError(f"the forward pass did not run the sites of layers {missing}")
                 grads = torch.autograd.grad(f.sum(), [probes[l] for l in layers])
                 for l, g in zip(layers, grads):
-                    scores[:, l].index_add_(0, ex, g.double().sum(dim=1) * rows.weights[st, None])
+                    scores[:, l, : g.shape[-1]].index_add_(0, ex, g.double().sum(dim=1) * rows.weights[st, None])
         return scores
 
 
@@ -340,6 +351,4 @@ class RandomPath(PathAttribution):
             digest.update(f"|{row.dtype}{tuple(row.shape)}|".encode())
             digest.update(row.reshape(-1).view(torch.uint8).numpy().tobytes())
         gen = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
-        return torch.stack(
-            [torch.randperm(ctx.width, generator=gen)[: ctx.k] for _ in range(self.sites.num_layers)]
-        )
+        return torch.stack([torch.randperm(w, generator=gen)[: ctx.k] for w in ctx.widths])

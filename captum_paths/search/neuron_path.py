@@ -245,11 +245,11 @@ class _GateSearch:
         return edited_output(owner.forward_func, self.sites, owner.output, ctx.inputs, ctx.args, ctx.target, ex, edits)
 
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
-        ctx, width = self.ctx, self.ctx.width
-        scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
+        ctx, widths = self.ctx, self.ctx.widths
+        scores = torch.zeros(ctx.batch, widths[t], dtype=torch.float64, device=ctx.device)
         for part, ex, st, alpha in self.rows:
-            site_gate = (torch.ones(len(part), width, device=ctx.device) * alpha[:, None]).requires_grad_(True)
-            edits = {l: gating(gate(layer_mask(paths, l, width)[ex], alpha)) for l in range(t)}
+            site_gate = (torch.ones(len(part), widths[t], device=ctx.device) * alpha[:, None]).requires_grad_(True)
+            edits = {l: gating(gate(layer_mask(paths, l, widths[l])[ex], alpha)) for l in range(t)}
             edits[t] = gating(site_gate)
             with torch.enable_grad():
                 f = self._forward(ex, edits)
@@ -260,12 +260,12 @@ class _GateSearch:
     def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
         """First-order removal effect and activation magnitude of every neuron of site
         ``t`` with the prefix removed, ``[(B, d_ff), (B, d_ff)]`` (see :mod:`.candidates`)."""
-        ctx, width = self.ctx, self.ctx.width
+        ctx, widths = self.ctx, self.ctx.widths
         marginal, magnitude = [], []
         for rows in torch.arange(ctx.batch, device=ctx.device).split(ctx.internal_batch_size or ctx.batch):
-            gates = torch.ones(len(rows), width, device=ctx.device, requires_grad=True)
+            gates = torch.ones(len(rows), widths[t], device=ctx.device, requires_grad=True)
             seen: List[torch.Tensor] = []
-            edits = {l: gating(1.0 - layer_mask(paths, l, width)[rows]) for l in range(t)}
+            edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[rows]) for l in range(t)}
             edits[t] = _capturing(gates, seen)
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self._forward(rows, edits).sum(), gates)
@@ -279,14 +279,14 @@ class _GateSearch:
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         """``JAS(prefix + {j}) = F(x) - F(x; prefix + {j} removed)`` for each candidate, ``(B, c)``."""
-        ctx, width = self.ctx, self.ctx.width
+        ctx, widths = self.ctx, self.ctx.widths
         B, c = pool.shape
         f_removed = torch.empty(B * c, dtype=ctx.f_clean.dtype, device=ctx.device)
         with torch.no_grad():
             for part in torch.arange(B * c, device=ctx.device).split(ctx.internal_batch_size or B * c):
                 ex = part // c
-                edits = {l: gating(1.0 - layer_mask(paths, l, width)[ex]) for l in range(t)}
-                edits[t] = gating(removal(pool.reshape(-1)[part], width))
+                edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[ex]) for l in range(t)}
+                edits[t] = gating(removal(pool.reshape(-1)[part], widths[t]))
                 f_removed[part] = self._forward(ex, edits)
         return ctx.f_clean[:, None] - f_removed.view(B, c)
 
@@ -539,7 +539,7 @@ def _first_order(run, chunk: int, width: int,
 
 def _measured_graph_bytes(owner: LayerProgressiveNeuronPath, ctx: SearchContext) -> int:
     """Autograd bytes per row of a whole-model pass (see :func:`measured_graph_bytes`)."""
-    return measured_graph_bytes(owner.forward_func, owner.sites, ctx.inputs, ctx.args, ctx.width)
+    return measured_graph_bytes(owner.forward_func, owner.sites, ctx.inputs, ctx.args, ctx.widths[0])
 
 
 def _graph_bytes(layers: int, tokens: int, dim: int, width: int, element: int) -> int:
@@ -571,14 +571,14 @@ class _PaperSearch:
         self.a0 = {l: a.double().sum(dim=1) for l, a in ctx.clean.items()}
 
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
-        ctx, width, m = self.ctx, self.ctx.width, self.rows.m
-        site_grad = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
+        ctx, widths, m = self.ctx, self.ctx.widths, self.rows.m
+        site_grad = torch.zeros(ctx.batch, widths[t], dtype=torch.float64, device=ctx.device)
         prefix_grad = torch.zeros(ctx.batch, dtype=torch.float64, device=ctx.device)
-        masks = {l: layer_mask(paths, l, width) for l in range(t)}
+        masks = {l: layer_mask(paths, l, widths[l]) for l in range(t)}
         for part, ex, st, alpha in self.rows:
             leaves, edits = [], {}
             for l in range(t + 1):
-                mask = masks[l][ex] if l < t else torch.ones(len(part), width, device=ctx.device)
+                mask = masks[l][ex] if l < t else torch.ones(len(part), widths[t], device=ctx.device)
                 value = (ctx.clean[l][ex] * gate(mask, alpha)[:, None, :]).requires_grad_(True)
                 leaves.append(value)
                 edits[l] = lambda act, v=value: v.to(act.dtype)
