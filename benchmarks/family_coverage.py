@@ -27,6 +27,7 @@ from torch import nn
 
 from captum_paths import LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.families import find_family
+from captum_paths.interventions import remove_neurons
 from captum_paths.models import as_logits_model
 from captum_paths.stream import ResidualStream
 
@@ -85,9 +86,16 @@ def check(build: Callable[[], nn.Module], size: Tuple[int, int, int], max_params
             logits = model(x)
         row["stream"] = bool(stream is not None and (stream.matches(x, logits) or stream.plain().matches(x, logits)))
         result = LayerProgressiveNeuronPath(model).attribute(x, target=0, n_steps=2, refine=0)
+        with torch.no_grad(), remove_neurons(sites, result.paths):
+            removed = model(x).softmax(-1)[0, 0]
+        effect = float(logits.softmax(-1)[0, 0] - removed)
         row["jas"] = float(result.jas[0])
-        row["status"] = "covered"
-        row["reason"] = ""
+        if abs(row["jas"] - effect) > 1e-4 * max(1.0, abs(effect)):
+            row.update(status="sites found, JAS is not the removal effect",
+                       reason=f"JAS {row['jas']:.3g}, removal effect {effect:.3g}")
+        else:
+            row["status"] = "covered"
+            row["reason"] = ""
     except Exception as exc:  # noqa: BLE001
         row.update(status="sites found, search fails", reason=f"{type(exc).__name__}: {str(exc)[:100]}")
         traceback.print_exc(limit=2, file=sys.stderr)

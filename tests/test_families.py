@@ -341,3 +341,45 @@ def test_hierarchical_interventions_and_pruning_use_each_layers_width():
     torch.testing.assert_close(same, base)
     assert [int(zeroed[l].numel()) for l in (0, 1)] == [64, 128]
     assert not zeroed[0][1] and not zeroed[1][120] and int(zeroed[0].sum()) == 63 and int(zeroed[1].sum()) == 127
+
+
+def test_the_readme_adapter_example_runs_as_written():
+    """The custom adapter of the README, executed verbatim on a model of that shape."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("Your own architecture takes a few lines"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ffn = nn.Module()
+            self.ffn.fc1, self.ffn.act, self.ffn.fc2 = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return x + self.ffn.fc2(self.ffn.act(self.ffn.fc1(x)))
+
+    class MyViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Block() for _ in range(3))
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(x[:, 0])
+
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    try:
+        torch.manual_seed(0)
+        model = MyViT().eval()
+        sites = NeuronSites.from_model(model)
+        assert (sites.family, sites.num_layers, sites.tokens.kind) == ("my-vit", 3, "cls")
+        result = LayerProgressiveNeuronPath(model).attribute(torch.randn(2, 5, 8), target=1, n_steps=4)
+        assert result.paths.shape == (2, 3, 1) and (result.paths < 16).all()
+    finally:
+        family_base._REGISTRY.pop("my-vit")
