@@ -222,16 +222,29 @@ class ImageFolderDataset(Dataset):
         )
 
     def _find_images(self, folder: Path) -> List[Path]:
+        """The image files under ``folder``, each once. Folder symlinks are followed, except into a
+        folder already walked, back up to a folder above them (a loop), or into the data folder,
+        whose images are found under their own class (following would list them twice, relabeled)."""
         found = []
-        seen = set()  # real folders already walked: a symlink back up the tree is not followed again
+        seen = set()  # real folders already walked
+        top = os.path.realpath(self.root)
+
+        def follow(dirpath: str, real: str, name: str) -> bool:
+            if name.startswith("."):
+                return False
+            link = os.path.join(dirpath, name)
+            target = os.path.realpath(link)
+            if target in seen:
+                return False
+            return not os.path.islink(link) or not (_within(real, target) or _within(target, top))
+
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             real = os.path.realpath(dirpath)
             if real in seen:
                 dirnames[:] = []
                 continue
             seen.add(real)
-            dirnames[:] = [d for d in dirnames
-                           if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in seen]
+            dirnames[:] = [d for d in dirnames if follow(dirpath, real, d)]
             found.extend(
                 Path(dirpath) / f
                 for f in filenames
@@ -295,6 +308,11 @@ def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.Pa
         shown = dict(list(bad.items())[:5])
         raise ValueError(f"{source}: class indices must be non-negative ints; got {shown}")
     return mapping
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _check_image(path: Path, scan: str) -> Optional[str]:

@@ -31,10 +31,26 @@ class DistInfo:
 
 
 def default_device(device: Optional[str], local_rank: int = 0) -> str:
-    """``device`` as given, else ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
+    """``device`` as given (``"cuda"``: ``cuda:LOCAL_RANK``), else ``cuda:LOCAL_RANK`` when CUDA is
+    available, else ``cpu``. A ValueError says when the device given is unknown or not on this machine."""
     if device:
-        if device == "cuda" and torch.cuda.is_available():
-            return f"cuda:{local_rank % torch.cuda.device_count()}"
+        try:
+            kind = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if kind.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if not count:
+                raise ValueError(f"device {device!r} asked for, but this machine has no usable CUDA device; "
+                                 "use --device cpu")
+            if kind.index is None:
+                return f"cuda:{local_rank % count}"
+            if kind.index >= count:
+                raise ValueError(f"device {device!r} asked for, but this machine has {count} CUDA device(s) "
+                                 f"(cuda:0 to cuda:{count - 1})")
+        elif kind.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} asked for, but MPS is not available on this machine; "
+                             "use --device cpu")
         return device
     if torch.cuda.is_available():
         return f"cuda:{local_rank % torch.cuda.device_count()}"
@@ -50,6 +66,11 @@ def init_distributed(device: str = "cpu") -> DistInfo:
         return DistInfo(0, 1, 0, False)
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, False)
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ValueError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} {verb} not: start the processes "
+                         "with torchrun (python -m torch.distributed.run), or unset WORLD_SIZE for one process")
     use_cuda = str(device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(torch.device(device))

@@ -7,6 +7,7 @@ Captum's own classes see a plain tensor.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -164,7 +165,10 @@ def load_model(
                        "a checkpoint, or random_weights=SEED", spec)
     if kind in ("timm", "torchvision"):
         load = _load_timm if kind == "timm" else _load_torchvision
-        with torch.random.fork_rng(devices=[]):
+        # a seed draws the weights from a generator of their own, leaving the caller's untouched;
+        # without one they come from the global generator, a new network on every load
+        seeded = torch.random.fork_rng(devices=[]) if random_weights is not None else contextlib.nullcontext()
+        with seeded:
             if random_weights is not None:
                 torch.manual_seed(random_weights)
             model, transform = load(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)

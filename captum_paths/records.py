@@ -326,21 +326,38 @@ def unique_records(records: Iterable[Dict[str, Any]], source: str = "records") -
     return list(kept.values())
 
 
-def read_records(path: PathLike, unique: bool = True) -> List[Dict[str, Any]]:
+def read_records(path: PathLike, unique: bool = True, check: bool = False) -> List[Dict[str, Any]]:
     """All complete records of a JSON Lines file (a torn last line is skipped), in the
     current layout (:func:`upgrade_record`), one per (method, image, model) unless
-    ``unique=False`` (:func:`unique_records`)."""
+    ``unique=False`` (:func:`unique_records`).
+
+    A line that is not a JSON object holding ``image_id`` and ``method`` is a
+    ValueError naming the file and the line; with ``check`` (as the run pipeline
+    reads), so is a record that does not fit the schema (:meth:`PathRecord.from_dict`).
+    """
     path = Path(path)
     if not path.exists():
         return []
     records = []
     with path.open("r", encoding="utf-8") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if not line.endswith("\n"):
                 break  # torn write of a killed run
             line = line.strip()
-            if line:
-                records.append(upgrade_record(json.loads(line)))
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a record must be a JSON object; got a JSON {type(record).__name__}")
+                if record.get("image_id") is None or record.get("method") is None:
+                    raise ValueError(f"a record needs 'image_id' and 'method' (its keys: {sorted(record)})")
+                record = upgrade_record(record)
+                if check:
+                    PathRecord.from_dict(record)
+            except ValueError as exc:  # json.JSONDecodeError too
+                raise ValueError(f"{path} line {number} is not a valid record: {exc}") from None
+            records.append(record)
     return unique_records(records, str(path)) if unique else records
 
 

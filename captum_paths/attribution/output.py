@@ -131,7 +131,14 @@ def _varies_in_training(module: nn.Module) -> bool:
 
 
 def check_finite_output(logits: torch.Tensor) -> None:
-    """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``."""
+    """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``;
+    TypeError when the model returned something else than a tensor (a tuple, a ``ModelOutput``)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"the model returned a {type(logits).__name__}, not a logits tensor of shape (batch, classes); with "
+            "explicit sites, pass a model that returns the logits, e.g. captum_paths.LogitsOnly(model) (sites on "
+            "the wrapped model's modules keep working)"
+        )
     bad = (~torch.isfinite(logits.reshape(logits.shape[0], -1)).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"the model's output is not finite (NaN or inf) for {len(bad)} of {logits.shape[0]} "

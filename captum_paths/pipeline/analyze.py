@@ -46,6 +46,8 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     from captum_paths.plots.figures import save_figure
     from captum_paths.plots.paths import plot_class_similarity, plot_neuron_frequency_heatmap, plot_path_graph
 
+    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+        raise ValueError(f"permutations must be a non-negative int (0: no permutation test); got {permutations!r}")
     records = run.records()
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method is None:
@@ -58,6 +60,9 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
         raise ValueError(f"analysis needs images of at least 2 classes; run {str(run.folder)!r} has "
                          f"{len(table.classes)}")
     sharing = path_sharing(table, permutations=permutations, seed=seed)
+    if not sharing.per_class["within"].notna().any():
+        raise ValueError(f"analysis needs at least 2 images of one class; run {str(run.folder)!r} has one image "
+                         f"per class ({len(records)} images of method {method!r})")
     cosine = class_similarity(table, metric="cosine")
     jaccard = class_similarity(table, metric="jaccard")
     cons = consensus_paths(table)

@@ -165,7 +165,9 @@ def extract(
     if old is not None:
         settings["methods"] = list(dict.fromkeys(old.get("methods", []) + methods))
     device = run.device
-    classes = _model_classes(net, _first_image(dataset).to(device))
+    probe, _, probe_id = _first_image(dataset)
+    # one forward before anything is written: the class count, and finite outputs (NaN weights)
+    classes = _model_classes(net, probe.to(device), probe_id, model, checkpoint)
     top = max(dataset.targets)
     if top >= classes:
         raise ValueError(
@@ -184,8 +186,10 @@ def extract(
             if info.is_main:
                 if restart:
                     run.clear()
-                else:  # under the lock: nobody changed the folder since the check above
-                    run.check(settings)
+                else:  # again under the lock: an extract that finished since the check above keeps its methods
+                    old = run.check(settings)
+                    if old is not None:
+                        settings["methods"] = list(dict.fromkeys(old.get("methods", []) + settings["methods"]))
                 run.adopt(settings)
                 write_json_atomic(run.run_file, settings)
                 if dataset.unreadable:
@@ -263,9 +267,13 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
-def _model_classes(model: nn.Module, example: torch.Tensor) -> int:
+def _model_classes(model: nn.Module, example: torch.Tensor, image_id: Optional[str] = None,
+                   spec: Optional[str] = None, checkpoint: Optional[PathLike] = None) -> int:
+    """The model's class count from one image; a ValueError names the model when its output is not finite."""
     with torch.no_grad():
-        return int(to_logits(model(example.unsqueeze(0))).shape[-1])
+        logits = to_logits(model(example.unsqueeze(0)))
+    _check_finite(logits, None if image_id is None else [image_id], spec, checkpoint)
+    return int(logits.shape[-1])
 
 
 def _predict(model: nn.Module, x: torch.Tensor, ids: Optional[Sequence[str]] = None, spec: Optional[str] = None,
@@ -273,22 +281,28 @@ def _predict(model: nn.Module, x: torch.Tensor, ids: Optional[Sequence[str]] = N
     """Top-1 classes ``(N,)`` of ``x``; a ValueError names the model and the images with non-finite outputs."""
     with torch.no_grad():
         logits = to_logits(model(x))
-    bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+    _check_finite(logits, ids, spec, checkpoint)
+    return logits.argmax(dim=1)
+
+
+def _check_finite(logits: torch.Tensor, ids: Optional[Sequence[str]], spec: Optional[str],
+                  checkpoint: Optional[PathLike]) -> None:
+    """ValueError naming the model (and checkpoint) and the images whose outputs hold NaN or inf."""
+    bad = (~torch.isfinite(logits.reshape(len(logits), -1)).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         where = [ids[i] for i in bad[:3]] if ids is not None else bad[:3]
         source = f"model {spec!r}" if spec is not None else "the model"
         if checkpoint is not None:
             source += f" with checkpoint {str(checkpoint)!r}"
-        raise ValueError(f"{source} gives non-finite outputs (NaN or inf) for {len(bad)} of {len(x)} images "
+        raise ValueError(f"{source} gives non-finite outputs (NaN or inf) for {len(bad)} of {len(logits)} images "
                          f"(e.g. {', '.join(map(str, where))}); check its weights")
-    return logits.argmax(dim=1)
 
 
-def _first_image(dataset) -> torch.Tensor:
-    """The first image of ``dataset`` that decodes (for a shape probe)."""
+def _first_image(dataset) -> Tuple[torch.Tensor, int, str]:
+    """``(image, label, image_id)`` of the first image of ``dataset`` that decodes (for a probe)."""
     for i in range(len(dataset)):
         try:
-            return dataset[i][0]
+            return dataset[i]
         except UnreadableImageError:
             continue
     raise ValueError(f"no image of the data folder {str(dataset.root)!r} can be decoded")

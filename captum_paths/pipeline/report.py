@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.pipeline.run import Run
 
 __all__ = ["write_report", "markdown"]
+
+logger = logging.getLogger(__name__)
+
 
 def _as_text(df: pd.DataFrame, floatfmt: str = ".4f") -> pd.DataFrame:
     """Floats with ``floatfmt`` and integers as integers, column by column."""
@@ -50,14 +54,24 @@ def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     return pd.read_csv(path) if path.exists() else None
 
 
+def _correct(record) -> float:
+    """1.0 when the record's prediction is its label, 0.0 when not, NaN when either is missing."""
+    label, prediction = record.get("label"), record.get("prediction")
+    return float("nan") if label is None or prediction is None else float(label == prediction)
+
+
 def write_report(run: "Run") -> Tuple[Path, Path]:
     """Write ``RUN/report.html`` and ``RUN/summary.md`` from what evaluate / analyze left; returns both."""
     records = run.records()
     settings = run.settings
     methods = list(dict.fromkeys(r["method"] for r in records))
+    models = list(dict.fromkeys(str(r.get("model_id")) for r in records))
+    if len(models) > 1:
+        logger.warning("run %s holds records of %d models (%s); the report averages them together",
+                       run.folder, len(models), ", ".join(models))
     overview = pd.DataFrame(
-        {"method": r["method"], "jas": r["jas"], "abs_delta": abs(r["delta"] or 0.0),
-         "correct": r["label"] == r["prediction"]} for r in records
+        {"method": r["method"], "jas": r.get("jas"), "abs_delta": abs(r.get("delta") or 0.0),
+         "correct": _correct(r)} for r in records
     ).groupby("method", sort=False).agg(
         images=("jas", "size"), mean_jas=("jas", "mean"), median_jas=("jas", "median"),
         mean_abs_delta=("abs_delta", "mean"), accuracy=("correct", "mean"),
@@ -91,6 +105,9 @@ def write_report(run: "Run") -> Tuple[Path, Path]:
     settings_md = ", ".join(f"{k} = {v}" for k, v in shown.items() if v is not None)
     lines = ["# captum-paths report", "", f"Run `{run.folder}`: {len(records)} records, methods {', '.join(methods)}.",
              "", f"Settings: {settings_md}.", ""]
+    if len(models) > 1:
+        lines += [f"Warning: the records come from {len(models)} models ({', '.join(models)}); the tables average "
+                  "them together.", ""]
     for title, note, df in sections:
         lines += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown(df), ""]
     if figures:

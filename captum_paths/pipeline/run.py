@@ -169,6 +169,7 @@ class Run:
             raise TypeError(f"folder must be a path; got {type(folder).__name__}")
         self.folder = Path(folder)
         self._device = device
+        self._resolved = False
         self._settings: Optional[Dict[str, Any]] = None
         self._model: Optional["nn.Module"] = None
         self._transform = None
@@ -223,9 +224,13 @@ class Run:
         if not self.run_file.exists():
             return None
         try:
-            return upgrade_settings(json.loads(self.run_file.read_text(encoding="utf-8")))
+            settings = json.loads(self.run_file.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise RunMismatchError(f"{self.run_file} is not valid JSON ({exc}); use --restart to start over") from exc
+        if not isinstance(settings, dict):
+            raise RunMismatchError(f"{self.run_file} holds a JSON {type(settings).__name__}, not the object of "
+                                   "settings extract writes; use --restart to start over")
+        return upgrade_settings(settings)
 
     @property
     def settings(self) -> Dict[str, Any]:
@@ -280,7 +285,7 @@ class Run:
         """The records of ``records.jsonl``; an error says how to make them."""
         settings = self.settings  # a missing folder or run.json is named first
         del settings
-        records = read_records(self.records_file)
+        records = read_records(self.records_file, check=True)
         if not records:
             raise ValueError(f"run folder {str(self.folder)!r} has no records in {RECORDS_FILE}; run "
                              "`captum-paths extract` (or `captum-paths merge` after a torchrun that stopped early)")
@@ -296,6 +301,8 @@ class Run:
         """
         with self.lock():  # no extract appends while the files are merged
             files = self.record_files()
+            if not files:  # nothing to merge: an empty records.jsonl would block extract in a folder without run.json
+                return []
             records = unique_records((r for file in files for r in read_records(file, unique=False)),
                                      f"run folder {str(self.folder)!r}")
             records.sort(key=record_key)
@@ -311,8 +318,9 @@ class Run:
         """The device the run's model is on (resolved on first use)."""
         from captum_paths.distributed import default_device
 
-        if self._device is None or self._device == "cuda":
+        if not self._resolved:  # "cuda" becomes cuda:LOCAL_RANK; a device this machine lacks is refused
             self._device = default_device(self._device, int(os.environ.get("LOCAL_RANK", "0")))
+            self._resolved = True
         return self._device
 
     def model(self) -> "nn.Module":
@@ -321,6 +329,7 @@ class Run:
             from captum_paths.models import load_model
 
             s = self.settings
+            self._check_file(s.get("checkpoint"), s.get("checkpoint_sha256"), "checkpoint")
             self._model, self._transform = load_model(
                 s["model"], pretrained=bool(s.get("pretrained")), checkpoint=s.get("checkpoint"),
                 num_classes=s.get("num_classes"), device=self.device, random_weights=s.get("random_weights"),
@@ -343,6 +352,8 @@ class Run:
             if s.get("data") is None:
                 raise ValueError(f"{RUN_FILE} of {str(self.folder)!r} names no data folder; this stage needs "
                                  "the run's images")
+            if isinstance(s.get("label_map"), str):
+                self._check_file(s["label_map"], s.get("label_map_sha256"), "label map")
             dataset = ImageFolderDataset(s["data"], transform=None, label_map=s.get("label_map"))
             recorded = s.get("data_fingerprint")
             if recorded is not None and dataset.fingerprint() != recorded:
@@ -367,6 +378,17 @@ class Run:
                              f"{self.settings['data']!r} (e.g. {missing[0]!r})")
         items = [dataset[where[i]] for i in image_ids]
         return torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items])
+
+    def _check_file(self, path: Optional[str], recorded: Optional[str], what: str) -> None:
+        """:class:`RunMismatchError` when the file ``path`` no longer has the content hash ``recorded``
+        (the checkpoint or label map the run was extracted with)."""
+        if path is None or recorded is None or not os.path.isfile(path):
+            return  # nothing recorded (an older run folder), or the loader names the missing file
+        if file_sha256(path) != recorded:
+            raise RunMismatchError(
+                f"the {what} {path!r} changed since run {str(self.folder)!r} was extracted (its content hash "
+                "differs); restore it, or extract a new run"
+            )
 
     def _check_weights(self, model: "nn.Module") -> None:
         recorded = self.settings.get("weights_sha256")
