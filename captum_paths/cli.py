@@ -58,9 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--restart. Under torchrun the images are sharded by rank and merged by rank 0."
         ),
     )
-    extract.add_argument("--model", required=True, help="model spec: demo, timm:NAME, torchvision:NAME or hf:NAME_OR_PATH")
+    extract.add_argument("--model", required=True,
+                         help="model spec: demo, timm:NAME, torchvision:NAME, hf:NAME_OR_PATH or open_clip:ARCH[@TAG] "
+                              "(a zero-shot classifier over the class folder names)")
     extract.add_argument("--checkpoint", type=Path, default=None, help="local weights (.safetensors, .pt, .pth, .bin)")
     extract.add_argument("--pretrained", action="store_true", help="download the published weights")
+    extract.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                         help="keyword argument of the model's constructor, repeatable (e.g. img_size=112; values "
+                              "are Python literals, else strings)")
     extract.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                          help="study a timm/torchvision model with random weights drawn from SEED (recorded in "
                               "run.json; without it such a model is refused)")
@@ -162,12 +167,29 @@ def _run_extract(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, label_map=args.label_map, k=args.k, n_steps=args.n_steps,
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
         limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
-        random_weights=args.random_weights,
+        random_weights=args.random_weights, model_args=_model_args(args.model_arg),
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "
               f"{summary['images']} images, {summary['unreadable']} unreadable, {summary['seconds']:.1f} s)")
     return 0
+
+
+def _model_args(pairs: List[str]) -> dict:
+    """``{key: value}`` from ``KEY=VALUE`` strings; values are Python literals (``112``, ``(1, 2)``,
+    ``True``) or else strings."""
+    import ast
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise _UsageError(f"--model-arg must be KEY=VALUE with KEY a Python name; got {pair!r}")
+        try:
+            parsed[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed[key.strip()] = value
+    return parsed
 
 
 def _run_merge(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
@@ -158,6 +158,7 @@ class ImageFolderDataset(Dataset):
                 "(one sub-folder per class)"
             )
         self.class_to_idx: Dict[str, int] = self._class_indices(label_map)
+        self._label_names: Dict[int, str] = _human_names(label_map)
 
         self.samples: List[Tuple[str, int]] = []
         self.unreadable: List[Tuple[str, str]] = []
@@ -201,6 +202,14 @@ class ImageFolderDataset(Dataset):
 
             tensor = to_tensor(image)
         return tensor, label, self.image_ids[index]
+
+    def class_names(self) -> List[str]:
+        """One name per class index ``0 .. max``: the human name a Keras-style label map gives
+        (``{"0": ["n01440764", "tench"]}``), else the class folder's name (``"class {i}"`` for an
+        index no folder has). Zero-shot classifiers turn these into text prompts."""
+        names = {index: folder for folder, index in self.class_to_idx.items()}
+        names.update(self._label_names)
+        return [str(names.get(i, f"class {i}")).replace("_", " ") for i in range(max(names) + 1)]
 
     def fingerprint(self) -> str:
         """SHA-256 of what identifies the data: the class folders and their indices, and the
@@ -308,6 +317,25 @@ def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.Pa
         shown = dict(list(bad.items())[:5])
         raise ValueError(f"{source}: class indices must be non-negative ints; got {shown}")
     return mapping
+
+
+def _human_names(label_map: Any) -> Dict[int, str]:
+    """``{index: name}`` from a Keras-style label map (``{"0": ["n01440764", "tench"]}``), else ``{}``."""
+    if isinstance(label_map, (str, os.PathLike)):
+        try:
+            label_map = json.loads(Path(label_map).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+    if not isinstance(label_map, Mapping):
+        return {}
+    names = {}
+    for key, value in label_map.items():
+        if isinstance(value, (list, tuple)) and len(value) >= 2 and isinstance(value[1], str):
+            try:
+                names[int(key)] = value[1]
+            except (TypeError, ValueError):
+                return {}
+    return names
 
 
 def _within(path: str, folder: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
@@ -84,9 +85,57 @@ def _is_hf_model(model: nn.Module) -> bool:
 # Model loading
 # ---------------------------------------------------------------------------
 
-__all__ += ["ModelLoadError", "load_model", "load_checkpoint", "has_random_weights", "weights_fingerprint"]
+__all__ += ["ModelLoadError", "load_model", "load_checkpoint", "has_random_weights", "weights_fingerprint",
+            "register_loader", "LoadRequest"]
 
-_MODEL_FORMS = '"timm:NAME", "torchvision:NAME", "hf:NAME_OR_PATH", "demo"'
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a loader receives: the spec, the name after its prefix and the weight options."""
+
+    spec: str
+    name: str
+    pretrained: bool
+    checkpoint: Optional[Path]
+    num_classes: Optional[int]
+    model_kwargs: Dict[str, Any]
+    classnames: Optional[Sequence[str]] = None
+
+
+@dataclass(frozen=True)
+class _Loader:
+    load: Callable[[LoadRequest], Tuple[nn.Module, "Transform"]]
+    form: str
+    random_without_weights: bool
+
+
+_LOADERS: Dict[str, _Loader] = {}
+
+
+def register_loader(prefix: str, form: str, random_without_weights: bool = False):
+    """Decorator: ``fn(request: LoadRequest) -> (model, transform)`` loads specs ``"PREFIX:NAME"``.
+
+    ``form`` shows the spec in messages (``'"timm:NAME"'``); ``random_without_weights``
+    says that the loader builds random weights when neither ``pretrained`` nor a
+    checkpoint is given (such specs are then refused by run folders unless seeded).
+    """
+    if not isinstance(prefix, str) or not prefix or ":" in prefix:
+        raise ValueError(f"prefix must be a non-empty name without ':'; got {prefix!r}")
+
+    def register(fn: Callable[[LoadRequest], Tuple[nn.Module, "Transform"]]):
+        _LOADERS[prefix] = _Loader(fn, form, random_without_weights)
+        return fn
+    return register
+
+
+def _forms() -> str:
+    return ", ".join(loader.form for loader in _LOADERS.values())
+
+
+def _random_forms() -> str:
+    return " and ".join(f"{p}:" for p, loader in _LOADERS.items() if loader.random_without_weights)
+
+
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,13 +155,16 @@ def load_model(
     num_classes: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     random_weights: Optional[int] = None,
+    classnames: Optional[Sequence[str]] = None,
     **model_kwargs: Any,
 ) -> Tuple[nn.Module, Transform]:
     """Build a vision model and its evaluation preprocessing from a spec string.
 
     Args:
-        spec: ``"timm:NAME"``, ``"torchvision:NAME"``, ``"hf:NAME_OR_PATH"`` or
-            ``"demo"``. A bare ``NAME`` is accepted when timm knows it.
+        spec: ``"timm:NAME"``, ``"torchvision:NAME"``, ``"hf:NAME_OR_PATH"``,
+            ``"open_clip:ARCH"`` (``ARCH@TAG`` for published weights, or
+            ``hf-hub:ORG/NAME``) or ``"demo"``, or the prefix of a loader added with
+            :func:`register_loader`. A bare ``NAME`` is accepted when timm knows it.
         pretrained: download the published weights (timm / torchvision hub).
             Ignored for ``hf:`` (its weights always come from ``NAME_OR_PATH``)
             and for ``demo`` (weights ship with the package).
@@ -127,8 +179,10 @@ def load_model(
             the same torch). Without ``pretrained``, ``checkpoint`` or a seed such
             a model gets unseeded random weights, a different network on every
             load, with a warning.
-        **model_kwargs: passed to the model constructor (timm / torchvision) or
-            to ``from_pretrained`` (``hf:``), e.g. ``img_size=32, depth=2``.
+        classnames: the class names, in index order, of a zero-shot classifier
+            (``open_clip:``): each becomes a text prompt.
+        **model_kwargs: passed to the model constructor (timm / torchvision /
+            open_clip) or to ``from_pretrained`` (``hf:``), e.g. ``img_size=32, depth=2``.
 
     Returns:
         ``(model, transform)``: the model in eval mode, whose forward maps
@@ -142,7 +196,7 @@ def load_model(
         ModelLoadError: pretrained weights or a hub model could not be downloaded.
     """
     if not isinstance(spec, str):
-        raise TypeError(f"spec must be a str such as {_MODEL_FORMS}; got {type(spec).__name__}")
+        raise TypeError(f"spec must be a str such as {_forms()}; got {type(spec).__name__}")
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be a bool; got {pretrained!r}")
     if num_classes is not None and (
@@ -156,26 +210,22 @@ def load_model(
     torch_device = _as_device(device)
 
     kind, name = _parse_spec(spec)
-    random = kind in ("timm", "torchvision") and not pretrained and checkpoint_path is None
+    loader = _LOADERS[kind]
+    random = loader.random_without_weights and not pretrained and checkpoint_path is None
     if random_weights is not None and not random:
-        raise ValueError(f"random_weights applies to timm: and torchvision: models without pretrained weights or "
+        raise ValueError(f"random_weights applies to {_random_forms()} models without pretrained weights or "
                          f"a checkpoint; spec {spec!r} has its weights")
     if random and random_weights is None:
         logger.warning("%s gets random, unseeded weights: a different network on every load; pass pretrained=True, "
                        "a checkpoint, or random_weights=SEED", spec)
-    if kind in ("timm", "torchvision"):
-        load = _load_timm if kind == "timm" else _load_torchvision
-        # a seed draws the weights from a generator of their own, leaving the caller's untouched;
-        # without one they come from the global generator, a new network on every load
-        seeded = torch.random.fork_rng(devices=[]) if random_weights is not None else contextlib.nullcontext()
-        with seeded:
-            if random_weights is not None:
-                torch.manual_seed(random_weights)
-            model, transform = load(spec, name, pretrained, checkpoint_path, num_classes, model_kwargs)
-    elif kind == "hf":
-        model, transform = _load_hf(spec, name, checkpoint_path, num_classes, model_kwargs)
-    else:
-        model, transform = _load_demo(spec, checkpoint_path, num_classes, model_kwargs)
+    # a seed draws the weights from a generator of their own, leaving the caller's untouched;
+    # without one they come from the global generator, a new network on every load
+    seeded = torch.random.fork_rng(devices=[]) if random_weights is not None else contextlib.nullcontext()
+    with seeded:
+        if random_weights is not None:
+            torch.manual_seed(random_weights)
+        model, transform = loader.load(LoadRequest(spec, name, pretrained, checkpoint_path, num_classes,
+                                                   dict(model_kwargs), classnames))
 
     if torch_device is not None:
         model = model.to(torch_device)
@@ -184,9 +234,9 @@ def load_model(
 
 def has_random_weights(spec: str, pretrained: bool = False, checkpoint: Optional[Union[str, os.PathLike]] = None
                        ) -> bool:
-    """Whether :func:`load_model` builds ``spec`` with random weights (timm / torchvision
-    without ``pretrained`` or a checkpoint)."""
-    return _parse_spec(spec)[0] in ("timm", "torchvision") and not pretrained and checkpoint is None
+    """Whether :func:`load_model` builds ``spec`` with random weights (timm / torchvision /
+    open_clip without ``pretrained`` or a checkpoint)."""
+    return _LOADERS[_parse_spec(spec)[0]].random_without_weights and not pretrained and checkpoint is None
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -231,13 +281,13 @@ def _parse_spec(spec: str) -> Tuple[str, str]:
     if text == "demo":
         return "demo", ""
     prefix, sep, name = text.partition(":")
-    if sep and prefix in ("timm", "torchvision", "hf"):
+    if sep and prefix in _LOADERS:
         if not name.strip():
-            raise ValueError(f"spec {spec!r} has no model name after {prefix + ':'!r}; allowed forms: {_MODEL_FORMS}")
+            raise ValueError(f"spec {spec!r} has no model name after {prefix + ':'!r}; allowed forms: {_forms()}")
         return prefix, name.strip()
     if sep and prefix not in ("hf-hub", "local-dir"):  # timm's own schemes, bare
         raise ValueError(
-            f"unknown model spec prefix {prefix + ':'!r} in {spec!r}; allowed forms: {_MODEL_FORMS}"
+            f"unknown model spec prefix {prefix + ':'!r} in {spec!r}; allowed forms: {_forms()}"
         )
     import timm
 
@@ -245,7 +295,7 @@ def _parse_spec(spec: str) -> Tuple[str, str]:
         return "timm", text
     raise ValueError(
         f"model spec {spec!r} has no prefix and is not a timm model name; allowed forms: "
-        f"{_MODEL_FORMS}{_suggest(text, timm.list_models())}"
+        f"{_forms()}{_suggest(text, timm.list_models())}"
     )
 
 
@@ -514,6 +564,64 @@ def _load_demo(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, spec)
     return model, demo_transform()
+
+
+# -- open_clip ---------------------------------------------------------------------
+
+
+def _load_open_clip(request: LoadRequest) -> Tuple[nn.Module, Transform]:
+    """An open_clip model under a zero-shot head over ``classnames`` (see :mod:`captum_paths.zero_shot`)."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ImportError(f"spec {request.spec!r} needs the open_clip package: pip install captum-paths[open_clip]"
+                          ) from exc
+    from captum_paths.zero_shot import ZeroShotClassifier
+
+    if request.num_classes is not None:
+        raise ValueError("open_clip models take no num_classes: their classes are the classnames")
+    if not request.classnames:
+        raise ValueError(f"spec {request.spec!r} is a zero-shot classifier: pass classnames (the pipeline uses "
+                         "the data's class folder names, or the names of a Keras-style label map)")
+    arch, _, tag = request.name.partition("@")
+    if request.checkpoint is not None:
+        weights = str(request.checkpoint)
+    elif arch.startswith("hf-hub:"):
+        weights = None
+    elif request.pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if tag and tag not in tags:
+            raise ValueError(f"open_clip has no weights {tag!r} for {arch!r}; it has {tags}")
+        if not tags:
+            raise ValueError(f"open_clip publishes no weights for {arch!r}; pass a checkpoint")
+        weights = tag or tags[0]
+    else:
+        weights = None
+    if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+        raise ValueError(f"unknown open_clip model {arch!r} (spec {request.spec!r})"
+                         f"{_suggest(arch, open_clip.list_models())}")
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=weights,
+                                                                    **request.model_kwargs)
+    except Exception as exc:
+        if _is_download_error(exc):
+            raise ModelLoadError(_download_message(request.spec, exc, "")) from exc
+        raise
+    tokenizer = open_clip.get_tokenizer(arch)
+    classifier = ZeroShotClassifier.from_open_clip(model.eval(), tokenizer, list(request.classnames))
+    from torchvision import transforms as T
+
+    return classifier, T.Compose([_ToRGB(), transform])
+
+
+register_loader("timm", '"timm:NAME"', random_without_weights=True)(
+    lambda r: _load_timm(r.spec, r.name, r.pretrained, r.checkpoint, r.num_classes, r.model_kwargs))
+register_loader("torchvision", '"torchvision:NAME"', random_without_weights=True)(
+    lambda r: _load_torchvision(r.spec, r.name, r.pretrained, r.checkpoint, r.num_classes, r.model_kwargs))
+register_loader("hf", '"hf:NAME_OR_PATH"')(
+    lambda r: _load_hf(r.spec, r.name, r.checkpoint, r.num_classes, r.model_kwargs))
+register_loader("open_clip", '"open_clip:ARCH[@TAG]"', random_without_weights=True)(_load_open_clip)
+register_loader("demo", '"demo"')(lambda r: _load_demo(r.spec, r.checkpoint, r.num_classes, r.model_kwargs))
 
 
 # -- checkpoints ------------------------------------------------------------------

@@ -383,3 +383,68 @@ def test_the_readme_adapter_example_runs_as_written():
         assert result.paths.shape == (2, 3, 1) and (result.paths < 16).all()
     finally:
         family_base._REGISTRY.pop("my-vit")
+
+
+# ------------------------------------------------------------------ loading: --model-arg, open_clip:
+def test_model_args_parse_python_literals_or_strings():
+    from captum_paths.cli import _model_args, _UsageError
+
+    assert _model_args(["img_size=112", "depths=(1, 2)", "act_layer=gelu", "qkv_bias=False"]) == {
+        "img_size": 112, "depths": (1, 2), "act_layer": "gelu", "qkv_bias": False}
+    for bad in ("img_size", "=3", "2x=1"):
+        with pytest.raises(_UsageError, match="KEY=VALUE"):
+            _model_args([bad])
+
+
+TINY_TIMM_ARGS = ["--model-arg", "img_size=32", "--model-arg", "patch_size=8", "--model-arg", "depth=2",
+                  "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
+
+
+def test_extract_builds_the_model_with_model_args_and_keeps_them_in_the_identity(tmp_path, capsys):
+    import json
+
+    from captum_paths.cli import main
+    from captum_paths.demo import save_demo_image_folder
+    from captum_paths.pipeline import Run
+
+    data = save_demo_image_folder(tmp_path / "data", limit_per_class=1)
+    out = tmp_path / "run"
+    base = ["extract", "--model", "timm:vit_tiny_patch16_224", "--random-weights", "0", "--data", str(data),
+            "--out", str(out), "--method", "random", "--limit", "3", "--num-classes", "10", "--quiet"]
+    assert main(base + TINY_TIMM_ARGS) == 0, capsys.readouterr().err
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["model_args"] == {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+    model = Run(out).model()
+    assert len(model.blocks) == 2 and model.patch_embed.patch_size == (8, 8)
+    assert main(base + TINY_TIMM_ARGS) == 0 and "0 new" in capsys.readouterr().out  # the same run resumes
+    assert main(base + TINY_TIMM_ARGS[:-2] + ["--model-arg", "num_heads=4"]) == 2
+    assert "model_args" in capsys.readouterr().err
+    assert main(base + ["--model-arg", "num_classes=12"]) == 2
+    assert "--num-classes" in capsys.readouterr().err
+
+
+def test_open_clip_spec_is_a_zero_shot_classifier_over_the_class_names(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    import json
+
+    from captum_paths.cli import main
+    from captum_paths.demo import save_demo_image_folder
+    from captum_paths.models import load_model
+    from captum_paths.pipeline import Run
+
+    tiny = dict(vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+                text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1), embed_dim=32)
+    with pytest.raises(ValueError, match="pass classnames"):
+        load_model("open_clip:ViT-B-32", random_weights=0, **tiny)
+    data = save_demo_image_folder(tmp_path / "data", limit_per_class=1)
+    out = tmp_path / "run"
+    args = ["extract", "--model", "open_clip:ViT-B-32", "--random-weights", "3", "--data", str(data), "--out",
+            str(out), "--method", "neuron-path", "--limit", "2", "--n-steps", "2", "--quiet"]
+    args += [part for key, value in tiny.items() for part in ("--model-arg", f"{key}={value!r}")]
+    assert main(args) == 0, capsys.readouterr().err
+    run = Run(out)
+    model = run.model()
+    assert model.num_classes == 10 and NeuronSites.from_model(model).family == "zero-shot"
+    records = run.records()
+    assert len(records) == 2 and all(len(r["path"]) == 2 for r in records)
+    assert json.loads((out / "run.json").read_text())["random_weights"] == 3

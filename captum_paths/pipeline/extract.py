@@ -105,11 +105,14 @@ def extract(
     refine: Optional[Union[int, str]] = None,
     beam: Optional[int] = None,
     random_weights: Optional[int] = None,
+    model_args: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
 
     ``model`` is a spec for :func:`captum_paths.models.load_model` (``demo``,
-    ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME_OR_PATH``). ``refine`` and
+    ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME_OR_PATH``, ``open_clip:ARCH[@TAG]``),
+    ``model_args`` keyword arguments of its constructor (``{"img_size": 112}``; part
+    of the run's identity). A zero-shot model's classes are the data's class names. ``refine`` and
     ``beam`` go to the methods that take them (``neuron-path``); ``None`` keeps
     each method's default. A ``timm:`` or ``torchvision:`` model without
     ``pretrained`` or ``checkpoint`` is refused unless ``random_weights`` gives
@@ -151,8 +154,15 @@ def extract(
             f"model {model!r} without --pretrained or --checkpoint has random weights, a different network on every "
             "load; pass --pretrained, --checkpoint FILE, or --random-weights SEED to study a seeded random network"
         )
+    if model_args is not None and (not isinstance(model_args, Mapping)
+                                   or not all(isinstance(key, str) for key in model_args)):
+        raise TypeError(f"model_args must be a dict of keyword arguments; got {model_args!r}")
+    taken = sorted(set(model_args or {}) & {"pretrained", "checkpoint", "num_classes", "device", "random_weights",
+                                            "classnames"})
+    if taken:
+        raise ValueError(f"model_args {taken} have options of their own: use --{taken[0].replace('_', '-')}")
     settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
-                            methods, data, label_map, refine, beam, random_weights)
+                            methods, data, label_map, refine, beam, random_weights, model_args)
     run.adopt(settings)  # the model and the images load from these settings
     dataset = run.dataset()
     settings["data_fingerprint"] = dataset.fingerprint()

@@ -47,14 +47,15 @@ LOCK_FILE = ".lock"
 #: Settings that must match for records to share a run folder: the run's identity.
 COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
                    "target", "refine", "beam", "data", "data_fingerprint", "label_map_sha256",
-                   "checkpoint_sha256", "random_weights", "weights_sha256")
+                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args")
 #: Identity keys that run folders of schema 2 and older do not have (compared only when present).
 _NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
-             "weights_sha256")
+             "weights_sha256", "model_args")
 
 
 #: Settings the run's model and images are loaded from.
-_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map", "random_weights")
+_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map", "random_weights",
+              "model_args")
 
 
 class RunMismatchError(ValueError):
@@ -81,6 +82,7 @@ def run_settings(
     refine: Optional[Union[int, str]] = None,
     beam: Optional[int] = None,
     random_weights: Optional[int] = None,
+    model_args: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The settings a run folder records in ``run.json`` (file and folder paths made absolute).
 
@@ -106,6 +108,7 @@ def run_settings(
         "refine": refine,
         "beam": beam,
         "random_weights": random_weights,
+        "model_args": json.loads(json.dumps(dict(model_args or {}))),  # as run.json will read back (lists)
     }
 
 
@@ -174,6 +177,7 @@ class Run:
         self._model: Optional["nn.Module"] = None
         self._transform = None
         self._dataset: Optional["ImageFolderDataset"] = None
+        self._scanned: Optional["ImageFolderDataset"] = None
         self._loaded_from: Optional[Dict[str, Any]] = None  # the settings the model and images came from
         self._lock_depth = 0
 
@@ -269,7 +273,7 @@ class Run:
         """Use ``settings`` for a run being created (before ``run.json`` is written); the
         model and images loaded for other settings are dropped."""
         if self._loaded_from is not None and self._loaded_from != _load_settings(settings):
-            self._model = self._transform = self._dataset = None
+            self._model = self._transform = self._dataset = self._scanned = None
             self._loaded_from = None
         self._settings = settings
 
@@ -330,9 +334,11 @@ class Run:
 
             s = self.settings
             self._check_file(s.get("checkpoint"), s.get("checkpoint_sha256"), "checkpoint")
+            classnames = self._folder().class_names() if s.get("data") is not None else None
             self._model, self._transform = load_model(
                 s["model"], pretrained=bool(s.get("pretrained")), checkpoint=s.get("checkpoint"),
                 num_classes=s.get("num_classes"), device=self.device, random_weights=s.get("random_weights"),
+                classnames=classnames, **(s.get("model_args") or {}),
             )
             self._loaded_from = _load_settings(s)
             self._check_weights(self._model)
@@ -343,9 +349,9 @@ class Run:
         self.model()
         return self._transform
 
-    def dataset(self) -> "ImageFolderDataset":
-        """The run's image folder with the model's transform, scanned once."""
-        if self._dataset is None:
+    def _folder(self) -> "ImageFolderDataset":
+        """The run's image folder, scanned and checked once, without a transform yet."""
+        if self._scanned is None:
             from captum_paths.data import ImageFolderDataset
 
             s = self.settings
@@ -361,9 +367,16 @@ class Run:
                     f"the data folder {s['data']!r} changed since run {str(self.folder)!r} was extracted (other "
                     "class folders, images or file sizes); restore it, or extract a new run"
                 )
-            dataset.transform = self.transform()  # the folder is checked before the model loads
+            self._scanned = dataset
+        return self._scanned
+
+    def dataset(self) -> "ImageFolderDataset":
+        """The run's image folder with the model's transform, scanned once."""
+        if self._dataset is None:
+            dataset = self._folder()  # the folder is checked before the model loads
+            dataset.transform = self.transform()
             self._dataset = dataset
-            self._loaded_from = _load_settings(s)
+            self._loaded_from = _load_settings(self.settings)
         return self._dataset
 
     def images(self, image_ids: Sequence[str]) -> Tuple["torch.Tensor", "torch.Tensor"]:
