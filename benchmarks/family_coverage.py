@@ -54,7 +54,8 @@ def timm_choices(only: Optional[List[str]]) -> Dict[str, str]:
 
 
 def _has_attention(model: nn.Module) -> bool:
-    return any(any(w in type(m).__name__.lower() for w in ("attention", "attn")) or isinstance(m, nn.MultiheadAttention)
+    names = ("attention", "attn")
+    return any(any(w in type(m).__name__.lower() for w in names) or isinstance(m, nn.MultiheadAttention)
                for m in model.modules())
 
 

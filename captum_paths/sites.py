@@ -186,6 +186,19 @@ class NeuronSites:
             )
         return layer
 
+    def check_batch(self, acts: Mapping[int, torch.Tensor], batch: int) -> None:
+        """ValueError when a recorded site holds another number of rows than the ``batch`` of
+        images: the model folds windows or patches into the batch dimension there, so its
+        neurons cannot be gated image by image."""
+        for layer, act in acts.items():
+            if act.shape[0] != batch:
+                raise ValueError(
+                    f"site {self.names[layer]!r} (layer {layer}) holds {act.shape[0]} rows for a batch of {batch} "
+                    f"images: a {type(self.model).__name__} folds windows or patches into the batch there, so "
+                    "its neurons cannot be gated per image; pass sites whose activations keep one row per image "
+                    "(NeuronSites.from_names)"
+                )
+
     # ---------------------------------------------------------------------- hooks
     @contextlib.contextmanager
     def edit(self, edits: Mapping[int, SiteEdit]) -> Iterator[None]:

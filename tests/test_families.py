@@ -147,6 +147,8 @@ CASES = {
                               embed_dim=16), 32, "timm-swin", 2, [64, 128], "all", False),
     "timm_swinv2_cr": Case(_timm("swinv2_cr_tiny_224", img_size=32, window_size=4, depths=(1, 1), num_heads=(1, 2),
                                  embed_dim=16), 32, "timm-swin", 2, [64, 128], "all", False),
+    "timm_pit_fallback": Case(_timm("pit_ti_224", img_size=64), 64, "timm-staged", 12,
+                              [256] * 2 + [512] * 6 + [1024] * 4, "cls", False),
     "torchvision_vit": Case(_torchvision_vit, 32, "torchvision", 2, 64, "cls", True),
     "torchvision_swin": Case(_torchvision_swin, 32, "torchvision-swin", 2, [64, 128], "all", False),
     "hf_swin": Case(_hf_swin, 32, "hf-swin", 2, [64, 128], "all", False),
@@ -448,3 +450,12 @@ def test_open_clip_spec_is_a_zero_shot_classifier_over_the_class_names(tmp_path,
     records = run.records()
     assert len(records) == 2 and all(len(r["path"]) == 2 for r in records)
     assert json.loads((out / "run.json").read_text())["random_weights"] == 3
+
+
+def test_a_model_that_folds_windows_into_the_batch_gets_a_clear_error():
+    """MobileViT unfolds patches into the batch inside its transformer: the fallback adapter finds
+    its FFNs, and the search says why their neurons cannot be gated per image."""
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", num_classes=5).eval()
+    with pytest.raises(ValueError, match=r"holds 8 rows for a batch of 2 images: .*folds windows or patches"):
+        LayerProgressiveNeuronPath(model).attribute(torch.randn(2, 3, 64, 64), target=0, n_steps=2)

@@ -154,6 +154,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
         check_finite_output(logits)
+        self.sites.check_batch(clean, inputs[0].shape[0])
         widths = [clean[l].shape[-1] for l in range(self.sites.num_layers)]
         device = logits.device
         target = resolve_target(target, logits)

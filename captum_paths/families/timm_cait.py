@@ -10,7 +10,8 @@ from typing import Optional
 from torch import nn
 
 from captum_paths.families.base import SiteSpec, register_family
-from captum_paths.families.timm_vit import TimmBlocks, mlp_site
+from captum_paths.families._timm import mlp_site
+from captum_paths.families.timm_vit import TimmBlocks
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmCait"]

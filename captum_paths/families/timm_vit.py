@@ -20,26 +20,12 @@ from captum_paths.families.base import (
     SplitBlock,
     StreamParts,
     as_pair,
-    linear_width,
     register_family,
 )
+from captum_paths.families._timm import mlp_site
 from captum_paths.tokens import TokenSelection
 
-__all__ = ["TimmBlocks", "mlp_site", "pooled_tokens"]
-
-_GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
-
-
-def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
-    """``(module, capture, width)`` of a timm FFN: ``act`` of a plain ``Mlp``, the input of
-    ``fc2`` of a gated one (its hidden activation is the gated product); else ``None``."""
-    gated = type(mlp).__name__ in _GATED
-    if not gated and all(hasattr(mlp, n) for n in ("fc1", "act", "fc2")):
-        return mlp.act, "output", linear_width(mlp.fc1)
-    if isinstance(getattr(mlp, "fc2", None), nn.Linear):
-        return mlp.fc2, "input", mlp.fc2.in_features
-    return None
-
+__all__ = ["TimmBlocks", "pooled_tokens"]
 
 def pooled_tokens(model: nn.Module, prefix: int) -> TokenSelection:
     """The tokens a timm head reads: the class token (and the distillation token of a

@@ -141,6 +141,7 @@ class PathAttribution(SiteAttribution):
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
         check_finite_output(logits)
+        self.sites.check_batch(clean, inputs[0].shape[0])
         width = min(a.shape[-1] for a in clean.values())
         if k > width:
             raise ValueError(f"k must be at most the site width {width}; got {k}")

@@ -1,0 +1,23 @@
+"""What the timm adapters share: where the neuron of a timm FFN is."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from torch import nn
+
+from captum_paths.families.base import linear_width
+
+__all__ = ["mlp_site"]
+
+_GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
+
+
+def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
+    """``(module, capture, width)`` of a timm FFN: ``act`` of a plain ``Mlp``, the input of
+    ``fc2`` of a gated one (its hidden activation is the gated product); else ``None``."""
+    gated = type(mlp).__name__ in _GATED
+    if not gated and all(hasattr(mlp, n) for n in ("fc1", "act", "fc2")):
+        return mlp.act, "output", linear_width(mlp.fc1)
+    if isinstance(getattr(mlp, "fc2", None), nn.Linear):
+        return mlp.fc2, "input", mlp.fc2.in_features
+    return None
