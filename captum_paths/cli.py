@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--target", choices=("label", "pred"), default="label",
                          help="explain the true label or the prediction (default: label)")
     extract.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    extract.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="processes decoding images (default: CPU cores - 1, up to 8, on CUDA; 0 on the CPU)")
+    extract.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16",
+                         help="precision of the search and the scores' forward passes (autocast; sums stay fp32). "
+                              "Default: fp32")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     extract.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by id)")
     extract.add_argument("--restart", action="store_true", help="delete the folder's records and start over")
@@ -153,6 +158,8 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes", "--beam"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.workers is not None and args.workers < 0:
+        raise _UsageError(f"--workers must be 0 (decode in this process) or a positive number; got {args.workers}")
     if args.random_weights is not None and args.random_weights < 0:
         raise _UsageError(f"--random-weights must be a non-negative seed; got {args.random_weights}")
     refine = args.refine
@@ -167,7 +174,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, label_map=args.label_map, k=args.k, n_steps=args.n_steps,
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
         limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
-        random_weights=args.random_weights, model_args=_model_args(args.model_arg),
+        random_weights=args.random_weights, model_args=_model_args(args.model_arg), workers=args.workers,
+        dtype=args.dtype,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "
@@ -274,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"captum-paths {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except OSError as err:
+    except (OSError, MemoryError) as err:
         print(f"captum-paths {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
 

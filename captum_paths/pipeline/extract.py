@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from captum_paths.models import to_logits
 from captum_paths.data import UnreadableImageError
+from captum_paths.pipeline.batches import DTYPES, default_workers, image_batches, precision
 from captum_paths.pipeline.run import RunLockedError, file_sha256, run_settings
 from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
 from captum_paths.search.registry import create_path_method, get_path_method
@@ -106,6 +107,8 @@ def extract(
     beam: Optional[int] = None,
     random_weights: Optional[int] = None,
     model_args: Optional[Mapping[str, Any]] = None,
+    workers: Optional[int] = None,
+    dtype: str = "fp32",
 ) -> Dict[str, Any]:
     """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
 
@@ -122,6 +125,13 @@ def extract(
     other settings, another data folder or changed data, label map, checkpoint
     or weights are refused unless ``restart``. Images that fail to decode are
     skipped and listed in ``unreadable.txt``.
+
+    ``workers`` decode the images in parallel (default: one per CPU core but one,
+    up to 8, on CUDA; none on the CPU); the records do not depend on it. ``dtype``
+    (``fp32``, ``bf16``, ``fp16``; part of the run's identity) runs the search and
+    the final scoring under autocast, scores and sums in fp32 or fp64; TF32
+    matmuls are allowed on CUDA. A batch that does not fit in GPU memory is
+    searched in halves, down to one image (then an error says so).
     Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted image ids
     goes to rank ``i % world_size``, each rank appends to
     ``records.rank{r}.jsonl`` and rank 0 merges them after a barrier.
@@ -141,6 +151,10 @@ def extract(
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None:
             _check_positive(name, value)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be a non-negative int (0: decode in this process); got {workers!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
     options = {key: value for key, value in (("refine", refine), ("beam", beam)) if value is not None}
     for name in methods:  # every method's settings, before run.json is written
         cls = get_path_method(name)
@@ -162,7 +176,7 @@ def extract(
     if taken:
         raise ValueError(f"model_args {taken} have options of their own: use --{taken[0].replace('_', '-')}")
     settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
-                            methods, data, label_map, refine, beam, random_weights, model_args)
+                            methods, data, label_map, refine, beam, random_weights, model_args, dtype)
     run.adopt(settings)  # the model and the images load from these settings
     dataset = run.dataset()
     settings["data_fingerprint"] = dataset.fingerprint()
@@ -224,26 +238,34 @@ def extract(
             new = 0
             skipped: List[Tuple[str, str]] = []  # (file, error) of images that fail to decode
             ok = False
+            if workers is None:
+                workers = default_workers(device)
+            batches = image_batches(dataset, todo, batch_size, workers, pin_memory=str(device).startswith("cuda"))
             try:
-                for begin in range(0, len(todo), batch_size):
-                    index = todo[begin : begin + batch_size]
-                    items = _load(dataset, index, skipped)
-                    bar.update(len(index) - len(items))
-                    if not items:
-                        continue
-                    x = torch.stack([item[0] for item in items]).to(device)
-                    y = torch.tensor([item[1] for item in items], device=device)
-                    ids = [item[2] for item in items]
-                    records = []
-                    pred = _predict(net, x, ids, model, checkpoint)  # one clean forward, shared by every method
-                    for name, search in searches.items():
-                        rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
-                        if rows:
-                            mine_options = {key: v for key, v in options.items() if key in search.options}
-                            records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
-                                                     model, {**attribute_kwargs, **mine_options}, pred[rows])
-                    new += append_records(file, records)
-                    bar.update(len(items))
+                with precision(device, dtype):
+                    for batch in batches:
+                        for path, reason in batch.skipped:
+                            logger.warning("skipped image %r: %s", path, reason)
+                        skipped += batch.skipped
+                        bar.update(batch.size - len(batch))
+                        if not len(batch):
+                            continue
+                        # a copy in this process: tensors from worker processes sit in shared memory, whose
+                        # alignment can change the last bits of CPU matmuls
+                        x = batch.images.to(device, non_blocking=True) if str(device).startswith("cuda") \
+                            else batch.images.clone()
+                        y = batch.labels.to(device, non_blocking=True)
+                        ids = batch.image_ids
+                        records = []
+                        pred = _predict(net, x, ids, model, checkpoint)  # one clean forward for every method
+                        for name, search in searches.items():
+                            rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]
+                            if rows:
+                                mine_options = {key: v for key, v in options.items() if key in search.options}
+                                records += _search_batch(search, x[rows], y[rows], [ids[j] for j in rows], target,
+                                                         model, {**attribute_kwargs, **mine_options}, pred[rows])
+                        new += append_records(file, records)
+                        bar.update(len(batch))
                 ok = True
             finally:
                 bar.close()
@@ -318,18 +340,6 @@ def _first_image(dataset) -> Tuple[torch.Tensor, int, str]:
     raise ValueError(f"no image of the data folder {str(dataset.root)!r} can be decoded")
 
 
-def _load(dataset, index: Sequence[int], skipped: List[Tuple[str, str]]) -> List[Tuple[torch.Tensor, int, str]]:
-    """The items of ``index`` that decode; the others go to ``skipped`` as ``(file, error)`` and are logged."""
-    items = []
-    for i in index:
-        try:
-            items.append(dataset[i])
-        except UnreadableImageError as exc:
-            logger.warning("skipped %s", exc)
-            skipped.append((exc.path, exc.reason))
-    return items
-
-
 def _list_unreadable(run: "Run", skipped: Sequence[Tuple[str, str]]) -> None:
     """Add images that failed to decode during the run to ``unreadable.txt`` (each file once)."""
     lines = run.unreadable_file.read_text(encoding="utf-8").splitlines() if run.unreadable_file.exists() else []
@@ -358,5 +368,24 @@ def _rank0_lock(run: "Run", info) -> Iterator[None]:
 def _search_batch(search, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str], target: str,
                   model_id: Optional[str], attribute_kwargs: Dict[str, Any], pred: torch.Tensor
                   ) -> List[Dict[str, Any]]:
-    result = search.attribute(x, target=y if target == "label" else pred, **attribute_kwargs)
+    """The records of one batch; a batch that runs out of GPU memory is searched in halves
+    (paths do not depend on the batch), down to one image."""
+    try:
+        result = search.attribute(x, target=y if target == "label" else pred, **attribute_kwargs)
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            room = ""
+            if x.device.type == "cuda":
+                free, total = torch.cuda.mem_get_info(x.device)
+                room = f" ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+            raise MemoryError(
+                f"one image does not fit on {x.device}{room} for {search.name}; use a smaller model or input size, "
+                "fewer n_steps, or --dtype bf16"
+            ) from None
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(x) // 2
+        return [record for part in (slice(0, half), slice(half, None))
+                for record in _search_batch(search, x[part], y[part], list(ids)[part], target, model_id,
+                                            attribute_kwargs, pred[part])]
     return result.to_records(image_ids=list(ids), labels=y.tolist(), predictions=pred.tolist(), model_id=model_id)

@@ -47,10 +47,10 @@ LOCK_FILE = ".lock"
 #: Settings that must match for records to share a run folder: the run's identity.
 COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
                    "target", "refine", "beam", "data", "data_fingerprint", "label_map_sha256",
-                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args")
+                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args", "dtype")
 #: Identity keys that run folders of schema 2 and older do not have (compared only when present).
 _NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
-             "weights_sha256", "model_args")
+             "weights_sha256", "model_args", "dtype")
 
 
 #: Settings the run's model and images are loaded from.
@@ -83,6 +83,7 @@ def run_settings(
     beam: Optional[int] = None,
     random_weights: Optional[int] = None,
     model_args: Optional[Mapping[str, Any]] = None,
+    dtype: str = "fp32",
 ) -> Dict[str, Any]:
     """The settings a run folder records in ``run.json`` (file and folder paths made absolute).
 
@@ -109,6 +110,7 @@ def run_settings(
         "beam": beam,
         "random_weights": random_weights,
         "model_args": json.loads(json.dumps(dict(model_args or {}))),  # as run.json will read back (lists)
+        "dtype": dtype,
     }
 
 
