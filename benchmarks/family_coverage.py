@@ -14,7 +14,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import resource
+import subprocess
 import sys
 import time
 import traceback
@@ -151,6 +154,26 @@ def other_families() -> Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, int,
     return cases
 
 
+def _isolated(name: str, args: argparse.Namespace) -> Dict[str, object]:
+    """:func:`check` of one timm model in a child process with a memory cap and a time limit, so
+    that a model too big for this machine is reported instead of ending the run."""
+    command = [sys.executable, __file__, "--one", name, "--max-params", str(args.max_params)]
+    cap = int(args.memory_gb * 2**30)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return {"status": "not run", "reason": f"over {args.timeout} s on this CPU"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1][:100]
+        return {"status": "not run", "reason": f"child process failed (memory cap {args.memory_gb:g} GB?): {tail}"}
+    return json.loads(lines[-1])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import pandas as pd
     import timm
@@ -159,12 +182,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated timm modules (default: all)")
     parser.add_argument("--max-params", type=float, default=100e6, help="search only models up to this size")
     parser.add_argument("--out", type=Path, default=Path("runs/family_coverage.md"))
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="memory cap per model (default: 8)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model (default: 300)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.one:  # one timm model, in a child process (see below)
+        print(json.dumps(check(lambda: timm.create_model(args.one, pretrained=False), _input_size(args.one),
+                               args.max_params)))
+        return 0
     rows = []
     for module, name in timm_choices(args.only.split(",") if args.only else None).items():
-        row = check(lambda: timm.create_model(name, pretrained=False), _input_size(name), args.max_params)
-        rows.append({"source": "timm", "module": module, "model": name, **row})
+        rows.append({"source": "timm", "module": module, "model": name, **_isolated(name, args)})
         print(rows[-1], file=sys.stderr, flush=True)
     if args.only is None:
         for label, (build, size) in other_families().items():

@@ -15,9 +15,12 @@ _GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
 def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
     """``(module, capture, width)`` of a timm FFN: ``act`` of a plain ``Mlp``, the input of
     ``fc2`` of a gated one (its hidden activation is the gated product); else ``None``."""
-    gated = type(mlp).__name__ in _GATED
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    # a first layer twice as wide as the second's input: a gated FFN whatever its class name
+    halved = isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.out_features != fc2.in_features
+    gated = type(mlp).__name__ in _GATED or halved
     if not gated and all(hasattr(mlp, n) for n in ("fc1", "act", "fc2")):
-        return mlp.act, "output", linear_width(mlp.fc1)
+        return mlp.act, "output", linear_width(fc1)
     if isinstance(getattr(mlp, "fc2", None), nn.Linear):
         return mlp.fc2, "input", mlp.fc2.in_features
     return None

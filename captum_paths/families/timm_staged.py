@@ -21,9 +21,11 @@ __all__ = ["TimmStaged"]
 
 def linear_ffns(model: nn.Module) -> List[nn.Module]:
     """Every FFN of ``model`` with linear ``fc1`` and ``fc2`` and an ``act``, in definition order
-    (FFNs nested in another FFN are not counted twice)."""
+    (FFNs nested in another FFN are not counted twice; the classifier head's MLP is not a layer)."""
     found: List[nn.Module] = []
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if name.split(".")[0] in ("head", "fc_norm") or "pre_logits" in name:
+            continue  # the classifier's MLP reads pooled features, not tokens
         if (isinstance(getattr(module, "fc1", None), nn.Linear) and isinstance(getattr(module, "fc2", None), nn.Linear)
                 and hasattr(module, "act") and not any(module in set(f.modules()) for f in found)):
             found.append(module)
