@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,11 +9,10 @@ import time
 
 import pytest
 
-from captum_paths.cli import main
+from _cli import ENV, cli, extract_args, run_main
 from captum_paths.demo import save_demo_image_folder
 from captum_paths.records import read_records
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +20,10 @@ def data(tmp_path_factory):
     return save_demo_image_folder(tmp_path_factory.mktemp("cli") / "data", limit_per_class=1)
 
 
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "captum_paths", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, **kw)
 
 
-def run_main(capsys, *args):
-    """The CLI in this process (fast); returns (exit code, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def extract_args(data, out, *extra):
-    return ["extract", "--model", "demo", "--data", data, "--out", out, "--quiet", *extra]
 
 
 def key(records):

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_paths.cli import main
+from _cli import ENV, extract_args, run_main
 from captum_paths.data import ImageFolderDataset, open_image
 from captum_paths.demo import save_demo_image_folder
 from captum_paths.models import load_model, weights_fingerprint
@@ -32,7 +32,6 @@ from captum_paths.pipeline import Run
 from captum_paths.records import read_records
 from captum_paths.search.registry import PATH_METHODS
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 #: The CLI in a subprocess.
 _CLI = "import sys; from captum_paths.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -58,15 +57,8 @@ def popen(*args, gate=None, only=""):
                             stderr=subprocess.PIPE, text=True)
 
 
-def run_main(capsys, *args):
-    """The CLI in this process (fast); returns (exit code, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def extract_args(data, out, *extra):
-    return ["extract", "--model", "demo", "--data", data, "--out", out, "--quiet", *extra]
 
 
 def one_line(err):
