@@ -117,9 +117,9 @@ def extract(
     ``model_args`` keyword arguments of its constructor (``{"img_size": 112}``; part
     of the run's identity). A zero-shot model's classes are the data's class names. ``refine`` and
     ``beam`` go to the methods that take them (``neuron-path``); ``None`` keeps
-    each method's default. A ``timm:`` or ``torchvision:`` model without
-    ``pretrained`` or ``checkpoint`` is refused unless ``random_weights`` gives
-    the seed of its weights. Every setting is checked before anything is
+    each method's default. A model that would get random weights (``timm:``,
+    ``torchvision:``, ``open_clip:`` without ``pretrained`` or ``checkpoint``) is
+    refused unless ``random_weights`` gives the seed of its weights. Every setting is checked before anything is
     written, and the run folder is locked while it is written (a second writer
     gets :class:`~captum_paths.pipeline.run.RunLockedError`). Rerunning resumes;
     other settings, another data folder or changed data, label map, checkpoint
