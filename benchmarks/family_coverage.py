@@ -101,8 +101,12 @@ def check(build: Callable[[], nn.Module], size: Tuple[int, int, int], max_params
             row["status"] = "covered"
             row["reason"] = ""
     except Exception as exc:  # noqa: BLE001
-        row.update(status="sites found, search fails", reason=f"{type(exc).__name__}: {str(exc)[:100]}")
-        traceback.print_exc(limit=2, file=sys.stderr)
+        if isinstance(exc, MemoryError) or "can't allocate" in str(exc):
+            row.update(status="covered (sites)", reason=f"search not run: more memory than this machine allows at "
+                                                        f"{size[1]}x{size[2]} px")
+        else:
+            row.update(status="sites found, search fails", reason=f"{type(exc).__name__}: {str(exc)[:100]}")
+            traceback.print_exc(limit=2, file=sys.stderr)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
