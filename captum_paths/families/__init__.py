@@ -40,5 +40,5 @@ from captum_paths.families import timm_eva, timm_beit, timm_cait  # noqa: E402,F
 from captum_paths.families import torchvision_vit, huggingface, open_clip, swin  # noqa: E402,F401  isort: skip
 from captum_paths.families import zero_shot  # noqa: E402,F401  isort: skip  (asked first: it delegates)
 
-__all__ = ["CallWith", "FamilyAdapter", "SiteSpec", "SplitBlock", "StreamParts", "register_family", "find_family", "get_family",
-           "families", "inner_model", "looked_for"]
+__all__ = ["CallWith", "FamilyAdapter", "SiteSpec", "SplitBlock", "StreamParts", "register_family", "find_family",
+           "get_family", "families", "inner_model", "looked_for"]
