@@ -8,6 +8,7 @@ dropped from their batch and reported), so the records do not depend on it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
@@ -71,14 +72,25 @@ def default_workers(device: str) -> int:
 
 
 def image_batches(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[ImageBatch]:
-    """Batches of ``dataset[indices]``, in order, ``batch_size`` images asked for per batch."""
+                  pin_memory: bool = False, close_fds: Sequence[int] = ()) -> Iterator[ImageBatch]:
+    """Batches of ``dataset[indices]``, in order, ``batch_size`` images asked for per batch.
+
+    Workers close the inherited file descriptors ``close_fds`` first (the run folder's
+    lock: a worker outliving a killed parent must not keep the folder locked)."""
     loader = DataLoader(
         _Tolerant(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=functools.partial(_close, tuple(close_fds)) if workers else None,
     )
     return iter(loader)
+
+
+def _close(fds: Sequence[int], worker_id: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:  # already closed, or not inherited (spawned workers)
+            pass
 
 
 @contextlib.contextmanager

@@ -240,7 +240,8 @@ def extract(
             ok = False
             if workers is None:
                 workers = default_workers(device)
-            batches = image_batches(dataset, todo, batch_size, workers, pin_memory=str(device).startswith("cuda"))
+            batches = image_batches(dataset, todo, batch_size, workers, pin_memory=str(device).startswith("cuda"),
+                                    close_fds=[run.lock_fd] if run.lock_fd is not None else [])
             try:
                 with precision(device, dtype):
                     for batch in batches:

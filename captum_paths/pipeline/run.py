@@ -182,6 +182,9 @@ class Run:
         self._scanned: Optional["ImageFolderDataset"] = None
         self._loaded_from: Optional[Dict[str, Any]] = None  # the settings the model and images came from
         self._lock_depth = 0
+        #: The file descriptor of the held lock (``None`` when not held): processes forked while it is
+        #: held (data loader workers) close it, so that the lock dies with this process alone.
+        self.lock_fd: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r})"
@@ -445,11 +448,11 @@ class Run:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             self._tidy()
-            self._lock_depth = 1
+            self._lock_depth, self.lock_fd = 1, fd
             try:
                 yield
             finally:
-                self._lock_depth = 0
+                self._lock_depth, self.lock_fd = 0, None
                 os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # closing releases the lock
