@@ -36,7 +36,7 @@ from captum_paths.families.base import (
 # the built-in families, the most general first (adapters registered later are asked first)
 from captum_paths.families import timm_staged  # noqa: E402,F401  isort: skip  (the fallback: asked last)
 from captum_paths.families import timm_vit  # noqa: E402,F401  isort: skip
-from captum_paths.families import timm_eva, timm_beit, timm_cait  # noqa: E402,F401  isort: skip
+from captum_paths.families import timm_eva, timm_beit, timm_cait, timm_late_cls  # noqa: E402,F401  isort: skip
 from captum_paths.families import torchvision_vit, huggingface, open_clip, swin  # noqa: E402,F401  isort: skip
 from captum_paths.families import zero_shot  # noqa: E402,F401  isort: skip  (asked first: it delegates)
 

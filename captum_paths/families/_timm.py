@@ -15,6 +15,8 @@ _GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
 def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
     """``(module, capture, width)`` of a timm FFN: ``act`` of a plain ``Mlp``, the input of
     ``fc2`` of a gated one (its hidden activation is the gated product); else ``None``."""
+    if mlp is None:
+        return None
     fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
     # a first layer twice as wide as the second's input: a gated FFN whatever its class name
     halved = isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.out_features != fc2.in_features

@@ -1,0 +1,40 @@
+"""timm models whose class token joins late: XCiT (cross-covariance blocks on patch tokens,
+then class-attention blocks) and ConViT (gated positional self-attention blocks on patch
+tokens, then blocks with the class token). Their early layers hold no class token, so
+every token of a site is read (as for CaiT); XCiT's class-attention blocks are layers
+too. No stream."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from captum_paths.families._timm import mlp_site
+from captum_paths.families.base import SiteSpec, register_family
+from captum_paths.families.timm_vit import TimmBlocks
+from captum_paths.tokens import TokenSelection
+
+__all__ = ["TimmLateClassToken"]
+
+
+@register_family
+class TimmLateClassToken(TimmBlocks):
+    name = "timm-late-cls"
+    looks_for = "a timm XCiT or ConViT (`blocks[i].mlp.act`, then `cls_attn_blocks[i].mlp.act`)"
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        from timm.models.convit import ConVit
+        from timm.models.xcit import Xcit
+
+        if not isinstance(model, (Xcit, ConVit)):
+            return None
+        blocks = list(model.blocks) + list(getattr(model, "cls_attn_blocks", None) or [])
+        found = [mlp_site(getattr(b, "mlp", None)) for b in blocks]
+        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
+            return None
+        widths = [f[2] for f in found]
+        width = widths[0] if len(set(widths)) == 1 else (None if None in widths else widths)
+        return SiteSpec([f[0] for f in found], found[0][1], TokenSelection("all", (), 0), width)
+
+    def stream(self, model, spec):
+        return None
