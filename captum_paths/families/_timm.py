@@ -1,13 +1,14 @@
 """What the timm adapters share: where the neuron of a timm FFN is."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import linear_width
+from captum_paths.families.base import SiteSpec, linear_width
+from captum_paths.tokens import TokenSelection
 
-__all__ = ["mlp_site"]
+__all__ = ["mlp_site", "blocks_spec"]
 
 _GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
 
@@ -26,3 +27,15 @@ def mlp_site(mlp: nn.Module) -> Optional[Tuple[nn.Module, str, Optional[int]]]:
     if isinstance(getattr(mlp, "fc2", None), nn.Linear):
         return mlp.fc2, "input", mlp.fc2.in_features
     return None
+
+
+def blocks_spec(blocks: Sequence[nn.Module], tokens: TokenSelection) -> Optional[SiteSpec]:
+    """The sites of timm blocks with an ``mlp`` each (one layer per block), or ``None`` when a
+    block has no FFN of a known shape or the blocks mix plain and gated FFNs. Widths per layer
+    when they differ and every one is known."""
+    found = [mlp_site(getattr(b, "mlp", None)) for b in blocks]
+    if not found or any(f is None for f in found) or len({f[1] for f in found}) != 1:
+        return None
+    widths = [f[2] for f in found]
+    width = widths[0] if len(set(widths)) == 1 else (None if None in widths else widths)
+    return SiteSpec([f[0] for f in found], found[0][1], tokens, width)

@@ -10,7 +10,7 @@ from typing import Optional
 from torch import nn
 
 from captum_paths.families.base import SiteSpec, register_family
-from captum_paths.families._timm import mlp_site
+from captum_paths.families._timm import blocks_spec
 from captum_paths.families.timm_vit import TimmBlocks
 from captum_paths.tokens import TokenSelection
 
@@ -28,12 +28,7 @@ class TimmCait(TimmBlocks):
         if not isinstance(model, Cait):
             return None
         blocks = list(model.blocks) + list(model.blocks_token_only or [])
-        found = [mlp_site(b.mlp) for b in blocks]
-        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
-            return None
-        widths = {f[2] for f in found}
-        return SiteSpec([f[0] for f in found], found[0][1], TokenSelection("all", (), 0),
-                        widths.pop() if len(widths) == 1 else None)
+        return blocks_spec(blocks, TokenSelection("all", (), 0))
 
     def stream(self, model, spec):
         return None

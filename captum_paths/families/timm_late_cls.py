@@ -9,7 +9,7 @@ from typing import Optional
 
 from torch import nn
 
-from captum_paths.families._timm import mlp_site
+from captum_paths.families._timm import blocks_spec
 from captum_paths.families.base import SiteSpec, register_family
 from captum_paths.families.timm_vit import TimmBlocks
 from captum_paths.tokens import TokenSelection
@@ -29,12 +29,7 @@ class TimmLateClassToken(TimmBlocks):
         if not isinstance(model, (Xcit, ConVit)):
             return None
         blocks = list(model.blocks) + list(getattr(model, "cls_attn_blocks", None) or [])
-        found = [mlp_site(getattr(b, "mlp", None)) for b in blocks]
-        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
-            return None
-        widths = [f[2] for f in found]
-        width = widths[0] if len(set(widths)) == 1 else (None if None in widths else widths)
-        return SiteSpec([f[0] for f in found], found[0][1], TokenSelection("all", (), 0), width)
+        return blocks_spec(blocks, TokenSelection("all", (), 0))
 
     def stream(self, model, spec):
         return None

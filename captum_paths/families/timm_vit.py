@@ -22,7 +22,7 @@ from captum_paths.families.base import (
     as_pair,
     register_family,
 )
-from captum_paths.families._timm import mlp_site
+from captum_paths.families._timm import blocks_spec
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmBlocks", "pooled_tokens"]
@@ -53,19 +53,11 @@ class TimmBlocks(FamilyAdapter):
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         blocks = self.blocks(model)
-        if blocks is None or not all(hasattr(b, "mlp") for b in blocks):
+        if blocks is None:
             return None
-        found = [mlp_site(b.mlp) for b in blocks]
-        if any(f is None for f in found) or len({f[1] for f in found}) != 1:
-            return None
-        widths = [f[2] for f in found]
-        if len(set(widths)) == 1:
-            width = widths[0]
-        else:  # hierarchical (Hiera): one width per layer, when every one is known
-            width = None if None in widths else widths
         default = 1 if getattr(model, "cls_token", None) is not None else 0  # models without one (Hiera) average
         prefix = int(getattr(model, "num_prefix_tokens", default))
-        return SiteSpec([f[0] for f in found], found[0][1], pooled_tokens(model, prefix), width)
+        return blocks_spec(blocks, pooled_tokens(model, prefix))
 
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         return as_pair(getattr(getattr(model, "patch_embed", None), "patch_size", None))
