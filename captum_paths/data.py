@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
@@ -157,8 +157,9 @@ class ImageFolderDataset(Dataset):
                 f"dataset root {str(self.root)!r} has no class folders; expected root/<class>/<image> "
                 "(one sub-folder per class)"
             )
-        self.class_to_idx: Dict[str, int] = self._class_indices(label_map)
-        self._label_names: Dict[int, str] = _human_names(label_map)
+        self.class_to_idx: Dict[str, int]
+        self._label_names: Dict[int, str]
+        self.class_to_idx, self._label_names = self._class_indices(label_map)
 
         self.samples: List[Tuple[str, int]] = []
         self.unreadable: List[Tuple[str, str]] = []
@@ -261,10 +262,12 @@ class ImageFolderDataset(Dataset):
             )
         return sorted(found, key=lambda p: p.relative_to(self.root).as_posix())
 
-    def _class_indices(self, label_map: Optional[Union[Mapping[str, int], str, os.PathLike]]) -> Dict[str, int]:
+    def _class_indices(self, label_map: Optional[Union[Mapping[str, int], str, os.PathLike]]
+                       ) -> Tuple[Dict[str, int], Dict[int, str]]:
+        """``class_to_idx`` and the human class names a Keras-style label map gives."""
         if label_map is None:
-            return {cls: i for i, cls in enumerate(self.classes)}
-        mapping = read_label_map(label_map)
+            return {cls: i for i, cls in enumerate(self.classes)}, {}
+        mapping, names = _parse_label_map(label_map)
         missing = [cls for cls in self.classes if cls not in mapping]
         if missing:
             shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
@@ -272,7 +275,7 @@ class ImageFolderDataset(Dataset):
                 f"label_map has no index for {len(missing)} of the {len(self.classes)} class folders "
                 f"under {str(self.root)!r}: {shown}"
             )
-        return {cls: mapping[cls] for cls in self.classes}
+        return {cls: mapping[cls] for cls in self.classes}, names
 
 
 def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.PathLike]) -> Dict[str, int]:
@@ -281,7 +284,15 @@ def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.Pa
     Accepted: ``{"n01440764": 0}``; a list of folder names in index order; Keras'
     ``imagenet_class_index.json`` (``{"0": ["n01440764", "tench"], ...}``).
     """
+    return _parse_label_map(label_map)[0]
+
+
+def _parse_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.PathLike]
+                     ) -> Tuple[Dict[str, int], Dict[int, str]]:
+    """``({folder name: class index}, {class index: human name})``; the names come from a
+    Keras-style map (``{"0": ["n01440764", "tench"]}``) and are ``{}`` for the other forms."""
     source = "label_map"
+    names: Dict[int, str] = {}
     if isinstance(label_map, (str, os.PathLike)):
         path = Path(label_map).expanduser()
         if not path.is_file():
@@ -305,6 +316,8 @@ def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.Pa
                     mapping[value[0]] = int(key)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{source}: key {key!r} is not a class index") from exc
+                if len(value) >= 2 and isinstance(value[1], str):
+                    names[int(key)] = value[1]
         else:
             mapping = dict(label_map)
     else:
@@ -316,26 +329,7 @@ def read_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.Pa
     if bad:
         shown = dict(list(bad.items())[:5])
         raise ValueError(f"{source}: class indices must be non-negative ints; got {shown}")
-    return mapping
-
-
-def _human_names(label_map: Any) -> Dict[int, str]:
-    """``{index: name}`` from a Keras-style label map (``{"0": ["n01440764", "tench"]}``), else ``{}``."""
-    if isinstance(label_map, (str, os.PathLike)):
-        try:
-            label_map = json.loads(Path(label_map).expanduser().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-    if not isinstance(label_map, Mapping):
-        return {}
-    names = {}
-    for key, value in label_map.items():
-        if isinstance(value, (list, tuple)) and len(value) >= 2 and isinstance(value[1], str):
-            try:
-                names[int(key)] = value[1]
-            except (TypeError, ValueError):
-                return {}
-    return names
+    return mapping, names
 
 
 def _within(path: str, folder: str) -> bool:

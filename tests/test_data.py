@@ -137,3 +137,19 @@ def test_argument_errors(folder, kwargs, exc, pattern):
     kwargs.setdefault("root", folder)
     with pytest.raises(exc, match=pattern):
         ImageFolderDataset(**kwargs)
+
+
+def test_class_names_come_from_a_keras_label_map_else_the_folders(tmp_path):
+    import json
+
+    from captum_paths.data import ImageFolderDataset
+    from captum_paths.demo import save_demo_image_folder
+
+    data = save_demo_image_folder(tmp_path / "data", limit_per_class=1)
+    keras = tmp_path / "keras.json"
+    keras.write_text(json.dumps({str(9 - i): [str(i), f"digit_{i}"] for i in range(10)}))
+    assert ImageFolderDataset(data, label_map=keras).class_names() == [f"digit {9 - i}" for i in range(10)]
+    assert ImageFolderDataset(data).class_names() == [str(i) for i in range(10)]
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({str(i): 9 - i for i in range(10)}))
+    assert ImageFolderDataset(data, label_map=plain).class_names() == [str(9 - i) for i in range(10)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -130,9 +130,10 @@ def _varies_in_training(module: nn.Module) -> bool:
     return isinstance(rate, float) and rate > 0
 
 
-def check_finite_output(logits: torch.Tensor) -> None:
-    """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``;
-    TypeError when the model returned something else than a tensor (a tuple, a ``ModelOutput``)."""
+def check_finite_output(logits: torch.Tensor, names: Optional[Sequence[Any]] = None) -> None:
+    """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``
+    (by ``names[row]`` when given, e.g. image ids); TypeError when the model returned something
+    else than a tensor (a tuple, a ``ModelOutput``)."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(
             f"the model returned a {type(logits).__name__}, not a logits tensor of shape (batch, classes); with "
@@ -141,8 +142,9 @@ def check_finite_output(logits: torch.Tensor) -> None:
         )
     bad = (~torch.isfinite(logits.reshape(logits.shape[0], -1)).all(dim=1)).nonzero().flatten().tolist()
     if bad:
+        which = f"rows {bad[:5]}" if names is None else f"e.g. {', '.join(str(names[i]) for i in bad[:3])}"
         raise ValueError(f"the model's output is not finite (NaN or inf) for {len(bad)} of {logits.shape[0]} "
-                         f"inputs (rows {bad[:5]}); check the model's weights")
+                         f"inputs ({which}); check the model's weights")
 
 
 def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:

@@ -140,10 +140,13 @@ def get_family(name: str) -> FamilyAdapter:
         raise ValueError(f"unknown model family {name!r}; registered: {families()}") from None
 
 
-def find_family(model: nn.Module) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
-    """The first adapter (latest registered first) that finds sites in ``model``, with them."""
+def find_family(model: nn.Module, exclude: Sequence[str] = ()) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
+    """The first adapter (latest registered first, those named in ``exclude`` skipped) that finds
+    sites in ``model``, with them."""
     inner = inner_model(model)
     for name in families():
+        if name in exclude:
+            continue
         adapter = _REGISTRY[name]
         try:
             spec = adapter.sites(inner)

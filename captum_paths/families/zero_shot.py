@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, families, get_family, register_family
+from captum_paths.families.base import FamilyAdapter, SiteSpec, find_family, register_family
 
 __all__ = ["ZeroShot"]
 
@@ -21,14 +21,7 @@ class ZeroShot(FamilyAdapter):
 
         if not isinstance(model, ZeroShotClassifier):
             return None
-        for name in families():
-            if name == self.name:
-                continue
-            adapter = get_family(name)
-            spec = adapter.sites(model.tower)
-            if spec is not None:
-                return adapter, spec
-        return None
+        return find_family(model.tower, exclude=(self.name,))
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         found = self._inner(model)

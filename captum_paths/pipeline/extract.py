@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from captum_paths.attribution.output import check_finite_output
 from captum_paths.models import to_logits
 from captum_paths.data import UnreadableImageError
 from captum_paths.pipeline.batches import DTYPES, default_workers, image_batches, precision
@@ -191,7 +192,7 @@ def extract(
     device = run.device
     probe, _, probe_id = _first_image(dataset)
     # one forward before anything is written: the class count, and finite outputs (NaN weights)
-    classes = _model_classes(net, probe.to(device), probe_id, model, checkpoint)
+    classes = _logits(net, probe.to(device)[None], [probe_id], model, checkpoint).shape[-1]
     top = max(dataset.targets)
     if top >= classes:
         raise ValueError(
@@ -300,35 +301,26 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
-def _model_classes(model: nn.Module, example: torch.Tensor, image_id: Optional[str] = None,
-                   spec: Optional[str] = None, checkpoint: Optional[PathLike] = None) -> int:
-    """The model's class count from one image; a ValueError names the model when its output is not finite."""
+def _logits(model: nn.Module, x: torch.Tensor, ids: Optional[Sequence[str]] = None, spec: Optional[str] = None,
+            checkpoint: Optional[PathLike] = None) -> torch.Tensor:
+    """The clean logits ``(N, classes)`` of ``x``; a ValueError names the model (and its checkpoint) and
+    the images when an output holds NaN or inf."""
     with torch.no_grad():
-        logits = to_logits(model(example.unsqueeze(0)))
-    _check_finite(logits, None if image_id is None else [image_id], spec, checkpoint)
-    return int(logits.shape[-1])
+        logits = to_logits(model(x))
+    try:
+        check_finite_output(logits, ids)
+    except ValueError as exc:
+        source = f"model {spec!r}" if spec is not None else "the model"
+        if checkpoint is not None:
+            source += f" with checkpoint {str(checkpoint)!r}"
+        raise ValueError(f"{source} gives non-finite outputs: {exc}") from None
+    return logits
 
 
 def _predict(model: nn.Module, x: torch.Tensor, ids: Optional[Sequence[str]] = None, spec: Optional[str] = None,
              checkpoint: Optional[PathLike] = None) -> torch.Tensor:
-    """Top-1 classes ``(N,)`` of ``x``; a ValueError names the model and the images with non-finite outputs."""
-    with torch.no_grad():
-        logits = to_logits(model(x))
-    _check_finite(logits, ids, spec, checkpoint)
-    return logits.argmax(dim=1)
-
-
-def _check_finite(logits: torch.Tensor, ids: Optional[Sequence[str]], spec: Optional[str],
-                  checkpoint: Optional[PathLike]) -> None:
-    """ValueError naming the model (and checkpoint) and the images whose outputs hold NaN or inf."""
-    bad = (~torch.isfinite(logits.reshape(len(logits), -1)).all(dim=1)).nonzero().flatten().tolist()
-    if bad:
-        where = [ids[i] for i in bad[:3]] if ids is not None else bad[:3]
-        source = f"model {spec!r}" if spec is not None else "the model"
-        if checkpoint is not None:
-            source += f" with checkpoint {str(checkpoint)!r}"
-        raise ValueError(f"{source} gives non-finite outputs (NaN or inf) for {len(bad)} of {len(logits)} images "
-                         f"(e.g. {', '.join(map(str, where))}); check its weights")
+    """Top-1 classes ``(N,)`` of ``x`` (see :func:`_logits`)."""
+    return _logits(model, x, ids, spec, checkpoint).argmax(dim=1)
 
 
 def _first_image(dataset) -> Tuple[torch.Tensor, int, str]:
