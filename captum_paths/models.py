@@ -1,9 +1,10 @@
-"""Model loading and output normalisation.
+"""Model loading: specs such as ``"timm:NAME"`` to a model and its preprocessing.
 
-Every attribution in captum_paths needs a forward that returns logits
-``(batch, classes)``. Hugging Face models return a ``ModelOutput`` and some
-models return tuples; :class:`LogitsOnly` wraps them so that captum_paths and
-Captum's own classes see a plain tensor.
+A registry of loaders, one per library (:func:`register_loader`); the preprocessing
+comes from the weights where they carry their own (torchvision weights, a Hugging
+Face image processor, open_clip's published configs), else from the model's family
+adapter (:func:`captum_paths.families.default_transform`). The output wrappers
+(:class:`LogitsOnly`) live in :mod:`captum_paths.outputs` and are re-exported here.
 """
 from __future__ import annotations
 
@@ -16,69 +17,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from PIL import Image
 from torch import nn
+
+from captum_paths.families import default_transform
+from captum_paths.families._timm import timm_transform
+from captum_paths.outputs import LogitsOnly, as_logits_model, to_logits
+from captum_paths.transforms import HFImageTransform, ToRGB, Transform, standard_transform
 
 __all__ = ["LogitsOnly", "to_logits", "as_logits_model"]
 
 logger = logging.getLogger(__name__)
-
-
-def to_logits(output: Any) -> torch.Tensor:
-    """Return the logits tensor held by a model output.
-
-    Accepts a tensor, an object with a ``logits`` attribute (Hugging Face
-    ``ModelOutput``), a mapping with a ``"logits"`` key, or a tuple/list whose
-    first element is the logits.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        "model output must be a logits tensor, an object with a `logits` tensor "
-        f"attribute, or a tuple whose first element is the logits; got {type(output).__name__}"
-    )
-
-
-class LogitsOnly(nn.Module):
-    """Wrap a model so that its forward returns the logits tensor only.
-
-    The wrapped model is registered as the submodule ``model``, so hooks on the
-    original modules keep working and module names gain the prefix ``model.``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return to_logits(self.model(*args, **kwargs))
-
-
-def as_logits_model(model: nn.Module) -> nn.Module:
-    """Return ``model`` itself for tensor-returning models, else a :class:`LogitsOnly`.
-
-    Hugging Face ``PreTrainedModel`` instances are always wrapped; models already
-    wrapped are returned unchanged.
-    """
-    if isinstance(model, LogitsOnly):
-        return model
-    if _is_hf_model(model):
-        return LogitsOnly(model)
-    return model
-
-
-def _is_hf_model(model: nn.Module) -> bool:
-    return any(
-        cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers")
-        for cls in type(model).__mro__
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -137,11 +85,7 @@ def _random_forms() -> str:
 
 
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _NETWORK_MODULES = ("huggingface_hub", "httpx", "httpcore", "requests", "urllib", "socket", "ssl")
-
-Transform = Callable[[Image.Image], torch.Tensor]
 
 
 class ModelLoadError(RuntimeError):
@@ -323,7 +267,6 @@ def _load_timm(
     model_kwargs: Dict[str, Any],
 ) -> Tuple[nn.Module, Transform]:
     import timm
-    from timm.data import create_transform, resolve_data_config
 
     hub_scheme = name.startswith(("hf-hub:", "local-dir:"))
     if not hub_scheme and not timm.is_model(_timm_arch(name)):
@@ -341,33 +284,7 @@ def _load_timm(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, spec)
 
-    config = resolve_data_config({}, model=model)
-    input_size = _timm_input_size(model)
-    if input_size is not None and tuple(input_size) != tuple(config["input_size"]):
-        config = resolve_data_config({"input_size": tuple(input_size)}, model=model)
-    transform = create_transform(**config, is_training=False)
-    if config["input_size"][0] == 3 and hasattr(transform, "transforms"):
-        transform.transforms.insert(0, _ToRGB())  # grayscale / RGBA / palette PIL inputs
-    return model, transform
-
-
-def _timm_input_size(model: nn.Module) -> Optional[Tuple[int, int, int]]:
-    """The input size the model was built for (pretrained_cfg keeps the default)."""
-    try:
-        from timm.models import get_model_input_config  # timm >= 1.0.2x
-
-        size = get_model_input_config(model).get("input_size")
-        if size is not None and len(size) == 3:
-            return tuple(int(s) for s in size)  # type: ignore[return-value]
-    except Exception:  # older timm, or a model it cannot describe
-        pass
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is None:
-        return None
-    if isinstance(img_size, int):
-        img_size = (img_size, img_size)
-    in_chans = int(getattr(model.patch_embed, "in_chans", 3) or 3) if hasattr(model, "patch_embed") else 3
-    return (in_chans, int(img_size[0]), int(img_size[1]))
+    return model, default_transform(model) or timm_transform(model)
 
 
 def _timm_weights_hint(name: str) -> str:
@@ -425,63 +342,13 @@ def _load_torchvision(
     if weights is not None:
         from torchvision import transforms as T
 
-        transform: Transform = T.Compose([_ToRGB(), weights.transforms()])
-    else:
-        size = getattr(model, "image_size", 224)
-        transform = _standard_transform(size)
+        transform: Transform = T.Compose([ToRGB(), weights.transforms()])
+    else:  # the family's preprocessing at the size the model was built for
+        transform = default_transform(model) or standard_transform(getattr(model, "image_size", 224))
     return model, transform
 
 
-def _standard_transform(size: Union[int, Sequence[int]], mean=_IMAGENET_MEAN, std=_IMAGENET_STD) -> Transform:
-    """Resize (crop_pct 0.875) / CenterCrop / ToTensor / Normalize, PIL -> ``(3, H, W)``."""
-    from torchvision import transforms as T
-
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    resize = int(round(min(h, w) / 0.875))
-    return T.Compose(
-        [
-            _ToRGB(),
-            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
-            T.CenterCrop((h, w)),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB at 8 bits per channel (high-depth images scaled, not clipped)."""
-    if not isinstance(image, Image.Image) or image.mode == "RGB":
-        return image
-    from captum_paths.data import to_8bit
-
-    return to_8bit(image).convert("RGB")
-
-
-class _ToRGB:
-    """Convert a PIL image to RGB (grayscale / RGBA / palette inputs)."""
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return _to_rgb(image)
-
-    def __repr__(self) -> str:
-        return "ToRGB()"
-
-
 # -- Hugging Face ---------------------------------------------------------------
-
-
-class HFImageTransform:
-    """Wrap a Hugging Face image processor: PIL image -> ``(3, H, W)`` tensor."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=_to_rgb(image), return_tensors="pt")["pixel_values"][0]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.processor).__name__})"
 
 
 def _load_hf(
@@ -538,14 +405,10 @@ def _load_hf(
         processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=is_local)
         transform = HFImageTransform(processor)
     except Exception as exc:  # no preprocessor_config.json, or hub unreachable
-        size = getattr(model.config, "image_size", 224)
-        logger.warning(
-            "no image processor found for %r (%s); using Resize/CenterCrop/Normalize(ImageNet) at %s",
-            source,
-            type(exc).__name__,
-            size,
-        )
-        transform = _standard_transform(size)
+        transform = default_transform(as_logits_model(model)) or standard_transform(
+            getattr(model.config, "image_size", 224))
+        logger.warning("no image processor found for %r (%s); using the family's preprocessing: %r",
+                       source, type(exc).__name__, transform)
     return as_logits_model(model), transform
 
 
@@ -611,7 +474,7 @@ def _load_open_clip(request: LoadRequest) -> Tuple[nn.Module, Transform]:
     classifier = ZeroShotClassifier.from_open_clip(model.eval(), tokenizer, list(request.classnames))
     from torchvision import transforms as T
 
-    return classifier, T.Compose([_ToRGB(), transform])
+    return classifier, T.Compose([ToRGB(), transform])
 
 
 register_loader("timm", '"timm:NAME"', random_without_weights=True)(

@@ -287,6 +287,107 @@ def test_patch_sizes_come_from_the_family():
     assert model_patch_size(CASES["hf_clip_zero_shot"].build()) == (8, 8)
 
 
+def test_every_family_declares_a_transform_the_model_accepts(case):
+    """Any PIL image (any mode, any size) becomes a tensor of the model's input size, and the
+    model runs on it."""
+    from PIL import Image
+
+    from captum_paths.families import default_transform
+
+    name, c, model, _ = case
+    transform = default_transform(model)
+    assert transform is not None, name
+    size = 224 if name == "torchvision_swin" else c.size  # it records no input size and takes any: ImageNet's
+    for image in (Image.new("RGB", (53, 41), (200, 30, 90)), Image.new("L", (20, 70), 128)):
+        x = transform(image)
+        assert tuple(x.shape) == (3, size, size), (name, image.mode)
+        with torch.no_grad():
+            assert model(x[None]).shape == (1, 5)
+
+
+def test_timm_models_give_their_spec_and_the_loader_rebuilds_them():
+    from captum_paths.families import loader_spec
+    from captum_paths.models import load_model
+
+    model = CASES["timm_vit"].build()
+    spec = loader_spec(model)
+    assert spec == "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    kwargs = dict(SMALL, mlp_ratio=2.0)
+    rebuilt, transform = load_model(spec, num_classes=5, random_weights=0, **kwargs)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert loader_spec(rebuilt) == spec
+    assert get_family_of(rebuilt).loader == "timm"
+    assert tuple(transform(__import__("PIL.Image").Image.new("RGB", (40, 40))).shape) == (3, 32, 32)
+
+
+def get_family_of(model):
+    return find_family(model)[0]
+
+
+def test_torchvision_models_are_named_by_their_builder():
+    import torchvision
+
+    from captum_paths.families import loader_spec
+
+    for name in ("vit_b_32", "swin_v2_t", "swin_t"):
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, num_classes=7)  # another head is the same architecture
+        assert loader_spec(model) == f"torchvision:{name}"
+        assert get_family_of(model).loader == "torchvision"
+    assert loader_spec(CASES["torchvision_vit"].build()) is None  # a custom build has no builder name
+    with torch.device("meta"):
+        assert loader_spec(torchvision.models.vit_b_16(image_size=64)) is None
+
+
+def test_hf_models_give_their_folder_and_its_saved_processor(tmp_path):
+    import transformers
+    from PIL import Image
+
+    from captum_paths.families import default_transform, loader_spec
+    from captum_paths.models import load_model
+    from captum_paths.transforms import HFImageTransform
+
+    model = CASES["hf_vit"].build()
+    assert loader_spec(model) is None  # built from a config, not from a folder or the hub
+    folder = tmp_path / "vit"
+    model.model.save_pretrained(folder)
+    loaded, transform = load_model(f"hf:{folder}")  # no processor saved: the family's standard one
+    assert loader_spec(loaded) == f"hf:{folder}"
+    assert tuple(transform(Image.new("RGB", (50, 60))).shape) == (3, 32, 32)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3).save_pretrained(folder)
+    loaded, _ = load_model(f"hf:{folder}")
+    declared = default_transform(loaded)
+    assert isinstance(declared, HFImageTransform)
+    white = declared(Image.new("RGB", (50, 60), (255, 255, 255)))
+    torch.testing.assert_close(white, torch.ones(3, 32, 32))  # the saved mean and std: (1 - 0.5) / 0.5
+
+
+def test_loaders_ask_the_registry_for_the_preprocessing():
+    from captum_paths.models import load_model
+
+    marker = lambda image: torch.zeros(3, 32, 32)  # noqa: E731
+
+    @register_family
+    class MarkedTimm(family_base.FamilyAdapter):
+        name = "marked-timm-test"
+        loader = "timm"
+
+        def sites(self, m):
+            return family_base.get_family("timm").sites(m)
+
+        def transform(self, m):
+            return marker
+
+    try:
+        _, transform = load_model("timm:vit_tiny_patch16_224", random_weights=0, **SMALL)
+        assert transform is marker
+    finally:
+        family_base._REGISTRY.pop("marked-timm-test")
+    _, transform = load_model("timm:vit_tiny_patch16_224", random_weights=0, **SMALL)
+    assert transform is not marker
+
+
 HIERARCHICAL = ["timm_swin", "torchvision_swin", "hf_swin"]
 
 
@@ -385,6 +486,9 @@ def test_the_readme_adapter_example_runs_as_written():
         model = MyViT().eval()
         sites = NeuronSites.from_model(model)
         assert (sites.family, sites.num_layers, sites.tokens.kind) == ("my-vit", 3, "cls")
+        from captum_paths.families import default_transform
+        from PIL import Image
+        assert tuple(default_transform(model)(Image.new("L", (30, 300))).shape) == (3, 224, 224)
         result = LayerProgressiveNeuronPath(model).attribute(torch.randn(2, 5, 8), target=1, n_steps=4)
         assert result.paths.shape == (2, 3, 1) and (result.paths < 16).all()
     finally:

@@ -3,7 +3,8 @@
 One module per family, each registering a :class:`FamilyAdapter` with
 :func:`register_family`. :class:`~captum_paths.sites.NeuronSites` (site discovery),
 :class:`~captum_paths.stream.ResidualStream` (the fast engine's stream) and the
-pixel figures (patch size) ask the registry; nothing else names a family.
+pixel figures (patch size) and the loaders (default preprocessing) ask the registry;
+nothing else names a family.
 
 Your own architecture in a few lines::
 
@@ -25,10 +26,12 @@ from captum_paths.families.base import (
     SiteSpec,
     SplitBlock,
     StreamParts,
+    default_transform,
     families,
     find_family,
     get_family,
     inner_model,
+    loader_spec,
     looked_for,
     register_family,
 )
@@ -41,4 +44,4 @@ from captum_paths.families import torchvision_vit, huggingface, open_clip, swin 
 from captum_paths.families import zero_shot  # noqa: E402,F401  isort: skip  (asked first: it delegates)
 
 __all__ = ["CallWith", "FamilyAdapter", "SiteSpec", "SplitBlock", "StreamParts", "register_family", "find_family",
-           "get_family", "families", "inner_model", "looked_for"]
+           "get_family", "families", "inner_model", "looked_for", "default_transform", "loader_spec"]

@@ -1,14 +1,16 @@
-"""What the timm adapters share: where the neuron of a timm FFN is."""
+"""What the timm adapters share: where the neuron of a timm FFN is, timm's preprocessing
+and the ``timm:`` spec of a model."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import SiteSpec, linear_width
+from captum_paths.families.base import FamilyAdapter, SiteSpec, linear_width
 from captum_paths.tokens import TokenSelection
+from captum_paths.transforms import ToRGB, Transform
 
-__all__ = ["mlp_site", "blocks_spec"]
+__all__ = ["mlp_site", "blocks_spec", "timm_transform", "timm_loader_spec", "TimmFamily"]
 
 _GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
 
@@ -39,3 +41,60 @@ def blocks_spec(blocks: Sequence[nn.Module], tokens: TokenSelection) -> Optional
     widths = [f[2] for f in found]
     width = widths[0] if len(set(widths)) == 1 else (None if None in widths else widths)
     return SiteSpec([f[0] for f in found], found[0][1], tokens, width)
+
+
+def timm_transform(model: nn.Module) -> Transform:
+    """timm's evaluation transform for ``model`` (its pretrained config's resize, crop, mean and
+    std, at the input size the model was built for), converting any PIL mode to RGB first."""
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    input_size = _input_size(model)
+    if input_size is not None and tuple(input_size) != tuple(config["input_size"]):
+        config = resolve_data_config({"input_size": tuple(input_size)}, model=model)
+    transform = create_transform(**config, is_training=False)
+    if config["input_size"][0] == 3 and hasattr(transform, "transforms"):
+        transform.transforms.insert(0, ToRGB())  # grayscale / RGBA / palette PIL inputs
+    return transform
+
+
+def _input_size(model: nn.Module) -> Optional[Tuple[int, int, int]]:
+    """The input size the model was built for (``pretrained_cfg`` keeps the default)."""
+    try:
+        from timm.models import get_model_input_config  # timm >= 1.0.2x
+
+        size = get_model_input_config(model).get("input_size")
+        if size is not None and len(size) == 3:
+            return tuple(int(s) for s in size)  # type: ignore[return-value]
+    except Exception:  # older timm, or a model it cannot describe
+        pass
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is None:
+        return None
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    in_chans = int(getattr(model.patch_embed, "in_chans", 3) or 3) if hasattr(model, "patch_embed") else 3
+    return (in_chans, int(img_size[0]), int(img_size[1]))
+
+
+def timm_loader_spec(model: nn.Module) -> Optional[str]:
+    """``"timm:ARCH.TAG"`` from the model's ``pretrained_cfg`` (set by ``timm.create_model``), else ``None``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        return None
+    tag = cfg.get("tag")
+    return f"timm:{arch}.{tag}" if tag else f"timm:{arch}"
+
+
+class TimmFamily(FamilyAdapter):
+    """What the timm families share: built by the ``timm:`` loader, preprocessed as timm's data
+    config says."""
+
+    loader = "timm"
+
+    def transform(self, model: nn.Module) -> Optional[Transform]:
+        return timm_transform(model)
+
+    def loader_spec(self, model: nn.Module) -> Optional[str]:
+        return timm_loader_spec(model)

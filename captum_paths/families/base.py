@@ -2,8 +2,9 @@
 
 An adapter recognises the models of one family and says where their FFN neurons
 are (:class:`SiteSpec`), how the residual stream splits into embedding, blocks
-and head for the fast search engine (:class:`StreamParts`, optional) and the
-patch grid of pixel figures. :func:`register_family` adds an adapter;
+and head for the fast search engine (:class:`StreamParts`, optional), the patch
+grid of pixel figures, the family's default preprocessing and the loader spec that
+rebuilds a model (:func:`default_transform`, :func:`loader_spec`). :func:`register_family` adds an adapter;
 :func:`find_family` asks each one in turn, the ones registered last first, so a
 user's adapter can take over any model.
 """
@@ -17,11 +18,13 @@ import torch
 from torch import nn
 
 from captum_paths.tokens import TokenSelection
+from captum_paths.transforms import Transform
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SiteSpec", "SplitBlock", "StreamParts", "FamilyAdapter", "register_family", "find_family",
-           "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair"]
+           "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair", "default_transform",
+           "loader_spec"]
 
 
 @dataclass
@@ -85,15 +88,19 @@ class StreamParts:
 class FamilyAdapter:
     """Base class of model family adapters.
 
-    Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`stream` and
-    :meth:`patch_size` are optional. Every method receives the model itself (a
-    :class:`~captum_paths.models.LogitsOnly` wrapper already removed).
+    Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`stream`,
+    :meth:`patch_size`, :meth:`transform` and :meth:`loader_spec` are optional.
+    Every method receives the model itself (a :class:`~captum_paths.outputs.LogitsOnly`
+    wrapper already removed).
     """
 
     #: The family's name, recorded in ``NeuronSites.family``.
     name: str = ""
     #: What :meth:`sites` looks for, for the error when no family recognises a model.
     looks_for: str = ""
+    #: The prefix of the loader that builds the family's models from a spec
+    #: (``"timm"``, ``"torchvision"``, ``"hf"``, ``"open_clip"``; see ``captum_paths.models.register_loader``).
+    loader: str = ""
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The model's sites, or ``None`` when the model is not of this family."""
@@ -105,6 +112,15 @@ class FamilyAdapter:
 
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         """The model's patch size ``(ph, pw)`` for pixel figures, or ``None``."""
+        return None
+
+    def transform(self, model: nn.Module) -> Optional[Transform]:
+        """The family's evaluation preprocessing for ``model`` (PIL image -> ``(C, H, W)``), or ``None``."""
+        return None
+
+    def loader_spec(self, model: nn.Module) -> Optional[str]:
+        """The spec (``"PREFIX:NAME"``) whose loader builds ``model``'s architecture, or ``None`` when
+        the model does not record one. Constructor arguments (``img_size=...``) are not part of it."""
         return None
 
 
@@ -158,14 +174,29 @@ def find_family(model: nn.Module, exclude: Sequence[str] = ()) -> Optional[Tuple
     return None
 
 
+def default_transform(model: nn.Module) -> Optional[Transform]:
+    """The evaluation preprocessing ``model``'s family declares for it (PIL image -> ``(C, H, W)``),
+    or ``None`` when no registered family recognises the model or declares none."""
+    found = find_family(model)
+    return None if found is None else found[0].transform(inner_model(model))
+
+
+def loader_spec(model: nn.Module) -> Optional[str]:
+    """The spec that rebuilds ``model``'s architecture with :func:`~captum_paths.models.load_model`
+    (``"timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"``, ``"hf:google/vit-base-patch16-224"``),
+    or ``None`` when the model does not record its name."""
+    found = find_family(model)
+    return None if found is None else found[0].loader_spec(inner_model(model))
+
+
 def looked_for() -> Sequence[str]:
     """What each registered family looks for (for error messages)."""
     return [a.looks_for for a in (_REGISTRY[n] for n in families()) if a.looks_for]
 
 
 def inner_model(model: nn.Module) -> nn.Module:
-    """The model inside a :class:`~captum_paths.models.LogitsOnly` wrapper (the model itself otherwise)."""
-    from captum_paths.models import LogitsOnly
+    """The model inside a :class:`~captum_paths.outputs.LogitsOnly` wrapper (the model itself otherwise)."""
+    from captum_paths.outputs import LogitsOnly
 
     return model.model if isinstance(model, LogitsOnly) else model
 

@@ -8,7 +8,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, StreamParts, as_pair, register_family
+from captum_paths.families._hf import HuggingFaceFamily
+from captum_paths.families.base import SiteSpec, StreamParts, as_pair, register_family
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["HuggingFaceViT"]
@@ -17,7 +18,7 @@ _OUT_PROJ = ("fc2", "weights_out", "down_proj")
 
 
 @register_family
-class HuggingFaceViT(FamilyAdapter):
+class HuggingFaceViT(HuggingFaceFamily):
     name = "hf"
     looks_for = ("a Hugging Face ViT-family model (`*.encoder.layer[i].intermediate` or "
                  "`*.layers[i].mlp.fc2`)")

@@ -11,6 +11,7 @@ from torch import nn
 
 from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, linear_width, register_family
 from captum_paths.tokens import TokenSelection
+from captum_paths.transforms import ToRGB, Transform
 
 __all__ = ["OpenClipVisionTransformer"]
 
@@ -28,6 +29,7 @@ def _tower(model: nn.Module) -> Optional[nn.Module]:
 @register_family
 class OpenClipVisionTransformer(FamilyAdapter):
     name = "open_clip"
+    loader = "open_clip"
     looks_for = "an open_clip image tower (`visual.transformer.resblocks[i].mlp.gelu`)"
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
@@ -48,3 +50,18 @@ class OpenClipVisionTransformer(FamilyAdapter):
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         tower = _tower(model)
         return as_pair(getattr(tower, "patch_size", None)) if tower is not None else None
+
+    def transform(self, model: nn.Module) -> Optional[Transform]:
+        """open_clip's evaluation preprocessing: the tower's ``preprocess_cfg`` (set by
+        ``open_clip.create_model``), else OpenAI's mean and std at the tower's image size."""
+        import open_clip
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+        from torchvision import transforms as T
+
+        tower = _tower(model)
+        if tower is None:
+            return None
+        cfg = getattr(tower, "preprocess_cfg", None)
+        base = (image_transform_v2(PreprocessCfg(**cfg), is_train=False) if cfg
+                else open_clip.image_transform(tower.image_size, is_train=False))
+        return T.Compose([ToRGB(), base])

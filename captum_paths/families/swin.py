@@ -13,7 +13,10 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, linear_width, register_family
+from captum_paths.families.base import SiteSpec, as_pair, linear_width, register_family
+from captum_paths.families._hf import HuggingFaceFamily
+from captum_paths.families._timm import TimmFamily
+from captum_paths.families._torchvision import TorchvisionFamily
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmSwin", "TorchvisionSwin", "HuggingFaceSwin"]
@@ -28,7 +31,7 @@ def _spec(sites: List[Tuple[nn.Module, Optional[int]]], capture: str) -> Optiona
 
 
 @register_family
-class TimmSwin(FamilyAdapter):
+class TimmSwin(TimmFamily):
     name = "timm-swin"
     looks_for = "a timm Swin transformer (`layers[i].blocks[j].mlp.act` or `stages[i].blocks[j].mlp.act`)"
 
@@ -50,7 +53,7 @@ class TimmSwin(FamilyAdapter):
 
 
 @register_family
-class TorchvisionSwin(FamilyAdapter):
+class TorchvisionSwin(TorchvisionFamily):
     name = "torchvision-swin"
     looks_for = "a torchvision SwinTransformer (`features[i][j].mlp[1]`)"
 
@@ -69,7 +72,7 @@ class TorchvisionSwin(FamilyAdapter):
 
 
 @register_family
-class HuggingFaceSwin(FamilyAdapter):
+class HuggingFaceSwin(HuggingFaceFamily):
     name = "hf-swin"
     looks_for = "a Hugging Face Swin model (`encoder.layers[i].blocks[j].mlp.fc2` or `.intermediate`)"
 

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 from torch import nn
 
 from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, register_family
-from captum_paths.families._timm import mlp_site
+from captum_paths.families._timm import TimmFamily, mlp_site
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmStaged"]
@@ -33,7 +33,7 @@ def linear_ffns(model: nn.Module) -> List[nn.Module]:
 
 
 @register_family
-class TimmStaged(FamilyAdapter):
+class TimmStaged(TimmFamily):
     name = "timm-staged"
     looks_for = "another timm transformer (FFNs with linear `fc1`, `act`, `fc2`)"
 

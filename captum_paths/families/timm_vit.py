@@ -22,7 +22,7 @@ from captum_paths.families.base import (
     as_pair,
     register_family,
 )
-from captum_paths.families._timm import blocks_spec
+from captum_paths.families._timm import TimmFamily, blocks_spec
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmBlocks", "pooled_tokens"]
@@ -41,7 +41,7 @@ def pooled_tokens(model: nn.Module, prefix: int) -> TokenSelection:
 
 
 @register_family
-class TimmBlocks(FamilyAdapter):
+class TimmBlocks(TimmFamily):
     name = "timm"
     looks_for = "a timm-style ViT (`blocks[i].mlp.act`, or `blocks[i].mlp.fc2` of a gated FFN)"
 

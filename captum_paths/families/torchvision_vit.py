@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from captum_paths.families.base import (
-    FamilyAdapter,
     SiteSpec,
     SplitBlock,
     StreamParts,
@@ -16,13 +15,14 @@ from captum_paths.families.base import (
     linear_width,
     register_family,
 )
+from captum_paths.families._torchvision import TorchvisionFamily
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TorchvisionViT"]
 
 
 @register_family
-class TorchvisionViT(FamilyAdapter):
+class TorchvisionViT(TorchvisionFamily):
     name = "torchvision"
     looks_for = "a torchvision VisionTransformer (`encoder.layers[i].mlp[1]`)"
 

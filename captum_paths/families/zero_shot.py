@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 from torch import nn
 
 from captum_paths.families.base import FamilyAdapter, SiteSpec, find_family, register_family
+from captum_paths.transforms import Transform
 
 __all__ = ["ZeroShot"]
 
@@ -30,3 +31,7 @@ class ZeroShot(FamilyAdapter):
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         found = self._inner(model)
         return None if found is None else found[0].patch_size(model.tower)
+
+    def transform(self, model: nn.Module) -> Optional[Transform]:
+        found = self._inner(model)
+        return None if found is None else found[0].transform(model.tower)
