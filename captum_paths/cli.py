@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-pixels", action="store_true",
                              help="skip the pixel figure (it loads the run's model and one image)")
             sub.add_argument("--device", default=None)
+        if name == "report":
+            sub.add_argument("--max-images", type=int, default=2000,
+                             help="images whose paths and thumbnails the page embeds (default: 2000, drawn evenly "
+                                  "from the classes)")
+            sub.add_argument("--heatmaps", type=int, default=8,
+                             help="neurons whose pixel attribution the page shows (default: 8; 0 skips them and "
+                                  "does not load the model)")
+            sub.add_argument("--device", default=None)
         sub.set_defaults(handler=handler)
     return parser
 
@@ -235,7 +243,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from captum_paths.pipeline import Run
 
-    html, markdown = Run(args.run).report()
+    from captum_paths.explorer import ExplorerLimits
+
+    limits = ExplorerLimits(max_images=args.max_images, heatmap_neurons=args.heatmaps)
+    html, markdown = Run(args.run, device=args.device).report(limits=limits, heatmaps=args.heatmaps > 0)
     print(f"report: {html}\nsummary: {markdown}")
     return 0
 

@@ -125,6 +125,7 @@ FLOORS = [
     {"evaluation"},
     {"analysis"},
     {"plots"},
+    {"explorer"},
     {"pipeline"},
     {"cli"},
     {"__main__"},

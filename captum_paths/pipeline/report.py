@@ -1,15 +1,14 @@
 """The report stage: ``RUN/report.html`` and ``RUN/summary.md`` from what the other stages left.
 
-The HTML page is self-contained (tables and figures embedded as base64 PNG);
-the Markdown summary lists the same tables and the figure files.
+The HTML page is the path explorer (:mod:`captum_paths.explorer`): self-contained,
+interactive, offline. The Markdown summary lists the tables and the figure files
+(PNG and SVG) for papers.
 """
 from __future__ import annotations
 
-import base64
-import html
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 import pandas as pd
 
@@ -17,6 +16,7 @@ from captum_paths.records import write_text_atomic
 from captum_paths.search.registry import PATH_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from captum_paths.explorer import ExplorerLimits
     from captum_paths.pipeline.run import Run
 
 __all__ = ["write_report", "markdown"]
@@ -40,16 +40,6 @@ def markdown(df: pd.DataFrame, floatfmt: str = ".4f", index: bool = False) -> st
     return _as_text(df, floatfmt).to_markdown(index=index, disable_numparse=True, stralign="right")
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    return _as_text(df).to_html(index=False, border=0, classes="t")
-
-
-def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"/>' \
-           f"<figcaption>{html.escape(path.stem)}</figcaption></figure>"
-
-
 def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     return pd.read_csv(path) if path.exists() else None
 
@@ -60,8 +50,20 @@ def _correct(record) -> float:
     return float("nan") if label is None or prediction is None else float(label == prediction)
 
 
-def write_report(run: "Run") -> Tuple[Path, Path]:
-    """Write ``RUN/report.html`` and ``RUN/summary.md`` from what evaluate / analyze left; returns both."""
+def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
+                 ) -> Tuple[Path, Path]:
+    """Write ``RUN/report.html`` (the path explorer) and ``RUN/summary.md`` from what extract,
+    evaluate and analyze left; returns both.
+
+    Args:
+        limits: caps on what the page embeds (default :class:`~captum_paths.explorer.ExplorerLimits`).
+        heatmaps: compute the pixel attribution of the most used neurons (loads the run's model).
+    """
+    from captum_paths.explorer import ExplorerLimits, explorer_payload, render_page
+
+    limits = ExplorerLimits() if limits is None else limits
+    if not isinstance(limits, ExplorerLimits):
+        raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
     records = run.records()
     settings = run.settings
     methods = list(dict.fromkeys(r["method"] for r in records))
@@ -118,22 +120,53 @@ def write_report(run: "Run") -> Tuple[Path, Path]:
         lines += ["(No analysis yet: run `captum-paths analyze --run RUN`.)", ""]
     summary = run.summary_file
 
-    body = [f"<h1>captum-paths report</h1><p>Run <code>{html.escape(str(run.folder))}</code>: {len(records)} records, "
-            f"methods {html.escape(', '.join(methods))}.</p><p>Settings: {html.escape(settings_md)}.</p>"]
-    for title, note, df in sections:
-        body.append(f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "")
-                    + _html_table(df))
-    if figures:
-        body.append("<h2>Figures</h2>" + "".join(_image(p) for p in figures))
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>captum-paths report</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
-        "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}figure{margin:1em 0}"
-        "</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )
+    class_names, image_loader = _folder_access(run)
+    heatmap = _heatmap_fn(run, limits) if heatmaps and image_loader is not None else None
+    payload = explorer_payload(records, settings=settings, evaluation_dir=eva, analysis_dir=ana,
+                               class_names=class_names, image_loader=image_loader, heatmap=heatmap, limits=limits,
+                               run_name=str(run.folder))
+    page = render_page(payload, title=f"captum-paths: {run.folder.name}")
     report = run.report_file
     with run.lock():
         write_text_atomic(summary, "\n".join(lines))
         write_text_atomic(report, page)
     return report, summary
+
+
+def _folder_access(run: "Run") -> Tuple[Optional[List[str]], Optional[Callable[[str], Any]]]:
+    """The class names and an image reader of the run's data folder, or ``(None, None)`` without it."""
+    from captum_paths.data import open_image
+
+    data = run.settings.get("data")
+    if data is None or not Path(data).is_dir():
+        if data is not None:
+            logger.warning("report: the data folder %s is not here; the page has no thumbnails", data)
+        return None, None
+    try:
+        names = run._folder().class_names()
+    except (ValueError, OSError) as exc:
+        logger.warning("report: cannot read the data folder (%s); the page has no thumbnails", exc)
+        return None, None
+    return names, lambda image_id: open_image(Path(data) / image_id)
+
+
+def _heatmap_fn(run: "Run", limits: "ExplorerLimits") -> Optional[Callable[[str, int, int], Any]]:
+    """``(image_id, layer, neuron) -> (H, W)`` integrated gradients of the neuron summed per patch,
+    or ``None`` when the run's model cannot be loaded here."""
+    from captum_paths.analysis.pixels import neuron_pixel_attribution
+    from captum_paths.models import ModelLoadError
+    from captum_paths.sites import NeuronSites
+
+    try:
+        model = run.model()
+        sites = NeuronSites.from_model(model)
+    except (ValueError, OSError, ModelLoadError) as exc:
+        logger.warning("report: no pixel attributions (%s)", exc)
+        return None
+    device = next(model.parameters()).device
+
+    def heatmap(image_id: str, layer: int, neuron: int):
+        images, _ = run.images([image_id])
+        return neuron_pixel_attribution(model, images[0].to(device), layer, neuron, sites=sites,
+                                        n_steps=limits.heatmap_steps).upsampled_patches()
+    return heatmap

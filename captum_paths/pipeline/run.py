@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from captum_paths.data import ImageFolderDataset
+    from captum_paths.explorer import ExplorerLimits
 
 __all__ = ["Run", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "RUN_FILE",
            "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE"]
@@ -518,11 +519,12 @@ class Run:
 
         return analyze(self, **kwargs)
 
-    def report(self) -> Tuple[Path, Path]:
-        """Write ``report.html`` and ``summary.md``; see :func:`captum_paths.pipeline.report.write_report`."""
+    def report(self, limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True) -> Tuple[Path, Path]:
+        """Write ``report.html`` (the path explorer) and ``summary.md``; see
+        :func:`captum_paths.pipeline.report.write_report`."""
         from captum_paths.pipeline.report import write_report
 
-        return write_report(self)
+        return write_report(self, limits=limits, heatmaps=heatmaps)
 
 
 def _swap_names(final: Path) -> Tuple[Path, Path]:

@@ -1,0 +1,478 @@
+/* captum-paths path explorer: four linked views over the data embedded in #explorer-data.
+   Plotly (embedded above this script) draws the charts; everything else is plain DOM. */
+(function () {
+  'use strict';
+  var D = JSON.parse(document.getElementById('explorer-data').textContent);
+  var PLOT = {displaylogo: false, responsive: true};
+  var primary = D.meta.primary;
+  var classIndex = {};
+  D.classes.labels.forEach(function (label, c) { classIndex[String(label)] = c; classIndex[D.classes.names[c]] = c; });
+
+  // ------------------------------------------------------------------ helpers
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function el(tag, attrs) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === 'text') node.textContent = attrs[k];
+      else if (k === 'onclick') node.addEventListener('click', attrs[k]);
+      else if (k.slice(0, 5) === 'data-' || k === 'title' || k === 'href' || k === 'src' || k === 'alt' ||
+               k === 'class' || k === 'id' || k === 'type' || k === 'list' || k === 'placeholder')
+        node.setAttribute(k, attrs[k]);
+      else node[k] = attrs[k];
+    });
+    for (var i = 2; i < arguments.length; i++) {
+      var child = arguments[i];
+      if (child === null || child === undefined) continue;
+      node.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+    }
+    return node;
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function num(v, unit) {
+    if (v === null || v === undefined || (typeof v === 'number' && isNaN(v))) return '–';
+    if (typeof v !== 'number') return String(v);
+    if (unit === '% of p(y)') return (100 * v).toFixed(1) + '%';
+    if (unit === 'points') return (100 * v).toFixed(1);
+    if (unit === 'count' || Number.isInteger(v)) return String(v);
+    return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(3) : v.toPrecision(3);
+  }
+  function column(key) { return D.columns[key] || [key.replace(/_/g, ' '), '', '']; }
+  function className(c) {
+    var label = String(D.classes.labels[c]), name = D.classes.names[c];
+    return name === label ? label : label + ' · ' + name;
+  }
+  function nodeKey(layer, neuron) { return layer + ':' + neuron; }
+  function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
+
+  // A table whose headers show name, unit and meaning; a click on a header sorts by it.
+  function sortableTable(keys, rows, id, legend) {
+    var table = el('table', {class: 'sortable', id: id || ''});
+    var head = el('tr');
+    var body = el('tbody');
+    var order = {key: null, dir: 1};
+    keys.forEach(function (key) {
+      var c = column(key);
+      var th = el('th', {title: c[2] || c[0], 'data-key': key},
+                  el('span', {class: 'h', text: c[0]}), c[1] ? el('span', {class: 'unit', text: c[1]}) : null);
+      th.addEventListener('click', function () {
+        order.dir = order.key === key ? -order.dir : (key === 'method' ? 1 : -1);
+        order.key = key;
+        rows.sort(function (a, b) {
+          var x = a[key], y = b[key];
+          if (x === y) return 0;
+          if (x === null || x === undefined) return 1;
+          if (y === null || y === undefined) return -1;
+          return (x < y ? -1 : 1) * order.dir;
+        });
+        fill();
+        Array.prototype.forEach.call(head.children, function (h) { h.removeAttribute('data-sorted'); });
+        th.setAttribute('data-sorted', order.dir > 0 ? 'asc' : 'desc');
+      });
+      head.appendChild(th);
+    });
+    function fill() {
+      clear(body);
+      rows.forEach(function (row) {
+        body.appendChild(el.apply(null, ['tr', {}].concat(keys.map(function (key) {
+          return el('td', {text: num(row[key], column(key)[1])});
+        }))));
+      });
+    }
+    fill();
+    table.appendChild(el('thead', {}, head));
+    table.appendChild(body);
+    if (!legend) return table;
+    var dl = el('dl', {class: 'legend'});
+    keys.forEach(function (key) {
+      var c = column(key);
+      if (c[2]) { dl.appendChild(el('dt', {text: c[0]})); dl.appendChild(el('dd', {text: c[2]})); }
+    });
+    return el('div', {class: 'table-box'}, table, dl);
+  }
+
+  // ------------------------------------------------------------------ overview
+  function renderOverview() {
+    var root = clear($('#view-overview'));
+    var m = D.meta;
+    root.appendChild(el('p', {class: 'lead'},
+      m.records.toLocaleString() + ' paths of ' + m.images.toLocaleString() + ' images in ' +
+      m.classes.toLocaleString() + ' classes; ' + m.layers + ' layers, ' + m.k + ' neuron(s) per layer; methods: ' +
+      m.methods.join(', ') + '. The class and neuron views show ' + primary + '.'));
+    if (D.claims.length) {
+      root.appendChild(el('h2', {text: 'What the run shows'}));
+      root.appendChild(el.apply(null, ['ul', {id: 'claims'}].concat(D.claims.map(function (t) {
+        return el('li', {text: t}); }))));
+    }
+    root.appendChild(el('h2', {text: 'Methods'}));
+    var keys = ['method'].concat(Object.keys(D.overview[0] || {}).filter(function (k) { return k !== 'method'; }));
+    root.appendChild(sortableTable(keys, D.overview.slice(), 'methods-table', true));
+    root.appendChild(el('p', {class: 'hint', text: 'Click a header to sort. JAS: joint attribution score.'}));
+    root.appendChild(el('h2', {text: 'Distributions'}));
+    var row = el('div', {class: 'row'});
+    var jasDiv = el('div', {id: 'jas-plot', class: 'plot'});
+    var effDiv = el('div', {id: 'effect-plot', class: 'plot'});
+    row.appendChild(jasDiv);
+    row.appendChild(effDiv);
+    root.appendChild(row);
+    if (m.notes.length) {
+      root.appendChild(el('h2', {text: 'What this page holds'}));
+      root.appendChild(el.apply(null, ['ul', {id: 'notes'}].concat(m.notes.map(function (t) {
+        return el('li', {text: t}); }))));
+    }
+    var settings = Object.keys(m.settings).filter(function (k) { return !/sha256|fingerprint|^schema$/.test(k); })
+      .map(function (k) { return k + ' = ' + m.settings[k]; }).join(', ');
+    root.appendChild(el('p', {class: 'hint', text: 'Run settings: ' + settings}));
+    var done = [];
+    done.push(Plotly.newPlot(jasDiv, m.methods.filter(function (k) { return D.jas[k]; }).map(function (k) {
+      return {type: 'box', name: k, y: D.jas[k], boxpoints: false};
+    }), {title: {text: 'JAS per image (probability)'}, showlegend: false, margin: {t: 40, b: 80}, height: 360},
+    PLOT));
+    var effects = ['remove', 'enhance'].map(function (op) {
+      var x = [], y = [];
+      m.methods.forEach(function (k) {
+        ((D.effects[k] || {})[op] || []).forEach(function (v) { x.push(k); y.push(100 * v); });
+      });
+      return {type: 'box', name: op === 'remove' ? 'removed' : 'amplified', x: x, y: y, boxpoints: false,
+              marker: {color: op === 'remove' ? '#c0392b' : '#2471a3'}};
+    }).filter(function (t) { return t.y.length; });
+    if (effects.length) {
+      done.push(Plotly.newPlot(effDiv, effects, {
+        title: {text: 'Change of p(y) when the path is removed / amplified (%)'}, boxmode: 'group',
+        margin: {t: 40, b: 80}, height: 360}, PLOT));
+    } else {
+      effDiv.appendChild(el('p', {class: 'hint', text: 'No evaluation yet: run captum-paths evaluate.'}));
+    }
+    Promise.all(done).then(function () { document.body.setAttribute('data-ready', 'overview'); });
+  }
+
+  // ------------------------------------------------------------------ class
+  function sharedNeurons(a, b) {
+    var mine = {};
+    D.graph[a].nodes.forEach(function (n) { mine[nodeKey(n[0], n[1])] = true; });
+    return D.graph[b].nodes.filter(function (n) { return mine[nodeKey(n[0], n[1])]; })
+      .map(function (n) { return nodeKey(n[0], n[1]); });
+  }
+
+  function renderClass(c) {
+    var root = clear($('#class-body'));
+    var g = D.graph[c];
+    $('#class-search').value = className(c);
+    root.setAttribute('data-class', String(c));
+    root.appendChild(el('h2', {text: 'Class ' + className(c)}));
+    root.appendChild(el('p', {}, D.classes.sizes[c] + ' images. Nodes: neurons (layer, index) sized by how many of ' +
+      'the class\'s paths use them, coloured by their mean contribution; grey lines: neurons used together; ' +
+      'orange: the consensus path. Click a neuron to open it.'));
+    var plot = el('div', {id: 'class-graph', class: 'plot wide'});
+    root.appendChild(plot);
+    var byLayer = {};
+    g.nodes.forEach(function (n, i) { (byLayer[n[0]] = byLayer[n[0]] || []).push(i); });
+    var pos = g.nodes.map(function () { return [0, 0]; });
+    Object.keys(byLayer).forEach(function (layer) {
+      byLayer[layer].forEach(function (i, r) { pos[i] = [Number(layer), -r]; });
+    });
+    var maxCount = Math.max.apply(null, g.nodes.map(function (n) { return n[2]; }).concat([1]));
+    var maxEdge = Math.max.apply(null, g.edges.map(function (e) { return e[2]; }).concat([1]));
+    var traces = [];
+    [[0, 0.34, 1], [0.34, 0.67, 2.5], [0.67, 1.01, 4.5]].forEach(function (bucket) {
+      var x = [], y = [];
+      g.edges.forEach(function (e) {
+        var f = e[2] / maxEdge;
+        if (f < bucket[0] || f >= bucket[1]) return;
+        x.push(pos[e[0]][0], pos[e[1]][0], null);
+        y.push(pos[e[0]][1], pos[e[1]][1], null);
+      });
+      if (x.length) traces.push({type: 'scatter', mode: 'lines', x: x, y: y, hoverinfo: 'skip', showlegend: false,
+                                 line: {color: 'rgba(120,120,120,0.45)', width: bucket[2]}});
+    });
+    var where = {};
+    g.nodes.forEach(function (n, i) { where[nodeKey(n[0], n[1])] = i; });
+    var cx = [], cy = [];
+    g.consensus.forEach(function (n) {
+      var i = where[nodeKey(n[0], n[1])];
+      if (i !== undefined) { cx.push(pos[i][0]); cy.push(pos[i][1]); }
+    });
+    if (cx.length) traces.push({type: 'scatter', mode: 'lines', x: cx, y: cy, hoverinfo: 'skip', name: 'consensus',
+                                line: {color: '#e67e22', width: 3}});
+    var contrib = g.nodes.map(function (n) { return n[3] === null ? 0 : n[3]; });
+    var span = Math.max.apply(null, contrib.map(Math.abs).concat([1e-12]));
+    traces.push({
+      type: 'scatter', mode: 'markers+text', name: 'neurons',
+      x: g.nodes.map(function (n, i) { return pos[i][0]; }), y: g.nodes.map(function (n, i) { return pos[i][1]; }),
+      text: g.nodes.map(function (n) { return String(n[1]); }), textposition: 'middle right',
+      textfont: {size: 9},
+      customdata: g.nodes.map(function (n) { return nodeKey(n[0], n[1]); }),
+      hovertext: g.nodes.map(function (n) {
+        return 'layer ' + n[0] + ', neuron ' + n[1] + '<br>' + n[2] + ' of ' + D.classes.sizes[c] +
+          ' paths<br>mean contribution ' + num(n[3]);
+      }),
+      hoverinfo: 'text',
+      marker: {size: g.nodes.map(function (n) { return 8 + 22 * Math.sqrt(n[2] / maxCount); }), color: contrib,
+               colorscale: 'RdBu', cmin: -span, cmax: span, line: {width: 1, color: '#333'},
+               colorbar: {title: {text: 'mean<br>contribution'}, thickness: 12}}
+    });
+    Plotly.newPlot(plot, traces, {
+      height: 420, margin: {t: 20, l: 40, r: 20, b: 40}, hovermode: 'closest', showlegend: false,
+      xaxis: {title: {text: 'layer'}, dtick: 1, zeroline: false}, yaxis: {visible: false}
+    }, PLOT).then(function () {
+      plot.on('plotly_click', function (ev) {
+        var p = ev.points.filter(function (q) { return q.customdata; })[0];
+        if (p) go('#neuron/' + p.customdata);
+      });
+      root.setAttribute('data-drawn', String(g.nodes.length));
+    });
+
+    // the nodes as a list too (keyboard and screen readers)
+    var list = el('div', {class: 'nodes', id: 'class-nodes'});
+    Object.keys(byLayer).forEach(function (layer) {
+      var line = el('div', {}, el('span', {class: 'lab', text: 'layer ' + layer + ': '}));
+      byLayer[layer].forEach(function (i) {
+        var n = g.nodes[i];
+        line.appendChild(el('a', {href: '#neuron/' + nodeKey(n[0], n[1]), class: 'chip', 'data-node': nodeKey(n[0], n[1]),
+                                  text: n[1] + ' (' + n[2] + ')'}));
+      });
+      list.appendChild(line);
+    });
+    root.appendChild(el('details', {}, el('summary', {text: 'Neurons of the graph, per layer (paths using each)'}),
+                        list));
+
+    root.appendChild(el('h3', {text: 'Consensus path'}));
+    root.appendChild(el.apply(null, ['p', {id: 'class-consensus'}].concat(g.consensus.map(function (n) {
+      return el('a', {href: '#neuron/' + nodeKey(n[0], n[1]), class: 'chip',
+                      text: 'L' + n[0] + ' · ' + n[1] + ' (' + Math.round(100 * n[2]) + '%)',
+                      title: 'support: share of the class\'s paths holding it'});
+    }))));
+    root.appendChild(el('h3', {text: 'Nearest classes'}));
+    var near = el('table', {class: 'plain', id: 'class-nearest'},
+                  el('tr', {}, el('th', {text: 'class'}), el('th', {text: 'cosine similarity'}),
+                     el('th', {text: 'neurons it shares with this class'})));
+    (D.nearest[c] || []).forEach(function (pair) {
+      var shared = sharedNeurons(c, pair[0]);
+      var cell = el('td');
+      shared.forEach(function (k) { cell.appendChild(el('a', {href: '#neuron/' + k, class: 'chip', text: k})); });
+      if (!shared.length) cell.textContent = 'none among the drawn neurons';
+      near.appendChild(el('tr', {}, el('td', {}, el('a', {href: '#class/' + pair[0], text: className(pair[0])})),
+                          el('td', {text: num(pair[1])}), cell));
+    });
+    root.appendChild(near);
+  }
+
+  // ------------------------------------------------------------------ neuron
+  function imagesUsing(layer, neuron) {
+    var paths = D.images.paths[primary] || [];
+    var out = [];
+    paths.forEach(function (p, i) { if (p && p[layer] && p[layer].indexOf(neuron) >= 0) out.push(i); });
+    return out;
+  }
+
+  function thumb(i, big) {
+    var src = D.images.thumbs.length ? D.images.thumbs[i] : null;
+    var label = D.images.ids[i];
+    var a = el('a', {href: '#image/' + i, class: 'thumb', title: label + ' (' + className(D.images['class'][i]) + ')',
+                     'data-image-id': label});
+    if (src) a.appendChild(el('img', {src: src, alt: label, class: big ? 'big' : ''}));
+    else a.appendChild(el('span', {text: label}));
+    return a;
+  }
+
+  function renderNeuron(key) {
+    var root = clear($('#neuron-body'));
+    var parts = key.split(':'), layer = Number(parts[0]), neuron = Number(parts[1]);
+    var info = D.neurons[key];
+    root.setAttribute('data-neuron', key);
+    root.appendChild(el('h2', {text: 'Neuron ' + neuron + ' of layer ' + layer}));
+    if (!info) {
+      root.appendChild(el('p', {text: 'No path of ' + primary + ' in this page uses this neuron.'}));
+      return;
+    }
+    root.appendChild(el('p', {id: 'neuron-stats'}, 'Used by ' + info.paths.toLocaleString() + ' paths of ' + primary +
+      ' in ' + info.classes + ' classes; mean contribution ' + num(info.mean) + ' (probability).'));
+    var freq = [];
+    D.graph.forEach(function (g, c) {
+      g.nodes.forEach(function (n) {
+        if (n[0] === layer && n[1] === neuron) freq.push([c, n[2] / D.classes.sizes[c], n[2], n[3]]);
+      });
+    });
+    freq.sort(function (a, b) { return b[1] - a[1] || b[2] - a[2]; });
+    var shown = freq.slice(0, 40);
+    var plot = el('div', {id: 'neuron-classes', class: 'plot wide'});
+    root.appendChild(plot);
+    Plotly.newPlot(plot, [{
+      type: 'bar', x: shown.map(function (f) { return className(f[0]); }), y: shown.map(function (f) { return f[1]; }),
+      customdata: shown.map(function (f) { return f[0]; }),
+      marker: {color: shown.map(function (f) { return f[3] === null ? 0 : f[3]; }), colorscale: 'RdBu',
+               cmid: 0, colorbar: {title: {text: 'mean<br>contribution'}, thickness: 12}},
+      hovertext: shown.map(function (f) { return f[2] + ' of ' + D.classes.sizes[f[0]] + ' paths; mean contribution ' +
+                                                 num(f[3]); }), hoverinfo: 'x+text'
+    }], {height: 300, margin: {t: 30, b: 90}, title: {text: 'Share of each class\'s paths that use it' +
+      (freq.length > shown.length ? ' (top ' + shown.length + ' of ' + freq.length + ' classes)' : '')},
+      xaxis: {type: 'category'}, yaxis: {title: {text: 'fraction of paths'}, rangemode: 'tozero'}}, PLOT
+    ).then(function () {
+      plot.on('plotly_click', function (ev) { go('#class/' + ev.points[0].customdata); });
+    });
+    if (freq.length < info.classes) {
+      root.appendChild(el('p', {class: 'hint', text: (info.classes - freq.length) + ' more classes use it too, ' +
+        'but not among the neurons their graphs draw.'}));
+    }
+    var users = imagesUsing(layer, neuron);
+    root.appendChild(el('h3', {text: 'Images whose path uses it (' + users.length + ' in this page)'}));
+    var grid = el('div', {class: 'thumbs', id: 'neuron-images'});
+    users.slice(0, 120).forEach(function (i) { grid.appendChild(thumb(i)); });
+    root.appendChild(grid);
+    if (users.length > 120) root.appendChild(el('p', {class: 'hint', text: 'The first 120 are shown.'}));
+    if (info.heat && info.heat.length) {
+      root.appendChild(el('h3', {text: 'What drives it: pixel attribution (red raises the neuron, blue lowers it)'}));
+      var heat = el('div', {class: 'thumbs', id: 'neuron-heatmaps'});
+      info.heat.forEach(function (h) {
+        heat.appendChild(el('figure', {}, thumb(h[0], true), el('img', {src: h[1], class: 'big', alt: 'attribution'}),
+                            el('figcaption', {text: D.images.ids[h[0]]})));
+      });
+      root.appendChild(heat);
+    }
+  }
+
+  // ------------------------------------------------------------------ image
+  function renderImage(i) {
+    var root = clear($('#image-body'));
+    var id = D.images.ids[i], c = D.images['class'][i];
+    root.setAttribute('data-image', id);
+    $('#image-search').value = id;
+    var consensus = {};
+    D.graph[c].consensus.forEach(function (n) { (consensus[n[0]] = consensus[n[0]] || []).push(n[1]); });
+    var pred = D.images.prediction[i];
+    root.appendChild(el('div', {class: 'row'}, thumb(i, true), el('div', {},
+      el('h2', {text: id}),
+      el('p', {}, 'Class ', el('a', {href: '#class/' + c, text: className(c)}),
+         pred === null || pred === undefined ? '' : '; predicted ' + (classIndex[String(pred)] !== undefined ?
+           className(classIndex[String(pred)]) : String(pred)),
+         D.images.p[i] === null ? '' : '; p(y) = ' + num(D.images.p[i]) + '.'))));
+    var methods = D.meta.methods.filter(function (m) { return D.images.paths[m] && D.images.paths[m][i]; });
+    root.appendChild(el('h3', {text: 'Paths (neuron per layer; marked: not on the class\'s consensus path)'}));
+    var table = el('table', {class: 'plain', id: 'image-paths'});
+    table.appendChild(el.apply(null, ['tr', {}, el('th', {text: 'layer'})].concat(methods.map(function (m) {
+      return el('th', {text: m}); }))));
+    for (var layer = 0; layer < D.meta.layers; layer++) {
+      var tr = el('tr', {}, el('td', {text: String(layer)}));
+      methods.forEach(function (m) {
+        var td = el('td');
+        D.images.paths[m][i][layer].forEach(function (n) {
+          var off = !(consensus[layer] || []).some(function (x) { return x === n; });
+          td.appendChild(el('a', {href: '#neuron/' + nodeKey(layer, n), class: 'chip' + (off ? ' off' : ''),
+                                  text: String(n), title: off ? 'departs from the class consensus' : 'consensus'}));
+        });
+        tr.appendChild(td);
+      });
+      table.appendChild(tr);
+    }
+    root.appendChild(table);
+    var off = [];
+    (D.images.paths[primary] && D.images.paths[primary][i] || []).forEach(function (units, layer) {
+      if (units.some(function (n) { return !(consensus[layer] || []).some(function (x) { return x === n; }); }))
+        off.push(layer);
+    });
+    root.appendChild(el('p', {id: 'image-departures', text: off.length ?
+      primary + ' departs from the class consensus at layer(s) ' + off.join(', ') + '.' :
+      primary + ' follows the class consensus at every layer.'}));
+    root.appendChild(el('h3', {text: 'Effects'}));
+    var rows = methods.map(function (m) {
+      return {method: m, jas: D.images.jas[m][i], remove: D.images.remove[m][i], enhance: D.images.enhance[m][i]};
+    });
+    D.columns.jas = ['JAS', 'probability', 'joint attribution score of this path'];
+    D.columns.remove = ['Removal effect', '% of p(y)', 'change of the target probability when the path is zeroed'];
+    D.columns.enhance = ['Enhancement effect', '% of p(y)',
+                         'change of the target probability when the path is amplified'];
+    root.appendChild(sortableTable(['method', 'jas', 'remove', 'enhance'], rows, 'image-effects', true));
+    var plot = el('div', {id: 'image-contributions', class: 'plot wide'});
+    root.appendChild(plot);
+    Plotly.newPlot(plot, methods.filter(function (m) { return D.images.contributions[m][i]; }).map(function (m) {
+      var per = D.images.contributions[m][i].map(function (units) {
+        return units.reduce(function (s, v) { return s + (v || 0); }, 0);
+      });
+      return {type: 'bar', name: m, x: per.map(function (v, l) { return l; }), y: per};
+    }), {height: 320, barmode: 'group', margin: {t: 30}, title: {text: 'Contribution of each layer\'s path neurons'},
+         xaxis: {title: {text: 'layer'}, dtick: 1}, yaxis: {title: {text: 'probability'}}}, PLOT);
+  }
+
+  // ------------------------------------------------------------------ tables
+  function renderTables() {
+    var root = clear($('#view-tables'));
+    if (!D.tables.length) root.appendChild(el('p', {text: 'No evaluation or analysis tables yet.'}));
+    D.tables.forEach(function (t) {
+      root.appendChild(el('h2', {text: t.title}));
+      if (t.note) root.appendChild(el('p', {text: t.note}));
+      var rows = t.rows.map(function (r) { var o = {}; t.columns.forEach(function (k, j) { o[k] = r[j]; }); return o; });
+      root.appendChild(sortableTable(t.columns, rows));
+    });
+  }
+
+  // ------------------------------------------------------------------ routing
+  var rendered = {};
+  function show(view) {
+    Array.prototype.forEach.call(document.querySelectorAll('main > section'), function (s) {
+      s.hidden = s.id !== 'view-' + view;
+    });
+    Array.prototype.forEach.call(document.querySelectorAll('nav a'), function (a) {
+      a.classList.toggle('active', a.getAttribute('data-view') === view);
+    });
+    document.body.setAttribute('data-view', view);
+  }
+  function route() {
+    var parts = location.hash.replace(/^#/, '').split('/');
+    var view = parts[0] || 'overview';
+    if (view === 'class') {
+      var c = parts[1] !== undefined ? Number(parts[1]) : 0;
+      if (!(c >= 0 && c < D.graph.length)) c = 0;
+      show('class');
+      renderClass(c);
+    } else if (view === 'neuron' && parts[1]) {
+      show('neuron');
+      renderNeuron(parts[1]);
+    } else if (view === 'neuron') {
+      show('neuron');
+      var top = Object.keys(D.neurons).sort(function (a, b) { return D.neurons[b].paths - D.neurons[a].paths; })[0];
+      if (top) renderNeuron(top);
+    } else if (view === 'image') {
+      var i = parts[1] !== undefined ? Number(parts[1]) : 0;
+      show('image');
+      if (i >= 0 && i < D.images.ids.length) renderImage(i);
+    } else if (view === 'tables') {
+      show('tables');
+      if (!rendered.tables) { renderTables(); rendered.tables = true; }
+    } else {
+      show('overview');
+      if (!rendered.overview) { renderOverview(); rendered.overview = true; }
+    }
+  }
+
+  function setUp() {
+    $('#run-name').textContent = D.meta.run;
+    var classList = $('#class-list');
+    D.classes.labels.forEach(function (label, c) { classList.appendChild(el('option', {value: className(c)})); });
+    var search = $('#class-search');
+    function pickClass() {
+      var text = search.value.trim();
+      var c = classIndex[text];
+      if (c === undefined) {
+        var hit = D.classes.labels.map(function (l, k) { return k; }).filter(function (k) {
+          return className(k) === text || className(k).toLowerCase().indexOf(text.toLowerCase()) >= 0;
+        });
+        c = hit.length ? hit[0] : undefined;
+      }
+      $('#class-missing').hidden = c !== undefined;
+      if (c !== undefined) go('#class/' + c);
+    }
+    search.addEventListener('change', pickClass);
+    search.addEventListener('keydown', function (e) { if (e.key === 'Enter') pickClass(); });
+    var imageList = $('#image-list');
+    D.images.ids.forEach(function (id) { imageList.appendChild(el('option', {value: id})); });
+    var imageSearch = $('#image-search');
+    function pickImage() {
+      var i = D.images.ids.indexOf(imageSearch.value.trim());
+      if (i >= 0) go('#image/' + i);
+    }
+    imageSearch.addEventListener('change', pickImage);
+    imageSearch.addEventListener('keydown', function (e) { if (e.key === 'Enter') pickImage(); });
+    window.addEventListener('hashchange', route);
+    route();
+  }
+  setUp();
+})();

@@ -1,0 +1,570 @@
+"""What the path explorer embeds: the run's records, evaluation and analysis as one JSON object.
+
+Everything a view needs is computed here, vectorised over the records
+(:class:`~captum_paths.analysis.PathTable`), and capped so that an ImageNet-size
+run (1,000 classes, 50,000 images) stays a page a browser opens in seconds:
+:class:`ExplorerLimits` holds the caps, and the page states each one it applied.
+The class and neuron views show one method (the searched paths when the run has
+them); the image view shows every method.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from captum_paths.analysis import PathTable, class_similarity, consensus_paths
+from captum_paths.search.registry import PATH_METHODS
+
+__all__ = ["ExplorerLimits", "explorer_payload", "COLUMNS", "ImageLoader", "HeatmapFn"]
+
+logger = logging.getLogger(__name__)
+
+#: ``image_id -> PIL image`` (or ``None`` when it cannot be read).
+ImageLoader = Callable[[str], Any]
+#: ``(image_id, layer, neuron) -> (H, W)`` pixel attribution of the neuron on the image, or ``None``.
+HeatmapFn = Callable[[str, int, int], Optional[np.ndarray]]
+
+SEARCHED = "neuron-path"
+
+
+@dataclass(frozen=True)
+class ExplorerLimits:
+    """Caps on what the page embeds.
+
+    Attributes:
+        max_images (int): images whose paths, contributions, effects and thumbnails are
+            embedded, drawn evenly from the classes (seeded).
+        nodes_per_layer (int): per class and layer, the most used neurons of its graph.
+        edges_per_layer (int): per class and pair of layers, the most frequent co-uses drawn.
+        distribution_sample (int): values per method in the JAS and effect distributions.
+        nearest (int): nearest classes listed per class.
+        thumbnail_px (int): longer side of the embedded thumbnails.
+        heatmap_neurons (int): neurons (the most used) whose pixel attribution is computed.
+        heatmap_images (int): images per such neuron.
+        heatmap_steps (int): integration steps of each pixel attribution.
+        table_rows (int): rows kept of each long table.
+        seed (int): seed of every sample.
+    """
+
+    max_images: int = 2000
+    nodes_per_layer: int = 12
+    edges_per_layer: int = 24
+    distribution_sample: int = 5000
+    nearest: int = 5
+    thumbnail_px: int = 48
+    heatmap_neurons: int = 8
+    heatmap_images: int = 3
+    heatmap_steps: int = 16
+    table_rows: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ExplorerLimits.{name} must be a non-negative int; got {value!r}")
+        for name in ("nodes_per_layer", "distribution_sample", "thumbnail_px", "heatmap_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ExplorerLimits.{name} must be at least 1; got {getattr(self, name)!r}")
+
+
+#: Readable column headers: ``key -> (header, unit, one-line meaning)``.
+COLUMNS: Dict[str, Tuple[str, str, str]] = {
+    "method": ("Method", "", "how the path was chosen"),
+    "images": ("Images", "count", "images with a path of this method"),
+    "mean_jas": ("Mean JAS", "probability", "joint attribution score of the path, averaged over images: the fall "
+                 "of the target probability when the path's neurons are zeroed together"),
+    "median_jas": ("Median JAS", "probability", "the median of the same score"),
+    "mean_abs_delta": ("Mean |delta|", "probability", "convergence delta: the gap between the summed per-neuron "
+                       "contributions and the JAS (integration error)"),
+    "accuracy": ("Accuracy", "fraction", "top-1 accuracy of the model on these images"),
+    "mean_jas_gate": ("Mean JAS (re-scored)", "probability", "the JAS of each method's paths scored again in one "
+                      "setting, for a like-for-like comparison"),
+    "mean_jas_paper": ("Mean JAS (released scripts' score)", "probability",
+                       "the score as the authors' scripts compute it"),
+    "mean_prob_deviation_remove": ("Removal effect", "% of p(y)", "mean relative change of the target "
+                                   "probability when the path's neurons are zeroed"),
+    "mean_prob_deviation_enhance": ("Enhancement effect", "% of p(y)", "mean relative change of the target "
+                                    "probability when the path's neurons are amplified"),
+    "median_prob_deviation_remove": ("Median removal effect", "% of p(y)", "the median of the removal effect"),
+    "median_prob_deviation_enhance": ("Median enhancement effect", "% of p(y)",
+                                      "the median of the enhancement effect"),
+    "accuracy_deviation_remove": ("Accuracy change, removal", "points", "top-1 accuracy after removal minus before"),
+    "accuracy_deviation_enhance": ("Accuracy change, enhancement", "points",
+                                   "top-1 accuracy after enhancement minus before"),
+    "same_neurons_as_searched": ("Same neurons as the search", "fraction",
+                                 "share of path neurons equal to the searched path's, layer by layer"),
+    "within": ("Within classes", "Jaccard", "mean overlap of two paths of the same class"),
+    "between": ("Between classes", "Jaccard", "mean overlap of two paths of different classes"),
+    "ratio": ("Ratio", "x", "within / between"),
+    "p_value": ("p-value", "", "label-permutation test of within > between"),
+    "layer": ("Layer", "", "transformer block"),
+    "neuron": ("Neuron", "index", "FFN neuron of the layer"),
+    "distinct_neurons": ("Distinct neurons", "count", "different neurons the layer's paths use"),
+    "top_neuron": ("Most used neuron", "index", "the neuron most paths hold at this layer"),
+    "top_share": ("Its share", "fraction", "fraction of paths holding it"),
+    "mean_contribution": ("Mean contribution", "probability", "mean contribution of the layer's path neuron"),
+    "share_of_jas": ("Share of JAS", "fraction", "mean share of the JAS carried by this layer"),
+    "class": ("Class", "", ""),
+    "support": ("Support", "fraction", "fraction of the class's paths holding the neuron"),
+    "count": ("Paths", "count", "paths holding it"),
+    "num_classes": ("Classes", "count", "classes whose consensus path holds it"),
+    "depth": ("Depth", "layers", "pruning applies to the first layers"),
+    "k": ("k", "neurons per layer", "consensus neurons kept per layer"),
+    "p": ("p", "probability", "probability of zeroing each other neuron"),
+    "mean_prob": ("Mean p(y), pruned", "probability", ""),
+    "mean_prob_unpruned": ("Mean p(y), unpruned", "probability", ""),
+}
+
+_TABLES = (  # (folder, file, title, note)
+    ("evaluation", "pruning_grid.csv", "Pruning", "Keep the top-k class-consensus neurons per layer and zero every "
+     "other neuron with probability p in the first layers; mean over classes, on images not used for the consensus."),
+    ("analysis", "path_sharing.csv", "Path sharing", "Do images of one class use the same neurons?"),
+    ("analysis", "path_sharing_by_class.csv", "Path sharing per class", ""),
+    ("analysis", "layer_summary.csv", "Paths per layer", ""),
+    ("analysis", "shared_consensus_neurons.csv", "Neurons shared by several classes' consensus paths", ""),
+)
+
+
+def explorer_payload(
+    records: Sequence[Mapping[str, Any]],
+    settings: Optional[Mapping[str, Any]] = None,
+    evaluation_dir: Optional[Path] = None,
+    analysis_dir: Optional[Path] = None,
+    class_names: Optional[Sequence[str]] = None,
+    image_loader: Optional[ImageLoader] = None,
+    heatmap: Optional[HeatmapFn] = None,
+    limits: ExplorerLimits = ExplorerLimits(),
+    run_name: str = "",
+) -> Dict[str, Any]:
+    """The explorer's JSON object for ``records`` (one per image and method).
+
+    Args:
+        records: path records (dicts of the run's ``records.jsonl``).
+        settings: the run's settings, shown on the page.
+        evaluation_dir, analysis_dir: folders the evaluate and analyze stages wrote (optional).
+        class_names: human names of the classes, indexed by label.
+        image_loader: reads an image for its thumbnail; ``None``: no thumbnails.
+        heatmap: the pixel attribution of a neuron on an image; ``None``: no heatmaps.
+        limits: the caps (:class:`ExplorerLimits`).
+    """
+    if not isinstance(limits, ExplorerLimits):
+        raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
+    records = [r for r in records if r.get("label") is not None]
+    if not records:
+        raise ValueError("the explorer needs records with a label; none has one")
+    methods = _method_order({r["method"] for r in records})
+    primary = SEARCHED if SEARCHED in methods else methods[0]
+    table = PathTable.from_records(records, method=primary)
+    rng = np.random.default_rng(limits.seed)
+    notes: List[str] = []
+
+    classes = [_native(c) for c in table.classes]
+    names = [_class_name(c, class_names) for c in classes]
+    deviation = _read(evaluation_dir, "deviation.csv")
+    methods_summary = _read(evaluation_dir, "methods_summary.csv")
+    eval_summary = _read_json(evaluation_dir, "summary.json")
+    sharing = _read(analysis_dir, "path_sharing.csv")
+    layer_summary = _read(analysis_dir, "layer_summary.csv")
+
+    graph = _class_graphs(table, limits, notes)
+    images = _images(records, methods, table, deviation, (eval_summary or {}).get("images"), limits, rng,
+                     image_loader, notes)
+    neurons = _neurons(table, graph, images, primary)
+    heat = _heatmaps(images, neurons, primary, heatmap, limits, notes) if heatmap is not None else {}
+    for key, entries in heat.items():
+        neurons[key]["heat"] = entries
+
+    overview = _overview_table(records, methods, methods_summary)
+    for row in overview:  # the medians stay in the evaluation's table and summary.md
+        for key in ("median_jas", "median_prob_deviation_remove", "median_prob_deviation_enhance"):
+            row.pop(key, None)
+    payload = {
+        "meta": {
+            "run": run_name, "records": len(records), "images": len({str(r["image_id"]) for r in records}),
+            "classes": len(classes), "layers": table.num_layers, "k": table.k, "methods": methods,
+            "primary": primary, "settings": {k: v for k, v in (settings or {}).items()
+                                             if isinstance(v, (str, int, float, bool)) and v is not None},
+            "factor": (eval_summary or {}).get("factor"), "limits": asdict(limits), "notes": notes,
+        },
+        "columns": {k: list(v) for k, v in COLUMNS.items()},
+        "overview": overview,
+        "claims": _claims(overview, methods_summary, sharing, layer_summary, primary),
+        "jas": {m: _sample([r.get("jas") for r in records if r["method"] == m], limits.distribution_sample, rng)
+                for m in methods},
+        "effects": _effects(deviation, limits, rng),
+        "classes": {"labels": classes, "names": names, "sizes": np.bincount(table.class_codes,
+                                                                          minlength=len(classes)).tolist()},
+        "graph": graph,
+        "nearest": _nearest(table, limits),
+        "neurons": neurons,
+        "images": images,
+        "tables": _tables(evaluation_dir, analysis_dir, limits, notes),
+    }
+    return payload
+
+
+# ------------------------------------------------------------------ pieces
+
+
+def _method_order(methods) -> List[str]:
+    return [m for m in PATH_METHODS if m in methods] + sorted(m for m in methods if m not in PATH_METHODS)
+
+
+def _class_name(label: Hashable, class_names: Optional[Sequence[str]]) -> str:
+    if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
+        return f"{class_names[label]}"
+    return str(label)
+
+
+def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str]) -> List[Dict[str, Any]]:
+    """Per class: its most used neurons per layer ``[layer, neuron, paths, mean contribution]``,
+    the co-uses between them ``[source node, target node, paths]`` and its consensus path
+    ``[layer, neuron, support]``."""
+    cls, code, count, csum, cn = table.class_node_counts()
+    layer, neuron = table.decode(code)
+    mean = np.where(cn > 0, csum / np.maximum(cn, 1), np.nan)
+    # per (class, layer): most used first, ties to the smallest neuron
+    order = np.lexsort((neuron, -count, layer, cls))
+    cls, layer, neuron, count, mean = cls[order], layer[order], neuron[order], count[order], mean[order]
+    group = cls * table.num_layers + layer
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    kept = rank < limits.nodes_per_layer
+    if (~kept).any():
+        notes.append(f"Class graphs draw the {limits.nodes_per_layer} most used neurons of each layer "
+                     f"({int(kept.sum()):,} of {len(kept):,} class-neuron pairs).")
+    ecls, ekey, ecount = table.class_edge_counts()
+    elayer, esrc, edst = table.decode_edges(ekey)
+    consensus = consensus_paths(table)
+    cons_groups = {c: g for c, g in consensus.groupby("class", sort=False)}
+
+    graphs: List[Dict[str, Any]] = []
+    cls_bounds = np.searchsorted(cls, np.arange(len(table.classes) + 1))
+    ecls_bounds = np.searchsorted(ecls, np.arange(len(table.classes) + 1))
+    dropped_edges = 0
+    for c in range(len(table.classes)):
+        sl = slice(cls_bounds[c], cls_bounds[c + 1])
+        keep = kept[sl]
+        nl, nn, ncount, nmean = layer[sl][keep], neuron[sl][keep], count[sl][keep], mean[sl][keep]
+        index = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(nl, nn))}
+        es = slice(ecls_bounds[c], ecls_bounds[c + 1])
+        edges = []
+        for el in np.unique(elayer[es]):
+            pick = elayer[es] == el
+            src, dst, ec = esrc[es][pick], edst[es][pick], ecount[es][pick]
+            rows = [(index.get((int(el), int(s))), index.get((int(el) + 1, int(d))), int(n))
+                    for s, d, n in zip(src, dst, ec)]
+            rows = [r for r in rows if r[0] is not None and r[1] is not None]
+            rows.sort(key=lambda r: -r[2])
+            dropped_edges += max(0, len(rows) - limits.edges_per_layer)
+            edges += rows[: limits.edges_per_layer]
+        cons = cons_groups.get(table.classes[c])
+        graphs.append({
+            "nodes": [[int(a), int(b), int(n), _round(m)] for a, b, n, m in zip(nl, nn, ncount, nmean)],
+            "edges": [list(e) for e in edges],
+            "consensus": [] if cons is None else [[int(r.layer), int(r.neuron), _round(r.support)]
+                                                  for r in cons.itertuples()],
+        })
+    if dropped_edges:
+        notes.append(f"Class graphs draw the {limits.edges_per_layer} most frequent co-uses between two layers "
+                     f"({dropped_edges:,} rarer ones left out).")
+    return graphs
+
+
+def _nearest(table: PathTable, limits: ExplorerLimits) -> List[List[List[float]]]:
+    """Per class: ``[class index, cosine similarity]`` of its nearest classes."""
+    if len(table.classes) < 2 or limits.nearest == 0:
+        return [[] for _ in table.classes]
+    sim = class_similarity(table, metric="cosine").to_numpy(dtype=float, copy=True)
+    np.fill_diagonal(sim, -np.inf)
+    n = min(limits.nearest, len(table.classes) - 1)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :n]
+    return [[[int(j), _round(sim[i, j])] for j in row] for i, row in enumerate(top)]
+
+
+def _images(records, methods, table: PathTable, deviation: Optional[pd.DataFrame], evaluated: Optional[int],
+            limits: ExplorerLimits, rng: np.random.Generator, image_loader: Optional[ImageLoader], notes: List[str]
+            ) -> Dict[str, Any]:
+    """The sampled images: id, class index, prediction, thumbnail and, per method, path,
+    contributions, JAS and the removal / enhancement effects."""
+    n = len(table)
+    chosen = _stratified(table.class_codes, limits.max_images, rng)
+    if len(chosen) < n:
+        notes.append(f"The image view and the neuron view's images hold {len(chosen):,} of the {n:,} images "
+                     f"(an even draw over the classes, seed {limits.seed}).")
+    ids = [str(table.image_ids[i]) for i in chosen]
+    by_key = {(r["method"], str(r["image_id"])): r for r in records}
+    effects = _effects_by_image(records, deviation, evaluated)
+    out: Dict[str, Any] = {
+        "ids": ids, "class": [int(table.class_codes[i]) for i in chosen],
+        "prediction": [by_key[(table.method, i)].get("prediction") for i in ids],
+        "paths": {}, "contributions": {}, "jas": {}, "remove": {}, "enhance": {}, "p": [],
+    }
+    for m in methods:
+        rows = [by_key.get((m, i)) for i in ids]
+        out["paths"][m] = [None if r is None else r["path"] for r in rows]
+        out["contributions"][m] = [None if r is None or r.get("contributions") is None
+                                   else [[_round(v) for v in layer] for layer in r["contributions"]] for r in rows]
+        out["jas"][m] = [None if r is None else _round(r.get("jas")) for r in rows]
+        out["remove"][m] = [_round(effects.get((i, m, "remove"), (None, None))[0]) for i in ids]
+        out["enhance"][m] = [_round(effects.get((i, m, "enhance"), (None, None))[0]) for i in ids]
+    out["p"] = [_round(next((effects[(i, m, "remove")][1] for m in methods if (i, m, "remove") in effects), None))
+                for i in ids]
+    out["thumbs"] = [_thumbnail(image_loader, i, limits.thumbnail_px) for i in ids] if image_loader else []
+    if image_loader is not None and any(t is None for t in out["thumbs"]):
+        notes.append(f"{sum(t is None for t in out['thumbs'])} images could not be read for their thumbnail.")
+    return out
+
+
+def _stratified(codes: np.ndarray, cap: int, rng: np.random.Generator) -> List[int]:
+    """At most ``cap`` row indices, as even over the classes as possible, in row order."""
+    if len(codes) <= cap:
+        return list(range(len(codes)))
+    per_class = [np.flatnonzero(codes == c) for c in range(int(codes.max()) + 1)]
+    for rows in per_class:
+        rng.shuffle(rows)
+    chosen: List[int] = []
+    depth = 0
+    while len(chosen) < cap:
+        layer = [rows[depth] for rows in per_class if depth < len(rows)]
+        if not layer:
+            break
+        chosen += layer[: cap - len(chosen)]
+        depth += 1
+    return sorted(int(i) for i in chosen)
+
+
+def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Optional[int]
+                      ) -> Dict[Tuple[str, str, str], Tuple[float, float]]:
+    """``(image_id, method, operation) -> (prob_deviation, p_before)`` from the evaluation's table,
+    whose ``image`` column indexes the sorted ids of the images every method has a record of
+    (``evaluated`` of them when the evaluation was run)."""
+    if deviation is None or deviation.empty:
+        return {}
+    by_method: Dict[str, set] = {}
+    for r in records:
+        by_method.setdefault(r["method"], set()).add(str(r["image_id"]))
+    evaluated = [m for m in deviation["method"].unique()]
+    common = sorted(set.intersection(*(by_method.get(m, set()) for m in evaluated))) if evaluated else []
+    if int(deviation["image"].max()) >= len(common) or (evaluated is not None and evaluated != len(common)):
+        logger.warning("the evaluation's images do not match the records (evaluated before more records were "
+                       "added?); the explorer shows no effects. Rerun `captum-paths evaluate`")
+        return {}
+    return {(common[int(i)], m, op): (float(d), float(p)) for i, m, op, d, p in zip(
+        deviation["image"], deviation["method"], deviation["operation"], deviation["prob_deviation"],
+        deviation["p_before"])}
+
+
+def _neurons(table: PathTable, graph, images, primary: str) -> Dict[str, List[Any]]:
+    """``"layer:neuron" -> [paths, classes, mean contribution]`` over every path of ``primary``,
+    for the neurons the page can show (those of the class graphs and of the sampled images)."""
+    cls, code, count, csum, cn = table.class_node_counts()
+    codes, inverse = np.unique(code, return_inverse=True)
+    total = np.bincount(inverse, weights=count)
+    n_classes = np.bincount(inverse)
+    sums, ns = np.bincount(inverse, weights=csum), np.bincount(inverse, weights=cn)
+    layer, neuron = table.decode(codes)
+    wanted = {(n[0], n[1]) for g in graph for n in g["nodes"]}
+    for path in images["paths"].get(primary, []):
+        if path is not None:
+            wanted.update((l, int(j)) for l, layer_units in enumerate(path) for j in layer_units)
+    out: Dict[str, List[Any]] = {}
+    for i in range(len(codes)):
+        key = (int(layer[i]), int(neuron[i]))
+        if key in wanted:
+            out[f"{key[0]}:{key[1]}"] = [int(total[i]), int(n_classes[i]),
+                                         _round(sums[i] / ns[i]) if ns[i] else None]
+    return {k: {"paths": v[0], "classes": v[1], "mean": v[2]} for k, v in out.items()}
+
+
+def _heatmaps(images, neurons, primary: str, heatmap: HeatmapFn, limits: ExplorerLimits, notes: List[str]
+              ) -> Dict[str, List[List[Any]]]:
+    """``"layer:neuron" -> [[image index, PNG data URI], ...]`` for the most used neurons."""
+    if limits.heatmap_neurons == 0 or limits.heatmap_images == 0:
+        return {}
+    paths = images["paths"].get(primary, [])
+    top = sorted(neurons, key=lambda k: (-neurons[k]["paths"], k))
+    out: Dict[str, List[List[Any]]] = {}
+    done = 0
+    for key in top:
+        if done == limits.heatmap_neurons:
+            break
+        layer, neuron = (int(x) for x in key.split(":"))
+        users = [i for i, p in enumerate(paths) if p is not None and neuron in p[layer]][: limits.heatmap_images]
+        entries = []
+        for i in users:
+            try:
+                values = heatmap(images["ids"][i], layer, neuron)
+            except Exception as exc:  # a figure is never worth a failed report
+                logger.warning("heatmap of neuron %s on image %s skipped: %s", key, images["ids"][i], exc)
+                values = None
+            if values is not None:
+                entries.append([i, _heat_png(values)])
+        if entries:
+            out[key] = entries
+            done += 1
+    if out:
+        notes.append(f"Pixel attributions (integrated gradients of the neuron, {limits.heatmap_steps} steps) of the "
+                     f"{len(out)} most used neurons, on up to {limits.heatmap_images} images each.")
+    return out
+
+
+def _heat_png(values: np.ndarray, px: int = 96) -> str:
+    """A diverging-colour PNG of ``values`` ``(H, W)`` (red: raises the neuron, blue: lowers it)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    v = np.asarray(values, dtype=float)
+    scale = float(np.nanmax(np.abs(v))) or 1.0
+    rgba = (colormaps["RdBu_r"]((v / scale + 1) / 2) * 255).astype(np.uint8)
+    image = Image.fromarray(rgba[..., :3])
+    h, w = v.shape
+    size = (px, max(1, round(px * h / w))) if w >= h else (max(1, round(px * w / h)), px)
+    return _data_uri(image.resize(size, Image.NEAREST), "PNG")
+
+
+def _thumbnail(loader: ImageLoader, image_id: str, px: int) -> Optional[str]:
+    try:
+        image = loader(image_id)
+    except Exception as exc:
+        logger.debug("thumbnail of %s skipped: %s", image_id, exc)
+        return None
+    if image is None:
+        return None
+    from captum_paths.transforms import to_rgb
+
+    image = to_rgb(image)
+    image.thumbnail((px, px))
+    return _data_uri(image, "JPEG")
+
+
+def _data_uri(image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 80} if fmt == "JPEG" else {"optimize": True}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -> List[Dict[str, Any]]:
+    frame = pd.DataFrame({
+        "method": r["method"], "jas": r.get("jas"), "abs_delta": abs(r["delta"]) if r.get("delta") is not None
+        else np.nan, "correct": np.nan if r.get("prediction") is None else float(r["label"] == r["prediction"]),
+    } for r in records)
+    grouped = frame.groupby("method").agg(images=("jas", "size"), mean_jas=("jas", "mean"),
+                                          median_jas=("jas", "median"), mean_abs_delta=("abs_delta", "mean"),
+                                          accuracy=("correct", "mean"))
+    if methods_summary is not None:
+        grouped = grouped.join(methods_summary.set_index("method"), how="left")
+    rows = []
+    for m in methods:
+        row = {"method": m}
+        for key, value in grouped.loc[m].items():
+            row[key] = int(value) if key == "images" else _round(value)
+        rows.append(row)
+    return rows
+
+
+def _claims(overview, methods_summary, sharing, layer_summary, primary) -> List[str]:
+    """The headline findings, each a sentence with its numbers."""
+    claims: List[str] = []
+    by_method = {r["method"]: r for r in overview}
+    jas = sorted(((r["mean_jas"], m) for m, r in by_method.items() if r.get("mean_jas") is not None), reverse=True)
+    if jas:
+        best = jas[0]
+        others = ", ".join(f"{m} {v:.3f}" for v, m in jas[1:])
+        claims.append(f"{best[1]}'s paths carry the largest joint attribution: mean JAS {best[0]:.3f} "
+                      f"(probability){'; ' + others if others else ''}.")
+    if methods_summary is not None and "mean_prob_deviation_remove" in methods_summary:
+        ms = methods_summary.set_index("method")
+        line = []
+        for m in [primary, "random"]:
+            if m in ms.index and pd.notna(ms.loc[m, "mean_prob_deviation_remove"]):
+                line.append(f"{m} {100 * ms.loc[m, 'mean_prob_deviation_remove']:+.1f}%")
+        if line:
+            claims.append("Zeroing a path's neurons changes the target probability by " + ", ".join(line)
+                          + " on average.")
+    if sharing is not None and not sharing.empty:
+        s = sharing.iloc[0]
+        p = f", p = {s['p_value']:.3g}" if pd.notna(s.get("p_value")) else ""
+        claims.append(f"Images of one class share their path neurons: mean Jaccard {s['within']:.3f} within classes "
+                      f"against {s['between']:.3f} between them ({s['ratio']:.1f}x{p}).")
+    if layer_summary is not None and "share_of_jas" in layer_summary and layer_summary["share_of_jas"].notna().any():
+        top = layer_summary.loc[layer_summary["share_of_jas"].idxmax()]
+        claims.append(f"Layer {int(top['layer'])} carries the largest share of the JAS "
+                      f"({100 * top['share_of_jas']:.0f}% on average).")
+    return claims
+
+
+def _effects(deviation: Optional[pd.DataFrame], limits: ExplorerLimits, rng) -> Dict[str, Dict[str, List[float]]]:
+    if deviation is None or deviation.empty:
+        return {}
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for (m, op), group in deviation.groupby(["method", "operation"], sort=False):
+        out.setdefault(m, {})[op] = _sample(group["prob_deviation"].tolist(), limits.distribution_sample, rng)
+    return out
+
+
+def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[str]) -> List[Dict[str, Any]]:
+    out = []
+    for folder, file, title, note in _TABLES:
+        df = _read(evaluation_dir if folder == "evaluation" else analysis_dir, file)
+        if df is None:
+            continue
+        if len(df) > limits.table_rows:
+            notes.append(f"The table '{title}' shows its first {limits.table_rows} of {len(df):,} rows.")
+            df = df.head(limits.table_rows)
+        out.append({"title": title, "note": note, "columns": list(df.columns),
+                    "rows": [[_cell(v) for v in row] for row in df.itertuples(index=False)]})
+    return out
+
+
+def _read(folder: Optional[Path], name: str) -> Optional[pd.DataFrame]:
+    if folder is None or not (Path(folder) / name).exists():
+        return None
+    return pd.read_csv(Path(folder) / name)
+
+
+def _read_json(folder: Optional[Path], name: str) -> Optional[Dict[str, Any]]:
+    import json
+
+    if folder is None or not (Path(folder) / name).exists():
+        return None
+    return json.loads((Path(folder) / name).read_text())
+
+
+def _sample(values, n: int, rng) -> List[float]:
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if len(values) > n:
+        values = [values[i] for i in sorted(rng.choice(len(values), n, replace=False))]
+    return [_round(v) for v in values]
+
+
+def _round(value: Any, digits: int = 4) -> Optional[float]:
+    """``value`` to ``digits`` significant digits (``None`` for missing or non-finite values)."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _round(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value if isinstance(value, (int, str, bool)) or value is None else str(value)
+
+
+def _native(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x

@@ -1,0 +1,260 @@
+"""The path explorer (``report.html``): its data against brute-force counts over the records, and
+the page itself in a real headless Chromium, offline: no console errors, a class draws its graph,
+a clicked neuron lists the images whose records use it, and an ImageNet-size run stays small and
+fast. Browser tests skip when no Chromium is installed, unless CAPTUM_PATHS_REQUIRE_BROWSER=1
+(``.ci/run`` sets it and installs Chromium)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from captum_paths.explorer import ExplorerLimits, explorer_payload
+from captum_paths.pipeline import Run
+from captum_paths.pipeline.demo import run_demo
+from captum_paths.pipeline.evaluate import complete_images
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explorer") / "demo"
+    run_demo(out, progress=False)
+    run = Run(out)
+    return run, run.records(), out / "report.html"
+
+
+def _primary(records):
+    return [r for r in records if r["method"] == "neuron-path"]
+
+
+# ------------------------------------------------------------------ the data
+
+
+def test_class_graphs_hold_the_brute_force_counts(demo):
+    run, records, _ = demo
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir, analysis_dir=run.analysis_dir)
+    labels = payload["classes"]["labels"]
+    for c, graph in enumerate(payload["graph"]):
+        mine = [r for r in _primary(records) if r["label"] == labels[c]]
+        counts, sums = Counter(), defaultdict(float)
+        co_use = Counter()
+        for r in mine:
+            for layer, units in enumerate(r["path"]):
+                for j, n in enumerate(units):
+                    counts[(layer, n)] += 1
+                    sums[(layer, n)] += r["contributions"][layer][j]
+                if layer + 1 < len(r["path"]):
+                    for a in units:
+                        for b in r["path"][layer + 1]:
+                            co_use[(layer, a, b)] += 1
+        nodes = {(n[0], n[1]): n for n in graph["nodes"]}
+        assert set(nodes) == set(counts)  # 4 images per class: every neuron is drawn
+        for key, node in nodes.items():
+            assert node[2] == counts[key]
+            assert node[3] == pytest.approx(sums[key] / counts[key], rel=1e-3, abs=1e-9)
+        for src, dst, n in graph["edges"]:
+            a, b = graph["nodes"][src], graph["nodes"][dst]
+            assert b[0] == a[0] + 1 and co_use[(a[0], a[1], b[1])] == n
+        assert len(graph["edges"]) == len(co_use)
+    consensus = pd.read_csv(run.analysis_dir / "consensus_paths.csv")
+    for c, graph in enumerate(payload["graph"]):
+        rows = consensus[consensus["class"] == labels[c]]
+        assert [n[:2] for n in graph["consensus"]] == rows[["layer", "neuron"]].values.tolist()
+
+
+def test_neurons_images_and_effects_match_the_records_and_the_evaluation(demo):
+    run, records, _ = demo
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    totals = Counter((layer, n) for r in _primary(records) for layer, units in enumerate(r["path"]) for n in units)
+    for key, info in payload["neurons"].items():
+        layer, n = (int(x) for x in key.split(":"))
+        assert info["paths"] == totals[(layer, n)]
+    images = payload["images"]
+    assert sorted(images["ids"]) == sorted(str(r["image_id"]) for r in _primary(records))
+    by_key = {(r["method"], str(r["image_id"])): r for r in records}
+    common, _ = complete_images(records)
+    deviation = pd.read_csv(run.evaluation_dir / "deviation.csv")
+    for m in payload["meta"]["methods"]:
+        for i, image_id in enumerate(images["ids"]):
+            assert images["paths"][m][i] == by_key[(m, image_id)]["path"]
+            row = deviation[(deviation["image"] == common.index(image_id)) & (deviation["method"] == m)]
+            removed = row[row["operation"] == "remove"]["prob_deviation"].item()
+            assert images["remove"][m][i] == pytest.approx(removed, rel=1e-3, abs=1e-9)
+
+
+def test_caps_are_applied_and_said_on_the_page(demo):
+    run, records, _ = demo
+    limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0)
+    payload = explorer_payload(records, limits=limits)
+    assert len(payload["images"]["ids"]) == 13
+    classes = Counter(payload["images"]["class"])
+    assert max(classes.values()) - min(classes.values()) <= 1  # an even draw over the 10 classes
+    for graph in payload["graph"]:
+        assert max(Counter(n[0] for n in graph["nodes"]).values()) == 1
+        assert max(Counter(graph["nodes"][e[0]][0] for e in graph["edges"]).values(), default=1) == 1
+    notes = " ".join(payload["meta"]["notes"])
+    assert "13 of the 40 images" in notes and "1 most used neurons" in notes
+
+
+def test_limits_reject_bad_values():
+    with pytest.raises(ValueError, match="max_images must be a non-negative int"):
+        ExplorerLimits(max_images=-1)
+    with pytest.raises(ValueError, match="thumbnail_px must be at least 1"):
+        ExplorerLimits(thumbnail_px=0)
+
+
+def test_the_page_is_self_contained(demo):
+    _, _, report = demo
+    page = report.read_text()
+    assert "<script src" not in page and "<link" not in page and "src='http" not in page  # nothing fetched
+    data = page[page.index("<script id='explorer-data'"):]
+    payload = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
+    assert payload["meta"]["classes"] == 10 and len(payload["images"]["thumbs"]) == 40
+    assert any("heat" in info for info in payload["neurons"].values())  # the demo's model is at hand
+
+
+# ------------------------------------------------------------------ in a browser
+
+
+def _chromium():
+    for name in (os.environ.get("CAPTUM_PATHS_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    required = os.environ.get("CAPTUM_PATHS_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install -e .[test])")
+    executable = _chromium()
+    if executable is None:
+        if required:
+            pytest.fail("no Chromium found (apt-get install chromium, or set CAPTUM_PATHS_CHROMIUM)")
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page with the network disabled, and every console error and request it makes."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_offline(True)
+    pg = context.new_page()
+    pg.errors, pg.requests = [], []
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("request", lambda r: pg.requests.append(r.url))
+    yield pg
+    context.close()
+
+
+def _open(page, report: Path, hash_: str = "") -> None:
+    page.goto(report.resolve().as_uri() + hash_)
+    page.wait_for_selector("body[data-view]", timeout=30_000)
+
+
+def test_overview_renders_offline_without_errors_and_sorts(demo, page):
+    _, records, report = demo
+    _open(page, report)
+    page.wait_for_selector("body[data-ready=overview]", timeout=30_000)
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    rows = page.locator("#methods-table tbody tr")
+    assert rows.count() == len(methods)
+    assert page.locator("#claims li").count() >= 3
+    page.click("#methods-table th[data-key=mean_jas]")  # descending first
+    shown = [float(x) for x in page.locator("#methods-table tbody tr td:nth-child(3)").all_inner_texts()]
+    assert shown == sorted(shown, reverse=True)
+    assert page.locator("#jas-plot .main-svg").count() > 0 and page.locator("#effect-plot .main-svg").count() > 0
+    assert page.errors == []
+    assert all(u.startswith(("file:", "data:", "about:")) for u in page.requests), page.requests
+
+
+def test_choosing_a_class_draws_its_graph(demo, page):
+    run, records, report = demo
+    _open(page, report, "#class")
+    page.fill("#class-search", "7")
+    page.press("#class-search", "Enter")
+    page.wait_for_selector("#class-body[data-class='7'][data-drawn]")
+    expected = {(layer, n) for r in _primary(records) if r["label"] == 7 for layer, units in enumerate(r["path"])
+                for n in units}
+    drawn = int(page.get_attribute("#class-body", "data-drawn"))
+    points = page.locator("#class-graph .scatterlayer .trace:last-child .point")
+    assert drawn == len(expected) == points.count()
+    listed = {tuple(int(x) for x in k.split(":")) for k in
+              page.eval_on_selector_all("#class-nodes a", "as => as.map(a => a.dataset.node)")}
+    assert listed == expected
+    assert page.locator("#class-consensus a").count() == len(records[0]["path"])
+    assert page.errors == []
+
+
+def test_clicking_a_neuron_lists_the_images_that_use_it(demo, page):
+    _, records, report = demo
+    _open(page, report, "#class/3")
+    page.wait_for_selector("#class-body[data-drawn]")
+    point = page.locator("#class-graph .scatterlayer .trace:last-child .point").first
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#neuron-body[data-neuron]")
+    key = page.get_attribute("#neuron-body", "data-neuron")
+    layer, neuron = (int(x) for x in key.split(":"))
+    expected = {str(r["image_id"]) for r in _primary(records) if neuron in r["path"][layer]}
+    shown = set(page.eval_on_selector_all("#neuron-images a", "as => as.map(a => a.dataset.imageId)"))
+    assert shown == expected and expected
+    assert page.locator("#neuron-classes .main-svg").count() > 0
+    # and an image from there shows its paths for every method, as recorded
+    page.locator("#neuron-images a").first.click()
+    page.wait_for_selector("#image-body[data-image]")
+    image_id = page.get_attribute("#image-body", "data-image")
+    by_key = {(r["method"], str(r["image_id"])): r for r in records}
+    cells = page.locator("#image-paths tr").all()
+    methods = cells[0].locator("th").all_inner_texts()[1:]
+    assert sorted(methods) == sorted({r["method"] for r in records})
+    for layer, row in enumerate(cells[1:]):
+        texts = row.locator("td").all_inner_texts()[1:]
+        assert texts == [str(by_key[(m, image_id)]["path"][layer][0]) for m in methods]
+    assert page.errors == []
+
+
+# ------------------------------------------------------------------ ImageNet size
+
+
+@pytest.mark.slow
+def test_an_imagenet_size_run_stays_under_30_mb_and_opens(browser, tmp_path):
+    """1,000 classes, 50,000 paths, 12 layers, d_ff 3,072: the page is under 30 MB and its views
+    draw. Its load time is a benchmark (``benchmarks/explorer_scale.py``), not an assertion."""
+    from benchmarks.explorer_scale import build_page
+
+    report = tmp_path / "report.html"
+    payload = build_page(report)
+    size = report.stat().st_size
+    assert size < 30e6, f"{size / 1e6:.1f} MB"
+    assert len(payload["images"]["ids"]) == 2000 and payload["meta"]["classes"] == 1000
+    notes = " ".join(payload["meta"]["notes"])
+    assert "2,000 of the 50,000 images" in notes and "12 most used neurons" in notes
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_offline(True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(report.as_uri())
+    page.wait_for_selector("body[data-ready=overview]", timeout=60_000)
+    page.goto(report.as_uri() + "#class/999")
+    page.wait_for_selector("#class-body[data-class='999'][data-drawn]")
+    assert int(page.get_attribute("#class-body", "data-drawn")) == len(payload["graph"][999]["nodes"])
+    context.close()
+    assert errors == []
