@@ -87,6 +87,17 @@ def test_neurons_images_and_effects_match_the_records_and_the_evaluation(demo):
             assert images["remove"][m][i] == pytest.approx(removed, rel=1e-3, abs=1e-9)
 
 
+def test_an_evaluation_of_other_images_gives_no_effects(demo, tmp_path, caplog):
+    run, records, _ = demo
+    stale = tmp_path / "evaluation"
+    shutil.copytree(run.evaluation_dir, stale)
+    summary = json.loads((stale / "summary.json").read_text())
+    (stale / "summary.json").write_text(json.dumps(dict(summary, images=summary["images"] - 1)))
+    payload = explorer_payload(records, evaluation_dir=stale)
+    assert all(v is None for m in payload["meta"]["methods"] for v in payload["images"]["remove"][m])
+    assert "do not match the records" in caplog.text
+
+
 def test_caps_are_applied_and_said_on_the_page(demo):
     run, records, _ = demo
     limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0)
@@ -115,7 +126,7 @@ def test_the_page_is_self_contained(demo):
     data = page[page.index("<script id='explorer-data'"):]
     payload = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
     assert payload["meta"]["classes"] == 10 and len(payload["images"]["thumbs"]) == 40
-    assert any("heat" in info for info in payload["neurons"].values())  # the demo's model is at hand
+    assert all("heat" in info for info in payload["neurons"].values())  # the demo gives every neuron its pixels
 
 
 # ------------------------------------------------------------------ in a browser
@@ -215,6 +226,7 @@ def test_clicking_a_neuron_lists_the_images_that_use_it(demo, page):
     shown = set(page.eval_on_selector_all("#neuron-images a", "as => as.map(a => a.dataset.imageId)"))
     assert shown == expected and expected
     assert page.locator("#neuron-classes .main-svg").count() > 0
+    assert page.locator("#neuron-heatmaps figure").count() == min(3, len(expected))
     # and an image from there shows its paths for every method, as recorded
     page.locator("#neuron-images a").first.click()
     page.wait_for_selector("#image-body[data-image]")

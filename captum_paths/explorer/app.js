@@ -319,6 +319,13 @@
     users.slice(0, 120).forEach(function (i) { grid.appendChild(thumb(i)); });
     root.appendChild(grid);
     if (users.length > 120) root.appendChild(el('p', {class: 'hint', text: 'The first 120 are shown.'}));
+    if (!(info.heat && info.heat.length)) {
+      var computed = Object.keys(D.neurons).filter(function (k) { return D.neurons[k].heat; }).length;
+      root.appendChild(el('p', {class: 'hint', id: 'neuron-no-heatmap', text: computed ?
+        'Pixel attributions were computed for the ' + computed + ' most used neurons only ' +
+        '(captum-paths report --heatmaps N for more).' :
+        'No pixel attributions: the run\'s model or images were not at hand when the page was written.'}));
+    }
     if (info.heat && info.heat.length) {
       root.appendChild(el('h3', {text: 'What drives it: pixel attribution (red raises the neuron, blue lowers it)'}));
       var heat = el('div', {class: 'thumbs', id: 'neuron-heatmaps'});

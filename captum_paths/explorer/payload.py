@@ -352,8 +352,8 @@ def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Opt
     by_method: Dict[str, set] = {}
     for r in records:
         by_method.setdefault(r["method"], set()).add(str(r["image_id"]))
-    evaluated = [m for m in deviation["method"].unique()]
-    common = sorted(set.intersection(*(by_method.get(m, set()) for m in evaluated))) if evaluated else []
+    methods = list(deviation["method"].unique())
+    common = sorted(set.intersection(*(by_method.get(m, set()) for m in methods))) if methods else []
     if int(deviation["image"].max()) >= len(common) or (evaluated is not None and evaluated != len(common)):
         logger.warning("the evaluation's images do not match the records (evaluated before more records were "
                        "added?); the explorer shows no effects. Rerun `captum-paths evaluate`")

@@ -126,7 +126,10 @@ def _finish(run: Run, out: Path, summary, methods, per_class, n_steps, threads, 
         logger.warning("analysis skipped: %s", exc)
     timings["analyze_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    html, markdown = run.report()
+    from captum_paths.explorer import ExplorerLimits
+
+    # the demo model is small enough to give every neuron of the page its pixel attributions
+    html, markdown = run.report(limits=ExplorerLimits(heatmap_neurons=100_000))
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
     write_json_atomic(out / "settings.json", {"model": "demo", "split": "test", "images": summary["images"],
