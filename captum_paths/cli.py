@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--device", default=None)
             sub.add_argument("--factor", type=float, default=2.0, help="enhance factor (default: 2)")
             sub.add_argument("--no-pruning", action="store_true", help="skip the pruning study")
+            sub.add_argument("--faithfulness-classes", type=int, default=10,
+                             help="classes (a seeded draw) whose faithfulness-sparsity curves are computed "
+                                  "(default: 10; 0 skips them)")
             sub.add_argument("--jas-modes", nargs="+", default=["gate", "paper"], choices=("gate", "paper"),
                              help="JAS semantics to compare (default: gate paper)")
             sub.add_argument("--n-steps", "--jas-steps", dest="n_steps", type=int, default=None,
@@ -223,10 +226,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     _positive("--batch-size", args.batch_size)
     _positive("--n-steps", args.n_steps)
+    if args.faithfulness_classes < 0:
+        raise _UsageError(f"--faithfulness-classes must be 0 (skip) or a positive number; got {args.faithfulness_classes}")
     _set_threads(args.threads)
     summary = Run(args.run, device=args.device).evaluate(
         batch_size=args.batch_size, factor=args.factor, jas_modes=args.jas_modes, n_steps=args.n_steps,
-        pruning=not args.no_pruning)
+        pruning=not args.no_pruning, faithfulness=args.faithfulness_classes != 0,
+        faithfulness_classes=args.faithfulness_classes or None)
     print(f"evaluation: {summary}")
     return 0
 

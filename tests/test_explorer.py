@@ -98,6 +98,18 @@ def test_an_evaluation_of_other_images_gives_no_effects(demo, tmp_path, caplog):
     assert "do not match the records" in caplog.text
 
 
+def test_the_faithfulness_curves_are_embedded_as_evaluated(demo):
+    run, records, _ = demo
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    summary = pd.read_csv(run.evaluation_dir / "faithfulness_summary.csv")
+    assert len(payload["faithfulness"]) == len(summary)
+    methods = {r["method"] for r in records} | {"random ranking"}
+    assert {r["method"] for r in payload["faithfulness"]} == methods
+    for row in payload["faithfulness"]:
+        if row["n"] >= 256:  # every unit kept: the model itself
+            assert row["mean_prob"] == pytest.approx(row["mean_prob_full"], rel=1e-3)
+
+
 def test_caps_are_applied_and_said_on_the_page(demo):
     run, records, _ = demo
     limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0)
@@ -190,6 +202,8 @@ def test_overview_renders_offline_without_errors_and_sorts(demo, page):
     shown = [float(x) for x in page.locator("#methods-table tbody tr td:nth-child(3)").all_inner_texts()]
     assert shown == sorted(shown, reverse=True)
     assert page.locator("#jas-plot .main-svg").count() > 0 and page.locator("#effect-plot .main-svg").count() > 0
+    assert page.locator("#faithfulness [data-ablation]").count() == 2  # zero and mean ablation
+    assert page.locator("#claims li", has_text="Fewest units kept per layer").count() == 1
     assert page.errors == []
     assert all(u.startswith(("file:", "data:", "about:")) for u in page.requests), page.requests
 

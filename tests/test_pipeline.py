@@ -123,6 +123,7 @@ FLOORS = [
     {"interventions"},
     {"search"},
     {"evaluation"},
+    {"faithfulness"},
     {"analysis"},
     {"plots"},
     {"explorer"},

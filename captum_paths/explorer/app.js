@@ -114,6 +114,15 @@
     row.appendChild(jasDiv);
     row.appendChild(effDiv);
     root.appendChild(row);
+    var faithRow = null;
+    if (D.faithfulness.length) {
+      root.appendChild(el('h2', {text: 'Faithfulness against sparsity'}));
+      root.appendChild(el('p', {class: 'hint', text: 'Per class, the units its paths use most are kept (N per ' +
+        'layer) and every other unit is ablated; mean target probability on held-out images of the class, ' +
+        'classes averaged. Dashed: a random ranking (the control); dotted: the unablated model.'}));
+      faithRow = el('div', {class: 'row', id: 'faithfulness'});
+      root.appendChild(faithRow);
+    }
     if (m.notes.length) {
       root.appendChild(el('h2', {text: 'What this page holds'}));
       root.appendChild(el.apply(null, ['ul', {id: 'notes'}].concat(m.notes.map(function (t) {
@@ -141,6 +150,33 @@
         margin: {t: 40, b: 80}, height: 360}, PLOT));
     } else {
       effDiv.appendChild(el('p', {class: 'hint', text: 'No evaluation yet: run captum-paths evaluate.'}));
+    }
+    if (faithRow) {
+      var ablations = [];
+      D.faithfulness.forEach(function (r) { if (ablations.indexOf(r.ablation) < 0) ablations.push(r.ablation); });
+      var divs = ablations.map(function (ab) {  // every panel placed before any is drawn, so each gets its width
+        return faithRow.appendChild(el('div', {class: 'plot', 'data-ablation': ab}));
+      });
+      ablations.forEach(function (ab, a) {
+        var div = divs[a];
+        var rows = D.faithfulness.filter(function (r) { return r.ablation === ab; });
+        var names = [];
+        rows.forEach(function (r) { if (names.indexOf(r.method) < 0) names.push(r.method); });
+        var traces = names.map(function (name) {
+          var line = rows.filter(function (r) { return r.method === name; });
+          return {type: 'scatter', mode: 'lines+markers', name: name, x: line.map(function (r) { return String(r.n); }),
+                  y: line.map(function (r) { return r.mean_prob; }),
+                  line: {dash: name === 'random ranking' ? 'dash' : 'solid', width: name === primary ? 3 : 1.5},
+                  hovertemplate: 'N = %{x} per layer: p(y) %{y:.3f}<extra>' + name + '</extra>'};
+        });
+        var full = rows.length ? rows[0].mean_prob_full : null;
+        done.push(Plotly.newPlot(div, traces, {
+          title: {text: 'every other unit ' + (ab === 'zero' ? 'set to 0' : 'set to its mean')}, height: 360,
+          margin: {t: 40, b: 60}, xaxis: {title: {text: 'units kept per layer (N)'}, type: 'category'},
+          yaxis: {title: {text: 'mean p(y)'}, rangemode: 'tozero'},
+          shapes: full === null ? [] : [{type: 'line', xref: 'paper', x0: 0, x1: 1, y0: full, y1: full,
+                                         line: {dash: 'dot', color: '#888'}}]}, PLOT));
+      });
     }
     Promise.all(done).then(function () { document.body.setAttribute('data-ready', 'overview'); });
   }

@@ -124,6 +124,9 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
 }
 
 _TABLES = (  # (folder, file, title, note)
+    ("evaluation", "faithfulness_fewest.csv", "Fewest units for 80% of the target probability",
+     "Per method and ablation: the smallest number of units kept per layer (ranked by how often the class's "
+     "paths use them) whose mean target probability on held-out images reaches 80% of the unablated model's."),
     ("evaluation", "pruning_grid.csv", "Pruning", "Keep the top-k class-consensus neurons per layer and zero every "
      "other neuron with probability p in the first layers; mean over classes, on images not used for the consensus."),
     ("analysis", "path_sharing.csv", "Path sharing", "Do images of one class use the same neurons?"),
@@ -172,6 +175,8 @@ def explorer_payload(
     methods_summary = _read(evaluation_dir, "methods_summary.csv")
     eval_summary = _read_json(evaluation_dir, "summary.json")
     sharing = _read(analysis_dir, "path_sharing.csv")
+    faithfulness = _read(evaluation_dir, "faithfulness_summary.csv")
+    fewest = _read(evaluation_dir, "faithfulness_fewest.csv")
     layer_summary = _read(analysis_dir, "layer_summary.csv")
 
     graph = _class_graphs(table, limits, notes)
@@ -196,7 +201,11 @@ def explorer_payload(
         },
         "columns": {k: list(v) for k, v in COLUMNS.items()},
         "overview": overview,
-        "claims": _claims(overview, methods_summary, sharing, layer_summary, primary),
+        "claims": _claims(overview, methods_summary, sharing, layer_summary, primary, fewest),
+        "faithfulness": [] if faithfulness is None else [
+            {k: _cell(v) for k, v in row.items()} for row in faithfulness[
+                ["method", "ablation", "n", "units_kept", "mean_prob", "accuracy", "mean_prob_full",
+                 "fraction_of_full"]].to_dict("records")],
         "jas": {m: _sample([r.get("jas") for r in records if r["method"] == m], limits.distribution_sample, rng)
                 for m in methods},
         "effects": _effects(deviation, limits, rng),
@@ -471,7 +480,7 @@ def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -
     return rows
 
 
-def _claims(overview, methods_summary, sharing, layer_summary, primary) -> List[str]:
+def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=None) -> List[str]:
     """The headline findings, each a sentence with its numbers."""
     claims: List[str] = []
     by_method = {r["method"]: r for r in overview}
@@ -495,6 +504,14 @@ def _claims(overview, methods_summary, sharing, layer_summary, primary) -> List[
         p = f", p = {s['p_value']:.3g}" if pd.notna(s.get("p_value")) else ""
         claims.append(f"Images of one class share their path neurons: mean Jaccard {s['within']:.3f} within classes "
                       f"against {s['between']:.3f} between them ({s['ratio']:.1f}x{p}).")
+    if fewest is not None and not fewest.empty:
+        zero = fewest[fewest["ablation"] == "zero"].set_index("method")
+        shown = [m for m in (primary, "random ranking") if m in zero.index]
+        parts = [f"{m} {int(zero.loc[m, 'n'])} per layer" if pd.notna(zero.loc[m, "n"]) else f"{m} never"
+                 for m in shown]
+        if parts:
+            claims.append("Fewest units kept per layer (the rest set to 0) for 80% of the target probability on "
+                          "held-out images: " + ", ".join(parts) + ".")
     if layer_summary is not None and "share_of_jas" in layer_summary and layer_summary["share_of_jas"].notna().any():
         top = layer_summary.loc[layer_summary["share_of_jas"].idxmax()]
         claims.append(f"Layer {int(top['layer'])} carries the largest share of the JAS "

@@ -94,6 +94,8 @@ def evaluate_paths(
     pruning_ps: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     n_steps: Optional[int] = None,
     seed: int = 0,
+    faithfulness: bool = True,
+    faithfulness_classes: Optional[int] = 10,
 ) -> Dict[str, Any]:
     """The paper's experiments on ``paths`` (one :class:`PathResult` per method, rows
     aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
@@ -102,12 +104,16 @@ def evaluate_paths(
     ``methods_summary``, and with ``pruning`` ``pruning``, ``pruning_grid``;
     figures (PNG + SVG): ``deviation``, ``jas``, ``pruning``. ``n_steps`` sets the
     quadrature steps of the JAS comparison and of the pruning study's top-k path
-    search (default: each mode's default).
+    search (default: each mode's default). With ``faithfulness``, the
+    faithfulness-sparsity curves (:func:`captum_paths.faithfulness.faithfulness_study`,
+    zero and mean ablation, a random-ranking control) of ``faithfulness_classes``
+    classes (a seeded draw; ``None``: every class): tables ``faithfulness``,
+    ``faithfulness_summary``, ``faithfulness_fewest`` and figure ``faithfulness``.
 
     Returns:
-        ``{"deviation", "jas", "methods", "pruning", "timings", "accuracy"}``: the
-        tables as DataFrames (``pruning`` is ``None`` when skipped), the seconds per
-        experiment and the clean top-1 accuracy.
+        ``{"deviation", "jas", "methods", "pruning", "faithfulness", "timings", "accuracy"}``:
+        the tables as DataFrames (``pruning`` and ``faithfulness`` are ``None`` when
+        skipped), the seconds per experiment and the clean top-1 accuracy.
     """
     from captum_paths.evaluation import (
         jas_comparison,
@@ -116,7 +122,7 @@ def evaluate_paths(
         save_table,
         summarize_deviation,
     )
-    from captum_paths.plots import plot_deviation, plot_jas, plot_pruning, save_figure
+    from captum_paths.plots import plot_deviation, plot_faithfulness, plot_jas, plot_pruning, save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,9 +160,34 @@ def evaluate_paths(
         timings["pruning_s"] = time.perf_counter() - start
     elif pruning:
         logger.warning("evaluate: pruning study skipped (it needs at least 2 images per class)")
+
+    faithful = None
+    if faithfulness and (counts >= 2).any():
+        import torch
+
+        from captum_paths.faithfulness import faithfulness_study, faithfulness_summary, fewest_units
+
+        start = time.perf_counter()
+        classes = np.flatnonzero(counts >= 2)
+        if faithfulness_classes is not None and len(classes) > faithfulness_classes:
+            classes = np.sort(np.random.default_rng(seed).choice(classes, faithfulness_classes, replace=False))
+        chosen = torch.from_numpy(np.isin(labels.cpu().numpy(), classes))
+        logger.info("evaluate: faithfulness curves (%d classes)", len(classes))
+        faithful = faithfulness_study(model, images[chosen], labels[chosen],
+                                      {name: (result.paths[chosen], result.contributions[chosen])
+                                       for name, result in paths.items()},
+                                      seed=seed, batch_size=batch_size)
+        save_table(faithful, out / "faithfulness")
+        summary = faithfulness_summary(faithful)
+        save_table(summary, out / "faithfulness_summary")
+        save_table(fewest_units(summary), out / "faithfulness_fewest")
+        save_figure(plot_faithfulness(summary), out / "faithfulness")
+        timings["faithfulness_s"] = time.perf_counter() - start
+    elif faithfulness:
+        logger.warning("evaluate: faithfulness curves skipped (they need at least 2 images of a class)")
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
-    return {"deviation": deviation, "jas": jas, "methods": methods, "pruning": study, "timings": timings,
-            "accuracy": accuracy}
+    return {"deviation": deviation, "jas": jas, "methods": methods, "pruning": study, "faithfulness": faithful,
+            "timings": timings, "accuracy": accuracy}
 
 
 def evaluate(
@@ -169,6 +200,8 @@ def evaluate(
     pruning_ps: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     n_steps: Optional[int] = None,
     seed: int = 0,
+    faithfulness: bool = True,
+    faithfulness_classes: Optional[int] = 10,
 ) -> Path:
     """:func:`evaluate_paths` on the images every method of ``run`` has a record of;
     writes ``RUN/evaluation/`` (with ``summary.json``: settings and timings) and returns it.
@@ -187,7 +220,8 @@ def evaluate(
     with run.lock(), run.replacing(run.evaluation_dir) as out:
         result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
-                                n_steps=n_steps, seed=seed)
+                                n_steps=n_steps, seed=seed, faithfulness=faithfulness,
+                                faithfulness_classes=faithfulness_classes)
         write_json_atomic(out / "summary.json", {
             "images": len(image_ids), "methods": list(paths), "factor": factor, "jas_modes": list(jas_modes),
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],

@@ -3,6 +3,7 @@ from captum_paths.plots.evaluation import (
     METHOD_COLOURS,
     method_palette,
     plot_deviation,
+    plot_faithfulness,
     plot_jas,
     plot_pruning,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "method_palette",
     "plot_class_similarity",
     "plot_deviation",
+    "plot_faithfulness",
     "plot_jas",
     "plot_neuron_distributions",
     "plot_neuron_frequency_heatmap",

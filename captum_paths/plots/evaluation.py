@@ -34,6 +34,7 @@ __all__ = [
     "plot_deviation",
     "plot_jas",
     "plot_pruning",
+    "plot_faithfulness",
 ]
 
 #: The method the figures highlight (the searched path, see "Layer-progressive
@@ -469,4 +470,46 @@ def plot_pruning(
                        title_fontsize="small", frameon=False)
     fig.suptitle(f"{title}\n(p: probability of zeroing each non-consensus neuron; "
                  "classes averaged, weighted by number of images)")
+    return fig
+
+
+def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness against sparsity") -> Figure:
+    """Faithfulness-sparsity curves: mean target probability and accuracy on held-out images
+    against the units kept per layer, a line per method (the random-ranking control dashed).
+
+    ``summary``: :func:`captum_paths.faithfulness.faithfulness_summary` (columns ``method,
+    ablation, n, mean_prob, accuracy, mean_prob_full, accuracy_full``); a column of panels per
+    ablation. The unablated model is a grey dashed line.
+    """
+    needed = ("method", "ablation", "n", "mean_prob", "accuracy", "mean_prob_full", "accuracy_full")
+    _validate(summary, needed, "plot_faithfulness")
+    ablations = list(dict.fromkeys(summary["ablation"]))
+    methods = list(dict.fromkeys(summary["method"]))
+    palette = method_palette([m for m in methods if m != "random ranking"])
+    fig, axes = plt.subplots(2, len(ablations), figsize=(4.4 * len(ablations) + 2.2, 6.4), sharex=True,
+                             sharey="row", squeeze=False, layout="constrained")
+    metrics = (("mean_prob", "mean_prob_full", "mean target probability"),
+               ("accuracy", "accuracy_full", "top-1 accuracy (fraction)"))
+    for col, ablation in enumerate(ablations):
+        part = summary[summary["ablation"] == ablation]
+        for row, (metric, reference, ylabel) in enumerate(metrics):
+            ax = axes[row, col]
+            for method in methods:
+                line = part[part["method"] == method].sort_values("n")
+                control = method == "random ranking"
+                ax.plot(line["n"], line[metric], marker="o", ms=3, lw=1.6, label=method,
+                        color="0.45" if control else palette[method], ls="--" if control else "-")
+            ax.axhline(float(part[reference].mean()), color="0.6", ls=":", lw=1.2, label="unablated model")
+            ax.set_xscale("symlog", linthresh=1)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"every other unit {'set to 0' if ablation == 'zero' else 'set to its mean'}")
+            if row == 1:
+                ax.set_xlabel("units kept per layer (N)")
+            if col == 0:
+                ax.set_ylabel(ylabel)
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small",
+                       frameon=False)
+    fig.suptitle(f"{title}\n(per class the units its paths use most are kept; held-out images; classes averaged)")
     return fig
