@@ -1,4 +1,4 @@
-"""Interventions on FFN neurons: remove, enhance, rescale and prune.
+"""Interventions on units (FFN neurons, attention heads): remove, enhance, rescale and prune.
 
 See "Evaluation" in docs/method.md.
 
@@ -6,7 +6,9 @@ Every intervention is a context manager built on :meth:`NeuronSites.edit`, so
 it changes the model only inside its ``with`` block and its hooks are removed on
 exit, even when the forward raises. Only the activation at the sites' selected
 tokens (the CLS token by default) is changed; other tokens pass unchanged and
-everything downstream is recomputed.
+everything downstream is recomputed. With head sites (or mixed sites) of
+:class:`~captum_paths.sites.NeuronSites` a unit ``(layer, h)`` is head ``h``: all its
+channels are scaled, removed or pruned together.
 
 - :func:`scale_neurons` multiplies a neuron set by a factor (0 removes, 2
   enhances); :func:`remove_neurons` and :func:`enhance_neurons` name the two

@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
            "stack_records", "append_records", "read_records", "record_key", "unique_records", "upgrade_record", "write_text_atomic",
-           "write_json_atomic"]
+           "write_json_atomic", "UNIT_KINDS", "unit_kinds"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -60,6 +60,27 @@ def upgrade_record(record: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the schema
+#: The kinds of unit a path layer can hold (``settings["kinds"]``, one per layer).
+UNIT_KINDS = ("neuron", "head")
+
+
+def unit_kinds(settings: Optional[Mapping[str, Any]], num_layers: int) -> List[str]:
+    """The kind of unit of each layer of a path recorded with ``settings``: ``settings["kinds"]``
+    (paths over attention heads, or mixed sites), else ``"neuron"`` for every layer (neuron
+    paths, and every record written before heads were searched).
+
+    Raises ``ValueError`` when ``settings["kinds"]`` is not a list of ``num_layers`` values
+    of :data:`UNIT_KINDS`.
+    """
+    kinds = (settings or {}).get("kinds")
+    if kinds is None:
+        return ["neuron"] * num_layers
+    if not isinstance(kinds, (list, tuple)) or len(kinds) != num_layers or not all(k in UNIT_KINDS for k in kinds):
+        raise ValueError(f"settings['kinds'] must list one of {UNIT_KINDS} per layer ({num_layers}); "
+                         f"got {_short(kinds)}")
+    return list(kinds)
+
+
 #: Keys every record must hold (not ``None``).
 REQUIRED_KEYS = ("image_id", "method", "path", "target")
 
@@ -81,7 +102,7 @@ class PathRecord:
         image_id (str or int): The image.
         method (str): Registry name of the path method.
         path (list): ``(L, k)`` as ``L`` lists of ``k`` neuron indices (int,
-            non-negative), layer-major, best first within a layer.
+            non-negative; head indices in head layers), layer-major, best first within a layer.
         target (int or str): The class explained.
         label (int or str, optional): The image's label.
         prediction (int or str, optional): The model's predicted class.
@@ -90,7 +111,9 @@ class PathRecord:
         delta (float, optional): Convergence delta of the JAS.
         scores (list, optional): ``(L, k)`` the method's own selection scores.
         refined_layers (int, optional): Layers whose choice the refinement changed.
-        settings (dict): The search settings (``mode``, ``n_steps``, ``approximation``, ``k``, ...).
+        settings (dict): The search settings (``mode``, ``n_steps``, ``approximation``, ``k``, ...;
+            ``widths`` when layers differ in width, ``kinds`` when layers hold attention heads:
+            ``"neuron"`` or ``"head"`` per layer, see :func:`unit_kinds`).
         model_id (str, optional): The model.
     """
 
@@ -152,6 +175,11 @@ class PathRecord:
                 raise ValueError(f"record {rid!r}: 'settings' must be a dict; got {_short(self.settings)}")
         if self.model_id is not None and type(self.model_id) is not str:
             raise ValueError(f"record {rid!r}: 'model_id' must be a str; got {_short(self.model_id)}")
+        if "kinds" in self.settings:
+            try:
+                unit_kinds(self.settings, len(path))
+            except ValueError as exc:
+                raise ValueError(f"record {rid!r}: {exc}") from None
 
     @property
     def shape(self) -> Tuple[int, int]:

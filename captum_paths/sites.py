@@ -1,54 +1,92 @@
-"""Neuron sites: where the FFN neurons of a vision transformer live.
+"""Neuron sites: where the units of a vision transformer live.
 
-A *site* is one layer's FFN hidden activation, after the non-linearity and
-before the second linear layer, shape ``(batch, tokens, d_ff)``. A *neuron*
-``(layer, j)`` is channel ``j`` of site ``layer`` read at the token selection
-(see "Sites and neurons" in docs/method.md). :class:`NeuronSites` finds the
-sites of every registered model family (:mod:`captum_paths.families`), accepts explicit
-modules for any other model, and is the only place that hooks them:
-:meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
+A *site* is one layer's activation, and a *unit* ``(layer, j)`` is unit ``j`` of site
+``layer`` read at the token selection (see "Sites and neurons" in docs/method.md).
+Two kinds of unit:
+
+- an FFN **neuron**: one channel of the FFN hidden activation, after the
+  non-linearity and before the second linear layer, ``(batch, tokens, d_ff)``;
+- an attention **head**: the ``head_dim`` channels of one head's output before the
+  attention's output projection, ``(batch, tokens, heads * head_dim)``, heads contiguous.
+
+:class:`NeuronSites` finds the FFN sites (:meth:`NeuronSites.from_model`) and the head
+sites (:meth:`NeuronSites.heads_from_model`) of every registered model family
+(:mod:`captum_paths.families`), interleaves the two (:meth:`NeuronSites.mixed`),
+accepts explicit modules for any other model, and is the only place that hooks
+them: :meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
 that remove every hook on exit, even when the forward raises.
+
+Edits and records see every site as ``(batch, positions, units)``: a unit is one
+column, so multiplying column ``j`` by a gate gates unit ``j``. For neuron sites the
+positions are the selected tokens; for head sites they are the selected tokens times
+the head's ``head_dim`` channels (token-major), so sums over the positions of a head
+are sums over its channels at every selected token.
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+import operator
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from captum_paths.tokens import TokenSelection, TokenSpec
 
-__all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites"]
+__all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites", "KINDS"]
 
-# An edit receives the activation at the selected tokens, (batch, n_tokens, d_ff),
+# An edit receives the activation at the selected tokens, (batch, positions, units),
 # and returns its replacement of the same shape.
 SiteEdit = Callable[[torch.Tensor], torch.Tensor]
-_CAPTURES = ("output", "input")
+#: where a site's activation is read: a module's output, its first input, or the
+#: per-head outputs of an ``nn.MultiheadAttention`` (recomputed, see ``NeuronSites``)
+_CAPTURES = ("output", "input", "mha")
+#: the kinds of unit a site holds
+KINDS = ("neuron", "head")
 
 
 class NeuronSites:
-    """The FFN neuron sites of a model, one per transformer block.
+    """The sites of a model's units, one module per layer: FFN neurons, attention heads, or both.
 
     Args:
         model (nn.Module): The model the sites belong to.
         modules (list of nn.Module): One module per layer, in execution order.
         tokens (TokenSelection or str or int or list of int, optional): Token
-            selection at which neurons are read. Default: ``"cls"``.
-        capture (str, optional): ``"output"`` when the activation is the output of
-            each module (``blocks[i].mlp.act``), ``"input"`` when it is the first
-            input (``blocks[i].mlp.fc2``, used for gated FFNs). Default: ``"output"``.
+            selection at which units are read. Default: ``"cls"``.
+        capture (str or list of str, optional): Where each layer's activation is read:
+            ``"output"`` of the module (``blocks[i].mlp.act``), its first ``"input"``
+            (``blocks[i].mlp.fc2`` of a gated FFN, ``blocks[i].attn.proj`` for heads), or
+            ``"mha"``: the per-head outputs of an ``nn.MultiheadAttention``, which calls
+            its output projection as a function so no module sees them. One value for
+            every layer, or one per layer. Default: ``"output"``.
         names (list of str, optional): Dotted module names, for display.
-        width (int or list of int, optional): The FFN width ``d_ff``, or one width
-            per layer for hierarchical models (Swin stages); inferred when ``None``.
+        width (int or list, optional): The units of each layer (FFN width ``d_ff``, or
+            number of heads): one value, or one per layer (hierarchical models, mixed
+            sites; ``None`` entries are inferred); inferred when ``None``.
         family (str, optional): Model family the sites were discovered for.
+        kind (str or list of str, optional): ``"neuron"`` or ``"head"``, for every layer
+            or per layer. Default: ``"neuron"``.
+        unit (int or list of int, optional): Channels per unit: 1 for neurons, the
+            head dimension for heads (inferred from ``width`` and the module when
+            ``None``). Default: ``None``.
 
     Attributes:
-        modules, num_layers, tokens, capture, names, family.
-        width (int or None): the FFN width when every layer has the same one.
-        widths (list of int or None): the width of each layer (``None`` when unknown
+        modules, num_layers, tokens, names, family.
+        captures (list of str): where each layer is read; ``capture`` is the value they
+            share, or ``"mixed"``.
+        kinds (list of str): the kind of unit of each layer.
+        unit_sizes (list of int): channels per unit of each layer (1 for neurons).
+        width (int or None): the units per layer when every layer has the same number.
+        widths (list of int or None): the units of each layer (``None`` when unknown
             until a forward).
+
+    ``nn.MultiheadAttention`` heads (``capture="mha"``) are read by recomputing the
+    heads from the module's own weights and inputs inside a forward hook; the edited
+    output is ``out + W_o (new - heads)`` (exactly ``out`` when nothing is edited) and
+    gradients flow through the recomputed heads. The module must run without masks,
+    ``bias_k``/``bias_v`` or attention dropout.
 
     Examples::
 
@@ -56,6 +94,8 @@ class NeuronSites:
         >>> with sites.record() as acts:
         ...     timm_vit(images)
         >>> acts[3].shape          # (batch, selected tokens, d_ff)
+        >>> heads = NeuronSites.heads_from_model(timm_vit)
+        >>> both = NeuronSites.mixed(heads, sites)   # head of block l, then its FFN
     """
 
     def __init__(
@@ -63,10 +103,12 @@ class NeuronSites:
         model: nn.Module,
         modules: Sequence[nn.Module],
         tokens: TokenSpec = "cls",
-        capture: str = "output",
+        capture: Union[str, Sequence[str]] = "output",
         names: Optional[Sequence[str]] = None,
-        width: Optional[Union[int, Sequence[int]]] = None,
+        width: Optional[Union[int, Sequence[Optional[int]]]] = None,
         family: str = "custom",
+        kind: Union[str, Sequence[str]] = "neuron",
+        unit: Optional[Union[int, Sequence[Optional[int]]]] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -81,22 +123,32 @@ class NeuronSites:
                 "modules must be distinct module objects: a module shared by several "
                 "layers would be hooked once per call of each layer"
             )
-        if capture not in _CAPTURES:
-            raise ValueError(f"capture must be one of {_CAPTURES}; got {capture!r}")
+        L = len(modules)
+        captures = _per_layer(capture, L, "capture", str)
+        for c in captures:
+            if c not in _CAPTURES:
+                raise ValueError(f"capture must be one of {_CAPTURES}; got {c!r}")
+        kinds = _per_layer(kind, L, "kind", str)
+        for k in kinds:
+            if k not in KINDS:
+                raise ValueError(f"kind must be one of {KINDS}; got {k!r}")
+        given_widths = _per_layer(width, L, "width", int, optional=True)
+        given_units = _per_layer(unit, L, "unit", int, optional=True)
         self.model = model
         self.modules: List[nn.Module] = modules
         self.tokens = TokenSelection.parse(tokens)
-        self.capture = capture
+        self.captures: List[str] = captures
+        self.capture = captures[0] if len(set(captures)) == 1 else "mixed"
+        self.kinds: List[str] = kinds
         self.names = list(names) if names is not None else [_module_name(model, m) for m in modules]
-        if width is None:
-            widths = [_infer_width([m], capture) for m in modules]
-            self.widths: Optional[List[int]] = None if None in widths else widths
-        elif isinstance(width, int) and not isinstance(width, bool):
-            self.widths = [width] * len(modules)
-        else:
-            self.widths = [int(w) for w in width]
-            if len(self.widths) != len(modules):
-                raise ValueError(f"width: give one width per layer ({len(modules)}); got {len(self.widths)}")
+        widths, units = [], []
+        for layer, m in enumerate(modules):
+            w, u = _layer_shape(m, captures[layer], kinds[layer], given_widths[layer], given_units[layer],
+                                self.names[layer])
+            widths.append(w)
+            units.append(u)
+        self.unit_sizes: List[int] = units
+        self.widths: Optional[List[int]] = None if None in widths else [int(w) for w in widths]
         self.width: Optional[int] = (self.widths[0] if self.widths is not None and len(set(self.widths)) == 1
                                      else None)
         self.family = family
@@ -104,7 +156,7 @@ class NeuronSites:
     # ------------------------------------------------------------------ discovery
     @classmethod
     def from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
-        """Discover the sites of a model of a registered family (:mod:`captum_paths.families`).
+        """Discover the FFN neuron sites of a model of a registered family (:mod:`captum_paths.families`).
 
         Args:
             model (nn.Module): a model of a registered family (timm ViT, EVA,
@@ -113,21 +165,45 @@ class NeuronSites:
             tokens (optional): Override the token selection the model's pooling
                 implies (CLS for CLS-pooled heads, patch tokens for averaging heads).
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        from captum_paths.families import find_family, inner_model, looked_for
-
-        found = find_family(model)
-        if found is None:
-            raise ValueError(
-                f"cannot find neuron sites in a {type(inner_model(model)).__name__}: looked for "
-                f"{'; '.join(looked_for())}. For other models pass the modules explicitly: "
-                "NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls'), or register a "
-                "FamilyAdapter with captum_paths.families.register_family"
-            )
-        adapter, spec = found
+        adapter, spec = _found_family(model, "neuron sites")
         selection = spec.tokens if tokens is None else TokenSelection.parse(tokens, spec.tokens.num_prefix_tokens)
         return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=adapter.name)
+
+    @classmethod
+    def heads_from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
+        """Discover the attention head sites of a model of a registered family: one layer per
+        attention block, one unit per head, read at the same tokens as its FFN neurons.
+
+        Head ``h`` of a layer is the slice ``h * head_dim .. (h + 1) * head_dim`` of the
+        attention output before the output projection (timm: the input of ``attn.proj``;
+        Hugging Face: of ``o_proj`` / ``out_proj`` / ``attention.output.dense``;
+        torchvision and open_clip's ``nn.MultiheadAttention``: recomputed, ``capture="mha"``).
+
+        Args:
+            model (nn.Module): a model of a family whose adapter declares head sites
+                (:meth:`~captum_paths.families.FamilyAdapter.head_sites`).
+            tokens (optional): Override the token selection, as in :meth:`from_model`.
+
+        Raises:
+            ValueError: no family recognises the model, or its family declares no heads
+                (windowed and staged models); pass the heads explicitly with
+                :meth:`from_names` (``kind="head"``).
+        """
+        from captum_paths.families import inner_model
+
+        adapter, _ = _found_family(model, "attention heads")
+        spec = adapter.head_sites(inner_model(model))
+        if spec is None:
+            raise ValueError(
+                f"the {adapter.name!r} family declares no attention head sites for a "
+                f"{type(inner_model(model)).__name__} (windowed or staged attention, or heads its modules do not "
+                "expose); pass them explicitly: NeuronSites.from_names(model, ['blocks.0.attn.proj', ...], "
+                "capture='input', kind='head', num_heads=...)"
+            )
+        base = spec.tokens
+        selection = base if tokens is None else TokenSelection.parse(tokens, base.num_prefix_tokens)
+        return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=adapter.name,
+                   kind="head", unit=spec.unit)
 
     @classmethod
     def from_names(
@@ -138,13 +214,23 @@ class NeuronSites:
         capture: str = "output",
         num_prefix_tokens: int = 1,
         width: Optional[int] = None,
+        kind: str = "neuron",
+        num_heads: Optional[int] = None,
     ) -> "NeuronSites":
         """Sites given as dotted module names, e.g. ``["blocks.0.mlp.act", ...]``.
 
         A name that does not exist raises ``ValueError`` listing close matches.
+        With ``kind="head"`` each module's activation (its ``capture``) is the
+        concatenated output of ``num_heads`` heads, e.g. ``["blocks.0.attn.proj", ...]``
+        with ``capture="input"``; ``nn.MultiheadAttention`` modules are read as
+        ``capture="mha"`` and give their own number of heads.
         """
         if isinstance(names, str):
             raise TypeError("names must be a list of module names, not a single string")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+        if num_heads is not None and kind != "head":
+            raise ValueError(f"num_heads applies to kind='head' only; got kind={kind!r}")
         available = dict(model.named_modules())
         modules = []
         for name in names:
@@ -156,12 +242,73 @@ class NeuronSites:
                 )
             modules.append(available[name])
         selection = TokenSelection.parse(tokens, num_prefix_tokens)
-        return cls(model, modules, selection, capture=capture, names=names, width=width)
+        if kind == "neuron":
+            return cls(model, modules, selection, capture=capture, names=names, width=width)
+        captures = ["mha" if isinstance(m, nn.MultiheadAttention) else capture for m in modules]
+        heads = [m.num_heads if c == "mha" else num_heads for m, c in zip(modules, captures)]
+        if any(h is None for h in heads):
+            raise ValueError("num_heads: give the number of heads of each site for kind='head' (only "
+                             "nn.MultiheadAttention modules know their own)")
+        return cls(model, modules, selection, capture=captures, names=names, width=heads, kind="head")
+
+    @classmethod
+    def mixed(cls, heads: "NeuronSites", neurons: "NeuronSites") -> "NeuronSites":
+        """Head sites and FFN neuron sites of the same blocks, interleaved in execution order:
+        layer ``2l`` holds the heads of block ``l``, layer ``2l + 1`` its FFN neurons.
+
+        Args:
+            heads (NeuronSites): head sites, one per block (:meth:`heads_from_model`).
+            neurons (NeuronSites): neuron sites of the same model and blocks (:meth:`from_model`).
+
+        Both must share the model, the number of layers and the token selection, and
+        every head site must be defined before its block's FFN site and after the
+        previous block's (definition order stands for execution order).
+        """
+        for name, sites in (("heads", heads), ("neurons", neurons)):
+            if not isinstance(sites, NeuronSites):
+                raise TypeError(f"{name} must be a NeuronSites; got {type(sites).__name__}")
+        if set(heads.kinds) != {"head"} or set(neurons.kinds) != {"neuron"}:
+            raise ValueError(f"mixed needs head sites then neuron sites; got kinds {sorted(set(heads.kinds))} and "
+                             f"{sorted(set(neurons.kinds))}")
+        if heads.model is not neurons.model:
+            raise ValueError("heads and neurons must be sites of the same model object")
+        if heads.num_layers != neurons.num_layers:
+            raise ValueError(f"heads and neurons must have one site per block each; got {heads.num_layers} head "
+                             f"sites and {neurons.num_layers} neuron sites")
+        if heads.tokens != neurons.tokens:
+            raise ValueError(f"heads and neurons must be read at the same tokens; got {heads.tokens} and "
+                             f"{neurons.tokens}")
+        order = {id(m): i for i, (_, m) in enumerate(heads.model.named_modules())}
+        sequence = [order.get(id(m), -1) for pair in zip(heads.modules, neurons.modules) for m in pair]
+        if any(b <= a for a, b in zip(sequence, sequence[1:])):
+            raise ValueError(
+                "heads and neurons do not interleave: each block's head site must come before its FFN site and "
+                "after the previous block's FFN site in the model's definition order; build the sites with "
+                "NeuronSites(model, modules, kind=[...], capture=[...]) in execution order instead"
+            )
+
+        def both(a: Sequence, b: Sequence) -> List:
+            return [v for pair in zip(a, b) for v in pair]
+
+        head_widths = heads.widths or [None] * heads.num_layers
+        neuron_widths = neurons.widths or [None] * neurons.num_layers
+        family = heads.family if heads.family == neurons.family else "custom"
+        return cls(
+            heads.model, both(heads.modules, neurons.modules), heads.tokens,
+            capture=both(heads.captures, neurons.captures), names=both(heads.names, neurons.names),
+            width=both(head_widths, neuron_widths), family=family, kind=both(heads.kinds, neurons.kinds),
+            unit=both(heads.unit_sizes, neurons.unit_sizes),
+        )
 
     # ----------------------------------------------------------------- properties
     @property
     def num_layers(self) -> int:
         return len(self.modules)
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether any layer holds attention heads."""
+        return "head" in self.kinds
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -169,8 +316,10 @@ class NeuronSites:
     def __repr__(self) -> str:
         where = f"{self.names[0]} … {self.names[-1]}" if len(self.names) > 1 else self.names[0]
         width = self.width if self.width is not None or self.widths is None else self.widths
+        kinds = sorted(set(self.kinds))
+        kind = f"kind={kinds[0]!r}, " if len(kinds) == 1 else "kind='mixed', "
         return (
-            f"NeuronSites(family={self.family!r}, num_layers={self.num_layers}, "
+            f"NeuronSites(family={self.family!r}, {kind}num_layers={self.num_layers}, "
             f"width={width}, tokens={self.tokens}, capture={self.capture!r}, "
             f"modules=[{where}])"
         )
@@ -185,6 +334,16 @@ class NeuronSites:
                 f"layers (0..{self.num_layers - 1})"
             )
         return layer
+
+    def check_neurons_only(self, what: str) -> None:
+        """ValueError naming ``what`` when some layers hold heads (for computations defined on
+        FFN neurons only)."""
+        if self.has_heads:
+            layers = [l for l, k in enumerate(self.kinds) if k == "head"]
+            raise ValueError(
+                f"{what} is defined for FFN neuron sites only; these sites hold attention heads at layers "
+                f"{layers}. Use NeuronSites.from_model(model) for neurons"
+            )
 
     def check_batch(self, acts: Mapping[int, torch.Tensor], batch: int) -> None:
         """ValueError when a recorded site holds another number of rows than the ``batch`` of
@@ -206,15 +365,18 @@ class NeuronSites:
 
         Args:
             edits (dict): ``{layer: fn}``; ``fn`` maps the activation at the
-                selected tokens ``(batch, n_tokens, d_ff)`` to its replacement.
-                Other tokens pass unchanged and everything downstream is recomputed.
+                selected tokens ``(batch, positions, units)`` (see the module
+                docstring; ``(batch, n_tokens, d_ff)`` for neuron sites) to its
+                replacement of the same shape (or to the tensor it was given,
+                edited in place). Other tokens pass unchanged and everything
+                downstream is recomputed.
         """
         for layer in edits:
             self.check_layer(layer, "edits key")
         handles = []
         try:
             for layer, fn in edits.items():
-                handles.append(self._register(self.modules[layer], self._editing(fn)))
+                handles.append(self._register(layer, self._editing(fn, self.unit_sizes[layer])))
             yield
         finally:
             for h in handles:
@@ -224,7 +386,9 @@ class NeuronSites:
     def record(
         self, layers: Optional[Sequence[int]] = None, detach: bool = True
     ) -> Iterator[Dict[int, torch.Tensor]]:
-        """Record activations at the selected tokens, ``{layer: (batch, n_tokens, d_ff)}``.
+        """Record activations at the selected tokens, ``{layer: (batch, positions, units)}``
+        (``(batch, n_tokens, d_ff)`` for neuron sites, ``(batch, n_tokens * head_dim, heads)``
+        for head sites).
 
         The dict fills while the model runs inside the ``with`` block; a second
         forward overwrites it. With ``detach=False`` the recorded tensors are part
@@ -247,12 +411,14 @@ class NeuronSites:
         with self.edit({self.check_layer(l, "layers"): recorder(l) for l in layers}):
             yield store
 
-    def apply_edit(self, act: torch.Tensor, fn: SiteEdit) -> torch.Tensor:
-        """``act`` ``(batch, tokens, d_ff)`` with ``fn`` applied at the selected tokens,
-        exactly as :meth:`edit` would inside a forward."""
-        return self._editing(fn)(act)
+    def apply_edit(self, act: torch.Tensor, fn: SiteEdit, layer: Optional[int] = None) -> torch.Tensor:
+        """``act`` ``(batch, tokens, channels)`` with ``fn`` applied at the selected tokens,
+        exactly as :meth:`edit` would inside a forward (of ``layer``'s units; neurons when
+        ``None``)."""
+        unit = 1 if layer is None else self.unit_sizes[self.check_layer(layer)]
+        return self._editing(fn, unit)(act)
 
-    def _editing(self, fn: SiteEdit) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _editing(self, fn: SiteEdit, unit: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
         tokens = self.tokens
 
         def apply(act: torch.Tensor) -> torch.Tensor:
@@ -265,9 +431,18 @@ class NeuronSites:
                 )
             idx = tokens.index(act.shape[1])
             selected = act[:, idx]
-            new = fn(selected)
-            if new is selected and isinstance(idx, slice):
-                return act  # a slice is a view: in-place edits are already in `act`
+            if unit == 1:
+                new = fn(selected)
+                if new is selected and isinstance(idx, slice):
+                    return act  # a slice is a view: in-place edits are already in `act`
+            else:
+                units = _unit_view(selected, unit)  # (batch, n_tokens * unit, heads), a copy
+                new = fn(units)  # when it is `units` itself, in-place edits are written back below
+                if new.shape != units.shape:
+                    raise ValueError(
+                        f"a site edit must keep the shape {tuple(units.shape)}; got {tuple(new.shape)}"
+                    )
+                new = _channel_view(new, selected.shape[1], unit)
             if new.shape != selected.shape:
                 raise ValueError(
                     f"a site edit must keep the shape {tuple(selected.shape)}; got {tuple(new.shape)}"
@@ -280,11 +455,16 @@ class NeuronSites:
 
         return apply
 
-    def _register(self, module: nn.Module, apply: Callable[[torch.Tensor], torch.Tensor]):
-        if self.capture == "output":
+    def _register(self, layer: int, apply: Callable[[torch.Tensor], torch.Tensor]):
+        module, capture = self.modules[layer], self.captures[layer]
+        if capture == "output":
             def hook(_module, _args, output):
                 return apply(output)
             return module.register_forward_hook(hook)
+        if capture == "mha":
+            def mha_hook(mha, args, kwargs, output):
+                return _edited_attention(mha, args, kwargs, output, apply)
+            return module.register_forward_hook(mha_hook, with_kwargs=True)
 
         def pre_hook(_module, args):
             return (apply(args[0]),) + tuple(args[1:])
@@ -300,6 +480,141 @@ def resolve_sites(model: nn.Module, sites: Optional[NeuronSites]) -> NeuronSites
     if not isinstance(sites, NeuronSites):
         raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
     return sites
+
+
+def _found_family(model: nn.Module, what: str):
+    """``(adapter, spec)`` of the family that recognises ``model``, else ``ValueError`` naming ``what``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    from captum_paths.families import find_family, inner_model, looked_for
+
+    found = find_family(model)
+    if found is None:
+        raise ValueError(
+            f"cannot find {what} in a {type(inner_model(model)).__name__}: looked for "
+            f"{'; '.join(looked_for())}. For other models pass the modules explicitly: "
+            "NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls'), or register a "
+            "FamilyAdapter with captum_paths.families.register_family"
+        )
+    return found
+
+
+def _per_layer(value, num_layers: int, argument: str, kind: type, optional: bool = False) -> List:
+    """One value per layer from a single value or a per-layer sequence (any iterable), type-checked;
+    ints may be any integer type (numpy, 0-d tensors)."""
+    def checked(v):
+        if v is None and optional:
+            return None
+        if kind is int and not isinstance(v, bool):
+            try:
+                return operator.index(v)
+            except TypeError:
+                pass
+        elif isinstance(v, kind):
+            return v
+        raise TypeError(f"{argument} must be {'an int' if kind is int else 'a str'} or one per layer; got {v!r}")
+
+    if value is None or isinstance(value, str) or not hasattr(value, "__iter__") or getattr(value, "ndim", 1) == 0:
+        return [checked(value)] * num_layers
+    values = list(value)
+    if len(values) != num_layers:
+        raise ValueError(f"{argument}: give one value per layer ({num_layers}); got {len(values)}")
+    return [checked(v) for v in values]
+
+
+def _layer_shape(module: nn.Module, capture: str, kind: str, width: Optional[int], unit: Optional[int],
+                 name: str) -> Tuple[Optional[int], int]:
+    """``(units, channels per unit)`` of one layer, from what is given and the module."""
+    for argument, value in (("width", width), ("unit", unit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{argument} must be positive; got {value} (layer {name!r})")
+    if capture == "mha":
+        if kind != "head" or not isinstance(module, nn.MultiheadAttention):
+            raise ValueError(f"capture='mha' reads the heads of an nn.MultiheadAttention; layer {name!r} is a "
+                             f"{type(module).__name__} of kind {kind!r}")
+        heads, head_dim = module.num_heads, module.head_dim
+        if (width or heads) != heads or (unit or head_dim) != head_dim:
+            raise ValueError(f"layer {name!r}: the nn.MultiheadAttention has {heads} heads of {head_dim} channels; "
+                             f"got width={width}, unit={unit}")
+        return heads, head_dim
+    if kind == "neuron":
+        if unit not in (None, 1):
+            raise ValueError(f"unit must be 1 for neuron sites; got {unit} (layer {name!r})")
+        return (width if width is not None else _infer_width([module], capture)), 1
+    channels = _infer_width([module], capture)
+    if width is not None and unit is not None:
+        if channels is not None and width * unit != channels:
+            raise ValueError(f"layer {name!r}: {width} heads of {unit} channels do not make its {channels} channels")
+        return width, unit
+    if channels is None:
+        raise ValueError(f"layer {name!r}: cannot infer the channels of a {type(module).__name__}; give both width "
+                         "(heads) and unit (channels per head)")
+    given = width if width is not None else unit
+    if given is None:
+        raise ValueError(f"layer {name!r}: a head site needs its number of heads (width) or the channels per head "
+                         "(unit)")
+    if channels % given:
+        raise ValueError(f"layer {name!r}: {channels} channels do not split into units of {given}")
+    return (width, channels // width) if width is not None else (channels // unit, unit)
+
+
+def _unit_view(selected: torch.Tensor, unit: int) -> torch.Tensor:
+    """``(batch, n_tokens, units * unit)`` -> ``(batch, n_tokens * unit, units)``: one column per unit."""
+    batch, n, channels = selected.shape
+    if channels % unit:
+        raise ValueError(f"a head site must hold a whole number of heads of {unit} channels; got {channels} channels")
+    return selected.reshape(batch, n, channels // unit, unit).transpose(2, 3).reshape(batch, n * unit, -1)
+
+
+def _channel_view(units: torch.Tensor, n_tokens: int, unit: int) -> torch.Tensor:
+    """The inverse of :func:`_unit_view`: ``(batch, n_tokens * unit, units)`` -> ``(batch, n_tokens, units * unit)``."""
+    batch = units.shape[0]
+    return units.reshape(batch, n_tokens, unit, -1).transpose(2, 3).reshape(batch, n_tokens, -1)
+
+
+def _edited_attention(mha: nn.MultiheadAttention, args, kwargs, output, apply: Callable[[torch.Tensor], torch.Tensor]):
+    """The output of ``mha`` with its per-head outputs ``(batch, tokens, heads * head_dim)`` passed
+    through ``apply``. The heads are recomputed from the module's weights and inputs; the
+    result is ``out + W_o (new - heads)``, in which only the recomputed heads carry gradients
+    (so upstream gradients are not counted twice): exactly ``out`` where nothing changed."""
+    import inspect
+
+    bound = inspect.signature(mha.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    call = bound.arguments
+    for option in ("key_padding_mask", "attn_mask"):
+        if call.get(option) is not None:
+            raise ValueError(f"head sites of an nn.MultiheadAttention need a call without {option}; "
+                             f"{type(mha).__name__} got one")
+    if call.get("is_causal") or mha.bias_k is not None or mha.add_zero_attn:
+        raise ValueError("head sites of an nn.MultiheadAttention need plain attention (no is_causal, bias_k/bias_v "
+                         "or add_zero_attn)")
+    if mha.training and mha.dropout > 0:
+        raise ValueError("head sites of an nn.MultiheadAttention with attention dropout need the model in eval mode")
+    query, key, value = call["query"], call["key"], call["value"]
+    if not mha.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    heads, head_dim = mha.num_heads, mha.head_dim
+    if mha._qkv_same_embed_dim:
+        w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    else:
+        w_q, w_k, w_v = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+    b_q, b_k, b_v = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (batch, tokens, heads * head_dim) -> (batch, heads, tokens, head_dim)
+        return x.reshape(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+    q, k, v = split(F.linear(query, w_q, b_q)), split(F.linear(key, w_k, b_k)), split(F.linear(value, w_v, b_v))
+    per_head = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    per_head = per_head.reshape(per_head.shape[0], per_head.shape[1], -1)  # (batch, tokens, heads * head_dim)
+    new = apply(per_head)
+    weight = mha.out_proj.weight
+    change = F.linear(new, weight) - F.linear(per_head, weight).detach()
+    out = output[0] if mha.batch_first else output[0].transpose(0, 1)
+    edited = out.detach() + change.to(out.dtype)
+    if not mha.batch_first:
+        edited = edited.transpose(0, 1)
+    return (edited,) + tuple(output[1:])
 
 
 def _infer_width(modules: Sequence[nn.Module], capture: str) -> Optional[int]:

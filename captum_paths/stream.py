@@ -64,7 +64,7 @@ class BlockRun:
         if self.split is not None:
             idx = sites.tokens.index(self.act.shape[1])
             if edit is None or (isinstance(idx, slice) and idx == slice(0, self.act.shape[1])):
-                act = self.act if edit is None else sites.apply_edit(self.act, edit)
+                act = self.act if edit is None else sites.apply_edit(self.act, edit, self.layer)
                 return self.split.post(self.mid, act)
             # the rest of the block is token-wise: the unselected tokens' output does
             # not depend on the edit, so it is computed once and only the selected
@@ -114,7 +114,8 @@ class ResidualStream:
     def from_sites(cls, sites: NeuronSites) -> Optional["ResidualStream"]:
         """The stream of a model whose family adapter declares one and whose blocks hold
         the sites, else ``None`` (also when building it fails: the search then runs the
-        whole model)."""
+        whole model). Head sites (one per block) run their blocks whole; mixed sites (two
+        layers per block) and layers of several widths get ``None``."""
         from captum_paths.families import get_family, inner_model
 
         model = inner_model(sites.model)
@@ -124,6 +125,8 @@ class ResidualStream:
             return None
         if sites.widths is not None and len(set(sites.widths)) > 1:
             return None  # layers of several widths (hierarchical models): the whole-model search
+        if len(set(sites.kinds)) > 1:
+            return None  # mixed sites hold two layers per block: the whole-model search
         spec = SiteSpec(sites.modules, sites.capture, sites.tokens, sites.width)
         try:
             parts = adapter.stream(model, spec)
@@ -138,7 +141,8 @@ class ResidualStream:
         ):
             return None
         cls_tokens = sites.tokens.kind == "cls" or tuple(sites.tokens.indices) == (0,)
-        return cls(parts.embed, parts.blocks, parts.head, sites, parts.splits,
+        splits = None if sites.has_heads else parts.splits  # blocks split at their FFN site only
+        return cls(parts.embed, parts.blocks, parts.head, sites, splits,
                    cls_readout=parts.reads_cls and cls_tokens)
 
     def plain(self) -> "ResidualStream":

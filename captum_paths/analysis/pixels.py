@@ -119,8 +119,12 @@ def neuron_pixel_attribution(
         raise ValueError(f"method must be 'integrated_gradients' or 'conductance'; got {method!r}")
     sites = sites if sites is not None else NeuronSites.from_model(model)
     layer = sites.check_layer(layer)
-    if sites.width is not None and not 0 <= int(neuron) < sites.width:
-        raise ValueError(f"neuron {neuron} is out of range: layer {layer} has {sites.width} neurons")
+    if sites.kinds[layer] != "neuron":
+        raise ValueError(f"layer {layer} holds attention heads; pixel attribution explains one FFN neuron (a "
+                         "channel), pass a neuron layer")
+    width = sites.widths[layer] if sites.widths is not None else None
+    if width is not None and not 0 <= int(neuron) < width:
+        raise ValueError(f"neuron {neuron} is out of range: layer {layer} has {width} neurons")
     x = image.unsqueeze(0) if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"image must be (C, H, W) or (1, C, H, W); got {tuple(image.shape)}")
@@ -132,7 +136,7 @@ def neuron_pixel_attribution(
         raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {(ph, pw)}")
 
     module = sites.modules[layer]
-    to_input = sites.capture == "input"
+    to_input = sites.captures[layer] == "input"
     selector = neuron_selector(sites, neuron)
     if method == "integrated_gradients":
         explainer = NeuronIntegratedGradients(model, module)

@@ -14,7 +14,7 @@ from typing import Any, Hashable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from captum_paths.records import RecordLike, as_path_records, stack_records
+from captum_paths.records import RecordLike, as_path_records, stack_records, unit_kinds
 
 __all__ = ["PathTable", "as_table"]
 
@@ -40,6 +40,9 @@ class PathTable:
             the table was built from (after filtering).
         width (int): One more than the largest neuron index (neuron codes are
             ``layer * width + neuron``).
+        kinds (list of str, optional): ``"neuron"`` or ``"head"`` per layer, for paths
+            over attention heads or mixed sites (the records' ``settings["kinds"]``);
+            ``None`` when every layer holds neurons. Indices in head layers are heads.
     """
 
     paths: np.ndarray
@@ -52,6 +55,7 @@ class PathTable:
     label_key: str
     record_index: np.ndarray
     width: int
+    kinds: Optional[List[str]] = None
 
     # --------------------------------------------------------------- building
     @classmethod
@@ -120,6 +124,7 @@ class PathTable:
             label_key=label_key,
             record_index=np.asarray(keep, dtype=np.int64),
             width=int(arrays.paths.max()) + 1 if arrays.paths.size else 0,
+            kinds=unit_kinds(arrays.settings, arrays.paths.shape[1]) if "kinds" in arrays.settings else None,
         )
 
     def select(self, classes: Iterable[Hashable]) -> "PathTable":
@@ -144,6 +149,7 @@ class PathTable:
             label_key=self.label_key,
             record_index=self.record_index[rows],
             width=self.width,
+            kinds=self.kinds,
         )
 
     def pooled(self, name: Hashable = "all") -> "PathTable":
@@ -159,12 +165,14 @@ class PathTable:
             label_key=self.label_key,
             record_index=self.record_index,
             width=self.width,
+            kinds=self.kinds,
         )
 
     def layer_summary(self) -> "pd.DataFrame":
         """One row per layer: how concentrated the paths are there and how much they carry.
 
-        Columns: ``layer``; ``distinct_neurons`` (over every path and rank);
+        Columns: ``layer``; ``kind`` (``"neuron"`` or ``"head"``, only when the paths
+        hold heads, :attr:`kinds`); ``distinct_neurons`` (units, over every path and rank);
         ``top_neuron`` and ``top_share`` (the most frequent neuron, lowest index
         on ties, and the fraction of paths that hold it); ``mean_contribution``
         (the layer's summed contribution per path, mean over paths with
@@ -187,6 +195,7 @@ class PathTable:
             share = with_c & ok_jas
             rows.append({
                 "layer": layer,
+                **({"kind": self.kinds[layer]} if self.kinds is not None else {}),
                 "distinct_neurons": int(np.count_nonzero(holders)),
                 "top_neuron": top,
                 "top_share": float(holders[top] / len(self)),

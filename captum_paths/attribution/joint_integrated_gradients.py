@@ -1,4 +1,4 @@
-"""Joint attribution of a neuron set spread over dependent layers."""
+"""Joint attribution of a set of units (FFN neurons, attention heads) spread over dependent layers."""
 from __future__ import annotations
 
 import warnings
@@ -46,7 +46,8 @@ def default_steps(mode: str, n_steps: Optional[int], method: Optional[str]) -> T
 
 
 class JointNeuronIntegratedGradients(SiteAttribution):
-    r"""Joint Attribution Score (JAS) of a set of FFN neurons across dependent layers.
+    r"""Joint Attribution Score (JAS) of a set of units (FFN neurons, attention heads, or both)
+    across dependent layers.
 
     From "Discovering Influential Neuron Path in Vision Transformers" (Wang et al.,
     ICLR 2025, https://arxiv.org/abs/2503.09046). Each neuron ``n`` of the set
@@ -68,11 +69,18 @@ class JointNeuronIntegratedGradients(SiteAttribution):
     Captum's ``LayerIntegratedGradients`` over several layers treats the layers as
     independent; this class scales neurons of many layers *jointly*.
 
+    The units are those of the ``sites``: with head sites
+    (:meth:`~captum_paths.sites.NeuronSites.heads_from_model`) a unit ``(layer, h)`` is
+    head ``h``, one gate on all its channels at the selected tokens; with mixed sites
+    (:meth:`~captum_paths.sites.NeuronSites.mixed`) a set can hold heads and neurons of
+    many blocks, and everything above holds unchanged (``"gate"`` mode only: the
+    paper score is defined for FFN neurons).
+
     Args:
         model (nn.Module): A vision transformer returning logits (Hugging Face
             models returning ``ModelOutput`` are wrapped to return logits).
-        sites (NeuronSites, optional): Where the neurons live. Default:
-            ``NeuronSites.from_model(model)``.
+        sites (NeuronSites, optional): Where the units live (neurons, heads or both).
+            Default: ``NeuronSites.from_model(model)``.
         output (str, optional): ``"prob"`` explains the softmax probability of
             the target, ``"logit"`` its logit. Default: ``"prob"``.
     """
@@ -99,7 +107,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Images ``(batch, C, H, W)``
                 (every tensor's first dimension is the batch).
-            neurons: The neuron set(s): a list of ``(layer, neuron)`` pairs shared
+            neurons: The unit set(s) (``(layer, j)``: neuron or head ``j`` of site
+                ``layer``): a list of ``(layer, neuron)`` pairs shared
                 by the batch, a list of such lists (one per example, equal sizes),
                 a ``(batch, L, k)`` index tensor (a path, ``k`` neurons per layer),
                 or a path-search result (anything with a ``paths`` tensor).
@@ -122,7 +131,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
                 ``"gate"`` mode, ``JAS - (F(x) - F(x; N zeroed))`` in
                 ``"paper"`` mode. Default: ``False``.
             mode (str, optional): ``"gate"`` (joint gates, complete) or
-                ``"paper"`` (the released scripts' score). Default: ``"gate"``.
+                ``"paper"`` (the released scripts' score; FFN neuron sites only).
+                Default: ``"gate"``.
             tol (float, optional): ``"gate"`` mode only: double the steps of the
                 examples whose ``|delta| > tol * |JAS|`` (or above 1e-7) until it
                 holds, up to 1024 steps (a warning names those that still miss).
@@ -145,6 +155,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
             (torch.Size([4, 3]), torch.Size([4]))
         """
         n_steps, method = default_steps(mode, n_steps, method)
+        if mode == "paper":
+            self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
         check_internal_batch_size(internal_batch_size)
         tol = check_tolerance(tol, mode)
         inputs = format_inputs(inputs, self.model)

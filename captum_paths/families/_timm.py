@@ -6,11 +6,11 @@ from typing import Optional, Sequence, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, linear_width
+from captum_paths.families.base import FamilyAdapter, SiteSpec, heads_spec, linear_width, projected_heads
 from captum_paths.tokens import TokenSelection
 from captum_paths.transforms import ToRGB, Transform
 
-__all__ = ["mlp_site", "blocks_spec", "timm_transform", "timm_loader_spec", "TimmFamily"]
+__all__ = ["mlp_site", "blocks_spec", "attention_heads_spec", "timm_transform", "timm_loader_spec", "TimmFamily"]
 
 _GATED = ("GluMlp", "SwiGLU", "SwiGLUPacked", "GatedMlp")
 
@@ -41,6 +41,15 @@ def blocks_spec(blocks: Sequence[nn.Module], tokens: TokenSelection) -> Optional
     widths = [f[2] for f in found]
     width = widths[0] if len(set(widths)) == 1 else (None if None in widths else widths)
     return SiteSpec([f[0] for f in found], found[0][1], tokens, width)
+
+
+def attention_heads_spec(blocks: Sequence[nn.Module], tokens: TokenSelection) -> Optional[SiteSpec]:
+    """The head sites of timm blocks: the input of ``attn.proj`` of each block (``attn.num_heads``
+    heads, contiguous, as every timm attention lays them out before its projection), or
+    ``None`` when a block's attention has no such projection."""
+    return heads_spec([projected_heads(getattr(getattr(b, "attn", None), "proj", None),
+                                       getattr(getattr(b, "attn", None), "num_heads", None)) for b in blocks],
+                      "input", tokens)
 
 
 def timm_transform(model: nn.Module) -> Transform:

@@ -1,11 +1,12 @@
 """What a model family adapter declares, and the registry that holds the adapters.
 
 An adapter recognises the models of one family and says where their FFN neurons
-are (:class:`SiteSpec`), how the residual stream splits into embedding, blocks
-and head for the fast search engine (:class:`StreamParts`, optional), the patch
-grid of pixel figures, the family's default preprocessing and the loader spec that
-rebuilds a model (:func:`default_transform`, :func:`loader_spec`). :func:`register_family` adds an adapter;
-:func:`find_family` asks each one in turn, the ones registered last first, so a
+are (:class:`SiteSpec`), where their attention heads are (optional), how the
+residual stream splits into embedding, blocks and head for the fast search engine
+(:class:`StreamParts`, optional), the patch grid of pixel figures, the family's
+default preprocessing and the loader spec that rebuilds a model
+(:func:`default_transform`, :func:`loader_spec`). :func:`register_family` adds an
+adapter; :func:`find_family` asks each one in turn, the ones registered last first, so a
 user's adapter can take over any model.
 """
 from __future__ import annotations
@@ -24,26 +25,30 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SiteSpec", "SplitBlock", "StreamParts", "FamilyAdapter", "register_family", "find_family",
            "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair", "default_transform",
-           "loader_spec"]
+           "loader_spec", "heads_spec", "multihead_attention", "projected_heads"]
 
 
 @dataclass
 class SiteSpec:
-    """Where a model's neurons are: one module per layer.
+    """Where a model's units are: one module per layer.
 
     Attributes:
         modules (list of nn.Module): the site of each layer, in execution order.
         capture (str): ``"output"`` (the module's output is the activation, e.g.
-            ``mlp.act``) or ``"input"`` (its first input, e.g. ``mlp.fc2`` of a gated FFN).
+            ``mlp.act``), ``"input"`` (its first input, e.g. ``mlp.fc2`` of a gated FFN,
+            ``attn.proj`` for heads) or ``"mha"`` (the heads of an ``nn.MultiheadAttention``).
         tokens (TokenSelection): the tokens the model's pooling reads.
-        width (int or list of int, optional): the FFN width ``d_ff``, or one per layer
-            (hierarchical models).
+        width (int or list of int, optional): the FFN width ``d_ff`` (the number of heads
+            for head sites), or one per layer (hierarchical models).
+        unit (int or list of int, optional): channels per unit: ``None`` for neurons, the
+            head dimension for head sites (:meth:`FamilyAdapter.head_sites`).
     """
 
     modules: List[nn.Module]
     capture: str
     tokens: TokenSelection
     width: Optional[Union[int, List[int]]] = None
+    unit: Optional[Union[int, List[int]]] = None
 
 
 class SplitBlock:
@@ -88,8 +93,8 @@ class StreamParts:
 class FamilyAdapter:
     """Base class of model family adapters.
 
-    Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`stream`,
-    :meth:`patch_size`, :meth:`transform` and :meth:`loader_spec` are optional.
+    Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`head_sites`,
+    :meth:`stream`, :meth:`patch_size`, :meth:`transform` and :meth:`loader_spec` are optional.
     Every method receives the model itself (a :class:`~captum_paths.outputs.LogitsOnly`
     wrapper already removed).
     """
@@ -105,6 +110,12 @@ class FamilyAdapter:
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The model's sites, or ``None`` when the model is not of this family."""
         raise NotImplementedError
+
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The model's attention head sites (one layer per attention block, ``width`` heads of
+        ``unit`` channels each, read at the tokens of :meth:`sites`), or ``None`` when the
+        family does not expose its heads (then ``NeuronSites.heads_from_model`` raises)."""
+        return None
 
     def stream(self, model: nn.Module, spec: SiteSpec) -> Optional[StreamParts]:
         """The model's residual stream, or ``None`` (the search then runs the whole model)."""
@@ -199,6 +210,36 @@ def inner_model(model: nn.Module) -> nn.Module:
     from captum_paths.outputs import LogitsOnly
 
     return model.model if isinstance(model, LogitsOnly) else model
+
+
+def heads_spec(found: Sequence[Optional[Tuple[nn.Module, int, int]]], capture: str,
+               tokens: TokenSelection) -> Optional[SiteSpec]:
+    """A head :class:`SiteSpec` from ``(module, heads, head_dim)`` per block, or ``None`` when a
+    block has none; one number of heads (and head dimension) when all blocks share it."""
+    if not found or any(f is None for f in found):
+        return None
+    heads, dims = [int(f[1]) for f in found], [int(f[2]) for f in found]
+    width = heads[0] if len(set(heads)) == 1 else heads
+    unit = dims[0] if len(set(dims)) == 1 else dims
+    return SiteSpec([f[0] for f in found], capture, tokens, width, unit)
+
+
+def multihead_attention(module: Optional[nn.Module]) -> Optional[Tuple[nn.Module, int, int]]:
+    """``(module, heads, head_dim)`` of an ``nn.MultiheadAttention`` (its heads are read with
+    ``capture="mha"``), else ``None``."""
+    if isinstance(module, nn.MultiheadAttention):
+        return module, module.num_heads, module.head_dim
+    return None
+
+
+def projected_heads(proj: Optional[nn.Module], heads: Optional[int]) -> Optional[Tuple[nn.Module, int, int]]:
+    """``(proj, heads, head_dim)`` when ``proj`` is a linear output projection whose input holds
+    ``heads`` contiguous heads (read with ``capture="input"``), else ``None``."""
+    if not isinstance(proj, nn.Linear) or isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        return None
+    if proj.in_features % heads:
+        return None
+    return proj, heads, proj.in_features // heads
 
 
 def linear_width(module: Optional[nn.Module], side: str = "out") -> Optional[int]:

@@ -1,6 +1,7 @@
 """Hugging Face image models: ViT, DeiT (with teacher), DINOv2 (with registers), BEiT, and the
 CLIP / SigLIP vision towers: ``encoder.layer[i].intermediate`` (transformers < 5) or
-``layers[i].mlp.fc2`` / ``down_proj`` / ``weights_out`` (its input is the hidden activation)."""
+``layers[i].mlp.fc2`` / ``down_proj`` / ``weights_out`` (its input is the hidden activation).
+Heads: the input of the attention's output projection."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from captum_paths.families._hf import HuggingFaceFamily
-from captum_paths.families.base import SiteSpec, StreamParts, as_pair, register_family
+from captum_paths.families.base import SiteSpec, StreamParts, as_pair, heads_spec, projected_heads, register_family
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["HuggingFaceViT"]
@@ -45,6 +46,15 @@ class HuggingFaceViT(HuggingFaceFamily):
         widths = {_width(m, capture) for m in modules}
         return SiteSpec(modules, capture, _tokens(model), widths.pop() if len(widths) == 1 else None)
 
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The input of each layer's attention output projection (``attention.o_proj``,
+        ``self_attn.out_proj``, or ``attention.output.dense`` before transformers 5)."""
+        spec = self.sites(model)
+        layer_list = _layer_list(model)
+        if spec is None or layer_list is None:
+            return None
+        return heads_spec([_attention_heads(layer, model) for layer in layer_list], "input", spec.tokens)
+
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         return as_pair(getattr(getattr(model, "config", None), "patch_size", None))
 
@@ -63,6 +73,22 @@ def _layer_list(model: nn.Module) -> Optional[nn.ModuleList]:
                 and all(hasattr(b, "intermediate") or hasattr(b, "mlp") for b in module)):
             return module
     return None
+
+
+def _attention_heads(layer: nn.Module, model: nn.Module):
+    """``(output projection, heads, head_dim)`` of a Hugging Face layer's self-attention, else ``None``."""
+    attention = next((getattr(layer, n) for n in ("attention", "self_attn") if hasattr(layer, n)), None)
+    if attention is None:
+        return None
+    proj = next((getattr(attention, n) for n in ("o_proj", "out_proj") if hasattr(attention, n)), None)
+    if proj is None:  # transformers < 5: ViTAttention = attention (ViTSelfAttention) + output (dense)
+        proj = getattr(getattr(attention, "output", None), "dense", None)
+    heads = next((getattr(m, n) for m in attention.modules() for n in ("num_attention_heads", "num_heads")
+                  if isinstance(getattr(m, n, None), int)), None)
+    if heads is None:
+        config = getattr(model, "config", None)
+        heads = getattr(getattr(config, "vision_config", config), "num_attention_heads", None)
+    return projected_heads(proj, heads)
 
 
 def _width(module: nn.Module, capture: str) -> Optional[int]:

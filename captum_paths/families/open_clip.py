@@ -2,14 +2,23 @@
 ``c_fc``, ``gelu`` (the site), ``c_proj``), alone, inside a ``CLIP`` model, or under a
 :class:`~captum_paths.zero_shot.ZeroShotClassifier`. The tokens follow the tower's
 pooling: the class token (``pool_type='tok'``), the patch tokens (``'avg'``) or every
-token (attention pooling)."""
+token (attention pooling). Heads: those of ``resblocks[i].attn``."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, linear_width, register_family
+from captum_paths.families.base import (
+    FamilyAdapter,
+    SiteSpec,
+    as_pair,
+    heads_spec,
+    linear_width,
+    multihead_attention,
+    projected_heads,
+    register_family,
+)
 from captum_paths.tokens import TokenSelection
 from captum_paths.transforms import ToRGB, Transform
 
@@ -46,6 +55,18 @@ class OpenClipVisionTransformer(FamilyAdapter):
         else:
             tokens = TokenSelection("cls", (), prefix)
         return SiteSpec([b.mlp.gelu for b in blocks], "output", tokens, linear_width(blocks[0].mlp.c_fc))
+
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The heads of each ``resblocks[i].attn``: an ``nn.MultiheadAttention``
+        (``capture="mha"``), or open_clip's own ``Attention`` (the input of its ``out_proj``)."""
+        spec = self.sites(model)
+        if spec is None:
+            return None
+        attentions = [getattr(b, "attn", None) for b in _tower(model).transformer.resblocks]
+        if all(isinstance(a, nn.MultiheadAttention) for a in attentions):
+            return heads_spec([multihead_attention(a) for a in attentions], "mha", spec.tokens)
+        return heads_spec([projected_heads(getattr(a, "out_proj", None), getattr(a, "num_heads", None))
+                           for a in attentions], "input", spec.tokens)
 
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         tower = _tower(model)

@@ -5,7 +5,7 @@ patch tokens feed the class token through class attention, and the class-attenti
 FFN holds the class token alone. No stream: the search runs the model whole."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from torch import nn
 
@@ -22,13 +22,16 @@ class TimmCait(TimmBlocks):
     name = "timm-cait"
     looks_for = "a timm Cait (`blocks[i].mlp.act` and `blocks_token_only[i].mlp.act`)"
 
-    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+    def layer_blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
         from timm.models.cait import Cait
 
         if not isinstance(model, Cait):
             return None
-        blocks = list(model.blocks) + list(model.blocks_token_only or [])
-        return blocks_spec(blocks, TokenSelection("all", (), 0))
+        return list(model.blocks) + list(model.blocks_token_only or [])
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        blocks = self.layer_blocks(model)
+        return None if blocks is None else blocks_spec(blocks, TokenSelection("all", (), 0))
 
     def stream(self, model, spec):
         return None

@@ -5,7 +5,7 @@ every token of a site is read (as for CaiT); XCiT's class-attention blocks are l
 too. No stream."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from torch import nn
 
@@ -22,14 +22,17 @@ class TimmLateClassToken(TimmBlocks):
     name = "timm-late-cls"
     looks_for = "a timm XCiT or ConViT (`blocks[i].mlp.act`, then `cls_attn_blocks[i].mlp.act`)"
 
-    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+    def layer_blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
         from timm.models.convit import ConVit
         from timm.models.xcit import Xcit
 
         if not isinstance(model, (Xcit, ConVit)):
             return None
-        blocks = list(model.blocks) + list(getattr(model, "cls_attn_blocks", None) or [])
-        return blocks_spec(blocks, TokenSelection("all", (), 0))
+        return list(model.blocks) + list(getattr(model, "cls_attn_blocks", None) or [])
+
+    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        blocks = self.layer_blocks(model)
+        return None if blocks is None else blocks_spec(blocks, TokenSelection("all", (), 0))
 
     def stream(self, model, spec):
         return None

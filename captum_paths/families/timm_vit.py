@@ -2,8 +2,8 @@
 registers, FlexiViT, CLIP / SigLIP towers, MAE-style averaging heads), and any model
 laid out like it: ``blocks[i].mlp`` with ``fc1``, ``act``, ``fc2`` (or a gated FFN).
 
-The neuron is ``mlp.act``'s output (gated FFNs: the input of ``mlp.fc2``). The
-residual stream (and the split of plain blocks at their site) is built for
+The neuron is ``mlp.act``'s output (gated FFNs: the input of ``mlp.fc2``); the heads are
+the input of ``attn.proj``. The residual stream (and the split of plain blocks at their site) is built for
 ``VisionTransformer`` itself; other models of this layout run whole.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from captum_paths.families.base import (
     as_pair,
     register_family,
 )
-from captum_paths.families._timm import TimmFamily, blocks_spec
+from captum_paths.families._timm import TimmFamily, attention_heads_spec, blocks_spec
 from captum_paths.tokens import TokenSelection
 
 __all__ = ["TimmBlocks", "pooled_tokens"]
@@ -51,13 +51,22 @@ class TimmBlocks(TimmFamily):
             return None
         return list(blocks)
 
+    def layer_blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
+        """The blocks that are layers, in order (the FFN and the attention heads of each)."""
+        return self.blocks(model)
+
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
-        blocks = self.blocks(model)
+        blocks = self.layer_blocks(model)
         if blocks is None:
             return None
         default = 1 if getattr(model, "cls_token", None) is not None else 0  # models without one (Hiera) average
         prefix = int(getattr(model, "num_prefix_tokens", default))
         return blocks_spec(blocks, pooled_tokens(model, prefix))
+
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The input of ``blocks[i].attn.proj`` (``attn.num_heads`` heads), at the FFN sites' tokens."""
+        spec = self.sites(model)
+        return None if spec is None else attention_heads_spec(self.layer_blocks(model), spec.tokens)
 
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         return as_pair(getattr(getattr(model, "patch_embed", None), "patch_size", None))

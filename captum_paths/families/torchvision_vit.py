@@ -1,5 +1,6 @@
 """torchvision ``VisionTransformer``: ``encoder.layers[i].mlp`` = Linear, GELU (the site),
-Dropout, Linear, Dropout; the head reads the class token."""
+Dropout, Linear, Dropout; the head reads the class token. Heads: those of
+``encoder.layers[i].self_attention``, an ``nn.MultiheadAttention`` (``capture="mha"``)."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -12,7 +13,9 @@ from captum_paths.families.base import (
     SplitBlock,
     StreamParts,
     as_pair,
+    heads_spec,
     linear_width,
+    multihead_attention,
     register_family,
 )
 from captum_paths.families._torchvision import TorchvisionFamily
@@ -34,6 +37,15 @@ class TorchvisionViT(TorchvisionFamily):
         if not all(isinstance(m, nn.Sequential) and len(m) >= 4 for m in mlps):
             return None
         return SiteSpec([m[1] for m in mlps], "output", TokenSelection("cls", (), 1), linear_width(mlps[0][0]))
+
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        """The heads of each ``encoder.layers[i].self_attention`` (``nn.MultiheadAttention``,
+        read with ``capture="mha"``)."""
+        spec = self.sites(model)
+        if spec is None:
+            return None
+        return heads_spec([multihead_attention(getattr(layer, "self_attention", None))
+                           for layer in model.encoder.layers], "mha", spec.tokens)
 
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         return as_pair(getattr(model, "patch_size", None))

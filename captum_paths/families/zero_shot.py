@@ -28,6 +28,10 @@ class ZeroShot(FamilyAdapter):
         found = self._inner(model)
         return None if found is None else found[1]
 
+    def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
+        found = self._inner(model)
+        return None if found is None else found[0].head_sites(model.tower)
+
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         found = self._inner(model)
         return None if found is None else found[0].patch_size(model.tower)

@@ -37,7 +37,8 @@ class SearchContext:
         inputs, args: formatted inputs and additional forward args.
         target (Tensor): ``(batch,)`` class per image.
         logits (Tensor): ``(batch, classes)`` clean logits.
-        clean (dict): ``{layer: (batch, n_tokens, d_ff)}`` clean activations.
+        clean (dict): ``{layer: (batch, positions, units)}`` clean activations
+            (``(batch, n_tokens, d_ff)`` for neuron sites; see :class:`NeuronSites`).
         f_clean (Tensor): ``(batch,)`` clean output F(x).
         k, n_steps, method, mode, internal_batch_size: the search settings.
     """
@@ -60,12 +61,12 @@ class SearchContext:
 
     @property
     def widths(self) -> List[int]:
-        """The FFN width of each layer."""
+        """The units of each layer (FFN width, or number of heads)."""
         return [self.clean[l].shape[-1] for l in range(len(self.clean))]
 
     @property
     def width(self) -> int:
-        """The largest FFN width (every layer's, for models of one width)."""
+        """The largest width (every layer's, for models of one width)."""
         return max(self.widths)
 
     @property
@@ -111,12 +112,13 @@ class PathAttribution(SiteAttribution):
             target (int, list, Tensor, optional): Class per image (Captum
                 semantics). Default: ``None``, the predicted class.
             additional_forward_args (Any, optional): Extra forward arguments.
-            k (int, optional): Neurons per layer. Default: 1.
+            k (int, optional): Units (neurons or heads) per layer. Default: 1.
             n_steps (int, optional): Quadrature steps of the integrals (search and
                 final JAS). Default: ``default_n_steps`` (4) Gauss-Legendre steps in
                 ``"gate"`` mode, 20 left Riemann steps in ``"paper"`` mode.
             method (str, optional): Captum approximation method name.
-            mode (str, optional): ``"gate"`` (joint gates) or ``"paper"`` (the released scripts' score).
+            mode (str, optional): ``"gate"`` (joint gates) or ``"paper"`` (the released scripts' score,
+                FFN neuron sites only).
             internal_batch_size (int, optional): (image, step) rows per
                 forward/backward pass. Default: ``None``: the fast engine of
                 :class:`LayerProgressiveNeuronPath` sizes its passes to a memory
@@ -131,10 +133,14 @@ class PathAttribution(SiteAttribution):
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
             ``(batch, L, k)``, ``jas`` ``(batch,)`` (``"gate"``: exactly ``F(x) -
             F(x; path zeroed)``), ``delta`` (``sum(contributions) - jas``),
-            ``settings``.
+            ``settings`` (with ``kinds``, the kind of unit of each layer, when the
+            sites hold heads).
         """
         n_steps, method, tol = self.check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol,
                                                     **options)
+        if mode == "paper":
+            self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
+        self._check_sites()
         check_internal_batch_size(internal_batch_size)
         inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
@@ -166,8 +172,10 @@ class PathAttribution(SiteAttribution):
             "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
             **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, **options}),
         }
-        if len(set(ctx.widths)) > 1:  # hierarchical models: the FFN width of each layer
+        if len(set(ctx.widths)) > 1:  # hierarchical models, mixed sites: the width of each layer
             settings["widths"] = ctx.widths
+        if self.sites.has_heads:  # the kind of unit of each layer (absent: every layer holds neurons)
+            settings["kinds"] = list(self.sites.kinds)
         return PathResult(
             paths=paths, contributions=contributions, jas=jas, delta=delta, targets=target,
             method=self.name, settings=settings, scores=scores, **extra,
@@ -207,6 +215,10 @@ class PathAttribution(SiteAttribution):
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
         return dict(options)
+
+    def _check_sites(self) -> None:
+        """Raise when the method cannot score the units of ``self.sites`` (every method scores
+        neurons and heads unless it overrides this)."""
 
     def _select(self, ctx: SearchContext, **options: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, Any]]:
         """Return ``(paths (batch, L, k) long, scores (batch, L, k) or None, extra fields)``.

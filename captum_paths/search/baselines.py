@@ -21,6 +21,9 @@ Per layer ``t``, the score of neuron ``j`` (registry name: score, built on):
 - ``random``: uniform distinct neurons, seeded per image (``torch.Generator``).
 
 A neuron read at several tokens gets the sum of its per-token values.
+``knowledge-neurons`` and ``random`` also score attention heads (head or mixed
+sites, :class:`~captum_paths.sites.NeuronSites`); the others are defined on FFN
+neurons and raise ``ValueError`` for sites holding heads.
 The quadrature of the integral methods is the search's ``n_steps`` / ``method``
 (Captum approximation names); ``mode`` changes only the final path score.
 """
@@ -125,6 +128,9 @@ class ActivationPath(_TopKPath):
 
     name = "activation"
 
+    def _check_sites(self) -> None:
+        self.sites.check_neurons_only("the 'activation' baseline (Captum LayerActivation on each site module)")
+
     @torch.no_grad()
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
         layer_act = LayerActivation(self.forward_func, list(self.sites.modules))
@@ -209,6 +215,9 @@ class ConductancePath(_TopKPath):
 
     name = "conductance"
 
+    def _check_sites(self) -> None:
+        self.sites.check_neurons_only("the 'conductance' baseline (Captum LayerConductance on each site module)")
+
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
         forward_func, output = self.forward_func, self.output
 
@@ -266,6 +275,9 @@ class InfluencePatternPath(_TopKPath):
     """
 
     name = "influence-pattern"
+
+    def _check_sites(self) -> None:
+        self.sites.check_neurons_only("the 'influence-pattern' baseline (a per-channel activation gradient)")
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
         for i, x in enumerate(ctx.inputs):

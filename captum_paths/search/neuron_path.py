@@ -21,7 +21,10 @@ The engine (``mode="gate"``) exploits the structure of the problem:
 
 Models whose blocks cannot be run one by one (and any call with extra forward
 arguments) take a generic path that runs the whole model per layer, with the same
-results. ``mode="paper"`` reproduces the released scripts' freeze semantics, left
+results. Head sites (:meth:`NeuronSites.heads_from_model`) search one (or ``k``) heads
+per block on the same stream, each block run whole (it is split at its FFN site only);
+mixed sites (:meth:`NeuronSites.mixed`, a head layer and an FFN layer per block) take
+the generic path. ``mode="paper"`` reproduces the released scripts' freeze semantics, left
 Riemann grid and product-of-sums candidate score, batched into one forward and one
 backward per layer.
 """
@@ -70,6 +73,11 @@ BEAM_CANDIDATES = 8
 
 class LayerProgressiveNeuronPath(PathAttribution):
     r"""The influential neuron path of each image: one (or ``k``) FFN neurons per layer.
+
+    With head sites (``sites=NeuronSites.heads_from_model(model)``) the path holds one
+    (or ``k``) attention heads per block; with mixed sites
+    (``NeuronSites.mixed(heads, neurons)``) one head and one neuron per block, chosen
+    in execution order. ``settings["kinds"]`` records the kind of unit of each layer.
 
     From "Discovering Influential Neuron Path in Vision Transformers" (Wang et al.,
     ICLR 2025, https://arxiv.org/abs/2503.09046). Layer by layer, the neurons
