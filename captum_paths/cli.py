@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16",
                          help="precision of the search and the scores' forward passes (autocast; sums stay fp32). "
                               "Default: fp32")
+    extract.add_argument("--units", default="neurons", choices=("neurons", "heads", "mixed"),
+                         help="what the paths hold: FFN neurons (default), attention heads, or per block its heads "
+                              "and then its FFN neurons (each a layer of the path)")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     extract.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by id)")
     extract.add_argument("--restart", action="store_true", help="delete the folder's records and start over")
@@ -186,7 +189,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
         limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
         random_weights=args.random_weights, model_args=_model_args(args.model_arg), workers=args.workers,
-        dtype=args.dtype,
+        dtype=args.dtype, units=args.units,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "

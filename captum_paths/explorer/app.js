@@ -42,6 +42,18 @@
     return name === label ? label : label + ' · ' + name;
   }
   function nodeKey(layer, neuron) { return layer + ':' + neuron; }
+  // paths over attention heads, or heads and FFN neurons interleaved block by block (heads first)
+  var kinds = D.meta.kinds || [];
+  var hasHeads = kinds.indexOf('head') >= 0, mixed = hasHeads && kinds.indexOf('neuron') >= 0;
+  function layerLabel(l) {
+    if (!hasHeads) return 'layer ' + l;
+    if (!mixed) return 'block ' + l + ' heads';
+    return 'block ' + Math.floor(l / 2) + (kinds[l] === 'head' ? ' heads' : ' FFN');
+  }
+  function unitName(l) { return kinds[l] === 'head' ? 'head' : 'neuron'; }
+  var layerAxis = {title: {text: hasHeads ? '' : 'layer'}, tickvals: kinds.map(function (k, l) { return l; }),
+                   ticktext: kinds.map(function (k, l) { return hasHeads ? layerLabel(l).replace('block ', 'b') : String(l); }),
+                   zeroline: false};
   function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
 
   // A table whose headers show name, unit and meaning; a click on a header sorts by it.
@@ -96,7 +108,7 @@
     var m = D.meta;
     root.appendChild(el('p', {class: 'lead'},
       m.records.toLocaleString() + ' paths of ' + m.images.toLocaleString() + ' images in ' +
-      m.classes.toLocaleString() + ' classes; ' + m.layers + ' layers, ' + m.k + ' neuron(s) per layer; methods: ' +
+      m.classes.toLocaleString() + ' classes; ' + m.layers + ' layers, ' + m.k + (hasHeads ? ' unit(s)' : ' neuron(s)') + ' per layer; methods: ' +
       m.methods.join(', ') + '. The class and neuron views show ' + primary + '.'));
     if (D.claims.length) {
       root.appendChild(el('h2', {text: 'What the run shows'}));
@@ -238,7 +250,7 @@
       textfont: {size: 9},
       customdata: g.nodes.map(function (n) { return nodeKey(n[0], n[1]); }),
       hovertext: g.nodes.map(function (n) {
-        return 'layer ' + n[0] + ', neuron ' + n[1] + '<br>' + n[2] + ' of ' + D.classes.sizes[c] +
+        return layerLabel(n[0]) + ', ' + unitName(n[0]) + ' ' + n[1] + '<br>' + n[2] + ' of ' + D.classes.sizes[c] +
           ' paths<br>mean contribution ' + num(n[3]);
       }),
       hoverinfo: 'text',
@@ -248,7 +260,7 @@
     });
     Plotly.newPlot(plot, traces, {
       height: 420, margin: {t: 20, l: 40, r: 20, b: 40}, hovermode: 'closest', showlegend: false,
-      xaxis: {title: {text: 'layer'}, dtick: 1, zeroline: false}, yaxis: {visible: false}
+      xaxis: layerAxis, yaxis: {visible: false}
     }, PLOT).then(function () {
       plot.on('plotly_click', function (ev) {
         var p = ev.points.filter(function (q) { return q.customdata; })[0];
@@ -260,7 +272,7 @@
     // the nodes as a list too (keyboard and screen readers)
     var list = el('div', {class: 'nodes', id: 'class-nodes'});
     Object.keys(byLayer).forEach(function (layer) {
-      var line = el('div', {}, el('span', {class: 'lab', text: 'layer ' + layer + ': '}));
+      var line = el('div', {}, el('span', {class: 'lab', text: layerLabel(Number(layer)) + ': '}));
       byLayer[layer].forEach(function (i) {
         var n = g.nodes[i];
         line.appendChild(el('a', {href: '#neuron/' + nodeKey(n[0], n[1]), class: 'chip', 'data-node': nodeKey(n[0], n[1]),
@@ -315,7 +327,9 @@
     var parts = key.split(':'), layer = Number(parts[0]), neuron = Number(parts[1]);
     var info = D.neurons[key];
     root.setAttribute('data-neuron', key);
-    root.appendChild(el('h2', {text: 'Neuron ' + neuron + ' of layer ' + layer}));
+    var what = unitName(layer);
+    root.appendChild(el('h2', {text: what.charAt(0).toUpperCase() + what.slice(1) + ' ' + neuron + ' of ' +
+                               layerLabel(layer)}));
     if (!info) {
       root.appendChild(el('p', {text: 'No path of ' + primary + ' in this page uses this neuron.'}));
       return;
@@ -394,7 +408,7 @@
     table.appendChild(el.apply(null, ['tr', {}, el('th', {text: 'layer'})].concat(methods.map(function (m) {
       return el('th', {text: m}); }))));
     for (var layer = 0; layer < D.meta.layers; layer++) {
-      var tr = el('tr', {}, el('td', {text: String(layer)}));
+      var tr = el('tr', {}, el('td', {text: hasHeads ? layerLabel(layer) : String(layer)}));
       methods.forEach(function (m) {
         var td = el('td');
         D.images.paths[m][i][layer].forEach(function (n) {
@@ -432,7 +446,7 @@
       });
       return {type: 'bar', name: m, x: per.map(function (v, l) { return l; }), y: per};
     }), {height: 320, barmode: 'group', margin: {t: 30}, title: {text: 'Contribution of each layer\'s path neurons'},
-         xaxis: {title: {text: 'layer'}, dtick: 1}, yaxis: {title: {text: 'probability'}}}, PLOT);
+         xaxis: layerAxis, yaxis: {title: {text: 'probability'}}}, PLOT);
   }
 
   // ------------------------------------------------------------------ tables

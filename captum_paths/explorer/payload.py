@@ -183,7 +183,7 @@ def explorer_payload(
     images = _images(records, methods, table, deviation, (eval_summary or {}).get("images"), limits, rng,
                      image_loader, notes)
     neurons = _neurons(table, graph, images, primary)
-    heat = _heatmaps(images, neurons, primary, heatmap, limits, notes) if heatmap is not None else {}
+    heat = _heatmaps(images, neurons, primary, table.kinds, heatmap, limits, notes) if heatmap is not None else {}
     for key, entries in heat.items():
         neurons[key]["heat"] = entries
 
@@ -195,6 +195,7 @@ def explorer_payload(
         "meta": {
             "run": run_name, "records": len(records), "images": len({str(r["image_id"]) for r in records}),
             "classes": len(classes), "layers": table.num_layers, "k": table.k, "methods": methods,
+            "kinds": table.kinds or ["neuron"] * table.num_layers,
             "primary": primary, "settings": {k: v for k, v in (settings or {}).items()
                                              if isinstance(v, (str, int, float, bool)) and v is not None},
             "factor": (eval_summary or {}).get("factor"), "limits": asdict(limits), "notes": notes,
@@ -394,8 +395,8 @@ def _neurons(table: PathTable, graph, images, primary: str) -> Dict[str, List[An
     return {k: {"paths": v[0], "classes": v[1], "mean": v[2]} for k, v in out.items()}
 
 
-def _heatmaps(images, neurons, primary: str, heatmap: HeatmapFn, limits: ExplorerLimits, notes: List[str]
-              ) -> Dict[str, List[List[Any]]]:
+def _heatmaps(images, neurons, primary: str, kinds: Optional[List[str]], heatmap: HeatmapFn, limits: ExplorerLimits,
+              notes: List[str]) -> Dict[str, List[List[Any]]]:
     """``"layer:neuron" -> [[image index, PNG data URI], ...]`` for the most used neurons."""
     if limits.heatmap_neurons == 0 or limits.heatmap_images == 0:
         return {}
@@ -407,6 +408,8 @@ def _heatmaps(images, neurons, primary: str, heatmap: HeatmapFn, limits: Explore
         if done == limits.heatmap_neurons:
             break
         layer, neuron = (int(x) for x in key.split(":"))
+        if kinds is not None and kinds[layer] != "neuron":
+            continue  # a head has no single channel to attribute to pixels
         users = [i for i, p in enumerate(paths) if p is not None and neuron in p[layer]][: limits.heatmap_images]
         entries = []
         for i in users:

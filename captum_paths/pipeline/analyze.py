@@ -113,8 +113,14 @@ def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:
     except (ValueError, OSError, ModelLoadError) as exc:
         logger.warning("pixel figure skipped: %s", exc)
         return {}
-    layer = len(record["path"]) - 1
-    fig, _, _ = plot_neuron_pixels(model, images[0].to(next(model.parameters()).device), layer,
+    kinds = (record.get("settings") or {}).get("kinds") or ["neuron"] * len(record["path"])
+    neuron_layers = [layer for layer, kind in enumerate(kinds) if kind == "neuron"]
+    if not neuron_layers:
+        logger.info("pixel figure skipped: the paths hold attention heads only")
+        return {}
+    layer = neuron_layers[-1]
+    # the model's FFN sites hold the neuron layers only: the last one is FFN site len(neuron_layers) - 1
+    fig, _, _ = plot_neuron_pixels(model, images[0].to(next(model.parameters()).device), len(neuron_layers) - 1,
                                    int(record["path"][layer][0]))
     fig.text(0.01, 0.01, f"image {record['image_id']} (class {record['label']}), method {record['method']}",
              fontsize=8)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from captum_paths.sites import NeuronSites
+
     from captum_paths.pipeline.run import Run
     from captum_paths.search import PathResult
 
@@ -96,6 +98,7 @@ def evaluate_paths(
     seed: int = 0,
     faithfulness: bool = True,
     faithfulness_classes: Optional[int] = 10,
+    sites: Optional["NeuronSites"] = None,
 ) -> Dict[str, Any]:
     """The paper's experiments on ``paths`` (one :class:`PathResult` per method, rows
     aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
@@ -109,6 +112,8 @@ def evaluate_paths(
     zero and mean ablation, a random-ranking control) of ``faithfulness_classes``
     classes (a seeded draw; ``None``: every class): tables ``faithfulness``,
     ``faithfulness_summary``, ``faithfulness_fewest`` and figure ``faithfulness``.
+    ``sites`` are the sites the paths index (default: the model's FFN neurons); the
+    released scripts' score (JAS mode ``paper``) is left out for heads.
 
     Returns:
         ``{"deviation", "jas", "methods", "pruning", "faithfulness", "timings", "accuracy"}``:
@@ -127,10 +132,16 @@ def evaluate_paths(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
+    if sites is not None and sites.widths is not None:  # a model with 4 heads keeps k <= 4 in the pruning grid
+        pruning_ks = [k for k in pruning_ks if k <= min(sites.widths)] or [1]
+    if sites is not None and sites.has_heads and "paper" in jas_modes:
+        logger.info("evaluate: JAS mode 'paper' is defined on FFN neurons only; left out for these heads")
+        jas_modes = [m for m in jas_modes if m != "paper"]
 
     start = time.perf_counter()
     logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
-    deviation = probability_deviation(model, images, labels, paths, factor=factor, batch_size=batch_size)
+    deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
+                                      batch_size=batch_size)
     save_table(deviation, out / "deviation")
     save_table(summarize_deviation(deviation), out / "deviation_by_method")
     save_figure(plot_deviation(deviation), out / "deviation")
@@ -138,7 +149,7 @@ def evaluate_paths(
 
     start = time.perf_counter()
     logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
-    jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps,
+    jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
                          batch_size=batch_size)
     save_table(jas, out / "jas")
     save_figure(plot_jas(jas), out / "jas")
@@ -153,7 +164,7 @@ def evaluate_paths(
         start = time.perf_counter()
         logger.info("evaluate: pruning study")
         study = pruning_study(model, images, labels, ks=pruning_ks, ps=pruning_ps,
-                              seed=seed, n_steps=n_steps, batch_size=batch_size)
+                              seed=seed, n_steps=n_steps, sites=sites, batch_size=batch_size)
         save_table(study, out / "pruning")
         save_table(pruning_table(study), out / "pruning_grid")
         save_figure(plot_pruning(study), out / "pruning")
@@ -176,7 +187,7 @@ def evaluate_paths(
         faithful = faithfulness_study(model, images[chosen], labels[chosen],
                                       {name: (result.paths[chosen], result.contributions[chosen])
                                        for name, result in paths.items()},
-                                      seed=seed, batch_size=batch_size)
+                                      sites=sites, seed=seed, batch_size=batch_size)
         save_table(faithful, out / "faithfulness")
         summary = faithfulness_summary(faithful)
         save_table(summary, out / "faithfulness_summary")
@@ -215,15 +226,17 @@ def evaluate(
     if not image_ids:
         raise ValueError(f"no image of run {str(run.folder)!r} has a record for every method")
     model = run.model()
+    sites = run.sites()
     images, labels = run.images(image_ids)
     paths = {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
     with run.lock(), run.replacing(run.evaluation_dir) as out:
         result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
                                 n_steps=n_steps, seed=seed, faithfulness=faithfulness,
-                                faithfulness_classes=faithfulness_classes)
+                                faithfulness_classes=faithfulness_classes, sites=sites)
         write_json_atomic(out / "summary.json", {
-            "images": len(image_ids), "methods": list(paths), "factor": factor, "jas_modes": list(jas_modes),
+            "images": len(image_ids), "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
+            "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
             "model": run.settings["model"],
         })

@@ -22,7 +22,7 @@ from captum_paths.attribution.output import check_finite_output
 from captum_paths.models import to_logits
 from captum_paths.data import UnreadableImageError
 from captum_paths.pipeline.batches import DTYPES, default_workers, image_batches, precision
-from captum_paths.pipeline.run import RunLockedError, file_sha256, run_settings
+from captum_paths.pipeline.run import UNITS, RunLockedError, file_sha256, run_settings
 from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
 from captum_paths.search.registry import create_path_method, get_path_method
 
@@ -110,6 +110,7 @@ def extract(
     model_args: Optional[Mapping[str, Any]] = None,
     workers: Optional[int] = None,
     dtype: str = "fp32",
+    units: str = "neurons",
 ) -> Dict[str, Any]:
     """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
 
@@ -133,6 +134,9 @@ def extract(
     the final scoring under autocast, scores and sums in fp32 or fp64; TF32
     matmuls are allowed on CUDA. A batch that does not fit in GPU memory is
     searched in halves, down to one image (then an error says so).
+    ``units`` (part of the run's identity) is what the paths hold: ``"neurons"`` (FFN
+    neurons), ``"heads"`` (attention heads) or ``"mixed"`` (per block its heads, then
+    its FFN neurons, each a layer of the path).
     Under ``torchrun`` (``WORLD_SIZE > 1``) image ``i`` of the sorted image ids
     goes to rank ``i % world_size``, each rank appends to
     ``records.rank{r}.jsonl`` and rank 0 merges them after a barrier.
@@ -156,6 +160,11 @@ def extract(
         raise ValueError(f"workers must be a non-negative int (0: decode in this process); got {workers!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}; got {units!r}")
+    if units != "neurons" and mode == "paper":
+        raise ValueError(f"mode 'paper' (the released scripts' score) is defined on FFN neurons only; units "
+                         f"{units!r} need mode 'gate'")
     options = {key: value for key, value in (("refine", refine), ("beam", beam)) if value is not None}
     for name in methods:  # every method's settings, before run.json is written
         cls = get_path_method(name)
@@ -177,7 +186,7 @@ def extract(
     if taken:
         raise ValueError(f"model_args {taken} have options of their own: use --{taken[0].replace('_', '-')}")
     settings = run_settings(model, checkpoint, pretrained, num_classes, mode, n_steps, approximation, k, target,
-                            methods, data, label_map, refine, beam, random_weights, model_args, dtype)
+                            methods, data, label_map, refine, beam, random_weights, model_args, dtype, units)
     run.adopt(settings)  # the model and the images load from these settings
     dataset = run.dataset()
     settings["data_fingerprint"] = dataset.fingerprint()
@@ -199,11 +208,14 @@ def extract(
             f"the data has class index {top} ({len(dataset.classes)} class folders) but the model {model!r} "
             f"outputs {classes} classes; pass --num-classes, a --label-map or a model with a matching head"
         )
-    searches = {name: create_path_method(name, net) for name in methods}
-    widths = [search.sites.width for search in searches.values() if search.sites.width is not None]
-    width = min(widths, default=None)
+    sites = run.sites()
+    searches = {name: create_path_method(name, net, sites=sites) for name in methods}
+    for search in searches.values():
+        search.check_sites()  # a method defined on FFN neurons only refuses heads now, not mid-run
+    width = min(sites.widths) if sites.widths is not None else None
     if width is not None and k > width:
-        raise ValueError(f"k must be at most the FFN width {width} of {model!r}; got {k}")
+        what = "FFN width" if units == "neurons" else "number of units"
+        raise ValueError(f"k must be at most the {what} {width} of {model!r} (every layer); got {k}")
 
     info = init_distributed(device)
     try:

@@ -155,11 +155,10 @@ def _heatmap_fn(run: "Run", limits: "ExplorerLimits") -> Optional[Callable[[str,
     or ``None`` when the run's model cannot be loaded here."""
     from captum_paths.analysis.pixels import neuron_pixel_attribution
     from captum_paths.models import ModelLoadError
-    from captum_paths.sites import NeuronSites
 
     try:
         model = run.model()
-        sites = NeuronSites.from_model(model)
+        sites = run.sites()
     except (ValueError, OSError, ModelLoadError) as exc:
         logger.warning("report: no pixel attributions (%s)", exc)
         return None

@@ -33,8 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from captum_paths.data import ImageFolderDataset
     from captum_paths.explorer import ExplorerLimits
+    from captum_paths.sites import NeuronSites
 
-__all__ = ["Run", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "RUN_FILE",
+__all__ = ["Run", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "UNITS", "RUN_FILE",
            "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE"]
 
 PathLike = Union[str, os.PathLike]
@@ -48,7 +49,9 @@ LOCK_FILE = ".lock"
 #: Settings that must match for records to share a run folder: the run's identity.
 COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
                    "target", "refine", "beam", "data", "data_fingerprint", "label_map_sha256",
-                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args", "dtype")
+                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args", "dtype", "units")
+#: The units a run's paths hold: FFN neurons, attention heads, or a head and a neuron site per block.
+UNITS = ("neurons", "heads", "mixed")
 #: Identity keys that run folders of schema 2 and older do not have (compared only when present).
 _NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
              "weights_sha256", "model_args", "dtype")
@@ -85,6 +88,7 @@ def run_settings(
     random_weights: Optional[int] = None,
     model_args: Optional[Mapping[str, Any]] = None,
     dtype: str = "fp32",
+    units: str = "neurons",
 ) -> Dict[str, Any]:
     """The settings a run folder records in ``run.json`` (file and folder paths made absolute).
 
@@ -112,6 +116,7 @@ def run_settings(
         "random_weights": random_weights,
         "model_args": json.loads(json.dumps(dict(model_args or {}))),  # as run.json will read back (lists)
         "dtype": dtype,
+        "units": units,
     }
 
 
@@ -121,6 +126,7 @@ def upgrade_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
     if settings.get("schema", 1) < 3 and "steps" in settings:
         settings.setdefault("n_steps", settings.pop("steps"))
     settings["schema"] = max(settings.get("schema", 1), SCHEMA_VERSION)
+    settings.setdefault("units", "neurons")  # runs before attention heads held FFN neurons
     return settings
 
 
@@ -349,6 +355,18 @@ class Run:
             self._loaded_from = _load_settings(s)
             self._check_weights(self._model)
         return self._model
+
+    def sites(self) -> "NeuronSites":
+        """The sites of the run's units (``units`` in ``run.json``): the model's FFN neurons, its
+        attention heads, or both interleaved block by block."""
+        from captum_paths.sites import NeuronSites
+
+        model = self.model()
+        units = self.settings.get("units", "neurons")
+        if units == "neurons":
+            return NeuronSites.from_model(model)
+        heads = NeuronSites.heads_from_model(model)
+        return heads if units == "heads" else NeuronSites.mixed(heads, NeuronSites.from_model(model))
 
     def transform(self):
         """The model's preprocessing (PIL image -> ``(C, H, W)`` tensor)."""

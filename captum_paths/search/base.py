@@ -140,7 +140,7 @@ class PathAttribution(SiteAttribution):
                                                     **options)
         if mode == "paper":
             self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
-        self._check_sites()
+        self.check_sites()
         check_internal_batch_size(internal_batch_size)
         inputs = format_inputs(inputs, self.model)
         args = format_additional_args(additional_forward_args)
@@ -216,7 +216,7 @@ class PathAttribution(SiteAttribution):
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
         return dict(options)
 
-    def _check_sites(self) -> None:
+    def check_sites(self) -> None:
         """Raise when the method cannot score the units of ``self.sites`` (every method scores
         neurons and heads unless it overrides this)."""
 

@@ -128,7 +128,7 @@ class ActivationPath(_TopKPath):
 
     name = "activation"
 
-    def _check_sites(self) -> None:
+    def check_sites(self) -> None:
         self.sites.check_neurons_only("the 'activation' baseline (Captum LayerActivation on each site module)")
 
     @torch.no_grad()
@@ -215,7 +215,7 @@ class ConductancePath(_TopKPath):
 
     name = "conductance"
 
-    def _check_sites(self) -> None:
+    def check_sites(self) -> None:
         self.sites.check_neurons_only("the 'conductance' baseline (Captum LayerConductance on each site module)")
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
@@ -276,7 +276,7 @@ class InfluencePatternPath(_TopKPath):
 
     name = "influence-pattern"
 
-    def _check_sites(self) -> None:
+    def check_sites(self) -> None:
         self.sites.check_neurons_only("the 'influence-pattern' baseline (a per-channel activation gradient)")
 
     def _neuron_scores(self, ctx: SearchContext) -> torch.Tensor:
