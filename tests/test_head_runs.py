@@ -109,3 +109,24 @@ def test_faithfulness_over_heads_runs_from_every_head_zeroed_to_the_model_itself
         full = group[group.n == heads.width]
         # rows batched with other configurations: float32 matmuls of another batch shape, a few ulps apart
         assert full["mean_prob"].item() == pytest.approx(full["mean_prob_full"].item(), abs=1e-7)
+
+
+def test_the_explorer_of_a_mixed_run_in_a_browser(mixed_run, page):
+    page.goto(mixed_run.report_file.resolve().as_uri() + "#class/0")
+    page.wait_for_selector("#class-body[data-drawn]")
+    ticks = page.eval_on_selector_all("#class-graph .xtick text", "ts => ts.map(t => t.textContent)")
+    assert ticks[:2] == ["b0 heads", "b0 FFN"]
+    point = page.locator("#class-graph .scatterlayer .trace:last-child .point").first
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#neuron-body[data-neuron]")
+    key = page.get_attribute("#neuron-body", "data-neuron")
+    title = page.locator("#neuron-body h2").inner_text()
+    layer, unit = (int(x) for x in key.split(":"))
+    expected = f"Head {unit} of block {layer // 2}" if layer % 2 == 0 else f"Neuron {unit} of block {layer // 2}'s FFN"
+    assert title == expected
+    page.goto(mixed_run.report_file.resolve().as_uri() + "#image/0")
+    page.wait_for_selector("#image-body[data-image]")
+    labels = [row.locator("td").first.inner_text() for row in page.locator("#image-paths tr").all()[1:3]]
+    assert labels == ["block 0 heads", "block 0 FFN"]
+    assert page.errors == []

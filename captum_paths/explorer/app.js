@@ -327,9 +327,10 @@
     var parts = key.split(':'), layer = Number(parts[0]), neuron = Number(parts[1]);
     var info = D.neurons[key];
     root.setAttribute('data-neuron', key);
-    var what = unitName(layer);
-    root.appendChild(el('h2', {text: what.charAt(0).toUpperCase() + what.slice(1) + ' ' + neuron + ' of ' +
-                               layerLabel(layer)}));
+    var block = mixed ? Math.floor(layer / 2) : layer;
+    root.appendChild(el('h2', {text: !hasHeads ? 'Neuron ' + neuron + ' of layer ' + layer :
+      kinds[layer] === 'head' ? 'Head ' + neuron + ' of block ' + block :
+      'Neuron ' + neuron + ' of block ' + block + '\'s FFN'}));
     if (!info) {
       root.appendChild(el('p', {text: 'No path of ' + primary + ' in this page uses this neuron.'}));
       return;
