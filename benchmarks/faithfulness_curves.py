@@ -108,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     summary = pd.concat(summaries, ignore_index=True)
     fewest = pd.concat(fewest, ignore_index=True)
 
-    shown = sorted({n for n in summary["n"] if n in (0, 1, 2, 4, 16)} | {int(summary["n"].max())})
+    shown = sorted({n for n in summary["n"] if n in (0, 1, 2, 4, 16, 64, 256, 1024)} | {int(summary["n"].max())})
     for ablation in ("zero", "mean"):
         part = summary[(summary["ablation"] == ablation) & summary["n"].isin(shown)]
         wide = part.pivot_table(index=["units", "method"], columns="n", values="fraction_of_full", sort=False)
@@ -118,23 +118,32 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
         emit(f"\nShare of the unablated target probability kept, every other unit set to "
              f"{'0' if ablation == 'zero' else 'its mean'} (classes averaged; N = units kept per layer)\n\n"
              + markdown(wide.reset_index(), floatfmt=".3f"), args.out)
-    emit("\n" + statement(fewest), args.out)
+    emit("\n" + statement(summary, fewest), args.out)
     return summary
 
 
-def statement(fewest: pd.DataFrame) -> str:
-    """Which units carry the decision: the kind and method that reach 80% of the target
-    probability with the fewest units in all (zero ablation), against the random control."""
-    zero = fewest[(fewest["ablation"] == "zero") & fewest["units_kept"].notna()]
-    if zero.empty:
-        return "No ranking keeps 80% of the target probability below the full model."
-    best = zero.sort_values(["units_kept", "n"]).iloc[0]
-    control = zero[(zero["method"] == RANDOM_RANKING) & (zero["units"] == best["units"])]
+def statement(summary: pd.DataFrame, fewest: pd.DataFrame) -> str:
+    """Which units carry the decision: the kind and method that keep 80% of the target
+    probability with the fewest units in all (every other unit set to 0), against the
+    random control; or, when none does short of every unit, the most any ranking keeps."""
+    zero = summary[summary["ablation"] == "zero"]
+    total = zero.groupby("units")["units_kept"].max()
+    hits = fewest[(fewest["ablation"] == "zero") & fewest["units_kept"].notna()]
+    hits = hits[hits["units_kept"] < hits["units"].map(total)]
+    if hits.empty:
+        partial = zero[zero["units_kept"] < zero["units"].map(total)]
+        best = partial.sort_values(["fraction_of_full", "units_kept"], ascending=[False, True]).iloc[0]
+        return (f"No ranking of any kind keeps 80% of the target probability short of every unit (every other "
+                f"unit set to 0): the most any keeps is {best['fraction_of_full']:.0%}, by {best['units']} ranked "
+                f"by {best['method']} at N = {int(best['n'])} per layer ({int(best['units_kept'])} of "
+                f"{int(total[best['units']])} units). The decision is spread over the units; no small set carries it.")
+    best = hits.sort_values(["units_kept", "n"]).iloc[0]
+    control = hits[(hits["method"] == RANDOM_RANKING) & (hits["units"] == best["units"])]
     against = (f"; a random ranking of the same units needs {int(control.iloc[0]['units_kept'])}"
-               if len(control) else "")
+               if len(control) else "; a random ranking of the same units does not get there short of all of them")
     return (f"Fewest units for 80% of the target probability (every other unit set to 0): {best['units']} "
-            f"ranked by {best['method']}, N = {int(best['n'])} per layer ({int(best['units_kept'])} units in "
-            f"all{against}).")
+            f"ranked by {best['method']}, N = {int(best['n'])} per layer ({int(best['units_kept'])} of "
+            f"{int(total[best['units']])} units{against}).")
 
 
 if __name__ == "__main__":

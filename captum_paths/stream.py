@@ -114,8 +114,10 @@ class ResidualStream:
     def from_sites(cls, sites: NeuronSites) -> Optional["ResidualStream"]:
         """The stream of a model whose family adapter declares one and whose blocks hold
         the sites, else ``None`` (also when building it fails: the search then runs the
-        whole model). Head sites (one per block) run their blocks whole; mixed sites (two
-        layers per block) and layers of several widths get ``None``."""
+        whole model). Head sites (one per block) run their blocks whole; mixed sites (the
+        heads, then the FFN neurons of every block) run each block as its attention half
+        and its FFN half where the adapter declares them (:meth:`FamilyAdapter.block_halves`),
+        else get ``None``."""
         from captum_paths.families import get_family, inner_model
 
         model = inner_model(sites.model)
@@ -123,13 +125,22 @@ class ResidualStream:
             adapter = get_family(sites.family)
         except ValueError:  # explicit sites ("custom"): no stream
             return None
-        if sites.widths is not None and len(set(sites.widths)) > 1:
-            return None  # layers of several widths (hierarchical models): the whole-model search
-        if len(set(sites.kinds)) > 1:
-            return None  # mixed sites hold two layers per block: the whole-model search
-        spec = SiteSpec(sites.modules, sites.capture, sites.tokens, sites.width)
+        mixed = len(set(sites.kinds)) > 1
+        if mixed and (sites.kinds[0::2] != ["head"] * (sites.num_layers // 2)
+                      or sites.kinds[1::2] != ["neuron"] * (sites.num_layers // 2)):
+            return None  # not the heads-then-neurons interleaving of NeuronSites.mixed
+        # the blocks hold the FFN sites (mixed: every second layer)
+        ffn = range(1, sites.num_layers, 2) if mixed else range(sites.num_layers)
+        spec = SiteSpec([sites.modules[l] for l in ffn], sites.captures[ffn[0]], sites.tokens,
+                        sites.widths[1] if mixed and sites.widths is not None else sites.width)
         try:
             parts = adapter.stream(model, spec)
+            if parts is not None and mixed:
+                halves = [adapter.block_halves(block) for block in parts.blocks]
+                if any(h is None for h in halves):
+                    return None
+                parts.blocks = [half for pair in halves for half in pair]
+                parts.splits = None
         except Exception as exc:  # an unknown variant of a known family: run the model whole
             logger.info("no residual stream for %s (%s: %s); the search runs the whole model",
                         type(model).__name__, type(exc).__name__, exc)

@@ -304,11 +304,12 @@ def test_head_search_equals_a_brute_force_greedy(vit, k, monkeypatch):
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_mixed_search_equals_a_brute_force_greedy(vit, k):
+def test_mixed_search_equals_a_brute_force_greedy(vit, k, monkeypatch):
     model, x = vit
     target = torch.tensor([3, 1, 4])
     sites = NeuronSites.mixed(NeuronSites.heads_from_model(model), NeuronSites.from_model(model))
-    assert ResidualStream.from_sites(sites) is None  # two layers per block: the whole-model engine
+    stream = ResidualStream.from_sites(sites)  # each block as its attention half and its FFN half
+    assert stream is not None and len(stream.blocks) == 4
     result = LayerProgressiveNeuronPath(model, sites=sites).attribute(x, target=target, k=k, n_steps=8,
                                                                      refine="all")
     layout = [("head", 0), ("neuron", 0), ("head", 1), ("neuron", 1)]
@@ -317,6 +318,20 @@ def test_mixed_search_equals_a_brute_force_greedy(vit, k):
     torch.testing.assert_close(result.jas, jas, rtol=1e-5, atol=1e-8)
     assert result.settings["kinds"] == ["head", "neuron", "head", "neuron"]
     assert result.settings["widths"] == [HEADS, 128, HEADS, 128]
+    assert (result.delta.abs() <= 1e-3 * result.jas.abs() + 1e-6).all()
+    # the whole-model engine finds the same paths, at the default search too
+    default = LayerProgressiveNeuronPath(model, sites=sites).attribute(x, target=target, k=k, n_steps=8)
+    beam = (LayerProgressiveNeuronPath(model, sites=sites).attribute(x, target=target, n_steps=8, beam=2)
+            if k == 1 else None)  # beams hold one unit per layer
+    monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, s: None))
+    for options, fast in (({"refine": "all"}, result), ({}, default), ({"beam": 2}, beam)):
+        if fast is None:
+            continue
+        whole = LayerProgressiveNeuronPath(model, sites=sites).attribute(x, target=target, k=k, n_steps=8, **options)
+        assert torch.equal(whole.paths, fast.paths)
+        torch.testing.assert_close(whole.jas, fast.jas, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(whole.contributions, fast.contributions, rtol=1e-4, atol=1e-7)
+    assert _no_hooks(model)
 
 
 def test_whole_site_head_search_and_knowledge_heads_run(family):

@@ -121,6 +121,12 @@ class FamilyAdapter:
         """The model's residual stream, or ``None`` (the search then runs the whole model)."""
         return None
 
+    def block_halves(self, block: nn.Module) -> Optional[Tuple[nn.Module, nn.Module]]:
+        """A block of :meth:`stream` as ``(attention half, FFN half)``, each stream -> stream with
+        ``block(h) == ffn_half(attention_half(h))``, or ``None``. With them, mixed sites (the heads
+        and then the FFN neurons of every block) search on the residual stream too."""
+        return None
+
     def patch_size(self, model: nn.Module) -> Optional[Tuple[int, int]]:
         """The model's patch size ``(ph, pw)`` for pixel figures, or ``None``."""
         return None

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from captum_paths.families.base import (
-    FamilyAdapter,
     SiteSpec,
     SplitBlock,
     StreamParts,
@@ -86,6 +85,25 @@ class TimmBlocks(TimmFamily):
             splits=[_split(b, s, spec.capture) for b, s in zip(blocks, spec.modules)],
             reads_cls=reads_cls,
         )
+
+    def block_halves(self, block: nn.Module) -> Optional[Tuple[nn.Module, nn.Module]]:
+        from timm.models.vision_transformer import Block
+
+        if type(block) is not Block:
+            return None
+        return (_Residual(block.norm1, block.attn, block.ls1, block.drop_path1),
+                _Residual(block.norm2, block.mlp, block.ls2, block.drop_path2))
+
+
+class _Residual(nn.Module):
+    """``h + drop_path(scale(fn(norm(h))))``: the attention or the FFN half of a timm ``Block``."""
+
+    def __init__(self, norm: nn.Module, fn: nn.Module, scale: nn.Module, drop_path: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.fn, self.scale, self.drop_path = norm, fn, scale, drop_path
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.drop_path(self.scale(self.fn(self.norm(h))))
 
 
 def _embed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -360,7 +360,7 @@ class _StreamSearch:
         return paths, scores, extra
 
     def _search_group(self, images: torch.Tensor):
-        ctx, stream, m, width = self.ctx, self.stream, self.rows.m, self.ctx.width
+        ctx, stream, m, widths = self.ctx, self.stream, self.rows.m, self.ctx.widths
         L, k, G = self.sites.num_layers, ctx.k, len(images)
         local = torch.arange(G, device=ctx.device).repeat_interleave(m)  # row -> image of the group
         steps = torch.arange(m, device=ctx.device).repeat(G)
@@ -376,6 +376,7 @@ class _StreamSearch:
         kept: List[List[Tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in chunks]  # (gate, block output)
         removed = self.embedded[images]  # stream entering block t with the prefix removed, (G, T, D)
         for t in range(L):
+            width = widths[t]
             approx = torch.zeros(G, width, dtype=torch.float64, device=ctx.device)
             for rows, run in zip(chunks, runs):
                 site_gate = (torch.ones(len(rows), width, device=ctx.device) * alpha[rows, None]).requires_grad_(True)
@@ -439,7 +440,7 @@ class _StreamSearch:
         with torch.no_grad():
             for part in torch.arange(G * c, device=pool.device).split(self.exact_chunk):
                 ex = part // c
-                h = removed_run.take(ex).finish(gating(removal(pool.reshape(-1)[part], self.ctx.width)))
+                h = removed_run.take(ex).finish(gating(removal(pool.reshape(-1)[part], self.ctx.widths[t])))
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), images[ex])
         return self.ctx.f_clean[images, None] - f_removed.view(G, c)
 
@@ -477,7 +478,7 @@ class _StreamLayers:
         return output_value(logits, self.ctx.target[members], self.owner.output)
 
     def layer_scores(self, t: int, paths: torch.Tensor) -> torch.Tensor:
-        ctx, m, width = self.ctx, self.rows.m, self.ctx.width
+        ctx, m, width = self.ctx, self.rows.m, self.ctx.widths[t]
         weights, alphas = self.rows.weights, self.rows.alphas
         scores = torch.zeros(ctx.batch, width, dtype=torch.float64, device=ctx.device)
         for rows in torch.arange(ctx.batch * m, device=ctx.device).split(self.chunk):
@@ -492,7 +493,7 @@ class _StreamLayers:
 
     def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
         """As :meth:`_GateSearch.proposal_scores`, from the cached prefix-removed stream."""
-        return _first_order(self._removed_begin(t), self.chunk, self.ctx.width,
+        return _first_order(self._removed_begin(t), self.chunk, self.ctx.widths[t],
                             lambda h, part: self._f(self.stream.logits(h, t + 1), part))
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -502,12 +503,12 @@ class _StreamLayers:
         with torch.no_grad():
             for part in torch.arange(R * c, device=pool.device).split(self.exact_chunk):
                 members = part // c
-                h = run.take(members).finish(gating(removal(pool.reshape(-1)[part], self.ctx.width)))
+                h = run.take(members).finish(gating(removal(pool.reshape(-1)[part], self.ctx.widths[t])))
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), members)
         return self.ctx.f_clean[:, None] - f_removed.view(R, c)
 
     def advance(self, t: int, paths: torch.Tensor, parents: torch.Tensor, ctx: SearchContext) -> "_StreamLayers":
-        m, width = self.rows.m, ctx.width
+        m, width = self.rows.m, ctx.widths[t]
         step_rows = (parents[:, None] * m + torch.arange(m, device=parents.device)).reshape(-1)
         mask = layer_mask(paths, t, width)  # (members', d_ff)
         steps = torch.arange(m, device=parents.device).repeat(len(parents))
