@@ -92,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, images, labels, description = load_case(args.case, args.per_class, args.img_size)
-    emit(f"{description}; k = 1, target = label, {args.threads} torch threads", args.out)
+    parts = [f"{description}; k = 1, target = label, {args.threads} torch threads"]
+    print(parts[0], flush=True)
 
     summaries, fewest = [], []
     for kind in args.kinds:
@@ -115,10 +116,11 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
         wide.columns = [f"N={n}" for n in wide.columns]
         few = fewest[fewest["ablation"] == ablation].set_index(["units", "method"])["n"]
         wide["fewest N for 80%"] = [few.get(key) for key in wide.index]
-        emit(f"\nShare of the unablated target probability kept, every other unit set to "
-             f"{'0' if ablation == 'zero' else 'its mean'} (classes averaged; N = units kept per layer)\n\n"
-             + markdown(wide.reset_index(), floatfmt=".3f"), args.out)
-    emit("\n" + statement(summary, fewest), args.out)
+        parts.append(f"\nShare of the unablated target probability kept, every other unit set to "
+                     f"{'0' if ablation == 'zero' else 'its mean'} (classes averaged; N = units kept per layer)\n\n"
+                     + markdown(wide.reset_index(), floatfmt=".3f"))
+    parts.append("\n" + statement(summary, fewest))
+    emit("\n".join(parts), args.out)
     return summary
 
 

@@ -102,6 +102,7 @@ def test_the_faithfulness_curves_are_embedded_as_evaluated(demo):
     payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
     summary = pd.read_csv(run.evaluation_dir / "faithfulness_summary.csv")
     assert len(payload["faithfulness"]) == len(summary)
+    assert "## Fewest units for 80% of the target probability" in run.summary_file.read_text()
     methods = {r["method"] for r in records} | {"random ranking"}
     assert {r["method"] for r in payload["faithfulness"]} == methods
     for row in payload["faithfulness"]:

@@ -88,6 +88,10 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     for title, note, file in (
         ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
          "every path neuron at once; accuracy deviation = top-1 after - before.", eva / "methods_summary.csv"),
+        ("Fewest units for 80% of the target probability", "Per class, the units its paths use most are kept "
+         "(N per layer) and every other unit of the sites is ablated (to 0, or to its mean); the smallest N whose "
+         "mean target probability on held-out images reaches 80% of the unablated model's. Full curves: "
+         "evaluation/faithfulness_summary.csv.", eva / "faithfulness_fewest.csv"),
         ("Pruning (mean over classes)", "Keep the top-k class-consensus neurons per layer, zero every other "
          "neuron with probability p in the first `depth` layers; images disjoint from the consensus images.",
          eva / "pruning_grid.csv"),
