@@ -1,11 +1,13 @@
 """Shared fixtures: a headless Chromium for the explorer's browser tests.
 
-They skip when no Chromium is installed, unless CAPTUM_PATHS_REQUIRE_BROWSER=1
-(``.ci/run`` sets it and installs Chromium); CAPTUM_PATHS_CHROMIUM names another binary."""
+They use the system's Chromium (CAPTUM_PATHS_CHROMIUM names another binary), else the
+one ``python -m playwright install chromium`` downloads, and skip when there is none,
+unless CAPTUM_PATHS_REQUIRE_BROWSER=1 (``.ci/run`` sets it and installs Chromium)."""
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +29,11 @@ def browser():
             raise
         pytest.skip("playwright is not installed (pip install -e .[test])")
     executable = _chromium()
-    if executable is None:
-        if required:
-            pytest.fail("no Chromium found (apt-get install chromium, or set CAPTUM_PATHS_CHROMIUM)")
-        pytest.skip("no Chromium installed (apt-get install chromium)")
     with sync_playwright() as p:
+        if executable is None and not Path(p.chromium.executable_path).exists():  # nor Playwright's own
+            if required:
+                pytest.fail("no Chromium found (apt-get install chromium, or set CAPTUM_PATHS_CHROMIUM)")
+            pytest.skip("no Chromium installed (apt-get install chromium)")
         b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield b
         b.close()
