@@ -9,8 +9,7 @@ from typing import List, Optional
 
 from torch import nn
 
-from captum_paths.families._timm import blocks_spec
-from captum_paths.families.base import SiteSpec, register_family
+from captum_paths.families.base import register_family
 from captum_paths.families.timm_vit import TimmBlocks
 from captum_paths.tokens import TokenSelection
 
@@ -30,9 +29,8 @@ class TimmLateClassToken(TimmBlocks):
             return None
         return list(model.blocks) + list(getattr(model, "cls_attn_blocks", None) or [])
 
-    def sites(self, model: nn.Module) -> Optional[SiteSpec]:
-        blocks = self.layer_blocks(model)
-        return None if blocks is None else blocks_spec(blocks, TokenSelection("all", (), 0))
+    def tokens(self, model: nn.Module) -> TokenSelection:
+        return TokenSelection("all", (), 0)  # the early layers hold no class token
 
     def stream(self, model, spec):
         return None

@@ -44,23 +44,21 @@ class TimmBlocks(TimmFamily):
     name = "timm"
     looks_for = "a timm-style ViT (`blocks[i].mlp.act`, or `blocks[i].mlp.fc2` of a gated FFN)"
 
-    def blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
+    def layer_blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
+        """The blocks that are layers, in order (the FFN and the attention heads of each)."""
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
             return None
         return list(blocks)
 
-    def layer_blocks(self, model: nn.Module) -> Optional[List[nn.Module]]:
-        """The blocks that are layers, in order (the FFN and the attention heads of each)."""
-        return self.blocks(model)
+    def tokens(self, model: nn.Module) -> TokenSelection:
+        """The tokens the model's head reads."""
+        default = 1 if getattr(model, "cls_token", None) is not None else 0  # models without one (Hiera) average
+        return pooled_tokens(model, int(getattr(model, "num_prefix_tokens", default)))
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         blocks = self.layer_blocks(model)
-        if blocks is None:
-            return None
-        default = 1 if getattr(model, "cls_token", None) is not None else 0  # models without one (Hiera) average
-        prefix = int(getattr(model, "num_prefix_tokens", default))
-        return blocks_spec(blocks, pooled_tokens(model, prefix))
+        return None if blocks is None else blocks_spec(blocks, self.tokens(model))
 
     def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The input of ``blocks[i].attn.proj`` (``attn.num_heads`` heads), at the FFN sites' tokens."""
