@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
+__all__ = ["complete_images", "SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
            "stack_records", "append_records", "read_records", "record_key", "unique_records", "upgrade_record", "write_text_atomic",
            "write_json_atomic", "UNIT_KINDS", "unit_kinds"]
 
@@ -328,6 +328,17 @@ def _reals(recs: List[PathRecord], key: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- files
+def complete_images(records: Iterable[Mapping[str, Any]]) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
+    """The sorted ids of the images every method has a record of, and ``{method: {image_id: record}}``."""
+    by_method: Dict[str, Dict[str, Any]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], {})[str(r["image_id"])] = r
+    if not by_method:
+        return [], by_method
+    common = set.intersection(*(set(rows) for rows in by_method.values()))
+    return sorted(common), by_method
+
+
 def record_key(record: Mapping[str, Any]) -> Tuple[str, str, str]:
     """What a record is the record of: ``(method, image_id, model_id)`` as strings."""
     return str(record.get("method")), str(record.get("image_id")), str(record.get("model_id"))

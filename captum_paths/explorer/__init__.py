@@ -8,6 +8,6 @@ image (its path for every method against its class's consensus).
 :func:`render_page` writes the self-contained page.
 """
 from captum_paths.explorer.page import render_page
-from captum_paths.explorer.payload import COLUMNS, ExplorerLimits, explorer_payload
+from captum_paths.explorer.payload import COLUMNS, ExplorerLimits, explorer_payload, method_overview
 
-__all__ = ["ExplorerLimits", "explorer_payload", "render_page", "COLUMNS"]
+__all__ = ["ExplorerLimits", "explorer_payload", "method_overview", "render_page", "COLUMNS"]

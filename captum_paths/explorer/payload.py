@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from captum_paths.analysis import PathTable, class_similarity, consensus_paths
+from captum_paths.records import complete_images
 from captum_paths.search.registry import PATH_METHODS
 
-__all__ = ["ExplorerLimits", "explorer_payload", "COLUMNS", "ImageLoader", "HeatmapFn"]
+__all__ = ["ExplorerLimits", "explorer_payload", "method_overview", "COLUMNS", "ImageLoader", "HeatmapFn"]
 
 logger = logging.getLogger(__name__)
 
@@ -359,11 +360,10 @@ def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Opt
     (``evaluated`` of them when the evaluation was run)."""
     if deviation is None or deviation.empty:
         return {}
-    by_method: Dict[str, set] = {}
-    for r in records:
-        by_method.setdefault(r["method"], set()).add(str(r["image_id"]))
-    methods = list(deviation["method"].unique())
-    common = sorted(set.intersection(*(by_method.get(m, set()) for m in methods))) if methods else []
+    methods = set(deviation["method"])
+    common, by_method = complete_images([r for r in records if r["method"] in methods])
+    if set(by_method) != methods:  # an evaluated method has no records now
+        common = []
     if int(deviation["image"].max()) >= len(common) or (evaluated is not None and evaluated != len(common)):
         logger.warning("the evaluation's images do not match the records (evaluated before more records were "
                        "added?); the explorer shows no effects. Rerun `captum-paths evaluate`")
@@ -464,14 +464,24 @@ def _data_uri(image, fmt: str) -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -> List[Dict[str, Any]]:
+def method_overview(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per method, from the records: ``images``, ``mean_jas``, ``median_jas``, ``mean_abs_delta``
+    (records without a delta left out) and ``accuracy`` (records without a prediction left out);
+    the registered methods first, in registry order."""
     frame = pd.DataFrame({
-        "method": r["method"], "jas": r.get("jas"), "abs_delta": abs(r["delta"]) if r.get("delta") is not None
-        else np.nan, "correct": np.nan if r.get("prediction") is None else float(r["label"] == r["prediction"]),
+        "method": r["method"], "jas": r.get("jas"),
+        "abs_delta": abs(r["delta"]) if r.get("delta") is not None else np.nan,
+        "correct": np.nan if r.get("label") is None or r.get("prediction") is None
+        else float(r["label"] == r["prediction"]),
     } for r in records)
     grouped = frame.groupby("method").agg(images=("jas", "size"), mean_jas=("jas", "mean"),
                                           median_jas=("jas", "median"), mean_abs_delta=("abs_delta", "mean"),
                                           accuracy=("correct", "mean"))
+    return grouped.reindex(_method_order(grouped.index)).rename_axis("method").reset_index()
+
+
+def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -> List[Dict[str, Any]]:
+    grouped = method_overview(records).set_index("method")
     if methods_summary is not None:
         grouped = grouped.join(methods_summary.set_index("method"), how="left")
     rows = []

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from captum_paths.records import write_json_atomic
+from captum_paths.records import complete_images, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,17 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: The path method the others are compared with.
 SEARCHED = "neuron-path"
-
-
-def complete_images(records: Sequence[Dict[str, Any]]) -> Tuple[List[str], Dict[str, Dict[str, dict]]]:
-    """The sorted ids of the images every method has a record of, and ``{method: {image_id: record}}``."""
-    by_method: Dict[str, Dict[str, dict]] = {}
-    for r in records:
-        by_method.setdefault(r["method"], {})[str(r["image_id"])] = r
-    if not by_method:
-        return [], by_method
-    common = set.intersection(*(set(rows) for rows in by_method.values()))
-    return sorted(common), by_method
 
 
 def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Mapping[str, "PathResult"]) -> pd.DataFrame:

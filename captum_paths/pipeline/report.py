@@ -6,6 +6,7 @@ interactive, offline. The Markdown summary lists the tables and the figure files
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 import pandas as pd
 
 from captum_paths.records import write_text_atomic
-from captum_paths.search.registry import PATH_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.explorer import ExplorerLimits
@@ -44,12 +44,6 @@ def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _correct(record) -> float:
-    """1.0 when the record's prediction is its label, 0.0 when not, NaN when either is missing."""
-    label, prediction = record.get("label"), record.get("prediction")
-    return float("nan") if label is None or prediction is None else float(label == prediction)
-
-
 def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
                  ) -> Tuple[Path, Path]:
     """Write ``RUN/report.html`` (the path explorer) and ``RUN/summary.md`` from what extract,
@@ -59,7 +53,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
         limits: caps on what the page embeds (default :class:`~captum_paths.explorer.ExplorerLimits`).
         heatmaps: compute the pixel attribution of the most used neurons (loads the run's model).
     """
-    from captum_paths.explorer import ExplorerLimits, explorer_payload, render_page
+    from captum_paths.explorer import ExplorerLimits, explorer_payload, method_overview, render_page
 
     limits = ExplorerLimits() if limits is None else limits
     if not isinstance(limits, ExplorerLimits):
@@ -71,16 +65,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     if len(models) > 1:
         logger.warning("run %s holds records of %d models (%s); the report averages them together",
                        run.folder, len(models), ", ".join(models))
-    overview = pd.DataFrame(
-        {"method": r["method"], "jas": r.get("jas"), "abs_delta": abs(r.get("delta") or 0.0),
-         "correct": _correct(r)} for r in records
-    ).groupby("method", sort=False).agg(
-        images=("jas", "size"), mean_jas=("jas", "mean"), median_jas=("jas", "median"),
-        mean_abs_delta=("abs_delta", "mean"), accuracy=("correct", "mean"),
-    ).reset_index()
-    overview["method"] = pd.Categorical(overview["method"], [m for m in PATH_METHODS if m in methods]
-                                        + [m for m in methods if m not in PATH_METHODS])
-    overview = overview.sort_values("method").astype({"method": str})
+    overview = method_overview(records)
     shown = {k: settings.get(k) for k in ("model", "checkpoint", "mode", "n_steps", "approximation", "k", "target",
                                           "data")}
     sections: List[Tuple[str, str, Optional[pd.DataFrame]]] = [("Paths per method (from the records)", "", overview)]
@@ -168,8 +153,11 @@ def _heatmap_fn(run: "Run", limits: "ExplorerLimits") -> Optional[Callable[[str,
         return None
     device = next(model.parameters()).device
 
+    @functools.lru_cache(maxsize=256)  # the most used neurons share their images: decode each once
+    def image(image_id: str):
+        return run.images([image_id])[0][0].to(device)
+
     def heatmap(image_id: str, layer: int, neuron: int):
-        images, _ = run.images([image_id])
-        return neuron_pixel_attribution(model, images[0].to(device), layer, neuron, sites=sites,
+        return neuron_pixel_attribution(model, image(image_id), layer, neuron, sites=sites,
                                         n_steps=limits.heatmap_steps).upsampled_patches()
     return heatmap
