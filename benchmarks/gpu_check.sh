@@ -1,51 +1,79 @@
 #!/usr/bin/env bash
-# The one-GPU check, under 8 minutes on one H100-class GPU:
-#   1. the CUDA tests;
-#   2. extract on the GPU in fp32 and bf16, records compared with a CPU run on the same images;
-#   3. a torchrun run with the nccl backend (world size = the GPUs here, 1 or 2), compared with one process;
-#   4. the throughput benchmark (ViT-B/16, 224 px, fp32 and bf16, against the literal reference).
-# It prints one summary table and writes everything under $OUT (default runs/gpu_check).
-# Nothing is installed from the network: packages missing beyond torch, timm and transformers
-# (captum, tabulate, scikit-learn ...) come from local wheels in .wheels/, made beforehand on a machine with
-# the same Python: pip download --no-deps captum tabulate scikit-learn scipy joblib threadpoolctl -d .wheels
+# The one-GPU check, about 6 minutes on one H100-class GPU (every step has a time limit; 9 min 30 s at most):
+#   1. the throughput benchmark (ViT-B/16, 224 px, fp32 and bf16, against the literal reference);
+#   2. memory: ViT-L/16, batch 32, at the free memory of an 80 GB card; one image on too little memory;
+#   3. extract on the GPU in fp32 and bf16, records compared with a CPU run on the same images;
+#   4. a torchrun run with the nccl backend (world size = the GPUs here, 1 or 2), compared with one process;
+#   5. the CUDA tests.
+# It prints one summary table and writes it, with every step's log, under $GPU_CHECK_DIR (default
+# runs/gpu_check); summary.md is the table.
+#
+# Nothing is installed from the network: packages missing beyond the usual GPU image (torch, timm,
+# transformers, pandas, seaborn, networkx, scikit-learn, tabulate, pytest) come from local wheels in .wheels/, made
+# beforehand on a machine with a package index: bash benchmarks/gpu_wheels.sh. They go to a folder of their
+# own ($GPU_CHECK_DIR/site), not into the Python environment.
+#
+# DEVICE=cpu runs every step on the CPU with small models and sizes (and torchrun with 2 gloo processes): the dry run
+# that checks the script itself on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-OUT=${OUT:-runs/gpu_check}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-if ! $PY -c "import captum, seaborn, networkx, tabulate, sklearn" 2>/dev/null; then
-    $PY -m pip install --quiet --no-deps --no-index .wheels/*.whl || { echo "missing packages and no usable .wheels/"; exit 1; }
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+DIR=${GPU_CHECK_DIR:-runs/gpu_check}
+mkdir -p "$DIR"
+SITE="$(cd "$DIR" && pwd)/site"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
+if ! $PY -c "import captum, seaborn, networkx, tabulate, sklearn, timm" 2>/dev/null; then
+    ls .wheels/*.whl >/dev/null 2>&1 || { echo "missing packages and no .wheels/ (bash benchmarks/gpu_wheels.sh)"; exit 1; }
+    $PY -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        .wheels/*.whl || { echo "the wheels in .wheels/ did not install"; exit 1; }
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    $PY -c "import captum, seaborn, networkx, tabulate, sklearn, timm" || exit 1
 fi
-GPUS=$($PY -c "import torch; print(min(2, torch.cuda.device_count()))")
-[ "$GPUS" -ge 1 ] || { echo "no CUDA device"; exit 1; }
-status() { if [ "$1" -eq 0 ]; then echo ok; else echo "FAILED ($1)"; fi; }
+if [ "$DEVICE" = cpu ]; then
+    PROCS=2 IMAGES=${IMAGES:-2} REF=1 TP="--model vit_tiny_patch16_224" MEM="--model vit_tiny_patch16_224 --images 2 --batch-size 2" PER_CLASS=1
+else
+    PROCS=$($PY -c "import torch; print(min(2, torch.cuda.device_count()))")
+    [ "$PROCS" -ge 1 ] || { echo "no CUDA device (DEVICE=cpu for the dry run)"; exit 1; }
+    IMAGES=${IMAGES:-256} REF=2 TP="" MEM="" PER_CLASS=4
+fi
+declare -A RESULT
+step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, its log in $DIR/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most $limit s)"
+    local begin=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" > >(tee "$DIR/$name.log") 2>&1
+    local rc=$? took=$(( $(date +%s) - begin ))
+    case $rc in
+        0) RESULT[$name]="ok, $took s" ;;
+        124|137) RESULT[$name]="TIMED OUT after $took s" ;;
+        *) RESULT[$name]="FAILED (exit $rc) after $took s; see $name.log" ;;
+    esac
+    echo "   ${RESULT[$name]}"
+}
 START=$(date +%s)
 
-echo "== 1. CUDA tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_joint_integrated_gradients.py tests/test_neuron_path.py -k cuda \
-    2>&1 | tail -3 | tee "$OUT/cuda_tests.txt"
-CUDA_TESTS=$(status "${PIPESTATUS[0]}")
+step throughput 170 $PY benchmarks/throughput.py --device "$DEVICE" $TP --images "$IMAGES" --dtype fp32 bf16 \
+    --reference-images "$REF" --out "$DIR/throughput"
 
-echo "== 2. extract: CPU, GPU fp32, GPU bf16"
-$PY -c "from captum_paths.demo import save_demo_image_folder as s; s('$OUT/data', limit_per_class=4)"
-EXTRACT="-m captum_paths extract --model demo --data $OUT/data --method neuron-path random --quiet"
-$PY $EXTRACT --out "$OUT/cpu" --device cpu --restart
-$PY $EXTRACT --out "$OUT/gpu_fp32" --device cuda --restart
-$PY $EXTRACT --out "$OUT/gpu_bf16" --device cuda --dtype bf16 --restart
-GPU_EXTRACT=$(status $?)
+step memory 100 $PY benchmarks/gpu_memory.py --device "$DEVICE" $MEM --out "$DIR/memory"
 
-echo "== 3. torchrun, nccl, $GPUS process(es)"
-$PY -m torch.distributed.run --standalone --nproc_per_node "$GPUS" $EXTRACT --out "$OUT/torchrun" --device cuda \
-    --restart
-TORCHRUN=$(status $?)
+$PY -c "from captum_paths.demo import save_demo_image_folder as s; s('$DIR/data', limit_per_class=$PER_CLASS)"
+EXTRACT="-m captum_paths extract --model demo --data $DIR/data --method neuron-path random --quiet --restart"
+GPU=$DEVICE
+step extract 120 bash -c "$PY $EXTRACT --out $DIR/cpu --device cpu && $PY $EXTRACT --out $DIR/gpu_fp32 --device $GPU \
+    && $PY $EXTRACT --out $DIR/gpu_bf16 --device $GPU --dtype bf16"
 
-echo "== 4. throughput"
-$PY benchmarks/throughput.py --device cuda --images ${IMAGES:-512} --dtype fp32 bf16 --reference-images 2 \
-    --out "$OUT/throughput"
-THROUGHPUT=$(status $?)
+step torchrun 90 $PY -m torch.distributed.run --standalone --nproc_per_node "$PROCS" $EXTRACT --out "$DIR/torchrun" \
+    --device "$GPU"
 
-$PY - "$OUT" "$CUDA_TESTS" "$GPU_EXTRACT" "$TORCHRUN" "$THROUGHPUT" "$(( $(date +%s) - START ))" <<'PY'
+step cuda_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_joint_integrated_gradients.py \
+    tests/test_neuron_path.py tests/test_heads.py -k cuda
+
+$PY - "$DIR" "$(( $(date +%s) - START ))" "$DEVICE" "${RESULT[throughput]}" "${RESULT[memory]}" "${RESULT[extract]}" \
+    "${RESULT[torchrun]}" "${RESULT[cuda_tests]}" <<'PY' | tee "$DIR/summary.md"
+import platform
 import sys
 from pathlib import Path
 
@@ -53,31 +81,45 @@ import torch
 
 from captum_paths.records import read_records
 
-out, cuda_tests, extract, torchrun, throughput, seconds = sys.argv[1:]
-out = Path(out)
+folder, seconds, device, *results = sys.argv[1:]
+folder = Path(folder)
+steps = dict(zip(["throughput", "memory", "extract", "torchrun", "cuda_tests"], results))
 
 
 def compare(a, b):
-    ra = {(r["method"], r["image_id"]): r for r in read_records(out / a / "records.jsonl")}
-    rb = {(r["method"], r["image_id"]): r for r in read_records(out / b / "records.jsonl")}
+    try:
+        ra = {(r["method"], r["image_id"]): r for r in read_records(folder / a / "records.jsonl")}
+        rb = {(r["method"], r["image_id"]): r for r in read_records(folder / b / "records.jsonl")}
+    except (OSError, ValueError) as err:
+        return f"not compared ({type(err).__name__})"
     keys = sorted(set(ra) & set(rb))
     if not keys:
         return "no common records"
     layers = [(x == y) for k in keys for x, y in zip(ra[k]["path"], rb[k]["path"])]
     err = max(abs(ra[k]["jas"] - rb[k]["jas"]) for k in keys)
-    return f"{len(keys)} records, layer agreement {sum(layers) / len(layers):.3f}, max |JAS diff| {err:.2e}"
+    return f"{len(keys)} records, layer agreement {sum(layers) / len(layers):.3f}, max abs JAS diff {err:.2e}"
 
 
-print("\n## GPU check on", torch.cuda.get_device_name(0), f"({torch.cuda.device_count()} GPU(s), torch {torch.__version__})")
+def tail(name, lines=1):
+    log = folder / f"{name}.log"
+    text = [line for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return " / ".join(text[-lines:]) if text else ""
+
+
+name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU ({platform.machine()}, dry run)"
+count = torch.cuda.device_count() if device.startswith("cuda") else 0
+print(f"## GPU check on {name} ({count} GPU(s), torch {torch.__version__}, CUDA {torch.version.cuda})\n")
 print("| check | result |\n|---|---|")
-print(f"| CUDA tests | {cuda_tests} |")
-print(f"| extract on GPU | {extract} |")
-print(f"| GPU fp32 vs CPU | {compare('cpu', 'gpu_fp32')} |")
-print(f"| GPU bf16 vs GPU fp32 | {compare('gpu_fp32', 'gpu_bf16')} |")
-print(f"| torchrun nccl | {torchrun}; vs one process: {compare('gpu_fp32', 'torchrun')} |")
-table = out / "throughput" / "throughput_cuda.md"
-print(f"| throughput | {throughput} |")
+print(f"| throughput | {steps['throughput']} |")
+print(f"| memory | {steps['memory']} |")
+print(f"| extract: CPU, {device} fp32, {device} bf16 | {steps['extract']} |")
+print(f"| {device} fp32 vs CPU | {compare('cpu', 'gpu_fp32')} |")
+print(f"| {device} bf16 vs {device} fp32 | {compare('gpu_fp32', 'gpu_bf16')} |")
+print(f"| torchrun | {steps['torchrun']}; vs one process: {compare('gpu_fp32', 'torchrun')} |")
+print(f"| CUDA tests | {steps['cuda_tests']}: {tail('cuda_tests')} |")
 print(f"| total | {seconds} s |")
-if table.exists():
-    print("\n" + table.read_text())
+for name in ("throughput/throughput_" + device.replace(":", "") + ".md", "memory/gpu_memory.md"):
+    table = folder / name
+    if table.exists():
+        print("\n" + table.read_text().strip())
 PY

@@ -305,6 +305,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, MemoryError) as err:
         print(f"captum-paths {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        import torch
+
+        if not isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"captum-paths {args.command}: error: out of GPU memory ({first}); use a smaller --batch-size, "
+              "--dtype bf16, or a GPU with more free memory", file=sys.stderr)
+        return 1
 
 
 def _one_line(err: BaseException) -> str:

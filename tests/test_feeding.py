@@ -2,6 +2,7 @@
 that runs out of memory, and resuming a multi-worker run after kill -9."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_bf16_api_scores_are_fp32():
     torch.testing.assert_close(result.jas, full.jas, rtol=0.1, atol=2e-2)
 
 
-def test_a_batch_out_of_memory_is_searched_in_halves(data, reference, tmp_path, monkeypatch):
+def test_a_batch_out_of_memory_is_searched_in_halves(data, reference, tmp_path, monkeypatch, caplog):
     """Batches of more than one image raise a CUDA out-of-memory error here; the records are the
     same, found one image at a time."""
     from captum_paths.search.base import PathAttribution
@@ -143,8 +144,11 @@ def test_a_batch_out_of_memory_is_searched_in_halves(data, reference, tmp_path, 
 
     monkeypatch.setattr(PathAttribution, "attribute", small_only)
     out = tmp_path / "run"
-    assert main(_extract(data, out, "--limit", "12")) == 0
+    with caplog.at_level(logging.WARNING, logger="captum_paths.pipeline.extract"):
+        assert main(_extract(data, out, "--limit", "12")) == 0
     assert_same(read_records(out / "records.jsonl"), reference)
+    halvings = [r.getMessage() for r in caplog.records if "in halves" in r.getMessage()]
+    assert halvings and all("ran out of memory on cpu" in m for m in halvings)
 
 
 def test_one_image_out_of_memory_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
@@ -157,6 +161,20 @@ def test_one_image_out_of_memory_is_a_one_line_error(data, tmp_path, monkeypatch
     assert main(_extract(data, tmp_path / "run", "--limit", "2")) == 1
     err = capsys.readouterr().err
     assert "one image does not fit on cpu" in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_of_memory_outside_the_search_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
+    """Out of memory in the clean forward (not a search, so no halving) ends the CLI with one line."""
+    from captum_paths.pipeline import extract as extract_module
+
+    def never(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(extract_module, "_predict", never)
+    assert main(_extract(data, tmp_path / "run", "--limit", "2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err[0]
+    assert "--batch-size" in err[0]
 
 
 @pytest.mark.parametrize("flag, value", [("--workers", "-1"), ("--dtype", "fp8")])

@@ -493,3 +493,21 @@ def test_records_keep_the_unit_kinds_and_old_records_hold_neurons(vit):
     assert PathTable.from_records([old]).kinds is None and "kind" not in PathTable.from_records([old]).layer_summary()
     with pytest.raises(ValueError, match=r"record 0: settings\['kinds'\] must list one of"):
         PathRecord.from_dict(dict(records[0], settings={"kinds": ["head", "neuron"]}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_head_and_mixed_searches_match_cpu(family):
+    """Head sites of every family (nn.MultiheadAttention heads are recomputed in a hook) and the
+    mixed search on the residual stream give the CPU's paths on a GPU."""
+    name, model, x = family
+    target = torch.tensor([0, 1, 2])
+    gpu_model = copy.deepcopy(model).cuda()
+    for make in (NeuronSites.heads_from_model,
+                 lambda m: NeuronSites.mixed(NeuronSites.heads_from_model(m), NeuronSites.from_model(m))):
+        cpu = LayerProgressiveNeuronPath(model, sites=make(model)).attribute(x, target=target, n_steps=8)
+        gpu = LayerProgressiveNeuronPath(gpu_model, sites=make(gpu_model)).attribute(
+            x.cuda(), target=target.cuda(), n_steps=8)
+        same = (gpu.paths.cpu() == cpu.paths).flatten(1).all(1)
+        assert gpu.paths.device.type == "cuda" and same.float().mean() >= 2 / 3  # a close pair may swap
+        torch.testing.assert_close(gpu.jas.cpu()[same], cpu.jas[same], rtol=1e-3, atol=1e-5)
+    assert _no_hooks(gpu_model)

@@ -387,6 +387,7 @@ def _search_batch(search, x: torch.Tensor, y: torch.Tensor, ids: Sequence[str], 
                 f"one image does not fit on {x.device}{room} for {search.name}; use a smaller model or input size, "
                 "fewer n_steps, or --dtype bf16"
             ) from None
+        logger.warning("a batch of %d images ran out of memory on %s; searching it in halves", len(x), x.device)
         if x.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(x) // 2
