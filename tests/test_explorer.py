@@ -27,19 +27,21 @@ def demo(tmp_path_factory):
     return run, run.records(), out / "report.html"
 
 
-def _primary(records):
-    return [r for r in records if r["method"] == "neuron-path"]
+def _primary(records, method="neuron-path"):
+    return [r for r in records if r["method"] == method]
 
 
 # ------------------------------------------------------------------ the data
 
 
-def test_class_graphs_hold_the_brute_force_counts(demo):
+@pytest.mark.parametrize("method", ["neuron-path", "knowledge-neurons", "random"])
+def test_class_graphs_hold_the_brute_force_counts(demo, method):
     run, records, _ = demo
     payload = explorer_payload(records, evaluation_dir=run.evaluation_dir, analysis_dir=run.analysis_dir)
     labels = payload["classes"]["labels"]
-    for c, graph in enumerate(payload["graph"]):
-        mine = [r for r in _primary(records) if r["label"] == labels[c]]
+    assert list(payload["graphs"]) == payload["meta"]["methods"]  # the demo's graphs are small: every method
+    for c, graph in enumerate(payload["graphs"][method]):
+        mine = [r for r in _primary(records, method) if r["label"] == labels[c]]
         counts, sums = Counter(), defaultdict(float)
         co_use = Counter()
         for r in mine:
@@ -60,8 +62,10 @@ def test_class_graphs_hold_the_brute_force_counts(demo):
             a, b = graph["nodes"][src], graph["nodes"][dst]
             assert b[0] == a[0] + 1 and co_use[(a[0], a[1], b[1])] == n
         assert len(graph["edges"]) == len(co_use)
+    if method != "neuron-path":
+        return
     consensus = pd.read_csv(run.analysis_dir / "consensus_paths.csv")
-    for c, graph in enumerate(payload["graph"]):
+    for c, graph in enumerate(payload["graphs"][method]):
         rows = consensus[consensus["class"] == labels[c]]
         assert [n[:2] for n in graph["consensus"]] == rows[["layer", "neuron"]].values.tolist()
 
@@ -69,10 +73,13 @@ def test_class_graphs_hold_the_brute_force_counts(demo):
 def test_neurons_images_and_effects_match_the_records_and_the_evaluation(demo):
     run, records, _ = demo
     payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
-    totals = Counter((layer, n) for r in _primary(records) for layer, units in enumerate(r["path"]) for n in units)
-    for key, info in payload["neurons"].items():
-        layer, n = (int(x) for x in key.split(":"))
-        assert info["paths"] == totals[(layer, n)]
+    for m in payload["meta"]["methods"]:
+        totals = Counter((layer, n) for r in _primary(records, m) for layer, units in enumerate(r["path"])
+                         for n in units)
+        classes = {key: {r["label"] for r in _primary(records, m) if key[1] in r["path"][key[0]]} for key in totals}
+        for key, info in payload["neurons"][m].items():
+            layer, n = (int(x) for x in key.split(":"))
+            assert info["paths"] == totals[(layer, n)] and info["classes"] == len(classes[(layer, n)])
     images = payload["images"]
     assert sorted(images["ids"]) == sorted(str(r["image_id"]) for r in _primary(records))
     by_key = {(r["method"], str(r["image_id"])): r for r in records}
@@ -112,16 +119,35 @@ def test_the_faithfulness_curves_are_embedded_as_evaluated(demo):
 
 def test_caps_are_applied_and_said_on_the_page(demo):
     run, records, _ = demo
-    limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0)
+    limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0, graph_nodes=200)
     payload = explorer_payload(records, limits=limits)
     assert len(payload["images"]["ids"]) == 13
     classes = Counter(payload["images"]["class"])
     assert max(classes.values()) - min(classes.values()) <= 1  # an even draw over the 10 classes
-    for graph in payload["graph"]:
+    # one node per class and layer per method: as many methods as 200 nodes hold, in order
+    kept = 200 // (10 * payload["meta"]["layers"])
+    assert 1 < kept < len(payload["meta"]["methods"])
+    assert list(payload["graphs"]) == payload["meta"]["methods"][:kept] and list(payload["neurons"]) == list(
+        payload["graphs"])
+    for graph in payload["graphs"]["neuron-path"]:
         assert max(Counter(n[0] for n in graph["nodes"]).values()) == 1
         assert max(Counter(graph["nodes"][e[0]][0] for e in graph["edges"]).values(), default=1) == 1
     notes = " ".join(payload["meta"]["notes"])
     assert "13 of the 40 images" in notes and "1 most used neurons" in notes
+    assert ", ".join(payload["meta"]["methods"][kept:]) + " left out" in notes and "at most 200 class-graph" in notes
+
+
+def test_a_method_with_fewer_classes_is_aligned_with_the_page_classes(demo):
+    _, records, _ = demo
+    part = [r for r in records if r["method"] == "neuron-path" or (r["method"] == "random" and r["label"] >= 5)]
+    payload = explorer_payload(part)
+    labels = payload["classes"]["labels"]
+    assert list(payload["graphs"]) == ["neuron-path", "random"] and len(payload["graphs"]["random"]) == len(labels)
+    for c, graph in enumerate(payload["graphs"]["random"]):
+        expected = {(layer, n) for r in _primary(part, "random") if r["label"] == labels[c]
+                    for layer, units in enumerate(r["path"]) for n in units}
+        assert {(n[0], n[1]) for n in graph["nodes"]} == expected and (bool(expected) == (labels[c] >= 5))
+        assert all(labels[j] >= 5 for j, _ in payload["nearest"]["random"][c])
 
 
 def test_limits_reject_bad_values():
@@ -138,7 +164,7 @@ def test_the_page_is_self_contained(demo):
     data = page[page.index("<script id='explorer-data'"):]
     payload = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
     assert payload["meta"]["classes"] == 10 and len(payload["images"]["thumbs"]) == 40
-    assert all("heat" in info for info in payload["neurons"].values())  # the demo gives every neuron its pixels
+    assert set(payload["heat"]) == set(payload["neurons"]["neuron-path"])  # the demo gives every neuron its pixels
 
 
 # ------------------------------------------------------------------ in a browser
@@ -214,6 +240,34 @@ def test_clicking_a_neuron_lists_the_images_that_use_it(demo, page):
     assert page.errors == []
 
 
+def test_the_method_menu_switches_the_class_and_neuron_views(demo, page):
+    _, records, report = demo
+    _open(page, report, "#class/7")
+    page.wait_for_selector("#class-body[data-class='7'][data-drawn]")
+    page.select_option("#method-select", "knowledge-neurons")
+    page.wait_for_selector("#class-body[data-method='knowledge-neurons'][data-drawn]")
+    assert page.evaluate("location.hash") == "#class/7/knowledge-neurons"
+    mine = _primary(records, "knowledge-neurons")
+    expected = {(layer, n) for r in mine if r["label"] == 7 for layer, units in enumerate(r["path"]) for n in units}
+    assert int(page.get_attribute("#class-body", "data-drawn")) == len(expected)
+    # a neuron from there opens in the same method: the images whose knowledge-neuron paths use it
+    page.click("#class-body details summary")
+    page.locator("#class-nodes a").first.click()
+    page.wait_for_selector("#neuron-body[data-method='knowledge-neurons']")
+    key = page.get_attribute("#neuron-body", "data-neuron")
+    layer, neuron = (int(x) for x in key.split(":"))
+    shown = set(page.eval_on_selector_all("#neuron-images a", "as => as.map(a => a.dataset.imageId)"))
+    assert shown == {str(r["image_id"]) for r in mine if neuron in r["path"][layer]} and shown
+    # an image's path chips open their own method's neuron view
+    page.locator("#neuron-images a").first.click()
+    page.wait_for_selector("#image-body[data-image]")
+    heads = page.locator("#image-paths tr").first.locator("th").all_inner_texts()[1:]
+    column = heads.index("random") + 2
+    href = page.get_attribute(f"#image-paths tr:nth-child(2) td:nth-child({column}) a", "href")
+    assert href.startswith("#neuron/0:") and href.endswith("/random")
+    assert page.errors == []
+
+
 # ------------------------------------------------------------------ ImageNet size
 
 
@@ -240,6 +294,6 @@ def test_an_imagenet_size_run_stays_under_30_mb_and_opens(browser, tmp_path):
     page.wait_for_selector("body[data-ready=overview]", timeout=60_000)
     page.goto(report.as_uri() + "#class/999")
     page.wait_for_selector("#class-body[data-class='999'][data-drawn]")
-    assert int(page.get_attribute("#class-body", "data-drawn")) == len(payload["graph"][999]["nodes"])
+    assert int(page.get_attribute("#class-body", "data-drawn")) == len(payload["graphs"]["neuron-path"][999]["nodes"])
     context.close()
     assert errors == []

@@ -5,6 +5,8 @@
   var D = JSON.parse(document.getElementById('explorer-data').textContent);
   var PLOT = {displaylogo: false, responsive: true};
   var primary = D.meta.primary;
+  var method = primary;  // the method the class and neuron views show (set by the address)
+  var graphMethods = D.meta.methods.filter(function (m) { return D.graphs[m]; });
   var classIndex = {};
   D.classes.labels.forEach(function (label, c) { classIndex[String(label)] = c; classIndex[D.classes.names[c]] = c; });
 
@@ -55,6 +57,21 @@
                    ticktext: kinds.map(function (k, l) { return hasHeads ? layerLabel(l).replace('block ', 'b') : String(l); }),
                    zeroline: false};
   function go(hash) { if (location.hash === hash) route(); else location.hash = hash; }
+  // addresses of the class and neuron views; the method is left out for the first one
+  function withMethod(hash, m) { return m && m !== primary ? hash + '/' + encodeURIComponent(m) : hash; }
+  function classHref(c, m) { return withMethod('#class/' + c, m === undefined ? method : m); }
+  function neuronHref(key, m) { return withMethod('#neuron/' + key, m === undefined ? method : m); }
+  function methodPicker(hrefOf) {
+    if (graphMethods.length < 2) return null;
+    var select = el('select', {id: 'method-select', title: 'the method whose paths this view shows'});
+    graphMethods.forEach(function (m) {
+      var option = el('option', {value: m, text: m});
+      if (m === method) option.selected = true;
+      select.appendChild(option);
+    });
+    select.addEventListener('change', function () { go(hrefOf(select.value)); });
+    return el('label', {class: 'method-picker'}, 'Paths of ', select);
+  }
 
   // A table whose headers show name, unit and meaning; a click on a header sorts by it.
   function sortableTable(keys, rows, id, legend) {
@@ -109,7 +126,8 @@
     root.appendChild(el('p', {class: 'lead'},
       m.records.toLocaleString() + ' paths of ' + m.images.toLocaleString() + ' images in ' +
       m.classes.toLocaleString() + ' classes; ' + m.layers + ' layers, ' + m.k + (hasHeads ? ' unit(s)' : ' neuron(s)') + ' per layer; methods: ' +
-      m.methods.join(', ') + '. The class and neuron views show ' + primary + '.'));
+      m.methods.join(', ') + '. The class and neuron views show one method at a time (' + primary +
+      (graphMethods.length > 1 ? ' first; ' + graphMethods.slice(1).join(', ') + ' from their menu' : '') + ').'));
     if (D.claims.length) {
       root.appendChild(el('h2', {text: 'What the run shows'}));
       root.appendChild(el.apply(null, ['ul', {id: 'claims'}].concat(D.claims.map(function (t) {
@@ -196,18 +214,21 @@
   // ------------------------------------------------------------------ class
   function sharedNeurons(a, b) {
     var mine = {};
-    D.graph[a].nodes.forEach(function (n) { mine[nodeKey(n[0], n[1])] = true; });
-    return D.graph[b].nodes.filter(function (n) { return mine[nodeKey(n[0], n[1])]; })
+    D.graphs[method][a].nodes.forEach(function (n) { mine[nodeKey(n[0], n[1])] = true; });
+    return D.graphs[method][b].nodes.filter(function (n) { return mine[nodeKey(n[0], n[1])]; })
       .map(function (n) { return nodeKey(n[0], n[1]); });
   }
 
   function renderClass(c) {
     var root = clear($('#class-body'));
-    var g = D.graph[c];
+    var g = D.graphs[method][c];
     $('#class-search').value = className(c);
     root.setAttribute('data-class', String(c));
+    root.setAttribute('data-method', method);
     root.appendChild(el('h2', {text: 'Class ' + className(c)}));
-    root.appendChild(el('p', {}, D.classes.sizes[c] + ' images. Nodes: neurons (layer, index) sized by how many of ' +
+    var picker = methodPicker(function (m) { return classHref(c, m); });
+    if (picker) root.appendChild(picker);
+    root.appendChild(el('p', {}, D.classes.sizes[c] + ' images; paths of ' + method + '. Nodes: neurons (layer, index) sized by how many of ' +
       'the class\'s paths use them, coloured by their mean contribution; grey lines: neurons used together; ' +
       'orange: the consensus path. Click a neuron to open it.'));
     var plot = el('div', {id: 'class-graph', class: 'plot wide'});
@@ -264,7 +285,7 @@
     }, PLOT).then(function () {
       plot.on('plotly_click', function (ev) {
         var p = ev.points.filter(function (q) { return q.customdata; })[0];
-        if (p) go('#neuron/' + p.customdata);
+        if (p) go(neuronHref(p.customdata));
       });
       root.setAttribute('data-drawn', String(g.nodes.length));
     });
@@ -275,7 +296,7 @@
       var line = el('div', {}, el('span', {class: 'lab', text: layerLabel(Number(layer)) + ': '}));
       byLayer[layer].forEach(function (i) {
         var n = g.nodes[i];
-        line.appendChild(el('a', {href: '#neuron/' + nodeKey(n[0], n[1]), class: 'chip', 'data-node': nodeKey(n[0], n[1]),
+        line.appendChild(el('a', {href: neuronHref(nodeKey(n[0], n[1])), class: 'chip', 'data-node': nodeKey(n[0], n[1]),
                                   text: n[1] + ' (' + n[2] + ')'}));
       });
       list.appendChild(line);
@@ -285,7 +306,7 @@
 
     root.appendChild(el('h3', {text: 'Consensus path'}));
     root.appendChild(el.apply(null, ['p', {id: 'class-consensus'}].concat(g.consensus.map(function (n) {
-      return el('a', {href: '#neuron/' + nodeKey(n[0], n[1]), class: 'chip',
+      return el('a', {href: neuronHref(nodeKey(n[0], n[1])), class: 'chip',
                       text: 'L' + n[0] + ' · ' + n[1] + ' (' + Math.round(100 * n[2]) + '%)',
                       title: 'support: share of the class\'s paths holding it'});
     }))));
@@ -293,12 +314,12 @@
     var near = el('table', {class: 'plain', id: 'class-nearest'},
                   el('tr', {}, el('th', {text: 'class'}), el('th', {text: 'cosine similarity'}),
                      el('th', {text: 'neurons it shares with this class'})));
-    (D.nearest[c] || []).forEach(function (pair) {
+    (D.nearest[method][c] || []).forEach(function (pair) {
       var shared = sharedNeurons(c, pair[0]);
       var cell = el('td');
-      shared.forEach(function (k) { cell.appendChild(el('a', {href: '#neuron/' + k, class: 'chip', text: k})); });
+      shared.forEach(function (k) { cell.appendChild(el('a', {href: neuronHref(k), class: 'chip', text: k})); });
       if (!shared.length) cell.textContent = 'none among the drawn neurons';
-      near.appendChild(el('tr', {}, el('td', {}, el('a', {href: '#class/' + pair[0], text: className(pair[0])})),
+      near.appendChild(el('tr', {}, el('td', {}, el('a', {href: classHref(pair[0]), text: className(pair[0])})),
                           el('td', {text: num(pair[1])}), cell));
     });
     root.appendChild(near);
@@ -306,7 +327,7 @@
 
   // ------------------------------------------------------------------ neuron
   function imagesUsing(layer, neuron) {
-    var paths = D.images.paths[primary] || [];
+    var paths = D.images.paths[method] || [];
     var out = [];
     paths.forEach(function (p, i) { if (p && p[layer] && p[layer].indexOf(neuron) >= 0) out.push(i); });
     return out;
@@ -325,20 +346,23 @@
   function renderNeuron(key) {
     var root = clear($('#neuron-body'));
     var parts = key.split(':'), layer = Number(parts[0]), neuron = Number(parts[1]);
-    var info = D.neurons[key];
+    var info = D.neurons[method][key];
     root.setAttribute('data-neuron', key);
+    root.setAttribute('data-method', method);
     var block = mixed ? Math.floor(layer / 2) : layer;
     root.appendChild(el('h2', {text: !hasHeads ? 'Neuron ' + neuron + ' of layer ' + layer :
       kinds[layer] === 'head' ? 'Head ' + neuron + ' of block ' + block :
       'Neuron ' + neuron + ' of block ' + block + '\'s FFN'}));
+    var picker = methodPicker(function (m) { return neuronHref(key, m); });
+    if (picker) root.appendChild(picker);
     if (!info) {
-      root.appendChild(el('p', {text: 'No path of ' + primary + ' in this page uses this neuron.'}));
+      root.appendChild(el('p', {text: 'No path of ' + method + ' in this page uses this neuron.'}));
       return;
     }
-    root.appendChild(el('p', {id: 'neuron-stats'}, 'Used by ' + info.paths.toLocaleString() + ' paths of ' + primary +
+    root.appendChild(el('p', {id: 'neuron-stats'}, 'Used by ' + info.paths.toLocaleString() + ' paths of ' + method +
       ' in ' + info.classes + ' classes; mean contribution ' + num(info.mean) + ' (probability).'));
     var freq = [];
-    D.graph.forEach(function (g, c) {
+    D.graphs[method].forEach(function (g, c) {
       g.nodes.forEach(function (n) {
         if (n[0] === layer && n[1] === neuron) freq.push([c, n[2] / D.classes.sizes[c], n[2], n[3]]);
       });
@@ -358,7 +382,7 @@
       (freq.length > shown.length ? ' (top ' + shown.length + ' of ' + freq.length + ' classes)' : '')},
       xaxis: {type: 'category'}, yaxis: {title: {text: 'fraction of paths'}, rangemode: 'tozero'}}, PLOT
     ).then(function () {
-      plot.on('plotly_click', function (ev) { go('#class/' + ev.points[0].customdata); });
+      plot.on('plotly_click', function (ev) { go(classHref(ev.points[0].customdata)); });
     });
     if (freq.length < info.classes) {
       root.appendChild(el('p', {class: 'hint', text: (info.classes - freq.length) + ' more classes use it too, ' +
@@ -370,17 +394,18 @@
     users.slice(0, 120).forEach(function (i) { grid.appendChild(thumb(i)); });
     root.appendChild(grid);
     if (users.length > 120) root.appendChild(el('p', {class: 'hint', text: 'The first 120 are shown.'}));
-    if (!(info.heat && info.heat.length)) {
-      var computed = Object.keys(D.neurons).filter(function (k) { return D.neurons[k].heat; }).length;
+    var heatmaps = D.heat[key];
+    if (!(heatmaps && heatmaps.length)) {
+      var computed = Object.keys(D.heat).length;
       root.appendChild(el('p', {class: 'hint', id: 'neuron-no-heatmap', text: computed ?
         'Pixel attributions were computed for the ' + computed + ' most used neurons only ' +
         '(captum-paths report --heatmaps N for more).' :
         'No pixel attributions: the run\'s model or images were not at hand when the page was written.'}));
     }
-    if (info.heat && info.heat.length) {
+    if (heatmaps && heatmaps.length) {
       root.appendChild(el('h3', {text: 'What drives it: pixel attribution (red raises the neuron, blue lowers it)'}));
       var heat = el('div', {class: 'thumbs', id: 'neuron-heatmaps'});
-      info.heat.forEach(function (h) {
+      heatmaps.forEach(function (h) {
         heat.appendChild(el('figure', {}, thumb(h[0], true), el('img', {src: h[1], class: 'big', alt: 'attribution'}),
                             el('figcaption', {text: D.images.ids[h[0]]})));
       });
@@ -394,17 +419,23 @@
     var id = D.images.ids[i], c = D.images['class'][i];
     root.setAttribute('data-image', id);
     $('#image-search').value = id;
+    function consensusOf(m) {  // layer -> neurons of the class's consensus path of method m
+      var out = {};
+      (D.graphs[m] ? D.graphs[m][c].consensus : []).forEach(function (n) { (out[n[0]] = out[n[0]] || []).push(n[1]); });
+      return out;
+    }
     var consensus = {};
-    D.graph[c].consensus.forEach(function (n) { (consensus[n[0]] = consensus[n[0]] || []).push(n[1]); });
+    D.meta.methods.forEach(function (m) { consensus[m] = consensusOf(m); });
     var pred = D.images.prediction[i];
     root.appendChild(el('div', {class: 'row'}, thumb(i, true), el('div', {},
       el('h2', {text: id}),
-      el('p', {}, 'Class ', el('a', {href: '#class/' + c, text: className(c)}),
+      el('p', {}, 'Class ', el('a', {href: classHref(c, primary), text: className(c)}),
          pred === null || pred === undefined ? '' : '; predicted ' + (classIndex[String(pred)] !== undefined ?
            className(classIndex[String(pred)]) : String(pred)),
          D.images.p[i] === null ? '' : '; p(y) = ' + num(D.images.p[i]) + '.'))));
     var methods = D.meta.methods.filter(function (m) { return D.images.paths[m] && D.images.paths[m][i]; });
-    root.appendChild(el('h3', {text: 'Paths (neuron per layer; marked: not on the class\'s consensus path)'}));
+    root.appendChild(el('h3', {text: 'Paths (neuron per layer; marked: not on the consensus path of the ' +
+                                     'method\'s paths of this class)'}));
     var table = el('table', {class: 'plain', id: 'image-paths'});
     table.appendChild(el.apply(null, ['tr', {}, el('th', {text: 'layer'})].concat(methods.map(function (m) {
       return el('th', {text: m}); }))));
@@ -413,9 +444,10 @@
       methods.forEach(function (m) {
         var td = el('td');
         D.images.paths[m][i][layer].forEach(function (n) {
-          var off = !(consensus[layer] || []).some(function (x) { return x === n; });
-          td.appendChild(el('a', {href: '#neuron/' + nodeKey(layer, n), class: 'chip' + (off ? ' off' : ''),
-                                  text: String(n), title: off ? 'departs from the class consensus' : 'consensus'}));
+          var off = D.graphs[m] && !(consensus[m][layer] || []).some(function (x) { return x === n; });
+          td.appendChild(el('a', {href: neuronHref(nodeKey(layer, n), D.graphs[m] ? m : primary),
+                                  class: 'chip' + (off ? ' off' : ''), text: String(n),
+                                  title: off ? 'departs from the class consensus' : 'consensus'}));
         });
         tr.appendChild(td);
       });
@@ -424,7 +456,7 @@
     root.appendChild(table);
     var off = [];
     (D.images.paths[primary] && D.images.paths[primary][i] || []).forEach(function (units, layer) {
-      if (units.some(function (n) { return !(consensus[layer] || []).some(function (x) { return x === n; }); }))
+      if (units.some(function (n) { return !(consensus[primary][layer] || []).some(function (x) { return x === n; }); }))
         off.push(layer);
     });
     root.appendChild(el('p', {id: 'image-departures', text: off.length ?
@@ -476,9 +508,11 @@
   function route() {
     var parts = location.hash.replace(/^#/, '').split('/');
     var view = parts[0] || 'overview';
+    var asked = parts[2] === undefined ? primary : decodeURIComponent(parts[2]);
+    method = D.graphs[asked] ? asked : primary;
     if (view === 'class') {
       var c = parts[1] !== undefined ? Number(parts[1]) : 0;
-      if (!(c >= 0 && c < D.graph.length)) c = 0;
+      if (!(c >= 0 && c < D.classes.labels.length)) c = 0;
       show('class');
       renderClass(c);
     } else if (view === 'neuron' && parts[1]) {
@@ -486,7 +520,8 @@
       renderNeuron(parts[1]);
     } else if (view === 'neuron') {
       show('neuron');
-      var top = Object.keys(D.neurons).sort(function (a, b) { return D.neurons[b].paths - D.neurons[a].paths; })[0];
+      var known = D.neurons[method];
+      var top = Object.keys(known).sort(function (a, b) { return known[b].paths - known[a].paths; })[0];
       if (top) renderNeuron(top);
     } else if (view === 'image') {
       var i = parts[1] !== undefined ? Number(parts[1]) : 0;
@@ -516,7 +551,7 @@
         c = hit.length ? hit[0] : undefined;
       }
       $('#class-missing').hidden = c !== undefined;
-      if (c !== undefined) go('#class/' + c);
+      if (c !== undefined) go(classHref(c));
     }
     search.addEventListener('change', pickClass);
     search.addEventListener('keydown', function (e) { if (e.key === 'Enter') pickClass(); });

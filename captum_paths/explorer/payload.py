@@ -4,8 +4,9 @@ Everything a view needs is computed here, vectorised over the records
 (:class:`~captum_paths.analysis.PathTable`), and capped so that an ImageNet-size
 run (1,000 classes, 50,000 images) stays a page a browser opens in seconds:
 :class:`ExplorerLimits` holds the caps, and the page states each one it applied.
-The class and neuron views show one method (the searched paths when the run has
-them); the image view shows every method.
+The class and neuron views show one method at a time (the searched paths first;
+the others as long as :attr:`ExplorerLimits.graph_nodes` allows); the image view
+shows every method.
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class ExplorerLimits:
         heatmap_neurons (int): neurons (the most used) whose pixel attribution is computed.
         heatmap_images (int): images per such neuron.
         heatmap_steps (int): integration steps of each pixel attribution.
+        graph_nodes (int): class-graph nodes of all methods together: after the first
+            method (the searched paths when the run has them), each further method's
+            class graphs are embedded while the total stays within this.
         table_rows (int): rows kept of each long table.
         seed (int): seed of every sample.
     """
@@ -64,6 +68,7 @@ class ExplorerLimits:
     heatmap_neurons: int = 8
     heatmap_images: int = 3
     heatmap_steps: int = 16
+    graph_nodes: int = 250_000
     table_rows: int = 300
     seed: int = 0
 
@@ -180,13 +185,11 @@ def explorer_payload(
     fewest = _read(evaluation_dir, "faithfulness_fewest.csv")
     layer_summary = _read(analysis_dir, "layer_summary.csv")
 
-    graph = _class_graphs(table, limits, notes)
     images = _images(records, methods, table, deviation, (eval_summary or {}).get("images"), limits, rng,
                      image_loader, notes)
-    neurons = _neurons(table, graph, images, primary)
-    heat = _heatmaps(images, neurons, primary, table.kinds, heatmap, limits, notes) if heatmap is not None else {}
-    for key, entries in heat.items():
-        neurons[key]["heat"] = entries
+    graphs, neurons, nearest = _per_method_views(records, methods, primary, table, images, limits, notes)
+    heat = (_heatmaps(images, neurons[primary], primary, table.kinds, heatmap, limits, notes)
+            if heatmap is not None else {})
 
     overview = _overview_table(records, methods, methods_summary)
     for row in overview:  # the medians stay in the evaluation's table and summary.md
@@ -213,9 +216,10 @@ def explorer_payload(
         "effects": _effects(deviation, limits, rng),
         "classes": {"labels": classes, "names": names, "sizes": np.bincount(table.class_codes,
                                                                           minlength=len(classes)).tolist()},
-        "graph": graph,
-        "nearest": _nearest(table, limits),
+        "graphs": graphs,
+        "nearest": nearest,
         "neurons": neurons,
+        "heat": heat,
         "images": images,
         "tables": _tables(evaluation_dir, analysis_dir, limits, notes),
     }
@@ -233,6 +237,44 @@ def _class_name(label: Hashable, class_names: Optional[Sequence[str]]) -> str:
     if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
         return f"{class_names[label]}"
     return str(label)
+
+
+def _per_method_views(records, methods: List[str], primary: str, table: PathTable, images, limits: ExplorerLimits,
+                      notes: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """Per method (``primary`` first, then the others in order while the class graphs' nodes stay
+    within ``limits.graph_nodes``): class graphs and nearest classes, indexed like ``table``'s classes,
+    and the neurons the page can show."""
+    graphs: Dict[str, Any] = {}
+    neurons: Dict[str, Any] = {}
+    nearest: Dict[str, Any] = {}
+    nodes = 0
+    position = {_native(c): i for i, c in enumerate(table.classes)}
+    left_out = []
+    for m in [primary] + [m for m in methods if m != primary]:
+        mine = table if m == primary else PathTable.from_records(records, method=m)
+        own_notes: List[str] = []
+        graph = _class_graphs(mine, limits, own_notes)
+        size = sum(len(g["nodes"]) for g in graph)
+        if m != primary and nodes + size > limits.graph_nodes:
+            left_out.append(m)
+            continue
+        nodes += size
+        if m == primary:
+            notes += own_notes
+        # another method may miss classes: align its graphs and neighbours with the page's classes
+        index = [position.get(_native(c)) for c in mine.classes]
+        aligned: List[Dict[str, Any]] = [{"nodes": [], "edges": [], "consensus": []} for _ in table.classes]
+        near: List[List[List[float]]] = [[] for _ in table.classes]
+        for c, (g, pairs) in enumerate(zip(graph, _nearest(mine, limits))):
+            if index[c] is not None:
+                aligned[index[c]] = g
+                near[index[c]] = [[index[j], v] for j, v in pairs if index[j] is not None]
+        graphs[m], nearest[m] = aligned, near
+        neurons[m] = _neurons(mine, graph, images, m)
+    if left_out:
+        notes.append(f"The class and neuron views cover {', '.join(graphs)}; {', '.join(left_out)} left out to keep "
+                     f"the page small (at most {limits.graph_nodes:,} class-graph nodes).")
+    return graphs, neurons, nearest
 
 
 def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str]) -> List[Dict[str, Any]]:
@@ -373,8 +415,8 @@ def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Opt
         deviation["p_before"])}
 
 
-def _neurons(table: PathTable, graph, images, primary: str) -> Dict[str, List[Any]]:
-    """``"layer:neuron" -> [paths, classes, mean contribution]`` over every path of ``primary``,
+def _neurons(table: PathTable, graph, images, method: str) -> Dict[str, Dict[str, Any]]:
+    """``"layer:neuron" -> {paths, classes, mean}`` (mean contribution) over every path of ``method``,
     for the neurons the page can show (those of the class graphs and of the sampled images)."""
     cls, code, count, csum, cn = table.class_node_counts()
     codes, inverse = np.unique(code, return_inverse=True)
@@ -383,7 +425,7 @@ def _neurons(table: PathTable, graph, images, primary: str) -> Dict[str, List[An
     sums, ns = np.bincount(inverse, weights=csum), np.bincount(inverse, weights=cn)
     layer, neuron = table.decode(codes)
     wanted = {(n[0], n[1]) for g in graph for n in g["nodes"]}
-    for path in images["paths"].get(primary, []):
+    for path in images["paths"].get(method, []):
         if path is not None:
             wanted.update((l, int(j)) for l, layer_units in enumerate(path) for j in layer_units)
     out: Dict[str, List[Any]] = {}
