@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--heatmaps", type=int, default=8,
                              help="neurons whose pixel attribution the page shows (default: 8; 0 skips them and "
                                   "does not load the model)")
+            sub.add_argument("--graph-nodes", type=int, default=250_000,
+                             help="class-graph nodes of all methods together (default: 250000); the searched paths' "
+                                  "graphs always, the other methods' while they fit")
             sub.add_argument("--device", default=None)
         sub.set_defaults(handler=handler)
     return parser
@@ -254,7 +257,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     from captum_paths.explorer import ExplorerLimits
 
-    limits = ExplorerLimits(max_images=args.max_images, heatmap_neurons=args.heatmaps)
+    limits = ExplorerLimits(max_images=args.max_images, heatmap_neurons=args.heatmaps, graph_nodes=args.graph_nodes)
     html, markdown = Run(args.run, device=args.device).report(limits=limits, heatmaps=args.heatmaps > 0)
     print(f"report: {html}\nsummary: {markdown}")
     return 0

@@ -56,5 +56,11 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     (out / "moved").rename(out / "data")
     assert json.loads((out / "evaluation" / "summary.json").read_text())["images"] == 20
     assert main(["report", "--run", str(out), "--quiet"]) == 0
+    assert main(["report", "--run", str(out), "--graph-nodes", "0", "--heatmaps", "0", "--quiet"]) == 0
+    page = (out / "report.html").read_text()
+    data = page[page.index("<script id='explorer-data'"):]
+    embedded = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
+    assert list(embedded["graphs"]) == ["neuron-path"] and embedded["heat"] == {}
+    assert "activation, knowledge-neurons" in " ".join(embedded["meta"]["notes"])
     assert main(["analyze", "--run", str(out), "--method", "nope", "--quiet"]) == 2
     assert "no records of method 'nope'" in capsys.readouterr().err
