@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU check, about 6 minutes on one H100-class GPU (every step has a time limit; 9 min 30 s at most):
-#   1. the throughput benchmark (ViT-B/16, 224 px, fp32 and bf16, against the literal reference);
+#   1. the throughput benchmark (ViT-B/16, 224 px, fp32 and bf16, refine 6 and 0, against the literal reference);
 #   2. memory: ViT-L/16, batch 32, at the free memory of an 80 GB card; one image on too little memory;
 #   3. extract on the GPU in fp32 and bf16, records compared with a CPU run on the same images;
 #   4. a torchrun run with the nccl backend (world size = the GPUs here, 1 or 2), compared with one process;
@@ -54,15 +54,15 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, its log in 
 }
 START=$(date +%s)
 
-step throughput 170 $PY benchmarks/throughput.py --device "$DEVICE" $TP --images "$IMAGES" --dtype fp32 bf16 \
-    --reference-images "$REF" --out "$DIR/throughput"
+step throughput 200 $PY benchmarks/throughput.py --device "$DEVICE" $TP --images "$IMAGES" --dtype fp32 bf16 \
+    --refine default 0 --reference-images "$REF" --out "$DIR/throughput"
 
-step memory 100 $PY benchmarks/gpu_memory.py --device "$DEVICE" $MEM --out "$DIR/memory"
+step memory 90 $PY benchmarks/gpu_memory.py --device "$DEVICE" $MEM --out "$DIR/memory"
 
 $PY -c "from captum_paths.demo import save_demo_image_folder as s; s('$DIR/data', limit_per_class=$PER_CLASS)"
 EXTRACT="-m captum_paths extract --model demo --data $DIR/data --method neuron-path random --quiet --restart"
 GPU=$DEVICE
-step extract 120 bash -c "$PY $EXTRACT --out $DIR/cpu --device cpu && $PY $EXTRACT --out $DIR/gpu_fp32 --device $GPU \
+step extract 100 bash -c "$PY $EXTRACT --out $DIR/cpu --device cpu && $PY $EXTRACT --out $DIR/gpu_fp32 --device $GPU \
     && $PY $EXTRACT --out $DIR/gpu_bf16 --device $GPU --dtype bf16"
 
 step torchrun 90 $PY -m torch.distributed.run --standalone --nproc_per_node "$PROCS" $EXTRACT --out "$DIR/torchrun" \

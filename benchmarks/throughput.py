@@ -2,7 +2,7 @@
 
 ViT-B/16 at 224 px with seeded random weights (``--random-weights``), synthetic
 images written to a folder, ``neuron-path`` only; on the CPU or a GPU. Prints one
-Markdown table row per dtype:
+Markdown table row per dtype and ``--refine`` setting:
 
 - ``images/s``: images over the wall time of ``Run.extract`` (model loading
   excluded: a first one-image run warms the process up);
@@ -99,17 +99,17 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     data = write_images(work / "images", args.images + 1)  # one to warm up, then the timed ones
     model_spec, seed = f"timm:{args.model}", 0
     rows = []
-    for dtype in args.dtype:
-        folder = work / f"run_{args.device.replace(':', '')}_{dtype}"
+    for dtype, refine in [(d, r) for d in args.dtype for r in args.refine]:
+        folder = work / f"run_{args.device.replace(':', '')}_{dtype}_refine{refine}"
         shutil.rmtree(folder, ignore_errors=True)
         run = Run(folder, device=args.device)
+        options = dict(random_weights=seed, batch_size=args.batch_size, progress=False, dtype=dtype,
+                       workers=args.workers, refine=None if refine == "default" else int(refine))
         # warm up: model load, first kernels (one image), then the timed run resumes the rest
-        run.extract(model_spec, data, random_weights=seed, limit=1, batch_size=args.batch_size, progress=False,
-                    dtype=dtype, workers=args.workers)
+        run.extract(model_spec, data, limit=1, **options)
         _sync(run.device)
         start = time.perf_counter()
-        summary = run.extract(model_spec, data, random_weights=seed, limit=args.images + 1, batch_size=args.batch_size,
-                              progress=False, dtype=dtype, workers=args.workers)
+        summary = run.extract(model_spec, data, limit=args.images + 1, **options)
         _sync(run.device)
         seconds = time.perf_counter() - start
         images = summary["new_records"]
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         n_steps = run.records()[0]["settings"]["n_steps"]
         floor = 3 * n_steps * flops * (layers + 1) / 2
         peak = matmul_rate(run.device, DTYPES[dtype])
-        rows.append({"device": _device_name(run.device), "dtype": dtype, "images": images, "seconds": seconds,
+        rows.append({"device": _device_name(run.device), "dtype": dtype, "refine": run.records()[0]["settings"].get(
+                         "refine", refine), "images": images, "seconds": seconds,
                      "images_per_s": rate, "forward_GFLOP": flops / 1e9, "floor_TFLOP_per_s": floor * rate / 1e12,
                      "matmul_TFLOP_per_s": peak / 1e12, "share_of_matmul_rate": floor * rate / peak})
     if args.reference_images:
@@ -156,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA, 4 on CPU")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--refine", nargs="+", default=["default"],
+                        help="refine settings, each timed with each dtype ('default': the method's own)")
     parser.add_argument("--reference-images", type=int, default=None,
                         help="images for the literal reference (default: 4 on CUDA, 1 on CPU; 0 skips it)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "throughput"))
