@@ -71,7 +71,7 @@ step torchrun 90 $PY -m torch.distributed.run --standalone --nproc_per_node "$PR
 step cuda_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_joint_integrated_gradients.py \
     tests/test_neuron_path.py tests/test_heads.py -k cuda
 
-$PY - "$DIR" "$(( $(date +%s) - START ))" "$DEVICE" "${RESULT[throughput]}" "${RESULT[memory]}" "${RESULT[extract]}" \
+$PY - "$DIR" "$(( $(date +%s) - START ))" "$DEVICE" "$PROCS" "${RESULT[throughput]}" "${RESULT[memory]}" "${RESULT[extract]}" \
     "${RESULT[torchrun]}" "${RESULT[cuda_tests]}" <<'PY' | tee "$DIR/summary.md"
 import platform
 import sys
@@ -81,7 +81,7 @@ import torch
 
 from captum_paths.records import read_records
 
-folder, seconds, device, *results = sys.argv[1:]
+folder, seconds, device, procs, *results = sys.argv[1:]
 folder = Path(folder)
 steps = dict(zip(["throughput", "memory", "extract", "torchrun", "cuda_tests"], results))
 
@@ -115,7 +115,9 @@ print(f"| memory | {steps['memory']} |")
 print(f"| extract: CPU, {device} fp32, {device} bf16 | {steps['extract']} |")
 print(f"| {device} fp32 vs CPU | {compare('cpu', 'gpu_fp32')} |")
 print(f"| {device} bf16 vs {device} fp32 | {compare('gpu_fp32', 'gpu_bf16')} |")
-print(f"| torchrun | {steps['torchrun']}; vs one process: {compare('gpu_fp32', 'torchrun')} |")
+group = ("a world of one: no process group, the nccl collectives need 2 GPUs" if procs == "1" else
+         f"{procs} processes, {'nccl' if device.startswith('cuda') else 'gloo'}")
+print(f"| torchrun ({group}) | {steps['torchrun']}; vs one process: {compare('gpu_fp32', 'torchrun')} |")
 print(f"| CUDA tests | {steps['cuda_tests']}: {tail('cuda_tests')} |")
 print(f"| total | {seconds} s |")
 for name in ("throughput/throughput_" + device.replace(":", "") + ".md", "memory/gpu_memory.md"):

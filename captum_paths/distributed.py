@@ -80,7 +80,10 @@ def init_distributed(device: str = "cpu") -> DistInfo:
 
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1 and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # this process's GPU, not one guessed from the global rank
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def all_ok(info: DistInfo, ok: bool) -> bool:
