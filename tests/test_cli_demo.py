@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from captum_paths.cli import main
 from captum_paths.records import read_records
@@ -22,6 +23,19 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     assert set(methods["method"]) == set(PATH_METHODS)
     assert {"mean_prob_deviation_remove", "mean_prob_deviation_enhance", "mean_jas_gate"} <= set(methods.columns)
     assert len(pd.read_csv(out / "evaluation" / "pruning_grid.csv")) > 0
+    # uncertainty: every other method against the searched paths, image by image
+    deviation = pd.read_csv(out / "evaluation" / "deviation.csv")
+    removed = deviation[deviation["operation"] == "remove"].pivot(index="image", columns="method",
+                                                                  values="prob_deviation")
+    comparisons = pd.read_csv(out / "evaluation" / "comparisons.csv").set_index(["method", "quantity"])
+    assert len(comparisons) == (len(PATH_METHODS) - 1) * 3  # the demo's JAS (gate), removal, enhancement
+    for method in set(PATH_METHODS) - {"neuron-path"}:
+        row = comparisons.loc[(method, "prob_deviation_remove")]
+        assert row["mean_difference"] == pytest.approx((removed["neuron-path"] - removed[method]).mean())
+        assert row["n"] == 20 and 0 <= row["holm_p"] <= 1
+    intervals = pd.read_csv(out / "evaluation" / "intervals.csv").set_index(["method", "quantity"])
+    assert intervals.loc[("random", "prob_deviation_remove"), "mean"] == pytest.approx(removed["random"].mean())
+    assert ((intervals["ci_low"] <= intervals["mean"]) & (intervals["mean"] <= intervals["ci_high"])).all()
     for stem in ("deviation", "jas", "pruning"):
         assert (out / "evaluation" / f"{stem}.png").stat().st_size > 0
         assert (out / "evaluation" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -39,6 +53,7 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     assert "neuron-path" in page and "Path sharing" in page and "Paths per layer" in page
     summary = (out / "summary.md").read_text()
     assert "Evaluation per method" in summary and "Path sharing" in summary
+    assert "## Confidence intervals" in summary and "## Compared with neuron-path" in summary
     assert json.loads((out / "run.json").read_text())["n_steps"] == 8
     timings = json.loads((out / "settings.json").read_text())["timings"]
     assert timings["total_s"] > 0

@@ -117,6 +117,18 @@ def test_the_faithfulness_curves_are_embedded_as_evaluated(demo):
             assert row["mean_prob"] == pytest.approx(row["mean_prob_full"], rel=1e-3)
 
 
+def test_the_comparisons_with_the_searched_paths_are_a_table_and_a_claim(demo):
+    run, records, _ = demo
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    comparisons = pd.read_csv(run.evaluation_dir / "comparisons.csv")
+    table = next(t for t in payload["tables"] if t["title"] == "Compared with the searched paths")
+    assert table["columns"] == list(comparisons.columns) and len(table["rows"]) == len(comparisons)
+    removal = comparisons[comparisons["quantity"] == "prob_deviation_remove"]
+    wins = int(((removal["holm_p"] < 0.05) & (removal["mean_difference"] < 0)).sum())
+    claim = next(c for c in payload["claims"] if c.startswith("Removing neuron-path's path"))
+    assert f"than removing {wins} of the {len(removal)} other methods' paths" in claim
+
+
 def test_caps_are_applied_and_said_on_the_page(demo):
     run, records, _ = demo
     limits = ExplorerLimits(max_images=13, nodes_per_layer=1, edges_per_layer=1, heatmap_neurons=0, graph_nodes=200)

@@ -93,7 +93,12 @@ def evaluate_paths(
     aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
 
     Tables (CSV + JSON): ``deviation``, ``deviation_by_method``, ``jas``,
-    ``methods_summary``, and with ``pruning`` ``pruning``, ``pruning_grid``;
+    ``methods_summary``, ``intervals`` (per method the mean JAS and effects with 95%
+    bootstrap confidence intervals over the images) and ``comparisons`` (every method
+    against the searched paths, image by image: the mean difference with its interval,
+    the share of images where the searched path is better, Wilcoxon signed-rank and
+    Holm-adjusted p-values; :mod:`captum_paths.statistics`), and with ``pruning``
+    ``pruning``, ``pruning_grid``;
     figures (PNG + SVG): ``deviation``, ``jas``, ``pruning``. ``n_steps`` sets the
     quadrature steps of the JAS comparison and of the pruning study's top-k path
     search (default: each mode's default). With ``faithfulness``, the
@@ -105,7 +110,8 @@ def evaluate_paths(
     released scripts' score (JAS mode ``paper``) is left out for heads.
 
     Returns:
-        ``{"deviation", "jas", "methods", "pruning", "faithfulness", "timings", "accuracy"}``:
+        ``{"deviation", "jas", "methods", "intervals", "comparisons", "pruning", "faithfulness", "timings",
+        "accuracy"}``:
         the tables as DataFrames (``pruning`` and ``faithfulness`` are ``None`` when
         skipped), the seconds per experiment and the clean top-1 accuracy.
     """
@@ -147,6 +153,16 @@ def evaluate_paths(
     methods = method_table(deviation, jas, paths)
     save_table(methods, out / "methods_summary")
 
+    from captum_paths.statistics import method_intervals, paired_comparisons, per_image_values
+
+    start = time.perf_counter()
+    values = per_image_values(deviation, jas)
+    intervals = method_intervals(values, seed=seed)
+    comparisons = paired_comparisons(values, SEARCHED, seed=seed)
+    save_table(intervals, out / "intervals")
+    save_table(comparisons, out / "comparisons")
+    timings["statistics_s"] = time.perf_counter() - start
+
     study = None
     counts = np.bincount(labels.cpu().numpy())
     if pruning and (counts >= 2).any():
@@ -186,8 +202,9 @@ def evaluate_paths(
     elif faithfulness:
         logger.warning("evaluate: faithfulness curves skipped (they need at least 2 images of a class)")
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
-    return {"deviation": deviation, "jas": jas, "methods": methods, "pruning": study, "faithfulness": faithful,
-            "timings": timings, "accuracy": accuracy}
+    return {"deviation": deviation, "jas": jas, "methods": methods, "intervals": intervals,
+            "comparisons": comparisons, "pruning": study, "faithfulness": faithful, "timings": timings,
+            "accuracy": accuracy}
 
 
 def evaluate(

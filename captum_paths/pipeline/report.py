@@ -44,6 +44,29 @@ def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     return pd.read_csv(path) if path.exists() else None
 
 
+def _interval_cells(intervals: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    """The evaluation's ``intervals`` table as one row per method, one ``mean [low, high]`` cell per quantity."""
+    if intervals is None or intervals.empty:
+        return None
+    cells = intervals.assign(cell=[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
+                                   zip(intervals["mean"], intervals["ci_low"], intervals["ci_high"])])
+    wide = cells.pivot(index="method", columns="quantity", values="cell")
+    wide = wide.reindex(index=list(dict.fromkeys(intervals["method"])),
+                        columns=list(dict.fromkeys(intervals["quantity"])))
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def _p_values_as_text(comparisons: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    """The ``comparisons`` table with its p-values in 3 significant digits (4 decimals hide the small ones)."""
+    if comparisons is None or comparisons.empty:
+        return None
+    out = comparisons.copy()
+    for col in ("wilcoxon_p", "holm_p"):
+        out[col] = [format(v, ".3g") for v in out[col]]
+    return out
+
+
 def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
                  ) -> Tuple[Path, Path]:
     """Write ``RUN/report.html`` (the path explorer) and ``RUN/summary.md`` from what extract,
@@ -91,6 +114,18 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
         df = _read_csv(file)
         if df is not None:
             sections.append((title, note, df))
+        if file.name == "methods_summary.csv":  # its uncertainty right below it
+            for extra in (
+                ("Confidence intervals", "Mean over the evaluated images and its 95% bootstrap confidence interval "
+                 "(BCa up to 5,000 images, percentile above).", _interval_cells(_read_csv(eva / "intervals.csv"))),
+                ("Compared with neuron-path", "Image by image: mean difference (neuron-path minus the method) and its "
+                 "95% bootstrap interval; reference_better: share of images where neuron-path's path is better "
+                 "(higher JAS, lower removal deviation, higher enhancement deviation; ties count half); two-sided "
+                 "Wilcoxon signed-rank p, Holm-adjusted over the table.",
+                 _p_values_as_text(_read_csv(eva / "comparisons.csv"))),
+            ):
+                if extra[2] is not None:
+                    sections.append(extra)
     figures = sorted(eva.glob("*.png")) + sorted(ana.glob("*.png"))
 
     settings_md = ", ".join(f"{k} = {v}" for k, v in shown.items() if v is not None)
