@@ -79,14 +79,22 @@ def run_variant(model, sites, images, labels, name, kwargs) -> Tuple[object, flo
     return result, time.perf_counter() - start
 
 
-def summarize(model, sites, images, labels, row, result, seconds) -> Dict:
+def summarize(model, sites, images, labels, row, result, seconds, per_image: Optional[List] = None) -> Dict:
+    """The row of the table; with ``per_image``, appends the row's per-image values there
+    (image, method, jas_gate, prob_deviation_remove / _enhance) for the paired comparisons."""
     exact = removal_effect(model, sites, images, labels, result.paths)
     reported = result.jas.double()
     gap = (reported - exact).abs() / exact.abs().clamp(min=1e-12)
     delta_share = (result.delta.double().abs().sum() / reported.abs().sum().clamp(min=1e-12)).item()
     records = result.to_records(labels=labels.tolist())
     sharing = path_sharing(records)
-    deviation = summarize_deviation(probability_deviation(model, images, labels, {row: result.paths}, sites=sites))
+    by_image = probability_deviation(model, images, labels, {row: result.paths}, sites=sites)
+    if per_image is not None:
+        from captum_paths.statistics import per_image_values
+
+        jas = pd.DataFrame({"image": range(len(images)), "method": row, "mode": "gate", "jas": exact.tolist()})
+        per_image.append(per_image_values(by_image, jas))
+    deviation = summarize_deviation(by_image)
     dev = deviation.set_index("operation")["mean_prob_deviation"]
     return {
         "path": row, "images": len(images), "mean exact JAS": exact.mean().item(),
@@ -120,12 +128,12 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     setup_s = time.perf_counter() - start
     print(f"model ready in {setup_s:.1f} s: held-out accuracy {case.accuracy:.4f}, {len(images)} images", flush=True)
 
-    rows, results, seconds = [], {}, {}
+    rows, results, seconds, per_image = [], {}, {}, []
     for row, name, kwargs in variants(args.beams):
         if args.only and row not in args.only:
             continue
         results[row], seconds[row] = run_variant(model, sites, images, labels, name, kwargs)
-        rows.append(summarize(model, sites, images, labels, row, results[row], seconds[row]))
+        rows.append(summarize(model, sites, images, labels, row, results[row], seconds[row], per_image))
         print(f"{row}: {seconds[row]:.1f} s, exact JAS {rows[-1]['mean exact JAS']:.4f}", flush=True)
     table = pd.DataFrame(rows)
     if WHOLE_SITE in seconds:
@@ -133,6 +141,14 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     text = (f"DINOv2 ViT-S/14 + linear probe, {args.img_size} px digits, {len(images)} test images "
             f"({args.per_class} per class), k = 1, target = label, {args.threads} torch threads\n\n"
             + (markdown(table) if len(table) else "(no path variant run)"))
+    if DEFAULT in results and len(results) > 1:
+        from captum_paths.statistics import paired_comparisons
+
+        values = pd.concat(per_image, ignore_index=True)[["image", "method", "prob_deviation_remove"]]
+        compared = paired_comparisons(values, DEFAULT).drop(columns="quantity")
+        text += ("\n\nRemoval deviation, the default against each row image by image (default minus the row, 95% "
+                 "bootstrap CI, share of images where the default removes more, Wilcoxon signed-rank p, "
+                 "Holm-adjusted over the table's rows):\n\n" + markdown(compared))
     emit(text, args.out)
 
     if not args.skip_greedy and (not args.only or "greedy" in args.only):
