@@ -1,5 +1,6 @@
 """Uncertainty of the evaluation's per-image numbers: confidence intervals per method and
-paired comparisons of each method with the searched paths.
+paired comparisons of each method with the searched paths; and the even draw over
+classes by which the evaluation and the explorer sample large runs.
 
 The evaluation measures every method on the same images, so methods are compared
 image by image: the difference of each image's value (reference minus method), its
@@ -20,13 +21,13 @@ the direction in which a path is better:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["mean_interval", "holm", "per_image_values", "method_intervals", "paired_comparisons", "BETTER",
-           "BCA_LIMIT"]
+           "BCA_LIMIT", "even_class_sample"]
 
 #: quantity -> +1 when a larger value means a better path, -1 when a smaller one does.
 BETTER: Dict[str, int] = {"jas_gate": 1, "jas_paper": 1, "prob_deviation_remove": -1, "prob_deviation_enhance": 1}
@@ -155,3 +156,24 @@ def paired_comparisons(values: pd.DataFrame, reference: str, level: float = 0.95
     table = pd.DataFrame(rows, columns=columns[:-1])
     table["holm_p"] = holm(table["wilcoxon_p"].to_numpy()) if len(table) else []
     return table
+
+
+def even_class_sample(codes: Sequence[int], cap: int, rng: np.random.Generator) -> List[int]:
+    """At most ``cap`` row indices of ``codes`` (class indices ``0..C-1``, one per row), as even
+    over the classes as possible (round robin over the classes, each class's rows shuffled by
+    ``rng``), in row order. Every row when there are at most ``cap``."""
+    codes = np.asarray(codes)
+    if len(codes) <= cap:
+        return list(range(len(codes)))
+    per_class = [np.flatnonzero(codes == c) for c in range(int(codes.max()) + 1)]
+    for rows in per_class:
+        rng.shuffle(rows)
+    chosen: List[int] = []
+    depth = 0
+    while len(chosen) < cap:
+        layer = [rows[depth] for rows in per_class if depth < len(rows)]
+        if not layer:
+            break
+        chosen += layer[: cap - len(chosen)]
+        depth += 1
+    return sorted(int(i) for i in chosen)

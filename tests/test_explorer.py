@@ -97,10 +97,30 @@ def test_an_evaluation_of_other_images_gives_no_effects(demo, tmp_path, caplog):
     run, records, _ = demo
     stale = tmp_path / "evaluation"
     shutil.copytree(run.evaluation_dir, stale)
-    summary = json.loads((stale / "summary.json").read_text())
-    (stale / "summary.json").write_text(json.dumps(dict(summary, images=summary["images"] - 1)))
+    deviation = pd.read_csv(stale / "deviation.csv", dtype={"image_id": str})
+    deviation.loc[0, "image_id"] = "not/recorded.png"
+    deviation.to_csv(stale / "deviation.csv", index=False)
     payload = explorer_payload(records, evaluation_dir=stale)
     assert all(v is None for m in payload["meta"]["methods"] for v in payload["images"]["remove"][m])
+    assert "do not match the records" in caplog.text
+
+
+def test_an_evaluation_without_image_ids_is_mapped_by_its_image_index(demo, tmp_path, caplog):
+    """Evaluations written before the tables named their images: ``image`` indexes the sorted ids of
+    the images every method has a record of, checked against the count in summary.json."""
+    run, records, _ = demo
+    old = tmp_path / "evaluation"
+    shutil.copytree(run.evaluation_dir, old)
+    deviation = pd.read_csv(old / "deviation.csv", dtype={"image_id": str})
+    deviation.drop(columns="image_id").to_csv(old / "deviation.csv", index=False)
+    payload = explorer_payload(records, evaluation_dir=old)
+    new = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    assert payload["images"]["remove"] == new["images"]["remove"]
+    assert any(v is not None for v in payload["images"]["remove"]["neuron-path"])
+    summary = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(json.dumps(dict(summary, images=summary["images"] - 1)))
+    payload = explorer_payload(records, evaluation_dir=old)
+    assert all(v is None for v in payload["images"]["remove"]["neuron-path"])
     assert "do not match the records" in caplog.text
 
 

@@ -6,6 +6,7 @@ import ast
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import captum_paths
@@ -59,6 +60,40 @@ def test_one_run_loads_model_and_images_once_for_every_stage(data, tmp_path, mon
     images, labels = again.images([r["image_id"] for r in read_records(run.records_file)[:3]])
     assert images.shape == (3, 1, 8, 8) and labels.tolist() == [r["label"] for r in read_records(run.records_file)[:3]]
     assert calls == {"model": 2, "folder": 2}
+
+
+def test_evaluate_draws_max_images_evenly_over_the_classes_and_names_them(data, tmp_path, capsys):
+    from captum_paths.explorer import explorer_payload
+
+    run = Run(tmp_path / "run", device="cpu")
+    run.extract("demo", data, methods=["neuron-path", "random"], n_steps=2, progress=False)
+    records = run.records()
+    label = {r["image_id"]: r["label"] for r in records}
+    assert main(["evaluate", "--run", str(run.folder), "--max-images", "10", "--jas-modes", "gate",
+                 "--n-steps", "2", "--no-pruning", "--faithfulness-classes", "0", "--quiet"]) == 0
+    summary = json.loads((run.evaluation_dir / "summary.json").read_text())
+    assert summary["images"] == 10 and summary["images_recorded"] == 20 and summary["max_images"] == 10
+    deviation = pd.read_csv(run.evaluation_dir / "deviation.csv", dtype={"image_id": str})
+    chosen = sorted(set(deviation["image_id"]))
+    assert len(chosen) == 10 and sorted(label[i] for i in chosen) == list(range(10))  # one image per class
+    for row in deviation.itertuples():
+        assert label[row.image_id] == row.label
+    jas = pd.read_csv(run.evaluation_dir / "jas.csv", dtype={"image_id": str})
+    assert sorted(set(jas["image_id"])) == chosen
+    # the same draw again (seeded), and the explorer shows the effects of exactly these images
+    assert main(["evaluate", "--run", str(run.folder), "--max-images", "10", "--jas-modes", "gate",
+                 "--n-steps", "2", "--no-pruning", "--faithfulness-classes", "0", "--quiet"]) == 0
+    again = pd.read_csv(run.evaluation_dir / "deviation.csv", dtype={"image_id": str})
+    assert sorted(set(again["image_id"])) == chosen
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    removed = deviation[(deviation["operation"] == "remove") & (deviation["method"] == "random")]
+    expected = dict(zip(removed["image_id"], removed["prob_deviation"]))
+    for image_id, value in zip(payload["images"]["ids"], payload["images"]["remove"]["random"]):
+        assert (value is None) == (image_id not in expected)
+        if value is not None:
+            assert value == pytest.approx(expected[image_id], rel=1e-3, abs=1e-9)
+    assert main(["evaluate", "--run", str(run.folder), "--max-images", "-1", "--quiet"]) == 2
+    assert "--max-images must be 0 (every image) or a positive number; got -1" in capsys.readouterr().err
 
 
 def test_settings_are_checked_before_anything_is_written(data, tmp_path, capsys):

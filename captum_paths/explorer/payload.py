@@ -23,6 +23,7 @@ import pandas as pd
 
 from captum_paths.analysis import PathTable, class_similarity, consensus_paths
 from captum_paths.records import complete_images
+from captum_paths.statistics import even_class_sample
 from captum_paths.search.registry import PATH_METHODS
 
 __all__ = ["ExplorerLimits", "explorer_payload", "method_overview", "COLUMNS", "ImageLoader", "HeatmapFn"]
@@ -357,7 +358,7 @@ def _images(records, methods, table: PathTable, deviation: Optional[pd.DataFrame
     """The sampled images: id, class index, prediction, thumbnail and, per method, path,
     contributions, JAS and the removal / enhancement effects."""
     n = len(table)
-    chosen = _stratified(table.class_codes, limits.max_images, rng)
+    chosen = even_class_sample(table.class_codes, limits.max_images, rng)
     if len(chosen) < n:
         notes.append(f"The image view and the neuron view's images hold {len(chosen):,} of the {n:,} images "
                      f"(an even draw over the classes, seed {limits.seed}).")
@@ -385,38 +386,30 @@ def _images(records, methods, table: PathTable, deviation: Optional[pd.DataFrame
     return out
 
 
-def _stratified(codes: np.ndarray, cap: int, rng: np.random.Generator) -> List[int]:
-    """At most ``cap`` row indices, as even over the classes as possible, in row order."""
-    if len(codes) <= cap:
-        return list(range(len(codes)))
-    per_class = [np.flatnonzero(codes == c) for c in range(int(codes.max()) + 1)]
-    for rows in per_class:
-        rng.shuffle(rows)
-    chosen: List[int] = []
-    depth = 0
-    while len(chosen) < cap:
-        layer = [rows[depth] for rows in per_class if depth < len(rows)]
-        if not layer:
-            break
-        chosen += layer[: cap - len(chosen)]
-        depth += 1
-    return sorted(int(i) for i in chosen)
-
-
 def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Optional[int]
                       ) -> Dict[Tuple[str, str, str], Tuple[float, float]]:
-    """``(image_id, method, operation) -> (prob_deviation, p_before)`` from the evaluation's table,
-    whose ``image`` column indexes the sorted ids of the images every method has a record of
+    """``(image_id, method, operation) -> (prob_deviation, p_before)`` from the evaluation's table:
+    by its ``image_id`` column, or, in evaluations written before it had one, by its ``image``
+    column, which indexes the sorted ids of the images every method has a record of
     (``evaluated`` of them when the evaluation was run)."""
     if deviation is None or deviation.empty:
         return {}
+    stale = ("the evaluation's images do not match the records (evaluated before more records were added?); "
+             "the explorer shows no effects. Rerun `captum-paths evaluate`")
+    if "image_id" in deviation:
+        recorded = {(r["method"], str(r["image_id"])) for r in records}
+        ids = deviation["image_id"]
+        if not all(key in recorded for key in zip(deviation["method"], ids)):
+            logger.warning(stale)
+            return {}
+        return {(i, m, op): (float(d), float(p)) for i, m, op, d, p in zip(
+            ids, deviation["method"], deviation["operation"], deviation["prob_deviation"], deviation["p_before"])}
     methods = set(deviation["method"])
     common, by_method = complete_images([r for r in records if r["method"] in methods])
     if set(by_method) != methods:  # an evaluated method has no records now
         common = []
     if int(deviation["image"].max()) >= len(common) or (evaluated is not None and evaluated != len(common)):
-        logger.warning("the evaluation's images do not match the records (evaluated before more records were "
-                       "added?); the explorer shows no effects. Rerun `captum-paths evaluate`")
+        logger.warning(stale)
         return {}
     return {(common[int(i)], m, op): (float(d), float(p)) for i, m, op, d, p in zip(
         deviation["image"], deviation["method"], deviation["operation"], deviation["prob_deviation"],
@@ -616,7 +609,7 @@ def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[st
 def _read(folder: Optional[Path], name: str) -> Optional[pd.DataFrame]:
     if folder is None or not (Path(folder) / name).exists():
         return None
-    return pd.read_csv(Path(folder) / name)
+    return pd.read_csv(Path(folder) / name, dtype={"image_id": str})  # "007" stays "007"
 
 
 def _read_json(folder: Optional[Path], name: str) -> Optional[Dict[str, Any]]:

@@ -88,6 +88,7 @@ def evaluate_paths(
     faithfulness: bool = True,
     faithfulness_classes: Optional[int] = 10,
     sites: Optional["NeuronSites"] = None,
+    image_ids: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """The paper's experiments on ``paths`` (one :class:`PathResult` per method, rows
     aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
@@ -107,7 +108,8 @@ def evaluate_paths(
     classes (a seeded draw; ``None``: every class): tables ``faithfulness``,
     ``faithfulness_summary``, ``faithfulness_fewest`` and figure ``faithfulness``.
     ``sites`` are the sites the paths index (default: the model's FFN neurons); the
-    released scripts' score (JAS mode ``paper``) is left out for heads.
+    released scripts' score (JAS mode ``paper``) is left out for heads. ``image_ids``
+    (one per image) add an ``image_id`` column to the ``deviation`` and ``jas`` tables.
 
     Returns:
         ``{"deviation", "jas", "methods", "intervals", "comparisons", "pruning", "faithfulness", "timings",
@@ -137,6 +139,7 @@ def evaluate_paths(
     logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
     deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
                                       batch_size=batch_size)
+    _name_images(deviation, image_ids)
     save_table(deviation, out / "deviation")
     save_table(summarize_deviation(deviation), out / "deviation_by_method")
     save_figure(plot_deviation(deviation), out / "deviation")
@@ -146,6 +149,7 @@ def evaluate_paths(
     logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
     jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
                          batch_size=batch_size)
+    _name_images(jas, image_ids)
     save_table(jas, out / "jas")
     save_figure(plot_jas(jas), out / "jas")
     timings["jas_s"] = time.perf_counter() - start
@@ -207,6 +211,13 @@ def evaluate_paths(
             "accuracy": accuracy}
 
 
+def _name_images(table: pd.DataFrame, image_ids: Optional[Sequence[str]]) -> None:
+    """Insert the ``image_id`` of each row's ``image`` index after that column (in place)."""
+    if image_ids is not None:
+        table.insert(table.columns.get_loc("image") + 1, "image_id", np.asarray(list(image_ids), dtype=object)[
+            table["image"].to_numpy()])
+
+
 def evaluate(
     run: "Run",
     batch_size: int = 64,
@@ -219,18 +230,35 @@ def evaluate(
     seed: int = 0,
     faithfulness: bool = True,
     faithfulness_classes: Optional[int] = 10,
+    max_images: Optional[int] = 5000,
 ) -> Path:
-    """:func:`evaluate_paths` on the images every method of ``run`` has a record of;
-    writes ``RUN/evaluation/`` (with ``summary.json``: settings and timings) and returns it.
+    """:func:`evaluate_paths` on the images every method of ``run`` has a record of (at most
+    ``max_images`` of them, an even seeded draw over the classes; ``None``: every one);
+    writes ``RUN/evaluation/`` (with ``summary.json``: settings, the images evaluated and
+    timings) and returns it. The images are held in memory while it runs (about 0.6 MB
+    each at 224 px), which is what the cap bounds; the tables give each number's
+    confidence interval over the images evaluated.
 
     The folder is replaced as a whole when the stage succeeds (readers never see a
     mix of two evaluations), under the run folder's writer lock."""
     from captum_paths.search import PathResult
 
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
+                                   or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None (every image); got {max_images!r}")
     records = run.records()
     image_ids, by_method = complete_images(records)
     if not image_ids:
         raise ValueError(f"no image of run {str(run.folder)!r} has a record for every method")
+    recorded = len(image_ids)
+    if max_images is not None and recorded > max_images:
+        from captum_paths.statistics import even_class_sample
+
+        first = next(iter(by_method.values()))
+        labels_of = pd.factorize(pd.Series([str(first[i]["label"]) for i in image_ids]), sort=True)[0]
+        image_ids = [image_ids[i] for i in even_class_sample(labels_of, max_images, np.random.default_rng(seed))]
+        logger.info("evaluate: %d of %d images (an even draw over the classes, seed %d)", len(image_ids), recorded,
+                    seed)
     model = run.model()
     sites = run.sites()
     images, labels = run.images(image_ids)
@@ -239,9 +267,10 @@ def evaluate(
         result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
                                 n_steps=n_steps, seed=seed, faithfulness=faithfulness,
-                                faithfulness_classes=faithfulness_classes, sites=sites)
+                                faithfulness_classes=faithfulness_classes, sites=sites, image_ids=image_ids)
         write_json_atomic(out / "summary.json", {
-            "images": len(image_ids), "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
+            "images": len(image_ids), "images_recorded": recorded, "max_images": max_images, "seed": seed,
+            "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
             "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
             "model": run.settings["model"],
