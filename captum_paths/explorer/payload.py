@@ -596,7 +596,7 @@ def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[st
     out = []
     for folder, file, title, note in _TABLES:
         df = _read(evaluation_dir if folder == "evaluation" else analysis_dir, file)
-        if df is None:
+        if df is None or df.empty:
             continue
         if len(df) > limits.table_rows:
             notes.append(f"The table '{title}' shows its first {limits.table_rows} of {len(df):,} rows.")

@@ -126,6 +126,8 @@ def evaluate_paths(
     )
     from captum_paths.plots import plot_deviation, plot_faithfulness, plot_jas, plot_pruning, save_figure
 
+    if image_ids is not None and len(image_ids) != len(images):
+        raise ValueError(f"image_ids must name every image: got {len(image_ids)} ids for {len(images)} images")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
