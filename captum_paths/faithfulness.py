@@ -287,12 +287,19 @@ def _run_configs(forward, sites, x, configs, rankings, widths, ablation, means, 
     return list(probs.split(n_img))
 
 
-def faithfulness_summary(df: pd.DataFrame) -> pd.DataFrame:
+def faithfulness_summary(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Mean over classes per method, ablation and ``n`` (each class weighs the same), with the
-    share of the unablated probability kept (``fraction_of_full``)."""
-    summary = (df.groupby(["method", "ablation", "n"], sort=False)
-               [["units_kept", "mean_prob", "accuracy", "mean_prob_full", "accuracy_full"]].mean().reset_index())
+    share of the unablated probability kept (``fraction_of_full``) and a 95% bootstrap
+    confidence interval of the mean probability over the classes (``mean_prob_ci_low``,
+    ``mean_prob_ci_high``; :func:`captum_paths.statistics.mean_interval`, ``nan`` for one class)."""
+    from captum_paths.statistics import mean_interval
+
+    groups = df.groupby(["method", "ablation", "n"], sort=False)
+    summary = groups[["units_kept", "mean_prob", "accuracy", "mean_prob_full", "accuracy_full"]].mean().reset_index()
     summary["fraction_of_full"] = summary["mean_prob"] / summary["mean_prob_full"]
+    bounds = [mean_interval(group["mean_prob"], n_resamples=1000, seed=seed)[1:3] for _, group in groups]
+    summary["mean_prob_ci_low"] = [low for low, _ in bounds]
+    summary["mean_prob_ci_high"] = [high for _, high in bounds]
     return summary
 
 

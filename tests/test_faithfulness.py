@@ -131,7 +131,11 @@ def test_summary_and_fewest_units():
         "mean_prob": [0.5, 0.9, 0.7, 0.9, 0.1, 0.2, 0.1, 0.3], "accuracy": [1.0] * 8,
         "mean_prob_full": [1.0] * 8, "accuracy_full": [1.0] * 8})
     summary = faithfulness_summary(df)
-    assert summary.set_index(["method", "n"]).loc[("a", 1), "fraction_of_full"] == pytest.approx(0.6)
+    row = summary.set_index(["method", "n"]).loc[("a", 1)]
+    assert row["fraction_of_full"] == pytest.approx(0.6)
+    assert 0.5 <= row["mean_prob_ci_low"] <= 0.6 <= row["mean_prob_ci_high"] <= 0.7  # two classes: 0.5 and 0.7
+    same = summary.set_index(["method", "n"]).loc[("a", 2)]  # both classes 0.9
+    assert same["mean_prob_ci_low"] == same["mean_prob_ci_high"] == pytest.approx(0.9)
     fewest = fewest_units(df, 0.8).set_index("method")
     assert fewest.loc["a", "n"] == 2 and fewest.loc["a", "units_kept"] == 12
     assert np.isnan(fewest.loc["b", "n"]) or fewest.loc["b", "n"] is None

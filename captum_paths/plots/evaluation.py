@@ -479,13 +479,17 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
 
     ``summary``: :func:`captum_paths.faithfulness.faithfulness_summary` (columns ``method,
     ablation, n, mean_prob, accuracy, mean_prob_full, accuracy_full``); a column of panels per
-    ablation. The unablated model is a grey dashed line.
+    ablation. The unablated model is a grey dashed line; ``mean_prob_ci_low`` /
+    ``mean_prob_ci_high``, when present, shade the interval of the searched paths' and the
+    random ranking's probability curves.
     """
     needed = ("method", "ablation", "n", "mean_prob", "accuracy", "mean_prob_full", "accuracy_full")
     _validate(summary, needed, "plot_faithfulness")
     ablations = list(dict.fromkeys(summary["ablation"]))
     methods = list(dict.fromkeys(summary["method"]))
     palette = method_palette([m for m in methods if m != "random ranking"])
+    # 95% intervals over the classes for the searched paths and the control only: seven bands hide the lines
+    banded = {"neuron-path" if "neuron-path" in methods else methods[0], "random ranking"}
     fig, axes = plt.subplots(2, len(ablations), figsize=(4.4 * len(ablations) + 2.2, 6.4), sharex=True,
                              sharey="row", squeeze=False, layout="constrained")
     metrics = (("mean_prob", "mean_prob_full", "mean target probability"),
@@ -497,8 +501,12 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
             for method in methods:
                 line = part[part["method"] == method].sort_values("n")
                 control = method == "random ranking"
-                ax.plot(line["n"], line[metric], marker="o", ms=3, lw=1.6, label=method,
-                        color="0.45" if control else palette[method], ls="--" if control else "-")
+                color = "0.45" if control else palette[method]
+                ax.plot(line["n"], line[metric], marker="o", ms=3, lw=1.6, label=method, color=color,
+                        ls="--" if control else "-")
+                if metric == "mean_prob" and "mean_prob_ci_low" in line and method in banded:
+                    ax.fill_between(line["n"], line["mean_prob_ci_low"], line["mean_prob_ci_high"], color=color,
+                                    alpha=0.12, lw=0)
             ax.axhline(float(part[reference].mean()), color="0.6", ls=":", lw=1.2, label="unablated model")
             ax.set_xscale("symlog", linthresh=1)
             ax.grid(alpha=0.3)
@@ -511,5 +519,7 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
     handles, labels = axes[0, -1].get_legend_handles_labels()
     axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small",
                        frameon=False)
-    fig.suptitle(f"{title}\n(per class the units its paths use most are kept; held-out images; classes averaged)")
+    shaded = "; shaded: 95% interval over the classes" if "mean_prob_ci_low" in summary else ""
+    fig.suptitle(f"{title}\n(per class the units its paths use most are kept; held-out images; classes averaged"
+                 f"{shaded})")
     return fig
