@@ -92,6 +92,9 @@ def test_evaluate_draws_max_images_evenly_over_the_classes_and_names_them(data, 
         assert (value is None) == (image_id not in expected)
         if value is not None:
             assert value == pytest.approx(expected[image_id], rel=1e-3, abs=1e-9)
+    run.report(heatmaps=False)
+    assert ("Evaluated on 10 of the 20 images with a record of every method (an even draw over the classes, seed 0)"
+            in run.summary_file.read_text())
     assert main(["evaluate", "--run", str(run.folder), "--max-images", "-1", "--quiet"]) == 2
     assert "--max-images must be 0 (every image) or a positive number; got -1" in capsys.readouterr().err
 

@@ -44,6 +44,23 @@ def _read_csv(path: Path) -> Optional[pd.DataFrame]:
     return pd.read_csv(path) if path.exists() else None
 
 
+def _evaluated_images(evaluation_dir: Path) -> str:
+    """`` N images`` (and how they were drawn) from the evaluation's summary.json, or ``""``."""
+    import json
+
+    try:
+        summary = json.loads((evaluation_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    images, recorded = summary.get("images"), summary.get("images_recorded")
+    if images is None:
+        return ""
+    if recorded is not None and recorded > images:
+        return (f" Evaluated on {images:,} of the {recorded:,} images with a record of every method (an even draw "
+                f"over the classes, seed {summary.get('seed', 0)}).")
+    return f" Evaluated on {images:,} images."
+
+
 def _interval_cells(intervals: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
     """The evaluation's ``intervals`` table as one row per method, one ``mean [low, high]`` cell per quantity."""
     if intervals is None or intervals.empty:
@@ -95,7 +112,8 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     eva, ana = run.evaluation_dir, run.analysis_dir
     for title, note, file in (
         ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
-         "every path neuron at once; accuracy deviation = top-1 after - before.", eva / "methods_summary.csv"),
+         "every path neuron at once; accuracy deviation = top-1 after - before." + _evaluated_images(eva),
+         eva / "methods_summary.csv"),
         ("Fewest units for 80% of the target probability", "Per class, the units its paths use most are kept "
          "(N per layer) and every other unit of the sites is ablated (to 0, or to its mean); the smallest N whose "
          "mean target probability on held-out images reaches 80% of the unablated model's. Full curves: "
