@@ -86,6 +86,7 @@ def test_evaluate_draws_max_images_evenly_over_the_classes_and_names_them(data, 
     again = pd.read_csv(run.evaluation_dir / "deviation.csv", dtype={"image_id": str})
     assert sorted(set(again["image_id"])) == chosen
     payload = explorer_payload(records, evaluation_dir=run.evaluation_dir)
+    assert "used 10 of the 20 images" in " ".join(payload["meta"]["notes"])
     removed = deviation[(deviation["operation"] == "remove") & (deviation["method"] == "random")]
     expected = dict(zip(removed["image_id"], removed["prob_deviation"]))
     for image_id, value in zip(payload["images"]["ids"], payload["images"]["remove"]["random"]):

@@ -188,6 +188,10 @@ def explorer_payload(
     deviation = _read(evaluation_dir, "deviation.csv")
     methods_summary = _read(evaluation_dir, "methods_summary.csv")
     eval_summary = _read_json(evaluation_dir, "summary.json")
+    if eval_summary and (eval_summary.get("images_recorded") or 0) > (eval_summary.get("images") or 0):
+        notes.append(f"The evaluation (effects, tables, faithfulness) used {eval_summary['images']:,} of the "
+                     f"{eval_summary['images_recorded']:,} images (an even draw over the classes, seed "
+                     f"{eval_summary.get('seed', 0)}); images outside it show no effects.")
     sharing = _read(analysis_dir, "path_sharing.csv")
     faithfulness = _read(evaluation_dir, "faithfulness_summary.csv")
     fewest = _read(evaluation_dir, "faithfulness_fewest.csv")
