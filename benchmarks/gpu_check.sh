@@ -79,6 +79,7 @@ from pathlib import Path
 
 import torch
 
+from captum_paths.analysis import path_agreement
 from captum_paths.records import read_records
 
 folder, seconds, device, procs, *results = sys.argv[1:]
@@ -88,16 +89,11 @@ steps = dict(zip(["throughput", "memory", "extract", "torchrun", "cuda_tests"], 
 
 def compare(a, b):
     try:
-        ra = {(r["method"], r["image_id"]): r for r in read_records(folder / a / "records.jsonl")}
-        rb = {(r["method"], r["image_id"]): r for r in read_records(folder / b / "records.jsonl")}
+        table = path_agreement(read_records(folder / a / "records.jsonl"), read_records(folder / b / "records.jsonl"))
     except (OSError, ValueError) as err:
-        return f"not compared ({type(err).__name__})"
-    keys = sorted(set(ra) & set(rb))
-    if not keys:
-        return "no common records"
-    layers = [(x == y) for k in keys for x, y in zip(ra[k]["path"], rb[k]["path"])]
-    err = max(abs(ra[k]["jas"] - rb[k]["jas"]) for k in keys)
-    return f"{len(keys)} records, layer agreement {sum(layers) / len(layers):.3f}, max abs JAS diff {err:.2e}"
+        return f"not compared ({type(err).__name__}: {err})"
+    return "; ".join(f"{r.method}: {r.images} images, units {r.same_units:.3f}, paths {r.same_paths:.3f}, "
+                     f"max abs JAS diff {r.max_abs_jas_difference:.2e}" for r in table["summary"].itertuples())
 
 
 def tail(name, lines=1):

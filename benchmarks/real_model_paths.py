@@ -146,8 +146,6 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
 
         values = pd.concat(per_image, ignore_index=True)[["image", "method", "prob_deviation_remove"]]
         compared = paired_comparisons(values, DEFAULT).drop(columns="quantity")
-        for col in ("wilcoxon_p", "holm_p"):
-            compared[col] = [format(v, ".2g") for v in compared[col]]
         text += ("\n\nRemoval deviation, the default against each row image by image (default minus the row, 95% "
                  "bootstrap CI, share of images where the default removes more, Wilcoxon signed-rank p, "
                  "Holm-adjusted over the table's rows):\n\n" + markdown(compared))

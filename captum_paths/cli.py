@@ -153,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "graphs always, the other methods' while they fit")
             sub.add_argument("--device", default=None)
         sub.set_defaults(handler=handler)
+
+    compare = commands.add_parser(
+        "compare", help="how far two runs' paths of the same images agree (neurons, whole paths, JAS)",
+        description="Pair the records of two run folders by method and image: the share of path units and whole "
+                    "paths in common, the JAS difference image by image (95%% bootstrap interval, Wilcoxon "
+                    "signed-rank p), and per layer the share of units in common. Reads records only.")
+    compare.add_argument("--run", type=Path, required=True, help="run folder A")
+    compare.add_argument("--against", type=Path, required=True, help="run folder B (same images, same model shape)")
+    compare.add_argument("--method", nargs="+", default=None, help="methods to compare (default: all both hold)")
+    compare.add_argument("--out", type=Path, default=None, help="also write the tables as FILE.csv and "
+                                                                "FILE_layers.csv")
+    compare.add_argument("--quiet", action="store_true")
+    compare.set_defaults(handler=_run_compare)
     return parser
 
 
@@ -245,6 +258,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         pruning=not args.no_pruning, faithfulness=args.faithfulness_classes != 0,
         faithfulness_classes=args.faithfulness_classes or None, max_images=args.max_images or None)
     print(f"evaluation: {summary}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from captum_paths.analysis import path_agreement
+    from captum_paths.pipeline import Run
+    from captum_paths.pipeline.report import markdown
+    from captum_paths.records import write_text_atomic
+
+    tables = path_agreement(Run(args.run).records(), Run(args.against).records(), methods=args.method)
+    print(f"A: {args.run}\nB: {args.against}\n\n{markdown(tables['summary'])}\n\n"
+          f"Per layer, share of units in common:\n\n"
+          f"{markdown(tables['layers'].pivot(index='layer', columns='method', values='same_units').reset_index())}")
+    if args.out is not None:
+        write_text_atomic(args.out.with_suffix(".csv"), tables["summary"].to_csv(index=False))
+        write_text_atomic(args.out.with_name(args.out.stem + "_layers.csv"), tables["layers"].to_csv(index=False))
     return 0
 
 

@@ -100,6 +100,33 @@ def test_evaluate_draws_max_images_evenly_over_the_classes_and_names_them(data, 
     assert "--max-images must be 0 (every image) or a positive number; got -1" in capsys.readouterr().err
 
 
+def test_compare_pairs_two_runs_by_method_and_image(data, tmp_path, capsys):
+    base = ["extract", "--model", "demo", "--data", str(data), "--method", "neuron-path", "random", "--n-steps",
+            "2", "--limit", "6", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--out", str(tmp_path / "b"), "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--run", str(tmp_path / "a"), "--against", str(tmp_path / "b"),
+                 "--out", str(tmp_path / "agreement")]) == 0
+    printed = capsys.readouterr().out
+    assert "same_units" in printed and "Per layer" in printed
+    summary = pd.read_csv(tmp_path / "agreement.csv").set_index("method")
+    assert summary.loc["random", "same_paths"] == 1.0 and summary.loc["random", "images"] == 6  # seeded by the image
+    a = {r["image_id"]: r for r in read_records(tmp_path / "a" / "records.jsonl") if r["method"] == "neuron-path"}
+    b = {r["image_id"]: r for r in read_records(tmp_path / "b" / "records.jsonl") if r["method"] == "neuron-path"}
+    assert summary.loc["neuron-path", "same_paths"] == pytest.approx(
+        sum(a[i]["path"] == b[i]["path"] for i in a) / len(a))
+    assert summary.loc["neuron-path", "jas_difference"] == pytest.approx(
+        sum(a[i]["jas"] - b[i]["jas"] for i in a) / len(a))
+    layers = pd.read_csv(tmp_path / "agreement_layers.csv")
+    assert len(layers) == 2 * len(next(iter(a.values()))["path"])
+    assert main(["extract", "--model", "demo", "--data", str(data), "--method", "random", "--k", "2", "--limit",
+                 "2", "--quiet", "--out", str(tmp_path / "k2")]) == 0
+    assert main(["compare", "--run", str(tmp_path / "a"), "--against", str(tmp_path / "k2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different models or k" in err and len(err.strip().splitlines()) == 1
+
+
 def test_settings_are_checked_before_anything_is_written(data, tmp_path, capsys):
     out = tmp_path / "run"
     for bad, word in ((["--n-steps", "1"], "n_steps"), (["--approximation", "simpson"], "method must be one of"),

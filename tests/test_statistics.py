@@ -121,3 +121,27 @@ def test_per_image_values_and_intervals_from_the_evaluation_tables():
     intervals = method_intervals(values)
     assert intervals.set_index(["method", "quantity"]).loc[("b", "jas_gate"), "mean"] == pytest.approx(0.125)
     assert (intervals["n"] == 2).all()
+
+
+def _record(method, image, path, jas):
+    return {"method": method, "image_id": image, "path": path, "jas": jas, "label": 0}
+
+
+def test_path_agreement_counts_units_paths_and_jas_differences():
+    from captum_paths.analysis import path_agreement
+
+    a = [_record("m", "x", [[1, 2], [3, 4]], 0.5), _record("m", "y", [[5, 6], [7, 8]], 0.4),
+         _record("m", "z", [[1, 1], [1, 1]], 0.1), _record("only-a", "x", [[0, 0], [0, 0]], 0.0)]
+    b = [_record("m", "x", [[2, 1], [3, 9]], 0.3), _record("m", "y", [[5, 6], [7, 8]], 0.4),
+         _record("m", "w", [[1, 1], [1, 1]], 0.2)]
+    tables = path_agreement(a, b)
+    row = tables["summary"].set_index("method").loc["m"]
+    # images x and y: x keeps {1, 2} (order does not count) and 3 of {3, 4}; y is equal
+    assert row["images"] == 2 and row["same_units"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert row["same_paths"] == pytest.approx(0.5)
+    assert row["jas_difference"] == pytest.approx(0.1) and row["max_abs_jas_difference"] == pytest.approx(0.2)
+    assert tables["layers"]["same_units"].tolist() == pytest.approx([1.0, 0.75])
+    with pytest.raises(ValueError, match=r"methods \['only-a'\] are not in both"):
+        path_agreement(a, b, methods=["only-a"])
+    with pytest.raises(ValueError, match="different models or k"):
+        path_agreement(a, [_record("m", "x", [[1], [2]], 0.5)])

@@ -10,11 +10,13 @@ which explains one path neuron in pixel space.
   :func:`consensus_paths`, :func:`shared_neurons`, :func:`shared_edges`,
   :func:`typical_paths`, :func:`class_similarity`, :func:`nearest_classes`.
 - :func:`path_sharing`: within- vs between-class Jaccard of paths.
+- :func:`path_agreement`: two sets of records of the same images (two runs) side by side.
 - :class:`PathTable`: records as numpy arrays; build it once and pass it to any
   of the above to skip re-reading the records.
 
 Plots of all of these live in :mod:`captum_paths.plots.paths`.
 """
+from captum_paths.analysis.agreement import path_agreement
 from captum_paths.analysis.classes import (
     PathSharing,
     class_similarity,
@@ -53,6 +55,7 @@ __all__ = [
     "class_similarity",
     "nearest_classes",
     "path_sharing",
+    "path_agreement",
     "neuron_pixel_attribution",
     "model_patch_size",
     "neuron_selector",

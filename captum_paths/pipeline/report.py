@@ -25,11 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def _as_text(df: pd.DataFrame, floatfmt: str = ".4f") -> pd.DataFrame:
-    """Floats with ``floatfmt`` and integers as integers, column by column."""
+    """Floats with ``floatfmt`` (p-values, columns named ``*_p`` or ``p_value``, in 3
+    significant digits: fixed decimals hide the small ones) and integers as integers."""
     cells = df.copy()
     for col in cells.columns:
         if pd.api.types.is_float_dtype(cells[col]):
-            cells[col] = [format(v, floatfmt) for v in cells[col]]
+            fmt = ".3g" if str(col).endswith("_p") or col == "p_value" else floatfmt
+            cells[col] = [format(v, fmt) for v in cells[col]]
         else:
             cells[col] = cells[col].astype(str)
     return cells
@@ -74,14 +76,8 @@ def _interval_cells(intervals: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]
     return wide.reset_index()
 
 
-def _p_values_as_text(comparisons: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
-    """The ``comparisons`` table with its p-values in 3 significant digits (4 decimals hide the small ones)."""
-    if comparisons is None or comparisons.empty:
-        return None
-    out = comparisons.copy()
-    for col in ("wilcoxon_p", "holm_p"):
-        out[col] = [format(v, ".3g") for v in out[col]]
-    return out
+def _non_empty(df: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    return None if df is None or df.empty else df
 
 
 def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
@@ -140,7 +136,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
                  "95% bootstrap interval; reference_better: share of images where neuron-path's path is better "
                  "(higher JAS, lower removal deviation, higher enhancement deviation; ties count half); two-sided "
                  "Wilcoxon signed-rank p, Holm-adjusted over the table.",
-                 _p_values_as_text(_read_csv(eva / "comparisons.csv"))),
+                 _non_empty(_read_csv(eva / "comparisons.csv"))),
             ):
                 if extra[2] is not None:
                     sections.append(extra)
