@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from captum_paths.cli import main
+from captum_paths.explorer import read_payload
 from captum_paths.records import read_records
 from captum_paths.search.registry import PATH_METHODS
 
@@ -73,8 +74,7 @@ def test_demo_end_to_end_writes_a_report_that_parses(tmp_path, capsys):
     assert main(["report", "--run", str(out), "--quiet"]) == 0
     assert main(["report", "--run", str(out), "--graph-nodes", "0", "--heatmaps", "0", "--quiet"]) == 0
     page = (out / "report.html").read_text()
-    data = page[page.index("<script id='explorer-data'"):]
-    embedded = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
+    embedded = read_payload(page)
     assert list(embedded["graphs"]) == ["neuron-path"] and embedded["heat"] == {}
     assert "activation, knowledge-neurons" in " ".join(embedded["meta"]["notes"])
     assert main(["analyze", "--run", str(out), "--method", "nope", "--quiet"]) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from captum_paths.explorer import ExplorerLimits, explorer_payload
+from captum_paths.explorer import ExplorerLimits, explorer_payload, read_payload
 from captum_paths.pipeline import Run
 from captum_paths.pipeline.demo import run_demo
 from captum_paths.pipeline.evaluate import complete_images
@@ -193,8 +193,7 @@ def test_the_page_is_self_contained(demo):
     _, _, report = demo
     page = report.read_text()
     assert "<script src" not in page and "<link" not in page and "src='http" not in page  # nothing fetched
-    data = page[page.index("<script id='explorer-data'"):]
-    payload = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
+    payload = read_payload(page)
     assert payload["meta"]["classes"] == 10 and len(payload["images"]["thumbs"]) == 40
     assert set(payload["heat"]) == set(payload["neurons"]["neuron-path"])  # the demo gives every neuron its pixels
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captum_paths.demo import load_demo_model, save_demo_image_folder
-from captum_paths.explorer import explorer_payload
+from captum_paths.explorer import explorer_payload, read_payload
 from captum_paths.faithfulness import faithfulness_study
 from captum_paths.pipeline import Run
 from captum_paths.pipeline.run import RunMismatchError
@@ -53,8 +53,7 @@ def test_the_explorer_labels_blocks_and_gives_heatmaps_to_neurons_only(mixed_run
     blocks = len(load_demo_model().blocks)
     assert payload["meta"]["kinds"] == ["head", "neuron"] * blocks
     page = mixed_run.report_file.read_text()
-    data = page[page.index("<script id='explorer-data'"):]
-    embedded = json.loads(data[data.index(">") + 1:data.index("</script>")].replace("<\\/", "</"))
+    embedded = read_payload(page)
     with_heat = list(embedded["heat"])
     assert with_heat and all(int(key.split(":")[0]) % 2 == 1 for key in with_heat)  # FFN layers only
 

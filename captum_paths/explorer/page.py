@@ -7,7 +7,7 @@ import json
 from importlib import resources
 from typing import Any, Dict
 
-__all__ = ["render_page"]
+__all__ = ["render_page", "read_payload"]
 
 _BODY = """
 <header><h1>captum-paths explorer</h1><span class="run" id="run-name"></span>
@@ -33,6 +33,18 @@ _BODY = """
 def _script_text(text: str) -> str:
     """``text`` safe inside a ``<script>`` element (no early ``</script>``, no HTML comment opener)."""
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def _script_source(text: str) -> str:
+    """The inverse of :func:`_script_text`."""
+    return text.replace("<\\!--", "<!--").replace("<\\/", "</")
+
+
+def read_payload(page: str) -> Dict[str, Any]:
+    """The data object a page of :func:`render_page` embeds (to script on a written ``report.html``)."""
+    start = page.index("<script id='explorer-data'")
+    start = page.index(">", start) + 1
+    return json.loads(_script_source(page[start:page.index("</script>", start)]))
 
 
 def render_page(payload: Dict[str, Any], title: str = "captum-paths explorer") -> str:

@@ -200,7 +200,7 @@ def evaluate_paths(
                                        for name, result in paths.items()},
                                       sites=sites, seed=seed, batch_size=batch_size)
         save_table(faithful, out / "faithfulness")
-        summary = faithfulness_summary(faithful)
+        summary = faithfulness_summary(faithful, seed=seed)
         save_table(summary, out / "faithfulness_summary")
         save_table(fewest_units(summary), out / "faithfulness_fewest")
         save_figure(plot_faithfulness(summary), out / "faithfulness")
