@@ -554,7 +554,7 @@ def test_outputs_have_the_mode_of_a_plain_write(base_run):
 
 
 # --------------------------------------------------------------------------------- finding 10: demo
-def test_demo_rewrites_a_partial_or_changed_image_folder(tmp_path, caplog):
+def test_demo_replaces_only_its_own_image_folder(tmp_path, caplog):
     from captum_paths.pipeline.demo import run_demo
 
     out = tmp_path / "demo"
@@ -563,15 +563,19 @@ def test_demo_rewrites_a_partial_or_changed_image_folder(tmp_path, caplog):
     data = out / "data"
     full = ids_of(data)
     assert len(full) == 10 and len(read_records(out / "records.jsonl")) == 60
-    for image in full[::3]:  # what a killed demo leaves: some images, no marker
-        (data / image).unlink()
-    (data / ".demo.json").unlink()
-    run_demo(out, per_class=1, n_steps=2, progress=False)
-    assert ids_of(data) == full
-    assert json.loads((data / ".demo.json").read_text()) == {"split": "test", "per_class": 1}
-    assert len(read_records(out / "records.jsonl")) == 60
+    run_demo(out, per_class=1, n_steps=2, progress=False)  # the same demo again: resumes, nothing rewritten
+    assert ids_of(data) == full and len(read_records(out / "records.jsonl")) == 60
 
-    run_demo(out, per_class=2, n_steps=2, progress=False)
+    (data / ".demo.json").unlink()  # a folder the demo did not write (it writes the marker with the folder)
+    with pytest.raises(ValueError, match="not the image folder the demo writes"):
+        run_demo(out, per_class=1, n_steps=2, progress=False)
+    assert ids_of(data) == full and len(read_records(out / "records.jsonl")) == 60
+    (data / ".demo.json").write_text(json.dumps({"split": "test", "per_class": 1}))
+
+    with pytest.raises(ValueError, match="holds the demo of --per-class 1; --restart replaces it"):
+        run_demo(out, per_class=2, n_steps=2, progress=False)
+    assert ids_of(data) == full and len(read_records(out / "records.jsonl")) == 60
+    run_demo(out, per_class=2, n_steps=2, progress=False, restart=True)
     assert len(ids_of(data)) == 20 and set(full) < set(ids_of(data))
     assert json.loads((data / ".demo.json").read_text())["per_class"] == 2
     records = read_records(out / "records.jsonl")
@@ -679,7 +683,7 @@ def test_a_bad_record_names_its_file_and_line(base_run, tmp_path, capsys):
         assert code == 2 and one_line(err) and where in err, (name, err)
     # optional keys may be missing: the report counts the record
     minimal = {k: good[k] for k in ("image_id", "method", "path", "target")}
-    folder = _with_lines(base_run.folder, tmp_path / "minimal", [json.dumps(dict(minimal, image_id="9/x.png")) + "\n"])
+    folder = _with_lines(base_run.folder, tmp_path / "minimal", [json.dumps(dict(minimal, method="by-hand")) + "\n"])
     code, _, err = run_main(capsys, "report", "--run", folder)
     assert code == 0 and "41 records" in (folder / "summary.md").read_text(), err
 
@@ -752,16 +756,15 @@ def test_an_extract_that_finished_meanwhile_keeps_its_methods(small, tmp_path, m
         [("activation", i) for i in ids_of(small)[:1]] + [("random", i) for i in ids_of(small)[:2]])
 
 
-def test_report_says_when_records_come_from_two_models(base_run, tmp_path, capsys, caplog):
+def test_report_refuses_records_of_another_model(base_run, tmp_path, capsys):
     lines = [json.loads(line) for line in base_run.records_file.read_text().splitlines()]
     for r in lines[::2]:
         r["model_id"] = "demo-v2"
     folder = _with_lines(base_run.folder, tmp_path / "run", [])
     (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     code, _, err = run_main(capsys, "report", "--run", folder)
-    assert code == 0, err
-    assert "holds records of 2 models (demo" in caplog.text
-    assert "the records come from 2 models" in (folder / "summary.md").read_text()
+    assert code == 2 and one_line(err) and "model 'demo-v2' (run.json: 'demo')" in err, err
+    assert not (folder / "summary.md").exists()
 
 
 def test_world_size_without_a_launcher_is_a_one_line_error(small, tmp_path, capsys, monkeypatch):

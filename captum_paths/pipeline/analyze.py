@@ -49,6 +49,8 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
         raise ValueError(f"permutations must be a non-negative int (0: no permutation test); got {permutations!r}")
     records = run.records()
+    run.check_units(records)
+    digest = run.records_digest(records)
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method is None:
         method = SEARCHED if SEARCHED in methods else methods[0]
@@ -98,6 +100,7 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
             "p_value": sharing.p_value, "permutations": sharing.permutations,
             "mean_consensus_support": float(cons["support"].mean()),
             "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
+            "records_sha256": digest,
         })
     return run.analysis_dir
 

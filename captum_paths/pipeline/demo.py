@@ -58,6 +58,7 @@ def run_demo(
     per_class: Optional[int] = DEMO_PER_CLASS,
     n_steps: Optional[int] = None,
     threads: Optional[int] = DEMO_THREADS,
+    restart: bool = False,
 ) -> Path:
     """Run the whole job on the demo model's test images; returns the Markdown summary.
 
@@ -70,40 +71,73 @@ def run_demo(
             study's search (default: the methods' own for the search, 16 for the rest).
         threads: torch intra-op threads for the run, restored afterwards (``None`` or 0: torch's
             own setting). Default: :data:`DEMO_THREADS` (1).
-    Rerunning resumes the path search; evaluation, analysis and report are redone.
+        restart: replace a demo run of other settings (``per_class``) in ``out``.
+
+    Rerunning resumes the path search; evaluation, analysis and report are redone. Only
+    what the demo wrote is ever replaced: a folder that holds another run, files a run
+    would replace without its ``run.json``, or an ``out/data`` the demo did not write is
+    refused (``ValueError``), and so is a demo run of other settings unless ``restart``.
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads must be a non-negative int (0 or None: torch's default); got {threads!r}")
     with _torch_threads(threads or None):
-        return _run_demo(Path(out), limit, progress, per_class, n_steps, threads or None)
+        return _run_demo(Path(out), limit, progress, per_class, n_steps, threads or None, restart)
 
 
 def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Optional[int], n_steps: Optional[int],
-              threads: Optional[int]) -> Path:
+              threads: Optional[int], restart: bool) -> Path:
     start = time.perf_counter()
     per_class = per_class or None
     methods = list(PATH_METHODS)
     run = Run(out, device="cpu")
+    data = out / "data"
+    if out.is_dir():
+        _check_folder(run, data, {"split": "test", "per_class": per_class}, restart)
     with run.lock():  # one demo per folder, from its images to its report
-        data = out / "data"
-        rebuilt = _write_images(data, per_class)
+        _check_folder(run, data, {"split": "test", "per_class": per_class}, restart)  # again, now that it is ours
+        _write_images(data, per_class)
         summary = run.extract("demo", data, methods=methods, batch_size=64, limit=limit, progress=progress,
-                              n_steps=n_steps, restart=rebuilt)
+                              n_steps=n_steps, restart=restart)
         return _finish(run, out, summary, methods, per_class, n_steps, threads, start)
+
+
+def _demo_marker(data: Path) -> Optional[dict]:
+    """What the demo wrote ``data`` for (``{"split", "per_class"}``), or ``None`` when the demo did not write it."""
+    try:
+        marker = json.loads((data / ".demo.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _check_folder(run: Run, data: Path, wanted: dict, restart: bool) -> None:
+    """``ValueError`` unless the demo may write its run into ``run.folder``: nothing there is
+    replaced that the demo did not write, and a demo of other settings only with ``restart``."""
+    marker = _demo_marker(data)
+    if data.exists() and marker is None:
+        raise ValueError(f"{str(data)!r} is not the image folder the demo writes (it has no .demo.json); the demo "
+                         "would replace it: use another --out")
+    run.check_output(own=("settings.json",))
+    old = run.read_settings()
+    if old is None:
+        return
+    if old.get("model") != "demo" or old.get("data") != str(data.resolve()):
+        raise ValueError(f"output folder {str(run.folder)!r} holds a run of model {old.get('model')!r} on "
+                         f"{old.get('data')!r}, not a demo; use another --out")
+    if marker is not None and marker != wanted and not restart:
+        raise ValueError(f"output folder {str(run.folder)!r} holds the demo of --per-class "
+                         f"{marker.get('per_class') or 0}; --restart replaces it, or use another --out")
 
 
 def _write_images(data: Path, per_class: Optional[int]) -> bool:
     """Write the demo's test images to ``data`` unless a complete folder of the same
-    ``per_class`` is there; returns whether it was (re)written."""
-    marker = data / ".demo.json"
+    ``per_class`` is there; returns whether it was (re)written (a folder the demo did not
+    write is never here: :func:`_check_folder` refused it)."""
     wanted = {"split": "test", "per_class": per_class}
     if data.exists():
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")) == wanted:
-                return False
-        except (OSError, ValueError):  # no marker: a folder a killed demo left half written
-            pass
-        logger.info("rewriting %s (partial, or written for other settings)", data)
+        if _demo_marker(data) == wanted:
+            return False
+        logger.info("rewriting %s (written for other settings)", data)
         shutil.rmtree(data)
     partial = data.with_name(f".{data.name}.new")
     if partial.exists():

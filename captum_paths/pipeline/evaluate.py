@@ -249,6 +249,8 @@ def evaluate(
                                    or max_images < 1):
         raise ValueError(f"max_images must be a positive int or None (every image); got {max_images!r}")
     records = run.records()
+    run.check_units(records)
+    digest = run.records_digest(records)
     image_ids, by_method = complete_images(records)
     if not image_ids:
         raise ValueError(f"no image of run {str(run.folder)!r} has a record for every method")
@@ -275,6 +277,6 @@ def evaluate(
             "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
             "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
-            "model": run.settings["model"],
+            "model": run.settings["model"], "records_sha256": digest,
         })
     return run.evaluation_dir

@@ -171,8 +171,7 @@ def extract(
         cls.check_arguments(k=k, n_steps=n_steps, method=approximation, mode=mode,
                             **{key: v for key, v in options.items() if key in cls.options})
     out = run.folder
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {str(out)!r} is a file")
+    run.check_output(data)  # not inside the data, and no file that is not the run's replaced
     if random_weights is None and has_random_weights(model, pretrained, checkpoint):
         raise ValueError(
             f"model {model!r} without --pretrained or --checkpoint has random weights, a different network on every "

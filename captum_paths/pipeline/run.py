@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,10 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.explorer import ExplorerLimits
     from captum_paths.sites import NeuronSites
 
-__all__ = ["Run", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "UNITS", "RUN_FILE",
-           "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE"]
+__all__ = ["Run", "check_same_images", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "UNITS", "RUN_FILE",
+           "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE", "RUN_OUTPUTS"]
 
 PathLike = Union[str, os.PathLike]
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -56,6 +59,11 @@ UNITS = ("neurons", "heads", "mixed")
 _NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
              "weights_sha256", "model_args", "dtype")
 
+
+#: What a run writes in its folder besides its records: a folder without ``run.json`` that holds
+#: one of these is not made a run folder (its files would be replaced). Records without ``run.json``
+#: are refused by :meth:`Run.check` (``--restart`` deletes them).
+RUN_OUTPUTS = (UNREADABLE_FILE, "evaluation", "analysis", "report.html", "summary.md")
 
 #: Settings the run's model and images are loaded from.
 _LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map", "random_weights",
@@ -246,6 +254,10 @@ class Run:
         if not isinstance(settings, dict):
             raise RunMismatchError(f"{self.run_file} holds a JSON {type(settings).__name__}, not the object of "
                                    "settings extract writes; use --restart to start over")
+        schema = settings.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= SCHEMA_VERSION:
+            raise RunMismatchError(f"{self.run_file} has schema {schema!r}; this captum_paths reads schemas 1 to "
+                                   f"{SCHEMA_VERSION} (a newer version wrote it, or it was edited)")
         return upgrade_settings(settings)
 
     @property
@@ -290,22 +302,144 @@ class Run:
         self._settings = settings
 
     def clear(self) -> None:
-        """Delete the folder's records and settings (other files stay)."""
-        for file in self.record_files() + [self.run_file, self.unreadable_file]:
+        """Delete the folder's records and settings, and the stage outputs made from them
+        (``evaluation/``, ``analysis/``, ``report.html``, ``summary.md``); other files stay."""
+        for file in self.record_files() + [self.run_file, self.unreadable_file, self.report_file, self.summary_file]:
             if file.exists():
                 file.unlink()
+        for folder in (self.evaluation_dir, self.analysis_dir):
+            if folder.is_dir():
+                shutil.rmtree(folder)
         self._settings = None
+
+    def check_output(self, data: Optional[PathLike] = None, own: Sequence[str] = ()) -> None:
+        """``ValueError`` when the folder cannot become (or stay) this run's folder without
+        touching files that are not the run's: the folder is a file, is or lies inside the
+        data folder ``data``, or, having no ``run.json``, holds files a run writes
+        (:data:`RUN_OUTPUTS` and the names in ``own``) that a stage would replace."""
+        out = self.folder
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output folder {str(out)!r} is a file")
+        if data is not None:
+            real_out, real_data = os.path.realpath(out), os.path.realpath(data)
+            if real_out == real_data or real_out.startswith(real_data.rstrip(os.sep) + os.sep):
+                raise ValueError(f"--out {str(out)!r} is inside the data folder {str(data)!r}: the run's files would "
+                                 "change the data; use an output folder outside it")
+        if out.is_dir() and not self.run_file.exists():
+            found = sorted(name for name in (*RUN_OUTPUTS, *own) if (out / name).exists())
+            if found:
+                raise ValueError(f"output folder {str(out)!r} has no {RUN_FILE} but holds {', '.join(found)}, which "
+                                 "a run would replace; move them, or use another --out")
 
     # ---------------------------------------------------------------- records
     def records(self) -> List[Dict[str, Any]]:
-        """The records of ``records.jsonl``; an error says how to make them."""
+        """The records of ``records.jsonl``, checked against the run; an error says how to make them.
+
+        :class:`RunMismatchError` when a record does not belong to this run: another
+        model, ``k`` or mode than ``run.json`` names, an image that is not in the data
+        folder, or a label that is not its image's (checked when the data folder is here).
+        """
         settings = self.settings  # a missing folder or run.json is named first
         del settings
         records = read_records(self.records_file, check=True)
         if not records:
             raise ValueError(f"run folder {str(self.folder)!r} has no records in {RECORDS_FILE}; run "
                              "`captum-paths extract` (or `captum-paths merge` after a torchrun that stopped early)")
+        self._check_records(records, RECORDS_FILE)
+        self._check_images(records)
         return records
+
+    def records_digest(self, records: Sequence[Mapping[str, Any]]) -> str:
+        """SHA-256 of ``records`` in their merged form: what a stage's outputs were made from
+        (``records_sha256`` in their ``summary.json``), so that the report can tell stale ones."""
+        digest = hashlib.sha256()
+        for record in sorted(records, key=record_key):
+            digest.update((json.dumps(record, sort_keys=True) + "\n").encode())
+        return digest.hexdigest()
+
+    def stale(self, folder: Path, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the stage outputs in ``folder`` were made from other records than ``records``
+        (their ``summary.json`` names a ``records_sha256``; outputs of older versions name none
+        and are taken as current)."""
+        try:
+            made_from = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("records_sha256")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return made_from is not None and made_from != self.records_digest(records)
+
+    def _check_records(self, records: Sequence[Mapping[str, Any]], source: str) -> None:
+        """:class:`RunMismatchError` when a record of ``source`` was made with another model, ``k``,
+        mode or kind of unit than ``run.json`` names."""
+        s = self.settings
+        units = s.get("units", "neurons")
+        for record in records:
+            rs = record.get("settings") or {}
+            found = {"model": record.get("model_id"), "k": rs.get("k"), "mode": rs.get("mode")}
+            bad = [f"{key} {value!r} (run.json: {s.get(key)!r})" for key, value in found.items()
+                   if value is not None and s.get(key) is not None and value != s.get(key)]
+            kinds = set(rs.get("kinds") or ["neuron"])
+            if (units == "neurons" and kinds != {"neuron"}) or (units == "heads" and kinds != {"head"}):
+                bad.append(f"units {sorted(kinds)} (run.json: {units!r})")
+            if bad:
+                raise RunMismatchError(
+                    f"{source} of run {str(self.folder)!r} holds a record of another run (image "
+                    f"{record.get('image_id')!r}, method {record.get('method')!r}: {'; '.join(bad)}); were the "
+                    f"records or {RUN_FILE} edited? Extract a new run"
+                )
+
+    def _check_images(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """:class:`RunMismatchError` when a record names an image that is not in the data folder, or
+        a label other than its image's (skipped, with a note in the log, when the folder is not here)."""
+        data = self.settings.get("data")
+        if data is None or not os.path.isdir(data):
+            return
+        try:
+            folder = self._folder()
+        except (ValueError, OSError) as exc:
+            logger.warning("records of %s not checked against the data folder: %s", self.folder, exc)
+            return
+        labels = {image_id: label for image_id, label in zip(folder.image_ids, folder.targets)}
+        unreadable = {Path(p).relative_to(folder.root).as_posix() for p, _ in folder.unreadable
+                      if _inside(p, folder.root)}
+        for record in records:
+            image_id, label = str(record["image_id"]), record.get("label")
+            if image_id not in labels:
+                if image_id in unreadable:
+                    continue
+                raise RunMismatchError(f"{RECORDS_FILE} of run {str(self.folder)!r} has a record of image {image_id!r}, "
+                                       f"which is not in the data folder {data!r}; were the records edited?")
+            if label is not None and label != labels[image_id]:
+                raise RunMismatchError(f"{RECORDS_FILE} of run {str(self.folder)!r} labels image {image_id!r} "
+                                       f"{label!r}, but its class folder has index {labels[image_id]!r}; were the "
+                                       "records edited?")
+
+    def check_units(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """``ValueError`` when a record's path does not fit the run's sites: another number of
+        layers, or a unit index at or past its layer's width. Skipped with a warning when the
+        run's model cannot be loaded here (a checkpoint that is not on this machine)."""
+        from captum_paths.models import ModelLoadError
+
+        try:
+            sites = self.sites()
+        except (ModelLoadError, OSError) as exc:
+            logger.warning("the paths of %s are not checked against the model's units: %s", self.folder, exc)
+            return
+        widths = sites.widths
+        for record in records:
+            path = record["path"]
+            if len(path) != len(sites):
+                raise RunMismatchError(f"{RECORDS_FILE} of run {str(self.folder)!r}: the path of image "
+                                       f"{record['image_id']!r} ({record['method']}) has {len(path)} layers, the "
+                                       f"model's sites {len(sites)}; were the records edited?")
+            if widths is None:
+                continue
+            for layer, (units, width) in enumerate(zip(path, widths)):
+                over = [u for u in units if u >= width]
+                if over:
+                    raise RunMismatchError(
+                        f"{RECORDS_FILE} of run {str(self.folder)!r}: the path of image {record['image_id']!r} "
+                        f"({record['method']}) holds unit {over[0]} in layer {layer}, which has {width}; were "
+                        "the records edited?")
 
     def merge(self) -> List[Dict[str, Any]]:
         """Merge every record file into ``records.jsonl``, one record per (method, image, model).
@@ -319,8 +453,11 @@ class Run:
             files = self.record_files()
             if not files:  # nothing to merge: an empty records.jsonl would block extract in a folder without run.json
                 return []
-            records = unique_records((r for file in files for r in read_records(file, unique=False)),
-                                     f"run folder {str(self.folder)!r}")
+            read = {file: read_records(file, unique=False) for file in files}
+            if self.read_settings() is not None:  # a shard of another run is refused before anything is written
+                for file, part in read.items():
+                    self._check_records(part, file.name)
+            records = unique_records((r for part in read.values() for r in part), f"run folder {str(self.folder)!r}")
             records.sort(key=record_key)
             write_text_atomic(self.records_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
             for file in files:
@@ -344,7 +481,15 @@ class Run:
         if self._model is None:
             from captum_paths.models import load_model
 
+            from captum_paths.models import has_random_weights
+
             s = self.settings
+            if s.get("random_weights") is None and has_random_weights(s["model"], bool(s.get("pretrained")),
+                                                                      s.get("checkpoint")):
+                raise RunMismatchError(
+                    f"{RUN_FILE} of run {str(self.folder)!r} names model {s['model']!r} without pretrained weights, "
+                    "a checkpoint or a random-weights seed: a different random network on every load, not the one "
+                    "the records were made with; was run.json edited?")
             self._check_file(s.get("checkpoint"), s.get("checkpoint_sha256"), "checkpoint")
             classnames = self._folder().class_names() if s.get("data") is not None else None
             self._model, self._transform = load_model(
@@ -543,6 +688,41 @@ class Run:
         from captum_paths.pipeline.report import write_report
 
         return write_report(self, limits=limits, heatmaps=heatmaps)
+
+
+def check_same_images(a: Run, b: Run, image_ids: Sequence[str]) -> None:
+    """:class:`RunMismatchError` when the image files of ``image_ids`` in ``a``'s and ``b``'s data
+    folders differ (in size, else in content): records of the same ids are then records of
+    other pictures. Runs on one data folder pass at once; a data folder that is not here is
+    named in a warning, and its pictures are not compared."""
+    folders = [run.settings.get("data") for run in (a, b)]
+    if None in folders or os.path.realpath(folders[0]) == os.path.realpath(folders[1]):
+        return
+    missing = [folder for folder in folders if not os.path.isdir(folder)]
+    if missing:
+        logger.warning("the data folder %s is not here: the pictures behind the image ids of %s and %s are not "
+                       "compared", missing[0], a.folder, b.folder)
+        return
+    differ = []
+    for image_id in image_ids:
+        files = [Path(folder) / str(image_id) for folder in folders]
+        if not all(_inside(os.path.realpath(f), os.path.realpath(d)) and f.is_file() for f, d in zip(files, folders)):
+            differ.append(image_id)
+        elif files[0].stat().st_size != files[1].stat().st_size or file_sha256(files[0]) != file_sha256(files[1]):
+            differ.append(image_id)
+    if differ:
+        raise RunMismatchError(
+            f"{len(differ)} of the {len(image_ids)} images the runs share by id are other pictures (or missing) in "
+            f"{folders[0]!r} and {folders[1]!r} (e.g. {differ[0]!r}); compare runs of the same images"
+        )
+
+
+def _inside(path: PathLike, folder: PathLike) -> bool:
+    try:
+        Path(path).relative_to(folder)
+    except ValueError:
+        return False
+    return True
 
 
 def _swap_names(final: Path) -> Tuple[Path, Path]:
