@@ -9,7 +9,14 @@ Corrupt or unreadable files are found upfront, in ``__init__``, with a cheap
 are left out of the dataset, listed in :attr:`ImageFolderDataset.unreadable` and
 reported through :mod:`logging`. Damage the cheap check cannot see (a truncated
 JPEG) surfaces when the image is loaded, as an :class:`UnreadableImageError`
-naming the file. Images of more than 8 bits per channel (16-bit PNG and TIFF,
+naming the file. Only regular files (after following symlinks) are opened: a
+FIFO, socket or device with an image's name is listed as unreadable, never
+opened (opening a FIFO would wait forever). Folder symlinks are followed except
+into the data folder (another class's images, relabeled), onto a folder holding
+it, round a loop or into a folder already walked; each one not followed is
+listed with its reason too. File names that hold a line break or a control
+character are listed, and logged, as Python string literals (:func:`one_line`),
+one file to a line. Images of more than 8 bits per channel (16-bit PNG and TIFF,
 32-bit integer or float images) are scaled to 8 bits before any conversion, not
 clipped.
 """
@@ -18,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -25,8 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "UnreadableImageError", "read_label_map", "to_8bit",
-           "open_image"]
+__all__ = ["IMG_EXTENSIONS", "MAX_CLASS_INDEX", "ImageFolderDataset", "UnreadableImageError", "read_label_map",
+           "to_8bit", "open_image", "one_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,28 @@ IMG_EXTENSIONS: Tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
 )
 _SCANS = ("verify", "decode", "none")
+
+#: Class indices a label map may give are below this bound, checked before any model loads (the
+#: largest published classifier heads, ImageNet-21k's 21843 classes, fit with room to spare); the
+#: pipeline then checks them against the model's own number of classes.
+MAX_CLASS_INDEX = 100_000
+
+# what would split a line of a listing: line breaks and other control characters, and the
+# surrogates that stand for undecodable bytes of a file name (no encoding can write those)
+_NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(name: Union[str, os.PathLike]) -> str:
+    """``name`` (a file name or path) as one printable line: itself, unless it holds a line break,
+    a tab, another control character or undecodable bytes; then its Python string literal
+    (``'a\\nb.png'``, which :func:`ast.literal_eval` reads back)."""
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    return repr(text) if _NOT_ONE_LINE.search(text) else text
+
+
+def _one_line_text(text: str) -> str:
+    """A message with its line breaks and control characters escaped (``\\n``, ``\\x1b``)."""
+    return _NOT_ONE_LINE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 class UnreadableImageError(OSError):
@@ -73,7 +104,11 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 def open_image(path: Union[str, os.PathLike], mode: Optional[str] = "RGB") -> Image.Image:
     """Decode an image file fully, at 8 bits per channel (:func:`to_8bit`), converted to
-    ``mode`` (``None`` keeps the file's mode); :class:`UnreadableImageError` names a damaged file."""
+    ``mode`` (``None`` keeps the file's mode); :class:`UnreadableImageError` names a damaged file,
+    or one that is not a regular file (a FIFO, socket or device is never opened)."""
+    not_regular = _not_regular_file(path)
+    if not_regular is not None:
+        raise UnreadableImageError(path, not_regular)
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, with its name
@@ -163,28 +198,42 @@ class ImageFolderDataset(Dataset):
 
         self.samples: List[Tuple[str, int]] = []
         self.unreadable: List[Tuple[str, str]] = []
+        self._unreadable_files: List[str] = []  # the image files among them, unescaped (the fingerprint's)
+        folders: List[Tuple[str, str]] = []  # (folder symlink, why it was not followed)
+        walked: set = set()  # real folders walked, over every class: each is walked once
         for cls in self.classes:
             kept = 0
-            for path in self._find_images(self.root / cls):
+            files, skipped = self._find_images(self.root / cls, walked)
+            folders += skipped
+            for path in files:
                 if max_per_class is not None and kept >= max_per_class:
                     break
                 error = _check_image(path, scan)
                 if error is not None:
-                    self.unreadable.append((str(path), error))
+                    self.unreadable.append((one_line(path), _one_line_text(error)))
+                    self._unreadable_files.append(str(path))
                     continue
                 self.samples.append((str(path), self.class_to_idx[cls]))
                 kept += 1
-        if self.unreadable:
-            shown = "; ".join(f"{p}: {e}" for p, e in self.unreadable[:5])
-            more = f"; ... ({len(self.unreadable) - 5} more)" if len(self.unreadable) > 5 else ""
+        files_unreadable = len(self.unreadable)
+        self.unreadable += [(one_line(path), reason) for path, reason in folders]
+        if folders:
+            shown = "; ".join(f"{one_line(p)}: {e}" for p, e in folders[:5])
+            more = f"; ... ({len(folders) - 5} more)" if len(folders) > 5 else ""
+            logger.warning("did not follow %d folder symlink(s) under %s: %s%s",
+                           len(folders), one_line(self.root), shown, more)
+        if files_unreadable:
+            shown = "; ".join(f"{p}: {e}" for p, e in self.unreadable[:min(5, files_unreadable)])
+            more = f"; ... ({files_unreadable - 5} more)" if files_unreadable > 5 else ""
             logger.warning(
                 "skipped %d unreadable image file(s) under %s: %s%s",
-                len(self.unreadable), self.root, shown, more,
+                files_unreadable, one_line(self.root), shown, more,
             )
         if not self.samples:
             raise ValueError(
                 f"dataset root {str(self.root)!r} has no readable images with extensions "
-                f"{', '.join(self.extensions)} in its class folders ({len(self.unreadable)} unreadable)"
+                f"{', '.join(self.extensions)} in its class folders ({files_unreadable} unreadable"
+                + (f", {len(folders)} folder symlink(s) not followed" if folders else "") + ")"
             )
         self.targets: List[int] = [label for _, label in self.samples]
         self.image_ids: List[str] = [Path(p).relative_to(self.root).as_posix() for p, _ in self.samples]
@@ -219,7 +268,7 @@ class ImageFolderDataset(Dataset):
 
         digest = hashlib.sha256()
         digest.update(json.dumps(sorted(self.class_to_idx.items())).encode())
-        files = sorted([p for p, _ in self.samples] + [p for p, _ in self.unreadable])
+        files = sorted([p for p, _ in self.samples] + self._unreadable_files)
         for path in files:
             size = os.stat(path).st_size if os.path.exists(path) else -1
             digest.update(f"{Path(path).relative_to(self.root).as_posix()}\t{size}\n".encode())
@@ -231,36 +280,58 @@ class ImageFolderDataset(Dataset):
             f"classes={len(self.classes)}, unreadable={len(self.unreadable)})"
         )
 
-    def _find_images(self, folder: Path) -> List[Path]:
-        """The image files under ``folder``, each once. Folder symlinks are followed, except into a
-        folder already walked, back up to a folder above them (a loop), or into the data folder,
-        whose images are found under their own class (following would list them twice, relabeled)."""
-        found = []
-        seen = set()  # real folders already walked
+    def _find_images(self, folder: Path, walked: set) -> Tuple[List[Path], List[Tuple[str, str]]]:
+        """The image files under the class folder ``folder``, each once, and ``(folder symlink, why)``
+        for every folder symlink not followed. Folder symlinks, the class folder's own included, are
+        followed except into the data folder, whose images are found under their own class (following
+        would list them twice, relabeled), onto a folder holding the data folder, back up to a folder
+        above them (a loop), or into a folder already walked (``walked``: real paths, over every class)."""
+        found: List[Path] = []
+        skipped: List[Tuple[str, str]] = []
         top = os.path.realpath(self.root)
 
-        def follow(dirpath: str, real: str, name: str) -> bool:
-            if name.startswith("."):
-                return False
+        def why_not(dirpath: str, real: str, name: str) -> Optional[str]:
+            """Why the folder ``dirpath/name`` (``real``: the real path of ``dirpath``) is not walked."""
             link = os.path.join(dirpath, name)
             target = os.path.realpath(link)
-            if target in seen:
-                return False
-            return not os.path.islink(link) or not (_within(real, target) or _within(target, top))
+            what = f"folder symlink to {one_line(target)}" if os.path.islink(link) else f"folder {one_line(target)}"
+            if _within(target, top) and target != os.path.join(real, name):
+                return (f"{what}, inside the data folder {one_line(top)}: not followed (its images are listed "
+                        "under their own class)")
+            if _within(top, target):
+                return f"{what}, which holds the data folder {one_line(top)}: not followed"
+            if target in walked:
+                return f"{what}, a folder already listed: not followed"
+            if _within(real, target):
+                return f"{what}, a folder above it (a loop): not followed"
+            return None
+
+        reason = why_not(str(self.root), top, folder.name)
+        if reason is not None:
+            return [], [(str(folder), reason)]
 
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             real = os.path.realpath(dirpath)
-            if real in seen:
+            if real in walked:
                 dirnames[:] = []
                 continue
-            seen.add(real)
-            dirnames[:] = [d for d in dirnames if follow(dirpath, real, d)]
+            walked.add(real)
+            keep = []
+            for name in dirnames:
+                if name.startswith("."):
+                    continue
+                reason = why_not(dirpath, real, name)
+                if reason is None:
+                    keep.append(name)
+                else:
+                    skipped.append((os.path.join(dirpath, name), reason))
+            dirnames[:] = keep
             found.extend(
                 Path(dirpath) / f
                 for f in filenames
                 if not f.startswith(".") and f.lower().endswith(self.extensions)
             )
-        return sorted(found, key=lambda p: p.relative_to(self.root).as_posix())
+        return sorted(found, key=lambda p: p.relative_to(self.root).as_posix()), skipped
 
     def _class_indices(self, label_map: Optional[Union[Mapping[str, int], str, os.PathLike]]
                        ) -> Tuple[Dict[str, int], Dict[int, str]]:
@@ -329,6 +400,14 @@ def _parse_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.
     if bad:
         shown = dict(list(bad.items())[:5])
         raise ValueError(f"{source}: class indices must be non-negative ints; got {shown}")
+    huge = [(v, k) for k, v in mapping.items() if v >= MAX_CLASS_INDEX]
+    if huge:
+        index, name = max(huge, key=lambda item: item[0])
+        more = f" (and {len(huge) - 1} more past the bound)" if len(huge) > 1 else ""
+        raise ValueError(
+            f"{source} (--label-map): class {name!r} has index {index}{more}; a class index must be "
+            f"below the model's number of classes, and at most {MAX_CLASS_INDEX - 1} in any case"
+        )
     return mapping, names
 
 
@@ -337,8 +416,27 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _not_regular_file(path: Union[str, os.PathLike]) -> Optional[str]:
+    """Why ``path`` is not a regular file after following symlinks (a FIFO, socket, device, folder,
+    a broken link), else ``None``; a ``stat``, nothing is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "another kind of file")
+    return f"not a regular file: {kind}; not opened"
+
+
 def _check_image(path: Path, scan: str) -> Optional[str]:
-    """Return an error message if the image cannot be read, else ``None``."""
+    """Return an error message if the image cannot be read, else ``None``. A file that is not a
+    regular file is refused whatever ``scan`` says, without opening it."""
+    not_regular = _not_regular_file(path)
+    if not_regular is not None:
+        return not_regular
     if scan == "none":
         return None
     try:

@@ -135,7 +135,10 @@ def load_model(
 
     Raises:
         ValueError: unknown spec prefix or model name, bad argument values, or a
-            checkpoint that does not fit the model.
+            checkpoint that does not fit the model. With ``model_kwargs``, whatever
+            building the model raises (an assertion, a division by zero, a negative
+            size) and a failing probe forward of one image of its own preprocessing
+            become a ValueError naming the spec, the args and the cause.
         FileNotFoundError: ``checkpoint`` does not exist.
         ModelLoadError: pretrained weights or a hub model could not be downloaded.
     """
@@ -165,7 +168,7 @@ def load_model(
     # a seed draws the weights from a generator of their own, leaving the caller's untouched;
     # without one they come from the global generator, a new network on every load
     seeded = torch.random.fork_rng(devices=[]) if random_weights is not None else contextlib.nullcontext()
-    with seeded:
+    with seeded, _naming_model_args(spec, model_kwargs, ""):
         if random_weights is not None:
             torch.manual_seed(random_weights)
         model, transform = loader.load(LoadRequest(spec, name, pretrained, checkpoint_path, num_classes,
@@ -173,7 +176,58 @@ def load_model(
 
     if torch_device is not None:
         model = model.to(torch_device)
-    return model.eval(), transform
+    model = model.eval()
+    if model_kwargs:  # a model built with other args may not run at all: find out now, with the args named
+        with _naming_model_args(spec, model_kwargs, " fails on a probe image of its own preprocessing"):
+            _probe(model, transform)
+    return model, transform
+
+
+@contextlib.contextmanager
+def _naming_model_args(spec: str, model_kwargs: Dict[str, Any], what: str):
+    """Turn what building (or probing) a model with ``model_kwargs`` raises into a ValueError naming
+    the spec, the args (the CLI's ``--model-arg``) and the cause: a timm assertion, a division by
+    zero, a negative tensor size, a checkpoint that does not fit. Errors that are not about the args
+    (no network, a missing file or package, out of memory) pass unchanged, as do all without args.
+    With args, the warnings raised meanwhile are held back and shown only when no error follows
+    (a model with ``embed_dim=0`` warns of zero-element tensors before failing)."""
+    if not model_kwargs:
+        yield
+        return
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    except (ModelLoadError, ImportError, FileNotFoundError, MemoryError):
+        raise
+    except Exception as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        shown = ", ".join(f"{key}={value!r}" for key, value in model_kwargs.items())
+        cause = " ".join(str(exc).split())
+        if not isinstance(exc, ValueError) or not cause:
+            cause = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+        raise ValueError(f"model {spec!r} with model args {shown} (--model-arg){what}: {cause}") from exc
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _probe(model: nn.Module, transform: Transform) -> None:
+    """One forward of a gray image through ``transform`` and ``model``: it must give ``(1, classes)``
+    logits (a single image, batch size 1, on the model's device)."""
+    from PIL import Image
+
+    x = transform(Image.new("RGB", (224, 224), (128, 128, 128)))
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"the preprocessing gives {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}, "
+                         "not a (channels, height, width) tensor")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        logits = to_logits(model(x[None].to(device)))
+    if logits.ndim != 2 or logits.shape[0] != 1 or logits.shape[1] < 1:
+        raise ValueError(f"the model's output for one image has shape {tuple(logits.shape)}, not (1, classes)")
 
 
 def has_random_weights(spec: str, pretrained: bool = False, checkpoint: Optional[Union[str, os.PathLike]] = None
