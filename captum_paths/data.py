@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = ["IMG_EXTENSIONS", "MAX_CLASS_INDEX", "ImageFolderDataset", "UnreadableImageError", "read_label_map",
-           "to_8bit", "open_image", "one_line"]
+           "to_8bit", "open_image", "one_line", "escape_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def one_line(name: Union[str, os.PathLike]) -> str:
     return repr(text) if _NOT_ONE_LINE.search(text) else text
 
 
-def _one_line_text(text: str) -> str:
+def escape_line(text: str) -> str:
     """A message with its line breaks and control characters escaped (``\\n``, ``\\x1b``)."""
     return _NOT_ONE_LINE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
@@ -210,7 +210,7 @@ class ImageFolderDataset(Dataset):
                     break
                 error = _check_image(path, scan)
                 if error is not None:
-                    self.unreadable.append((one_line(path), _one_line_text(error)))
+                    self.unreadable.append((one_line(path), escape_line(error)))
                     self._unreadable_files.append(str(path))
                     continue
                 self.samples.append((str(path), self.class_to_idx[cls]))

@@ -345,10 +345,12 @@ def _first_image(dataset) -> Tuple[torch.Tensor, int, str]:
 
 
 def _list_unreadable(run: "Run", skipped: Sequence[Tuple[str, str]]) -> None:
-    """Add images that failed to decode during the run to ``unreadable.txt`` (each file once)."""
+    """Add images that failed to decode during the run to ``unreadable.txt`` (each file once, one line each)."""
+    from captum_paths.data import escape_line, one_line
+
     lines = run.unreadable_file.read_text(encoding="utf-8").splitlines() if run.unreadable_file.exists() else []
     listed = {line.split("\t", 1)[0] for line in lines}
-    lines += [f"{p}\t{e}" for p, e in sorted(set(skipped)) if p not in listed]
+    lines += [f"{one_line(p)}\t{escape_line(e)}" for p, e in sorted(set(skipped)) if one_line(p) not in listed]
     write_text_atomic(run.unreadable_file, "".join(line + "\n" for line in lines))
 
 
