@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="riemann_left|riemann_right|riemann_middle|riemann_trapezoid|gausslegendre")
     extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
     extract.add_argument("--refine", default=None, metavar="C",
-                         help="neuron-path: candidates re-scored exactly per layer, a number or 'all' "
-                              "(default: 6 in gate mode, 0 in paper mode)")
+                         help="neuron-path: candidates re-scored exactly per layer, a number >= --k or 'all' "
+                              "(default: 6 in gate mode, or --k when larger; 0 in paper mode)")
     extract.add_argument("--beam", type=int, default=None, metavar="B",
                          help="neuron-path: keep the B best partial paths per image (default: 1, the greedy)")
     extract.add_argument("--target", choices=("label", "pred"), default="label",
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="how far two runs' paths of the same images agree (neurons, whole paths, JAS)",
         description="Pair the records of two run folders by method and image: the share of path units and whole "
-                    "paths in common, the JAS difference image by image (95%% bootstrap interval, Wilcoxon "
+                    "paths in common, the JAS difference image by image (95% bootstrap interval, Wilcoxon "
                     "signed-rank p), and per layer the share of units in common. Reads records only.")
     compare.add_argument("--run", type=Path, required=True, help="run folder A")
     compare.add_argument("--against", type=Path, required=True, help="run folder B (same images, same model shape)")

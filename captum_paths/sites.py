@@ -358,6 +358,25 @@ class NeuronSites:
                     "(NeuronSites.from_names)"
                 )
 
+    def check_execution_order(self, acts: Mapping[int, torch.Tensor]) -> None:
+        """ValueError when the sites did not run in layer order in the forward that filled
+        ``acts`` (a :meth:`record`, whose dict fills in call order), or some did not run: a path's
+        layers are searched and gated in execution order, so sites given out of order (e.g.
+        ``from_names(model, ["blocks.3.mlp.act", "blocks.1.mlp.act"])``) would be scored wrongly."""
+        missing = [self.names[l] for l in range(self.num_layers) if l not in acts]
+        if missing:
+            raise ValueError(
+                f"sites {missing} did not run in the forward of {type(self.model).__name__}; pass sites that "
+                "the model calls (NeuronSites.from_names)"
+            )
+        called = list(acts)
+        if called != sorted(called):
+            raise ValueError(
+                f"the sites are not in execution order: given {self.names}, but the forward of "
+                f"{type(self.model).__name__} runs them as {[self.names[l] for l in called]}; pass them in the "
+                "order the model runs them (a path's layers are searched one after the other)"
+            )
+
     # ---------------------------------------------------------------------- hooks
     @contextlib.contextmanager
     def edit(self, edits: Mapping[int, SiteEdit]) -> Iterator[None]:

@@ -12,6 +12,7 @@ from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
     check_finite_output,
+    check_grad_mode,
     check_internal_batch_size,
     format_additional_args,
     format_inputs,
@@ -138,6 +139,9 @@ class JointNeuronIntegratedGradients(SiteAttribution):
                 holds, up to 1024 steps (a warning names those that still miss).
                 Default: ``None``, the steps given.
 
+        The integral needs gradients: call it outside ``torch.inference_mode()`` (a
+        ``RuntimeError`` says so); inside ``torch.no_grad()`` it enables them where needed.
+
         Returns:
             ``(contributions, jas)`` or ``(contributions, jas, delta)``:
 
@@ -154,6 +158,7 @@ class JointNeuronIntegratedGradients(SiteAttribution):
             >>> phi.shape, jas.shape
             (torch.Size([4, 3]), torch.Size([4]))
         """
+        check_grad_mode("JointNeuronIntegratedGradients.attribute")
         n_steps, method = default_steps(mode, n_steps, method)
         if mode == "paper":
             self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
@@ -165,8 +170,9 @@ class JointNeuronIntegratedGradients(SiteAttribution):
 
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
-        check_finite_output(logits)
-        self.sites.check_batch(clean, inputs[0].shape[0])
+        check_finite_output(logits, batch=batch)
+        self.sites.check_batch(clean, batch)
+        self.sites.check_execution_order(clean)
         widths = [clean[l].shape[-1] for l in range(self.sites.num_layers)]
         device = logits.device
         target = resolve_target(target, logits)

@@ -25,12 +25,24 @@ def check_internal_batch_size(internal_batch_size: Any) -> None:
         raise ValueError(f"internal_batch_size must be a positive int or None; got {internal_batch_size!r}")
 
 
+def check_grad_mode(what: str) -> None:
+    """``RuntimeError`` when called under ``torch.inference_mode()``: ``what`` integrates
+    gradients, which inference mode disables (``torch.enable_grad()`` cannot turn them back on
+    there). ``torch.no_grad()`` is fine: the attributions enable gradients where they need them."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{what} needs gradients, which torch.inference_mode() disables; call it outside "
+            "torch.inference_mode() (inside torch.no_grad() is fine: gradients are enabled where needed)"
+        )
+
+
 def resolve_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
     """Class index per example, ``(batch,)`` long on the logits' device.
 
     ``target`` follows Captum: an int, a list of ints or a tensor (one element or
     one per example). ``None`` means the predicted class.
     """
+    check_logits_shape(logits)
     batch, num_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
@@ -97,6 +109,8 @@ def format_inputs(inputs: Any, model: Optional[nn.Module] = None) -> Tuple[torch
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"inputs[{i}] holds non-finite values (nan or inf)")
+    # tensors made under torch.inference_mode() cannot be saved for backward: use copies
+    tensors = tuple(t.clone() if t.is_inference() else t for t in tensors)
     if model is not None:
         warn_if_training(model)
     param = next(model.parameters(), None) if model is not None else None
@@ -130,16 +144,33 @@ def _varies_in_training(module: nn.Module) -> bool:
     return isinstance(rate, float) and rate > 0
 
 
-def check_finite_output(logits: torch.Tensor, names: Optional[Sequence[Any]] = None) -> None:
+def check_logits_shape(logits: torch.Tensor, batch: Optional[int] = None) -> None:
+    """ValueError naming the shape when the model's output is not ``(batch, classes)`` logits
+    (``batch``, when given, the number of inputs)."""
+    if logits.dim() == 2 and (batch is None or logits.shape[0] == batch):
+        return
+    given = "" if batch is None else f" for {batch} input{'s' if batch != 1 else ''}"
+    expected = "(batch, classes)" if batch is None else f"(batch, classes) = ({batch}, classes)"
+    raise ValueError(
+        f"the model returned an output of shape {tuple(logits.shape)}{given}; expected logits of shape "
+        f"{expected}, one row of class scores per input (a model that squeezes the batch dimension returns "
+        "(classes,) for one image: keep it)"
+    )
+
+
+def check_finite_output(logits: torch.Tensor, names: Optional[Sequence[Any]] = None,
+                        batch: Optional[int] = None) -> None:
     """ValueError naming the batch rows whose model output holds NaN or inf ``(batch, classes)``
-    (by ``names[row]`` when given, e.g. image ids); TypeError when the model returned something
-    else than a tensor (a tuple, a ``ModelOutput``)."""
+    (by ``names[row]`` when given, e.g. image ids), or naming its shape when it is not
+    ``(batch, classes)`` (``batch``: the number of inputs, when given); TypeError when the model
+    returned something else than a tensor (a tuple, a ``ModelOutput``)."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(
             f"the model returned a {type(logits).__name__}, not a logits tensor of shape (batch, classes); with "
             "explicit sites, pass a model that returns the logits, e.g. captum_paths.LogitsOnly(model) (sites on "
             "the wrapped model's modules keep working)"
         )
+    check_logits_shape(logits, batch)
     bad = (~torch.isfinite(logits.reshape(logits.shape[0], -1)).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         which = f"rows {bad[:5]}" if names is None else f"e.g. {', '.join(str(names[i]) for i in bad[:3])}"
@@ -150,9 +181,9 @@ def check_finite_output(logits: torch.Tensor, names: Optional[Sequence[Any]] = N
 def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:
     if additional_forward_args is None:
         return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
+    args = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+    # tensors made under torch.inference_mode() cannot be saved for backward: use copies
+    return tuple(a.clone() if isinstance(a, torch.Tensor) and a.is_inference() else a for a in args)
 
 
 def select_rows(args: Tuple[Any, ...], index: torch.Tensor, batch: int) -> Tuple[Any, ...]:

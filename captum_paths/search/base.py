@@ -17,6 +17,7 @@ from captum_paths.attribution.joint_integrated_gradients import (
 )
 from captum_paths.attribution.output import (
     check_finite_output,
+    check_grad_mode,
     check_internal_batch_size,
     format_additional_args,
     format_inputs,
@@ -129,6 +130,9 @@ class PathAttribution(SiteAttribution):
                 per image (see :class:`JointNeuronIntegratedGradients`). Default:
                 ``None``. The JAS itself is exact either way.
 
+        The search integrates gradients: call it outside ``torch.inference_mode()`` (a
+        ``RuntimeError`` says so); inside ``torch.no_grad()`` it enables them where needed.
+
         Returns:
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
             ``(batch, L, k)``, ``jas`` ``(batch,)`` (``"gate"``: exactly ``F(x) -
@@ -136,6 +140,7 @@ class PathAttribution(SiteAttribution):
             ``settings`` (with ``kinds``, the kind of unit of each layer, when the
             sites hold heads).
         """
+        check_grad_mode(f"{type(self).__name__}.attribute")
         n_steps, method, tol = self.check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol,
                                                     **options)
         if mode == "paper":
@@ -146,8 +151,9 @@ class PathAttribution(SiteAttribution):
         args = format_additional_args(additional_forward_args)
         with torch.no_grad(), self.sites.record() as clean:
             logits = self.forward_func(*inputs, *args)
-        check_finite_output(logits)
+        check_finite_output(logits, batch=inputs[0].shape[0])
         self.sites.check_batch(clean, inputs[0].shape[0])
+        self.sites.check_execution_order(clean)
         width = min(a.shape[-1] for a in clean.values())
         if k > width:
             raise ValueError(f"k must be at most the site width {width}; got {k}")
@@ -170,7 +176,7 @@ class PathAttribution(SiteAttribution):
         contributions, jas, delta = scored
         settings = {
             "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
-            **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, **options}),
+            **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, "k": k, **options}),
         }
         if len(set(ctx.widths)) > 1:  # hierarchical models, mixed sites: the width of each layer
             settings["widths"] = ctx.widths

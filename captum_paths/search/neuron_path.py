@@ -55,16 +55,21 @@ __all__ = ["LayerProgressiveNeuronPath"]
 
 Refine = Union[int, str]
 
-#: candidates re-scored exactly per layer when ``refine`` is not given (gate mode;
-#: paper mode keeps the released scripts' whole-site search, ``refine=0``)
+#: candidates re-scored exactly per layer when ``refine`` is not given (gate mode, ``k``
+#: up to 6; a larger ``k`` re-scores ``k``: the pool must hold the ``k`` it keeps; paper
+#: mode keeps the released scripts' whole-site search, ``refine=0``)
 DEFAULT_REFINE: Refine = 6
 
 
-def _refine(refine: Optional[Refine], mode: str) -> Refine:
-    """``refine`` with its default for ``mode``."""
-    if refine is not None:
-        return refine
-    return DEFAULT_REFINE if mode == "gate" else 0
+def _refine(refine: Optional[Refine], mode: str, k: int = 1) -> Refine:
+    """``refine`` with its default for ``mode`` and ``k`` (``max(DEFAULT_REFINE, k)`` in gate
+    mode); ``ValueError`` naming both when a given ``refine`` is below ``k``. Both the search
+    and the recorded settings resolve it here."""
+    if refine is None:
+        return max(DEFAULT_REFINE, k) if mode == "gate" else 0
+    if refine != "all" and 0 < refine < k:
+        raise ValueError(f"refine must be 0, 'all' or at least k={k}; got {refine!r}")
+    return refine
 
 
 #: proposals per beam member when ``beam > 1`` and ``refine=0``
@@ -102,7 +107,9 @@ class LayerProgressiveNeuronPath(PathAttribution):
       :mod:`captum_paths.search.candidates`): the whole-site score, the
       first-order removal effect on top of the removed prefix, and the
       activation magnitude. ``"all"`` scores every candidate (the exact greedy);
-      ``0`` is the paper's whole-site search. Default: 6 in ``mode="gate"``: on
+      ``0`` is the paper's whole-site search. A ``refine`` below ``k`` is an
+      error. Default: 6 in ``mode="gate"`` (``k`` when ``k`` is larger: the pool
+      must hold the ``k`` neurons kept): on
       a pretrained DINOv2 ViT-S/14 the whole-site ranking alone reaches 77% of
       the exact greedy's JAS, because it ranks outlier units with very large
       activations (often the most influential ones) last; two candidates from
@@ -139,19 +146,25 @@ class LayerProgressiveNeuronPath(PathAttribution):
         if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
             raise ValueError(f"beam must be a positive int; got {beam!r}")
 
+    @classmethod
+    def check_arguments(cls, k: int = 1, n_steps: Optional[int] = None, method: Optional[str] = None,
+                        mode: str = "gate", tol: Optional[float] = None, **options: Any):
+        """As :meth:`PathAttribution.check_arguments`; also refuses a ``refine`` below ``k``
+        (run pipelines call it before they write anything)."""
+        resolved = super().check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol, **options)
+        _refine(options.get("refine"), mode, k)
+        return resolved
+
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
-        settings = {"refine": _refine(options.get("refine"), options.get("mode", "gate"))}
+        settings = {"refine": _refine(options.get("refine"), options.get("mode", "gate"), options.get("k", 1))}
         if options.get("beam", 1) > 1:
             settings["beam"] = options["beam"]
         return settings
 
     def _select(self, ctx: SearchContext, refine: Optional[Refine] = None, beam: int = 1):
         width = ctx.width
-        refine = _refine(refine, ctx.mode)
-        candidates = width if refine == "all" else int(refine)
-        if 0 < candidates < ctx.k:
-            raise ValueError(f"refine must be 0, 'all' or at least k={ctx.k}; got {refine!r}")
-        candidates = min(candidates, width)
+        refine = _refine(refine, ctx.mode, ctx.k)
+        candidates = min(width if refine == "all" else int(refine), width)
         if beam > 1:
             return self._beam(ctx, beam, candidates or min(BEAM_CANDIDATES, width))
         if ctx.mode == "gate":
