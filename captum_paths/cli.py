@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--restart", action="store_true",
+                      help="replace a demo run of other settings (--per-class) in --out; nothing the demo did not "
+                           "write is ever replaced")
     demo.add_argument("--per-class", type=int, default=None,
                       help="test images per class (default: 4, i.e. 40 images; 0 = all 360)")
     demo.add_argument("--n-steps", "--steps", dest="n_steps", type=int, default=None,
@@ -265,9 +268,13 @@ def _run_compare(args: argparse.Namespace) -> int:
     from captum_paths.analysis import path_agreement
     from captum_paths.pipeline import Run
     from captum_paths.pipeline.report import markdown
+    from captum_paths.pipeline.run import check_same_images
     from captum_paths.records import write_text_atomic
 
-    tables = path_agreement(Run(args.run).records(), Run(args.against).records(), methods=args.method)
+    a, b = Run(args.run), Run(args.against)
+    records_a, records_b = a.records(), b.records()
+    check_same_images(a, b, sorted({str(r["image_id"]) for r in records_a} & {str(r["image_id"]) for r in records_b}))
+    tables = path_agreement(records_a, records_b, methods=args.method)
     print(f"A: {args.run}\nB: {args.against}\n\n{markdown(tables['summary'])}\n\n"
           f"Per layer, share of units in common:\n\n"
           f"{markdown(tables['layers'].pivot(index='layer', columns='method', values='same_units').reset_index())}")
@@ -310,7 +317,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     kwargs = {} if args.per_class is None else {"per_class": args.per_class}
     if args.threads is not None:
         kwargs["threads"] = args.threads
-    report = run_demo(args.out, limit=args.limit, progress=not args.quiet, n_steps=args.n_steps, **kwargs)
+    report = run_demo(args.out, limit=args.limit, progress=not args.quiet, n_steps=args.n_steps,
+                      restart=args.restart, **kwargs)
     print(f"report: {report}")
     print(f"html report: {report.with_name('report.html')}")
     return 0
