@@ -6,11 +6,26 @@
   var PLOT = {displaylogo: false, responsive: true};
   var primary = D.meta.primary;
   var method = primary;  // the method the class and neuron views show (set by the address)
-  var graphMethods = D.meta.methods.filter(function (m) { return D.graphs[m]; });
-  var classIndex = {};
-  D.classes.labels.forEach(function (label, c) { classIndex[String(label)] = c; classIndex[D.classes.names[c]] = c; });
+  // Dictionaries of the data are read by own property only: a key from the address or a name
+  // ('constructor', '__proto__') never reaches Object.prototype.
+  function own(dict, key) {
+    return dict !== null && dict !== undefined && Object.prototype.hasOwnProperty.call(dict, key) ? dict[key]
+      : undefined;
+  }
+  var graphMethods = D.meta.methods.filter(function (m) { return own(D.graphs, m); });
+  var classIndex = new Map();  // typed text -> class
+  D.classes.labels.forEach(function (label, c) {
+    classIndex.set(String(label), c);
+    classIndex.set(String(D.classes.names[c]), c);
+  });
 
   // ------------------------------------------------------------------ helpers
+  // Plotly reads the text it draws (titles, tick labels, legend, hover) as its own markup: <b>, <a href>,
+  // entities, %{...} in hover templates. Every name from the data goes to it through plain(), which
+  // writes & < > " ' % $ as entities, so Plotly draws the name as it is.
+  function plain(text) {
+    return String(text).replace(/[&<>"'%$]/g, function (ch) { return '&#' + ch.charCodeAt(0) + ';'; });
+  }
   function $(sel, root) { return (root || document).querySelector(sel); }
   function el(tag, attrs) {
     var node = document.createElement(tag);
@@ -38,9 +53,9 @@
     if (unit === 'count' || Number.isInteger(v)) return String(v);
     return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(3) : v.toPrecision(3);
   }
-  function column(key) { return D.columns[key] || [key.replace(/_/g, ' '), '', '']; }
+  function column(key) { return own(D.columns, key) || [String(key).replace(/_/g, ' '), '', '']; }
   function className(c) {
-    var label = String(D.classes.labels[c]), name = D.classes.names[c];
+    var label = String(D.classes.labels[c]), name = String(D.classes.names[c]);
     return name === label ? label : label + ' · ' + name;
   }
   function nodeKey(layer, neuron) { return layer + ':' + neuron; }
@@ -87,7 +102,7 @@
         order.dir = order.key === key ? -order.dir : (key === 'method' ? 1 : -1);
         order.key = key;
         rows.sort(function (a, b) {
-          var x = a[key], y = b[key];
+          var x = own(a, key), y = own(b, key);
           if (x === y) return 0;
           if (x === null || x === undefined) return 1;
           if (y === null || y === undefined) return -1;
@@ -103,7 +118,7 @@
       clear(body);
       rows.forEach(function (row) {
         body.appendChild(el.apply(null, ['tr', {}].concat(keys.map(function (key) {
-          return el('td', {text: num(row[key], column(key)[1])});
+          return el('td', {text: num(own(row, key), column(key)[1])});
         }))));
       });
     }
@@ -162,14 +177,14 @@
       .map(function (k) { return k + ' = ' + m.settings[k]; }).join(', ');
     root.appendChild(el('p', {class: 'hint', text: 'Run settings: ' + settings}));
     var done = [];
-    done.push(Plotly.newPlot(jasDiv, m.methods.filter(function (k) { return D.jas[k]; }).map(function (k) {
-      return {type: 'box', name: k, y: D.jas[k], boxpoints: false};
+    done.push(Plotly.newPlot(jasDiv, m.methods.filter(function (k) { return own(D.jas, k); }).map(function (k) {
+      return {type: 'box', name: plain(k), y: own(D.jas, k), boxpoints: false};
     }), {title: {text: 'JAS per image (probability)'}, showlegend: false, margin: {t: 40, b: 80}, height: 360},
     PLOT));
     var effects = ['remove', 'enhance'].map(function (op) {
       var x = [], y = [];
       m.methods.forEach(function (k) {
-        ((D.effects[k] || {})[op] || []).forEach(function (v) { x.push(k); y.push(100 * v); });
+        (own(own(D.effects, k), op) || []).forEach(function (v) { x.push(plain(k)); y.push(100 * v); });
       });
       return {type: 'box', name: op === 'remove' ? 'removed' : 'amplified', x: x, y: y, boxpoints: false,
               marker: {color: op === 'remove' ? '#c0392b' : '#2471a3'}};
@@ -194,10 +209,11 @@
         rows.forEach(function (r) { if (names.indexOf(r.method) < 0) names.push(r.method); });
         var traces = names.map(function (name) {
           var line = rows.filter(function (r) { return r.method === name; });
-          return {type: 'scatter', mode: 'lines+markers', name: name, x: line.map(function (r) { return String(r.n); }),
+          return {type: 'scatter', mode: 'lines+markers', name: plain(name),
+                  x: line.map(function (r) { return String(r.n); }),
                   y: line.map(function (r) { return r.mean_prob; }),
                   line: {dash: name === 'random ranking' ? 'dash' : 'solid', width: name === primary ? 3 : 1.5},
-                  hovertemplate: 'N = %{x} per layer: p(y) %{y:.3f}<extra>' + name + '</extra>'};
+                  hovertemplate: 'N = %{x} per layer: p(y) %{y:.3f}<extra>' + plain(name) + '</extra>'};
         });
         var full = rows.length ? rows[0].mean_prob_full : null;
         done.push(Plotly.newPlot(div, traces, {
@@ -213,7 +229,7 @@
 
   // ------------------------------------------------------------------ class
   function sharedNeurons(a, b) {
-    var mine = {};
+    var mine = Object.create(null);
     D.graphs[method][a].nodes.forEach(function (n) { mine[nodeKey(n[0], n[1])] = true; });
     return D.graphs[method][b].nodes.filter(function (n) { return mine[nodeKey(n[0], n[1])]; })
       .map(function (n) { return nodeKey(n[0], n[1]); });
@@ -233,7 +249,7 @@
       'orange: the consensus path. Click a neuron to open it.'));
     var plot = el('div', {id: 'class-graph', class: 'plot wide'});
     root.appendChild(plot);
-    var byLayer = {};
+    var byLayer = Object.create(null);
     g.nodes.forEach(function (n, i) { (byLayer[n[0]] = byLayer[n[0]] || []).push(i); });
     var pos = g.nodes.map(function () { return [0, 0]; });
     Object.keys(byLayer).forEach(function (layer) {
@@ -253,7 +269,7 @@
       if (x.length) traces.push({type: 'scatter', mode: 'lines', x: x, y: y, hoverinfo: 'skip', showlegend: false,
                                  line: {color: 'rgba(120,120,120,0.45)', width: bucket[2]}});
     });
-    var where = {};
+    var where = Object.create(null);
     g.nodes.forEach(function (n, i) { where[nodeKey(n[0], n[1])] = i; });
     var cx = [], cy = [];
     g.consensus.forEach(function (n) {
@@ -314,7 +330,7 @@
     var near = el('table', {class: 'plain', id: 'class-nearest'},
                   el('tr', {}, el('th', {text: 'class'}), el('th', {text: 'cosine similarity'}),
                      el('th', {text: 'neurons it shares with this class'})));
-    (D.nearest[method][c] || []).forEach(function (pair) {
+    ((own(D.nearest, method) || [])[c] || []).forEach(function (pair) {
       var shared = sharedNeurons(c, pair[0]);
       var cell = el('td');
       shared.forEach(function (k) { cell.appendChild(el('a', {href: neuronHref(k), class: 'chip', text: k})); });
@@ -327,7 +343,7 @@
 
   // ------------------------------------------------------------------ neuron
   function imagesUsing(layer, neuron) {
-    var paths = D.images.paths[method] || [];
+    var paths = own(D.images.paths, method) || [];
     var out = [];
     paths.forEach(function (p, i) { if (p && p[layer] && p[layer].indexOf(neuron) >= 0) out.push(i); });
     return out;
@@ -343,12 +359,22 @@
     return a;
   }
 
-  function renderNeuron(key) {
+  function renderNeuron(asked) {
     var root = clear($('#neuron-body'));
-    var parts = key.split(':'), layer = Number(parts[0]), neuron = Number(parts[1]);
-    var info = D.neurons[method][key];
-    root.setAttribute('data-neuron', key);
+    var parts = /^(\d+):(\d+)$/.exec(asked);
+    var layer = parts ? Number(parts[1]) : NaN, neuron = parts ? Number(parts[2]) : NaN;
     root.setAttribute('data-method', method);
+    if (!(layer < D.meta.layers)) {  // not LAYER:INDEX of this page's layers
+      root.setAttribute('data-neuron', '');
+      root.appendChild(el('h2', {text: 'No such neuron'}));
+      root.appendChild(el('p', {class: 'hint', id: 'neuron-missing', text: 'The address names no neuron of this ' +
+        'page ("' + asked + '"): a neuron\'s address is #neuron/LAYER:INDEX with a layer from 0 to ' +
+        (D.meta.layers - 1) + ', e.g. #neuron/0:0.'}));
+      return;
+    }
+    var key = nodeKey(layer, neuron);
+    var info = own(own(D.neurons, method), key);
+    root.setAttribute('data-neuron', key);
     var block = mixed ? Math.floor(layer / 2) : layer;
     root.appendChild(el('h2', {text: !hasHeads ? 'Neuron ' + neuron + ' of layer ' + layer :
       kinds[layer] === 'head' ? 'Head ' + neuron + ' of block ' + block :
@@ -372,7 +398,8 @@
     var plot = el('div', {id: 'neuron-classes', class: 'plot wide'});
     root.appendChild(plot);
     Plotly.newPlot(plot, [{
-      type: 'bar', x: shown.map(function (f) { return className(f[0]); }), y: shown.map(function (f) { return f[1]; }),
+      type: 'bar', x: shown.map(function (f) { return plain(className(f[0])); }),
+      y: shown.map(function (f) { return f[1]; }),
       customdata: shown.map(function (f) { return f[0]; }),
       marker: {color: shown.map(function (f) { return f[3] === null ? 0 : f[3]; }), colorscale: 'RdBu',
                cmid: 0, colorbar: {title: {text: 'mean<br>contribution'}, thickness: 12}},
@@ -394,7 +421,7 @@
     users.slice(0, 120).forEach(function (i) { grid.appendChild(thumb(i)); });
     root.appendChild(grid);
     if (users.length > 120) root.appendChild(el('p', {class: 'hint', text: 'The first 120 are shown.'}));
-    var heatmaps = D.heat[key];
+    var heatmaps = own(D.heat, key);
     if (!(heatmaps && heatmaps.length)) {
       var computed = Object.keys(D.heat).length;
       root.appendChild(el('p', {class: 'hint', id: 'neuron-no-heatmap', text: computed ?
@@ -420,20 +447,22 @@
     root.setAttribute('data-image', id);
     $('#image-search').value = id;
     function consensusOf(m) {  // layer -> neurons of the class's consensus path of method m
-      var out = {};
-      (D.graphs[m] ? D.graphs[m][c].consensus : []).forEach(function (n) { (out[n[0]] = out[n[0]] || []).push(n[1]); });
+      var out = Object.create(null);
+      (own(D.graphs, m) ? D.graphs[m][c].consensus : []).forEach(function (n) {
+        (out[n[0]] = out[n[0]] || []).push(n[1]);
+      });
       return out;
     }
-    var consensus = {};
-    D.meta.methods.forEach(function (m) { consensus[m] = consensusOf(m); });
+    var consensus = new Map();
+    D.meta.methods.forEach(function (m) { consensus.set(m, consensusOf(m)); });
     var pred = D.images.prediction[i];
     root.appendChild(el('div', {class: 'row'}, thumb(i, true), el('div', {},
       el('h2', {text: id}),
       el('p', {}, 'Class ', el('a', {href: classHref(c, primary), text: className(c)}),
-         pred === null || pred === undefined ? '' : '; predicted ' + (classIndex[String(pred)] !== undefined ?
-           className(classIndex[String(pred)]) : String(pred)),
+         pred === null || pred === undefined ? '' : '; predicted ' + (classIndex.has(String(pred)) ?
+           className(classIndex.get(String(pred))) : String(pred)),
          D.images.p[i] === null ? '' : '; p(y) = ' + num(D.images.p[i]) + '.'))));
-    var methods = D.meta.methods.filter(function (m) { return D.images.paths[m] && D.images.paths[m][i]; });
+    var methods = D.meta.methods.filter(function (m) { return (own(D.images.paths, m) || [])[i]; });
     root.appendChild(el('h3', {text: 'Paths (neuron per layer; marked: not on the consensus path of the ' +
                                      'method\'s paths of this class)'}));
     var table = el('table', {class: 'plain', id: 'image-paths'});
@@ -444,8 +473,8 @@
       methods.forEach(function (m) {
         var td = el('td');
         D.images.paths[m][i][layer].forEach(function (n) {
-          var off = D.graphs[m] && !(consensus[m][layer] || []).some(function (x) { return x === n; });
-          td.appendChild(el('a', {href: neuronHref(nodeKey(layer, n), D.graphs[m] ? m : primary),
+          var off = own(D.graphs, m) && !(consensus.get(m)[layer] || []).some(function (x) { return x === n; });
+          td.appendChild(el('a', {href: neuronHref(nodeKey(layer, n), own(D.graphs, m) ? m : primary),
                                   class: 'chip' + (off ? ' off' : ''), text: String(n),
                                   title: off ? 'departs from the class consensus' : 'consensus'}));
         });
@@ -455,16 +484,17 @@
     }
     root.appendChild(table);
     var off = [];
-    (D.images.paths[primary] && D.images.paths[primary][i] || []).forEach(function (units, layer) {
-      if (units.some(function (n) { return !(consensus[primary][layer] || []).some(function (x) { return x === n; }); }))
-        off.push(layer);
+    ((own(D.images.paths, primary) || [])[i] || []).forEach(function (units, layer) {
+      var mine = consensus.get(primary)[layer] || [];
+      if (units.some(function (n) { return mine.indexOf(n) < 0; })) off.push(layer);
     });
     root.appendChild(el('p', {id: 'image-departures', text: off.length ?
       primary + ' departs from the class consensus at layer(s) ' + off.join(', ') + '.' :
       primary + ' follows the class consensus at every layer.'}));
     root.appendChild(el('h3', {text: 'Effects'}));
     var rows = methods.map(function (m) {
-      return {method: m, jas: D.images.jas[m][i], remove: D.images.remove[m][i], enhance: D.images.enhance[m][i]};
+      var at = function (values) { return (own(values, m) || [])[i]; };
+      return {method: m, jas: at(D.images.jas), remove: at(D.images.remove), enhance: at(D.images.enhance)};
     });
     D.columns.jas = ['JAS', 'probability', 'joint attribution score of this path'];
     D.columns.remove = ['Removal effect', '% of p(y)', 'change of the target probability when the path is zeroed'];
@@ -473,11 +503,12 @@
     root.appendChild(sortableTable(['method', 'jas', 'remove', 'enhance'], rows, 'image-effects', true));
     var plot = el('div', {id: 'image-contributions', class: 'plot wide'});
     root.appendChild(plot);
-    Plotly.newPlot(plot, methods.filter(function (m) { return D.images.contributions[m][i]; }).map(function (m) {
-      var per = D.images.contributions[m][i].map(function (units) {
+    var drawn = methods.filter(function (m) { return (own(D.images.contributions, m) || [])[i]; });
+    Plotly.newPlot(plot, drawn.map(function (m) {
+      var per = own(D.images.contributions, m)[i].map(function (units) {
         return units.reduce(function (s, v) { return s + (v || 0); }, 0);
       });
-      return {type: 'bar', name: m, x: per.map(function (v, l) { return l; }), y: per};
+      return {type: 'bar', name: plain(m), x: per.map(function (v, l) { return l; }), y: per};
     }), {height: 320, barmode: 'group', margin: {t: 30}, title: {text: 'Contribution of each layer\'s path neurons'},
          xaxis: layerAxis, yaxis: {title: {text: 'probability'}}}, PLOT);
   }
@@ -489,7 +520,11 @@
     D.tables.forEach(function (t) {
       root.appendChild(el('h2', {text: t.title}));
       if (t.note) root.appendChild(el('p', {text: t.note}));
-      var rows = t.rows.map(function (r) { var o = {}; t.columns.forEach(function (k, j) { o[k] = r[j]; }); return o; });
+      var rows = t.rows.map(function (r) {
+        var o = Object.create(null);
+        t.columns.forEach(function (k, j) { o[k] = r[j]; });
+        return o;
+      });
       root.appendChild(sortableTable(t.columns, rows));
     });
   }
@@ -505,34 +540,69 @@
     });
     document.body.setAttribute('data-view', view);
   }
+  // A piece of the address, percent-decoded; as it is when it is no valid percent-encoding.
+  function decoded(part) {
+    try { return decodeURIComponent(part); } catch (e) { return part; }
+  }
+  // The class or image index a piece of the address names (none: 0), or -1 when it names none.
+  function indexOf(part, n) {
+    var i = part === undefined || part === '' ? 0 : Number(part);
+    return Number.isInteger(i) && i >= 0 && i < n ? i : -1;
+  }
+  function notice(root, text) {
+    root.insertBefore(el('p', {class: 'hint notice', text: text}), root.firstChild);
+  }
+  // Every address draws a view: a piece that names nothing in the page (a class, image, neuron or
+  // method it does not hold, 'constructor', '__proto__', bad percent-encoding) gets a note and the
+  // default; a view that fails anyway says so in place of a blank page.
   function route() {
     var parts = location.hash.replace(/^#/, '').split('/');
     var view = parts[0] || 'overview';
-    var asked = parts[2] === undefined ? primary : decodeURIComponent(parts[2]);
-    method = D.graphs[asked] ? asked : primary;
-    if (view === 'class') {
-      var c = parts[1] !== undefined ? Number(parts[1]) : 0;
-      if (!(c >= 0 && c < D.classes.labels.length)) c = 0;
-      show('class');
-      renderClass(c);
-    } else if (view === 'neuron' && parts[1]) {
-      show('neuron');
-      renderNeuron(parts[1]);
-    } else if (view === 'neuron') {
-      show('neuron');
-      var known = D.neurons[method];
-      var top = Object.keys(known).sort(function (a, b) { return known[b].paths - known[a].paths; })[0];
-      if (top) renderNeuron(top);
-    } else if (view === 'image') {
-      var i = parts[1] !== undefined ? Number(parts[1]) : 0;
-      show('image');
-      if (i >= 0 && i < D.images.ids.length) renderImage(i);
-    } else if (view === 'tables') {
-      show('tables');
-      if (!rendered.tables) { renderTables(); rendered.tables = true; }
-    } else {
-      show('overview');
-      if (!rendered.overview) { renderOverview(); rendered.overview = true; }
+    var asked = parts[2] === undefined || parts[2] === '' ? primary : decoded(parts[2]);
+    method = own(D.graphs, asked) ? asked : primary;
+    var other = method === asked ? null : 'This page has no class and neuron views of a method "' + asked +
+      '"; they show ' + primary + '.';
+    var body = null;
+    try {
+      if (view === 'class') {
+        var c = indexOf(parts[1], D.classes.labels.length);
+        show('class');
+        body = $('#class-body');
+        renderClass(c < 0 ? 0 : c);
+        $('#class-missing').hidden = c >= 0;
+        if (c < 0) notice(body, 'This page has no class ' + decoded(parts[1]) + ' (classes are numbered 0 to ' +
+                                (D.classes.labels.length - 1) + '); it shows class ' + className(0) + '.');
+        if (other) notice(body, other);
+      } else if (view === 'neuron') {
+        show('neuron');
+        body = $('#neuron-body');
+        var known = own(D.neurons, method) || {};
+        var top = Object.keys(known).sort(function (a, b) { return known[b].paths - known[a].paths; })[0];
+        if (parts[1]) renderNeuron(decoded(parts[1]));
+        else if (top) renderNeuron(top);
+        else clear(body).appendChild(el('p', {class: 'hint', text: 'No neuron of ' + method + ' in this page.'}));
+        if (other) notice(body, other);
+      } else if (view === 'image') {
+        var i = indexOf(parts[1], D.images.ids.length);
+        show('image');
+        body = $('#image-body');
+        if (i >= 0) renderImage(i);
+        else {
+          clear(body).setAttribute('data-image', '');
+          body.appendChild(el('p', {class: 'hint', id: 'image-missing', text: 'This page has no image ' +
+            decoded(parts[1]) + ': images are numbered 0 to ' + (D.images.ids.length - 1) + '; type an image id ' +
+            'above or open one from a neuron.'}));
+        }
+      } else if (view === 'tables') {
+        show('tables');
+        if (!rendered.tables) { renderTables(); rendered.tables = true; }
+      } else {
+        show('overview');
+        if (!rendered.overview) { renderOverview(); rendered.overview = true; }
+      }
+    } catch (err) {  // a bug: said in the view (and on the console), never a blank page
+      if (body) clear(body).appendChild(el('p', {class: 'hint', text: 'This view could not be drawn: ' + err}));
+      console.error(err);
     }
   }
 
@@ -543,7 +613,7 @@
     var search = $('#class-search');
     function pickClass() {
       var text = search.value.trim();
-      var c = classIndex[text];
+      var c = classIndex.get(text);
       if (c === undefined) {
         var hit = D.classes.labels.map(function (l, k) { return k; }).filter(function (k) {
           return className(k) === text || className(k).toLowerCase().indexOf(text.toLowerCase()) >= 0;

@@ -31,20 +31,27 @@ _BODY = """
 
 
 def _script_text(text: str) -> str:
-    """``text`` safe inside a ``<script>`` element (no early ``</script>``, no HTML comment opener)."""
+    """JavaScript ``text`` safe inside a ``<script>`` element (no early ``</script>``, no HTML comment
+    opener). Only for code whose every ``</`` and ``<!--`` lies in a string literal, where ``\\/`` and
+    ``\\!`` read as ``/`` and ``!`` (Plotly's bundle and the app); data goes through :func:`_json_text`."""
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def _script_source(text: str) -> str:
-    """The inverse of :func:`_script_text`."""
-    return text.replace("<\\!--", "<!--").replace("<\\/", "</")
+def _json_text(data: str) -> str:
+    """The JSON text ``data`` safe inside a ``<script>`` element and still the same JSON: every
+    ``<``, ``>`` and ``&`` (which only occur inside its strings) as its ``\\u`` escape, so that no
+    name in the data (``</script>``, ``<!--``, ``<script``) can end or change the element
+    (``json.dumps`` already writes every non-ASCII character, U+2028 and U+2029 included, as one)."""
+    return data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def read_payload(page: str) -> Dict[str, Any]:
     """The data object a page of :func:`render_page` embeds (to script on a written ``report.html``)."""
     start = page.index("<script id='explorer-data'")
     start = page.index(">", start) + 1
-    return json.loads(_script_source(page[start:page.index("</script>", start)]))
+    text = page[start:page.index("</script>", start)]
+    # JSON reads the \\u escapes back itself; pages written before them escaped "<!--" as "<\\!--"
+    return json.loads(text.replace("<\\!--", "<!--"))
 
 
 def render_page(payload: Dict[str, Any], title: str = "captum-paths explorer") -> str:
@@ -59,7 +66,7 @@ def render_page(payload: Dict[str, Any], title: str = "captum-paths explorer") -
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>{css}</style></head><body>{_BODY}"
-        f"<script id='explorer-data' type='application/json'>{_script_text(data)}</script>"
+        f"<script id='explorer-data' type='application/json'>{_json_text(data)}</script>"
         f"<script>{_script_text(get_plotlyjs())}</script>"
         f"<script>{_script_text(app)}</script></body></html>\n"
     )

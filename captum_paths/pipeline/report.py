@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Set, Tuple
 
 import pandas as pd
 
@@ -159,10 +160,18 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     summary = run.summary_file
 
     class_names, image_loader = _folder_access(run)
-    heatmap = _heatmap_fn(run, limits) if heatmaps and image_loader is not None else None
+    heatmap = _heatmap_fn(run, limits, image_loader) if heatmaps and image_loader is not None else None
     payload = explorer_payload(records, settings=settings, evaluation_dir=eva, analysis_dir=ana,
                                class_names=class_names, image_loader=image_loader, heatmap=heatmap, limits=limits,
                                run_name=str(run.folder))
+    if image_loader is not None and image_loader.refused:
+        refused = sorted(image_loader.refused)
+        logger.warning("report: %d recorded image ids lead outside the data folder %s (e.g. %r); the page shows "
+                       "no thumbnail or pixel attribution of them", len(refused), image_loader.root, refused[0])
+        payload["meta"]["notes"].append(
+            f"{len(refused)} recorded image {'id leads' if len(refused) == 1 else 'ids lead'} outside the data folder "
+            "(an absolute path, '..', a symbolic link out of it or a file it does not list); the page shows no "
+            "thumbnail or pixel attribution of them.")
     page = render_page(payload, title=f"captum-paths: {run.folder.name}")
     report = run.report_file
     with run.lock():
@@ -171,26 +180,64 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     return report, summary
 
 
-def _folder_access(run: "Run") -> Tuple[Optional[List[str]], Optional[Callable[[str], Any]]]:
-    """The class names and an image reader of the run's data folder, or ``(None, None)`` without it."""
-    from captum_paths.data import open_image
+class _DataImages:
+    """Reads the run's images by id for the page, only from inside the data folder: an id is
+    refused (no image, the id kept in :attr:`refused`) unless it is a relative path without ``..``,
+    one of the images the folder's scan lists, whose real path (symbolic links resolved) lies inside
+    the data folder's real path. A record cannot make the page embed any other file."""
 
+    def __init__(self, root: Path, image_ids: Iterable[str]) -> None:
+        self.root = root
+        self._real_root = os.path.realpath(root)
+        self._listed = frozenset(image_ids)
+        self.refused: Set[str] = set()
+
+    def path(self, image_id: str) -> Optional[Path]:
+        """The file of ``image_id`` inside the data folder, or ``None`` (and the id noted) when it is not one."""
+        if _inside_folder(self._real_root, self.root, image_id, self._listed):
+            return self.root / image_id
+        self.refused.add(str(image_id))
+        return None
+
+    def __call__(self, image_id: str) -> Any:
+        from captum_paths.data import open_image
+
+        path = self.path(image_id)
+        return None if path is None else open_image(path)
+
+
+def _inside_folder(real_root: str, root: Path, image_id: Any, listed: frozenset) -> bool:
+    """Whether ``image_id`` names a file inside the data folder ``root`` (see :class:`_DataImages`)."""
+    if not isinstance(image_id, str) or not image_id or "\0" in image_id or image_id not in listed:
+        return False
+    posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
+    if posix.is_absolute() or windows.drive or windows.root or ".." in posix.parts or ".." in windows.parts:
+        return False
+    real = os.path.realpath(root / image_id)
+    return real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _folder_access(run: "Run") -> Tuple[Optional[List[str]], Optional[_DataImages]]:
+    """The class names and an image reader of the run's data folder, or ``(None, None)`` without it."""
     data = run.settings.get("data")
     if data is None or not Path(data).is_dir():
         if data is not None:
             logger.warning("report: the data folder %s is not here; the page has no thumbnails", data)
         return None, None
     try:
-        names = run._folder().class_names()
+        folder = run._folder()
+        names = folder.class_names()
     except (ValueError, OSError) as exc:
         logger.warning("report: cannot read the data folder (%s); the page has no thumbnails", exc)
         return None, None
-    return names, lambda image_id: open_image(Path(data) / image_id)
+    return names, _DataImages(Path(data), folder.image_ids)
 
 
-def _heatmap_fn(run: "Run", limits: "ExplorerLimits") -> Optional[Callable[[str, int, int], Any]]:
+def _heatmap_fn(run: "Run", limits: "ExplorerLimits", images: _DataImages
+                ) -> Optional[Callable[[str, int, int], Any]]:
     """``(image_id, layer, neuron) -> (H, W)`` integrated gradients of the neuron summed per patch,
-    or ``None`` when the run's model cannot be loaded here."""
+    or ``None`` when the run's model cannot be loaded here. Only images ``images`` would read are
+    decoded (an image id outside the data folder raises ``ValueError``)."""
     from captum_paths.analysis.pixels import neuron_pixel_attribution
     from captum_paths.models import ModelLoadError
 
@@ -204,6 +251,8 @@ def _heatmap_fn(run: "Run", limits: "ExplorerLimits") -> Optional[Callable[[str,
 
     @functools.lru_cache(maxsize=256)  # the most used neurons share their images: decode each once
     def image(image_id: str):
+        if images.path(image_id) is None:
+            raise ValueError(f"image id {image_id!r} leads outside the data folder {str(images.root)!r}")
         return run.images([image_id])[0][0].to(device)
 
     def heatmap(image_id: str, layer: int, neuron: int):
