@@ -162,7 +162,7 @@ def removal_effect(model: torch.nn.Module, sites, images: torch.Tensor, labels: 
                    paths: torch.Tensor) -> torch.Tensor:
     """``F(x) - F(x; every path neuron zeroed)`` per image, F = probability of the label:
     ``(N,)`` float64 (the exact gate JAS of the path)."""
-    from captum_paths.interventions import remove_neurons
+    from captum_paths.evaluation.interventions import remove_neurons
 
     with torch.no_grad():
         clean = model(images).softmax(-1).gather(1, labels[:, None])[:, 0]

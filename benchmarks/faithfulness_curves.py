@@ -4,7 +4,7 @@ For each kind of unit (FFN neurons, attention heads, a head and a neuron site pe
 block) every method that can hold it finds paths (k = 1, target = label) for
 ``--per-class`` images per class; per class, half of them rank the units (how many
 paths hold each), the other half are held out
-(:func:`captum_paths.faithfulness.faithfulness_study`: the top N units per layer
+(:func:`captum_paths.evaluation.faithfulness.faithfulness_study`: the top N units per layer
 kept, every other unit of the same sites ablated at every token, to zero and to its
 mean; a random ranking as control). Prints, per kind and method, the share of the
 unablated target probability kept at a few N and the fewest units per layer that
@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 
 from benchmarks.common import emit
-from captum_paths.faithfulness import RANDOM_RANKING, faithfulness_study, faithfulness_summary, fewest_units
+from captum_paths.evaluation.faithfulness import RANDOM_RANKING, faithfulness_study, faithfulness_summary, fewest_units
 from captum_paths.pipeline.report import markdown
 from captum_paths.search import PATH_METHODS
-from captum_paths.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites
 
 KINDS = ("neurons", "heads", "mixed")
 

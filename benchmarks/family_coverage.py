@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from captum_paths import LayerProgressiveNeuronPath, NeuronSites
-from captum_paths.families import find_family
-from captum_paths.interventions import remove_neurons
-from captum_paths.models import as_logits_model
-from captum_paths.stream import ResidualStream
+from captum_paths.model.families import find_family
+from captum_paths.evaluation.interventions import remove_neurons
+from captum_paths.model.loading import as_logits_model
+from captum_paths.model.stream import ResidualStream
 
 SIZE_WORDS = ("atto", "femto", "pico", "nano", "micro", "tiny", "xxs", "xs", "mini", "small", "s", "little",
               "base", "b", "medium", "m")
@@ -145,7 +145,7 @@ def other_families() -> Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, int,
     try:
         from open_clip.model import CLIP
 
-        from captum_paths.zero_shot import ZeroShotClassifier
+        from captum_paths.model.zero_shot import ZeroShotClassifier
 
         def open_clip_zero_shot():
             model = CLIP(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2,

@@ -30,7 +30,7 @@ import torch
 from benchmarks.common import markdown_table, vit_small_case
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath
 from captum_paths.search import neuron_path
-from captum_paths.stream import ResidualStream
+from captum_paths.model.stream import ResidualStream
 
 TOTALS = defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall, cpu, calls]
 _STACK = []

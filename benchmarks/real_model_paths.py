@@ -9,7 +9,7 @@ F = probability of the label).
 Per path variant (method and settings) it reports
 
 - ``exact JAS``: ``F(x) - F(x; path removed)``, by one forward with the path's
-  neurons zeroed at the class token (:func:`captum_paths.interventions.remove_neurons`);
+  neurons zeroed at the class token (:func:`captum_paths.evaluation.interventions.remove_neurons`);
 - ``reported JAS``: the JAS in the method's :class:`~captum_paths.PathResult`
   (what records, tables and the CLI show), and its largest relative gap to the
   exact value;

@@ -336,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from captum_paths.models import ModelLoadError
+    from captum_paths.model.loading import ModelLoadError
 
     try:
         return args.handler(args)

@@ -1,4 +1,4 @@
-"""Tests for captum_paths.data.ImageFolderDataset."""
+"""Tests for captum_paths.model.data.ImageFolderDataset."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from captum_paths.data import ImageFolderDataset, read_label_map
+from captum_paths.model.data import ImageFolderDataset, read_label_map
 
 
 def _to_tensor_8(img):
@@ -37,7 +37,7 @@ def folder(tmp_path):
 
 
 def test_layout_labels_and_ids(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="captum_paths.data"):
+    with caplog.at_level(logging.WARNING, logger="captum_paths.model.data"):
         ds = ImageFolderDataset(folder, transform=_to_tensor_8)
     assert ds.classes == ["bird", "cat", "dog"]
     assert ds.class_to_idx == {"bird": 0, "cat": 1, "dog": 2}
@@ -142,7 +142,7 @@ def test_argument_errors(folder, kwargs, exc, pattern):
 def test_class_names_come_from_a_keras_label_map_else_the_folders(tmp_path):
     import json
 
-    from captum_paths.data import ImageFolderDataset
+    from captum_paths.model.data import ImageFolderDataset
     from captum_paths.demo import save_demo_image_folder
 
     data = save_demo_image_folder(tmp_path / "data", limit_per_class=1)

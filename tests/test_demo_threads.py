@@ -74,8 +74,8 @@ def test_extract_predictions_equal_a_forward_per_image(tmp_path):
     records = read_records(out / "records.jsonl")
     assert len(records) == 2 * 20
     assert len({(r["method"], r["image_id"]) for r in records}) == 2 * 20
-    from captum_paths.data import ImageFolderDataset
-    from captum_paths.models import load_model
+    from captum_paths.model.data import ImageFolderDataset
+    from captum_paths.model.loading import load_model
 
     model, transform = load_model("demo", device="cpu")
     dataset = ImageFolderDataset(data, transform=transform)

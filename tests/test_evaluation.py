@@ -24,7 +24,7 @@ from captum_paths.evaluation import (
     split_by_class,
     summarize_deviation,
 )
-from captum_paths.interventions import prune_neurons, remove_neurons
+from captum_paths.evaluation.interventions import prune_neurons, remove_neurons
 from captum_paths.search import create_path_method
 from _models import tiny_vit as _tiny_vit
 

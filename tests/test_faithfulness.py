@@ -11,7 +11,7 @@ import torch
 from captum_paths import LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.demo import load_demo_data, load_demo_model
 from captum_paths.evaluation import split_by_class
-from captum_paths.faithfulness import (
+from captum_paths.evaluation.faithfulness import (
     RANDOM_RANKING,
     default_ns,
     faithfulness_study,

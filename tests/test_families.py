@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from captum_paths import LayerProgressiveNeuronPath, NeuronSites
-from captum_paths.families import FamilyAdapter, SiteSpec, families, find_family, register_family
-from captum_paths.families import base as family_base
-from captum_paths.interventions import remove_neurons
-from captum_paths.models import as_logits_model
+from captum_paths.model.families import FamilyAdapter, SiteSpec, families, find_family, register_family
+from captum_paths.model.families import base as family_base
+from captum_paths.evaluation.interventions import remove_neurons
+from captum_paths.model.loading import as_logits_model
 from captum_paths.search import neuron_path
-from captum_paths.stream import ResidualStream
-from captum_paths.tokens import TokenSelection
-from captum_paths.zero_shot import ZeroShotClassifier
+from captum_paths.model.stream import ResidualStream
+from captum_paths.model.tokens import TokenSelection
+from captum_paths.model.zero_shot import ZeroShotClassifier
 
 
 def _sharpen(model: nn.Module, head: Optional[nn.Module] = None, gain: float = 3.0) -> nn.Module:
@@ -292,7 +292,7 @@ def test_every_family_declares_a_transform_the_model_accepts(case):
     model runs on it."""
     from PIL import Image
 
-    from captum_paths.families import default_transform
+    from captum_paths.model.families import default_transform
 
     name, c, model, _ = case
     transform = default_transform(model)
@@ -306,8 +306,8 @@ def test_every_family_declares_a_transform_the_model_accepts(case):
 
 
 def test_timm_models_give_their_spec_and_the_loader_rebuilds_them():
-    from captum_paths.families import loader_spec
-    from captum_paths.models import load_model
+    from captum_paths.model.families import loader_spec
+    from captum_paths.model.loading import load_model
 
     model = CASES["timm_vit"].build()
     spec = loader_spec(model)
@@ -327,7 +327,7 @@ def get_family_of(model):
 def test_torchvision_models_are_named_by_their_builder():
     import torchvision
 
-    from captum_paths.families import loader_spec
+    from captum_paths.model.families import loader_spec
 
     for name in ("vit_b_32", "swin_v2_t", "swin_t"):
         with torch.device("meta"):
@@ -343,9 +343,9 @@ def test_hf_models_give_their_folder_and_its_saved_processor(tmp_path):
     import transformers
     from PIL import Image
 
-    from captum_paths.families import default_transform, loader_spec
-    from captum_paths.models import load_model
-    from captum_paths.transforms import HFImageTransform
+    from captum_paths.model.families import default_transform, loader_spec
+    from captum_paths.model.loading import load_model
+    from captum_paths.model.transforms import HFImageTransform
 
     model = CASES["hf_vit"].build()
     assert loader_spec(model) is None  # built from a config, not from a folder or the hub
@@ -364,7 +364,7 @@ def test_hf_models_give_their_folder_and_its_saved_processor(tmp_path):
 
 
 def test_loaders_ask_the_registry_for_the_preprocessing():
-    from captum_paths.models import load_model
+    from captum_paths.model.loading import load_model
 
     marker = lambda image: torch.zeros(3, 32, 32)  # noqa: E731
 
@@ -431,7 +431,7 @@ def test_hierarchical_search_equals_a_brute_force_greedy():
 
 
 def test_hierarchical_interventions_and_pruning_use_each_layers_width():
-    from captum_paths.interventions import enhance_neurons, prune_neurons
+    from captum_paths.evaluation.interventions import enhance_neurons, prune_neurons
 
     model = CASES["torchvision_swin"].build()
     sites = NeuronSites.from_model(model)
@@ -486,7 +486,7 @@ def test_the_readme_adapter_example_runs_as_written():
         model = MyViT().eval()
         sites = NeuronSites.from_model(model)
         assert (sites.family, sites.num_layers, sites.tokens.kind) == ("my-vit", 3, "cls")
-        from captum_paths.families import default_transform
+        from captum_paths.model.families import default_transform
         from PIL import Image
         assert tuple(default_transform(model)(Image.new("L", (30, 300))).shape) == (3, 224, 224)
         result = LayerProgressiveNeuronPath(model).attribute(torch.randn(2, 5, 8), target=1, n_steps=4)
@@ -539,7 +539,7 @@ def test_open_clip_spec_is_a_zero_shot_classifier_over_the_class_names(tmp_path,
 
     from captum_paths.cli import main
     from captum_paths.demo import save_demo_image_folder
-    from captum_paths.models import load_model
+    from captum_paths.model.loading import load_model
     from captum_paths.pipeline import Run
 
     tiny = dict(vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),

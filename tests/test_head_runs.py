@@ -9,10 +9,10 @@ import torch
 
 from captum_paths.demo import load_demo_model, save_demo_image_folder
 from captum_paths.explorer import explorer_payload, read_payload
-from captum_paths.faithfulness import faithfulness_study
+from captum_paths.evaluation.faithfulness import faithfulness_study
 from captum_paths.pipeline import Run
 from captum_paths.pipeline.run import RunMismatchError
-from captum_paths.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites
 
 
 @pytest.fixture(scope="module")

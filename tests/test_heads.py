@@ -14,11 +14,11 @@ from torch import nn
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.analysis import PathTable
 from captum_paths.attribution._machinery import gating
-from captum_paths.interventions import prune_neurons, remove_neurons
+from captum_paths.evaluation.interventions import prune_neurons, remove_neurons
 from captum_paths.records import PathRecord, unit_kinds
 from captum_paths.search import PathResult, neuron_path
 from captum_paths.search.baselines import ActivationPath, ConductancePath, InfluencePatternPath, KnowledgeNeuronPath
-from captum_paths.stream import ResidualStream
+from captum_paths.model.stream import ResidualStream
 from test_families import CASES, _hf, _sharpen
 
 HEADS, HEAD_DIM = 4, 8  # every tiny model below: width 32, 4 heads of 8 channels
@@ -37,7 +37,7 @@ def _hf_vit() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                                     num_hidden_layers=2, num_attention_heads=HEADS, num_labels=5)
-    from captum_paths.models import as_logits_model
+    from captum_paths.model.loading import as_logits_model
 
     model = transformers.ViTForImageClassification(config)
     return as_logits_model(_sharpen(model, model.classifier))

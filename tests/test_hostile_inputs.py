@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from _cli import ENV, extract_args, run_main
-from captum_paths.data import MAX_CLASS_INDEX, ImageFolderDataset, UnreadableImageError, open_image
+from captum_paths.model.data import MAX_CLASS_INDEX, ImageFolderDataset, UnreadableImageError, open_image
 from captum_paths.demo import save_demo_image_folder
-from captum_paths.models import load_model
+from captum_paths.model.loading import load_model
 from captum_paths.records import read_records
 
 # a hang the fix removes shows as a timeout of this many seconds, not as a test run stuck forever
@@ -79,7 +79,7 @@ def test_class_folder_linked_to_another_class_is_not_followed(data, caplog):
     shutil.rmtree(data / "9")
     os.symlink("1", data / "9")  # D/9 -> D/1: class 1's images would come back labelled 9
     os.symlink(os.path.join("..", "3"), data / "4" / "sub")  # a nested folder linked to class 3
-    with caplog.at_level(logging.WARNING, logger="captum_paths.data"):
+    with caplog.at_level(logging.WARNING, logger="captum_paths.model.data"):
         ds = ImageFolderDataset(data)
     assert ds.classes == [str(c) for c in range(10)]  # the indices of the other classes stay
     assert not any(i.startswith("9/") or i.startswith("4/sub/") for i in ds.image_ids)
@@ -246,7 +246,7 @@ def test_file_name_with_a_newline_is_one_line(data, tmp_path, capsys, caplog):
     bad.write_bytes(b"not an image\n")
     tabbed = data / "5" / "tab\tname.png"
     tabbed.write_bytes(b"not an image either")
-    with caplog.at_level(logging.WARNING, logger="captum_paths.data"):
+    with caplog.at_level(logging.WARNING, logger="captum_paths.model.data"):
         ds = ImageFolderDataset(data)
     assert [ast.literal_eval(p) for p, _ in ds.unreadable] == [str(bad), str(tabbed)]
     assert all("\n" not in p + e and "\t" not in p + e for p, e in ds.unreadable)

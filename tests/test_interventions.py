@@ -9,7 +9,7 @@ from torch import nn
 
 from captum_paths import NeuronSites, PathResult
 from captum_paths.demo import load_demo_data, load_demo_model
-from captum_paths.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
+from captum_paths.evaluation.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
 from _models import tiny_vit as _tiny_vit
 
 

@@ -1,4 +1,4 @@
-"""Tests for captum_paths.models.load_model and checkpoint loading (offline, CPU)."""
+"""Tests for captum_paths.model.loading.load_model and checkpoint loading (offline, CPU)."""
 from __future__ import annotations
 
 import urllib.error
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_paths.models import LogitsOnly, ModelLoadError, load_checkpoint, load_model
+from captum_paths.model.loading import LogitsOnly, ModelLoadError, load_checkpoint, load_model
 
 TINY_TIMM = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
 

@@ -351,7 +351,7 @@ def test_reported_jas_is_the_removal_effect_of_the_path(tiny, name, stream, monk
     """At default settings, every method's reported JAS is F(x) - F(x; path removed),
     and delta is the contributions' gap to it."""
     from captum_paths.search import PATH_METHODS
-    from captum_paths.interventions import remove_neurons
+    from captum_paths.evaluation.interventions import remove_neurons
 
     if not stream:
         monkeypatch.setattr(neuron_path.ResidualStream, "from_sites", classmethod(lambda cls, sites: None))

@@ -22,8 +22,8 @@ def data(tmp_path_factory):
 
 
 def _count_loads(monkeypatch):
-    import captum_paths.data as data_module
-    import captum_paths.models as models
+    import captum_paths.model.data as data_module
+    import captum_paths.model.loading as models
 
     calls = {"model": 0, "folder": 0}
     load_model, folder = models.load_model, data_module.ImageFolderDataset

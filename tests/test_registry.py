@@ -9,7 +9,7 @@ import torch
 
 import captum_paths
 from captum_paths import PATH_METHODS, PathAttribution, get_path_method, register_path_method
-from captum_paths.interventions import remove_neurons
+from captum_paths.evaluation.interventions import remove_neurons
 from _models import tiny_vit
 
 

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 
 from _cli import ENV, extract_args, run_main
-from captum_paths.data import ImageFolderDataset, open_image
+from captum_paths.model.data import ImageFolderDataset, open_image
 from captum_paths.demo import save_demo_image_folder
-from captum_paths.models import load_model, weights_fingerprint
+from captum_paths.model.loading import load_model, weights_fingerprint
 from captum_paths.pipeline import Run
 from captum_paths.records import read_records
 from captum_paths.search.registry import PATH_METHODS
@@ -690,9 +690,9 @@ def test_a_bad_record_names_its_file_and_line(base_run, tmp_path, capsys):
 
 def test_a_model_returning_a_tuple_with_explicit_sites_is_a_clear_error(batch):
     from captum_paths.attribution import JointNeuronIntegratedGradients
-    from captum_paths.models import LogitsOnly
+    from captum_paths.model.loading import LogitsOnly
     from captum_paths.search import LayerProgressiveNeuronPath
-    from captum_paths.sites import NeuronSites
+    from captum_paths.model.sites import NeuronSites
 
     x, y = batch
     model = load_model("demo")[0]

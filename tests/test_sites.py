@@ -1,4 +1,4 @@
-"""Tests for captum_paths.sites: NeuronSites discovery, recording, editing and hook hygiene.
+"""Tests for captum_paths.model.sites: NeuronSites discovery, recording, editing and hook hygiene.
 
 Every model is a tiny random-weight config (seeded), built once per module and
 shared by the tests; all checks run on CPU in a few seconds.
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from captum_paths.models import LogitsOnly, as_logits_model
-from captum_paths.sites import NeuronSites, TokenSelection
+from captum_paths.model.loading import LogitsOnly, as_logits_model
+from captum_paths.model.sites import NeuronSites, TokenSelection
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from captum_paths import NeuronSites
-from captum_paths.stream import ResidualStream
+from captum_paths.model.stream import ResidualStream
 from _models import tiny_vit
 
 

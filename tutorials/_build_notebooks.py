@@ -610,7 +610,7 @@ It raises `ModelLoadError` when the weights cannot be downloaded.
 """),
     code("""
 from captum_paths import load_model
-from captum_paths.models import ModelLoadError
+from captum_paths.model.loading import ModelLoadError
 
 SPEC = "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 try:
@@ -632,7 +632,7 @@ Class indices of the folder (sorted folder names) need not match the model's
 classes, so we explain the model's **predicted** class (`target=None`).
 """),
     code("""
-from captum_paths.data import ImageFolderDataset
+from captum_paths.model.data import ImageFolderDataset
 
 dataset = ImageFolderDataset(ROOT, transform=transform, mode="L" if source == "demo" else "RGB")
 print(dataset)

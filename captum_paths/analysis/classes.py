@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import sparse
 
 from captum_paths.analysis.table import PathTable, as_table
-from captum_paths.consensus import consensus_path
+from captum_paths.analysis.consensus import consensus_path
 
 __all__ = [
     "neuron_frequencies",
@@ -99,7 +99,7 @@ def consensus_paths(
     classes: Optional[Iterable[Hashable]] = None,
     label_key: str = "label",
 ) -> pd.DataFrame:
-    """The consensus path of every class (:func:`captum_paths.consensus.consensus_path`):
+    """The consensus path of every class (:func:`captum_paths.analysis.consensus.consensus_path`):
     per layer and rank the mode of the class's rank-``r`` neurons, distinct within a
     layer (``k = 1``: the mode per layer). The pruning study uses the same consensus.
 

@@ -2,7 +2,7 @@
 
 :func:`neuron_pixel_attribution` runs Captum's ``NeuronIntegratedGradients``
 (default) or ``NeuronConductance`` on the site module of one layer
-(:class:`~captum_paths.sites.NeuronSites`) and returns the attribution per input
+(:class:`~captum_paths.model.sites.NeuronSites`) and returns the attribution per input
 value, per pixel (summed over channels) and per patch (summed over each
 ``patch_size`` cell of the model's patch grid). This is the only part of
 :mod:`captum_paths.analysis` that needs the model.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from captum_paths.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites
 
 __all__ = ["NeuronPixelAttribution", "neuron_pixel_attribution", "model_patch_size", "neuron_selector"]
 
@@ -55,7 +55,7 @@ class NeuronPixelAttribution:
 
 def model_patch_size(model: nn.Module) -> Tuple[int, int]:
     """The patch size ``(ph, pw)`` of a model, as its family adapter declares it."""
-    from captum_paths.families import find_family, inner_model
+    from captum_paths.model.families import find_family, inner_model
 
     found = find_family(model)
     size = found[0].patch_size(inner_model(model)) if found is not None else None

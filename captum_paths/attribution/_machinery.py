@@ -12,7 +12,7 @@ import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
 from captum_paths.attribution.output import output_value, select_rows
-from captum_paths.sites import NeuronSites, SiteEdit
+from captum_paths.model.sites import NeuronSites, SiteEdit
 
 __all__ = [
     "APPROXIMATIONS",

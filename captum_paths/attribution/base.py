@@ -7,8 +7,8 @@ from captum.attr import GradientAttribution
 from torch import nn
 
 from captum_paths.attribution.output import check_output
-from captum_paths.models import as_logits_model
-from captum_paths.sites import NeuronSites, resolve_sites
+from captum_paths.model.loading import as_logits_model
+from captum_paths.model.sites import NeuronSites, resolve_sites
 
 __all__ = ["SiteAttribution"]
 

@@ -71,9 +71,9 @@ class JointNeuronIntegratedGradients(SiteAttribution):
     independent; this class scales neurons of many layers *jointly*.
 
     The units are those of the ``sites``: with head sites
-    (:meth:`~captum_paths.sites.NeuronSites.heads_from_model`) a unit ``(layer, h)`` is
+    (:meth:`~captum_paths.model.sites.NeuronSites.heads_from_model`) a unit ``(layer, h)`` is
     head ``h``, one gate on all its channels at the selected tokens; with mixed sites
-    (:meth:`~captum_paths.sites.NeuronSites.mixed`) a set can hold heads and neurons of
+    (:meth:`~captum_paths.model.sites.NeuronSites.mixed`) a set can hold heads and neurons of
     many blocks, and everything above holds unchanged (``"gate"`` mode only: the
     paper score is defined for FFN neurons).
 

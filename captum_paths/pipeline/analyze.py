@@ -107,7 +107,7 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
 
 def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:
     """``{name: figure}`` of the pixels behind the last neuron of ``record``'s path, or ``{}``."""
-    from captum_paths.models import ModelLoadError
+    from captum_paths.model.loading import ModelLoadError
     from captum_paths.plots.paths import plot_neuron_pixels
 
     try:

@@ -16,7 +16,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from captum_paths.data import UnreadableImageError
+from captum_paths.model.data import UnreadableImageError
 
 __all__ = ["ImageBatch", "image_batches", "default_workers", "DTYPES", "precision"]
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from captum_paths.sites import NeuronSites
+    from captum_paths.model.sites import NeuronSites
 
     from captum_paths.pipeline.run import Run
     from captum_paths.search import PathResult
@@ -37,7 +37,7 @@ SEARCHED = "neuron-path"
 def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Mapping[str, "PathResult"]) -> pd.DataFrame:
     """Per method: mean JAS per mode, mean / median probability deviation and accuracy deviation per
     operation, and the share of path neurons equal to the searched path's."""
-    from captum_paths.evaluation import summarize_deviation
+    from captum_paths.evaluation.harness import summarize_deviation
 
     summary = summarize_deviation(deviation)
     wide = summary.pivot(index="method", columns="operation",
@@ -103,7 +103,7 @@ def evaluate_paths(
     figures (PNG + SVG): ``deviation``, ``jas``, ``pruning``. ``n_steps`` sets the
     quadrature steps of the JAS comparison and of the pruning study's top-k path
     search (default: each mode's default). With ``faithfulness``, the
-    faithfulness-sparsity curves (:func:`captum_paths.faithfulness.faithfulness_study`,
+    faithfulness-sparsity curves (:func:`captum_paths.evaluation.faithfulness.faithfulness_study`,
     zero and mean ablation, a random-ranking control) of ``faithfulness_classes``
     classes (a seeded draw; ``None``: every class): tables ``faithfulness``,
     ``faithfulness_summary``, ``faithfulness_fewest`` and figure ``faithfulness``.
@@ -117,7 +117,7 @@ def evaluate_paths(
         the tables as DataFrames (``pruning`` and ``faithfulness`` are ``None`` when
         skipped), the seconds per experiment and the clean top-1 accuracy.
     """
-    from captum_paths.evaluation import (
+    from captum_paths.evaluation.harness import (
         jas_comparison,
         probability_deviation,
         pruning_study,
@@ -187,7 +187,7 @@ def evaluate_paths(
     if faithfulness and (counts >= 2).any():
         import torch
 
-        from captum_paths.faithfulness import faithfulness_study, faithfulness_summary, fewest_units
+        from captum_paths.evaluation.faithfulness import faithfulness_study, faithfulness_summary, fewest_units
 
         start = time.perf_counter()
         classes = np.flatnonzero(counts >= 2)

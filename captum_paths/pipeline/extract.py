@@ -19,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from captum_paths.attribution.output import check_finite_output
-from captum_paths.models import to_logits
-from captum_paths.data import UnreadableImageError
+from captum_paths.model.loading import to_logits
+from captum_paths.model.data import UnreadableImageError
 from captum_paths.pipeline.batches import DTYPES, default_workers, image_batches, precision
 from captum_paths.pipeline.run import UNITS, RunLockedError, file_sha256, run_settings
 from captum_paths.records import append_records, read_records, write_json_atomic, write_text_atomic
@@ -114,7 +114,7 @@ def extract(
 ) -> Dict[str, Any]:
     """Find paths for every image of the image folder ``data``; records go to ``run``'s folder.
 
-    ``model`` is a spec for :func:`captum_paths.models.load_model` (``demo``,
+    ``model`` is a spec for :func:`captum_paths.model.loading.load_model` (``demo``,
     ``timm:NAME``, ``torchvision:NAME``, ``hf:NAME_OR_PATH``, ``open_clip:ARCH[@TAG]``),
     ``model_args`` keyword arguments of its constructor (``{"img_size": 112}``; part
     of the run's identity). A zero-shot model's classes are the data's class names. ``refine`` and
@@ -145,8 +145,8 @@ def extract(
         A summary dict: ``images``, ``new_records``, ``records``, ``unreadable``,
         ``seconds``, ``out``, ``world_size``, ``rank``.
     """
-    from captum_paths.distributed import all_ok, barrier, gather, init_distributed, shutdown_distributed
-    from captum_paths.models import has_random_weights, weights_fingerprint
+    from captum_paths.pipeline.distributed import all_ok, barrier, gather, init_distributed, shutdown_distributed
+    from captum_paths.model.loading import has_random_weights, weights_fingerprint
 
     start = time.perf_counter()
     methods = list(dict.fromkeys(methods))
@@ -346,7 +346,7 @@ def _first_image(dataset) -> Tuple[torch.Tensor, int, str]:
 
 def _list_unreadable(run: "Run", skipped: Sequence[Tuple[str, str]]) -> None:
     """Add images that failed to decode during the run to ``unreadable.txt`` (each file once, one line each)."""
-    from captum_paths.data import escape_line, one_line
+    from captum_paths.model.data import escape_line, one_line
 
     lines = run.unreadable_file.read_text(encoding="utf-8").splitlines() if run.unreadable_file.exists() else []
     listed = {line.split("\t", 1)[0] for line in lines}
@@ -357,7 +357,7 @@ def _list_unreadable(run: "Run", skipped: Sequence[Tuple[str, str]]) -> None:
 @contextlib.contextmanager
 def _rank0_lock(run: "Run", info) -> Iterator[None]:
     """Rank 0 holds the run folder's lock for the whole torchrun; every rank stops when it cannot."""
-    from captum_paths.distributed import all_ok
+    from captum_paths.pipeline.distributed import all_ok
 
     with contextlib.ExitStack() as stack:
         error: Optional[RunLockedError] = None

@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from captum_paths.data import ImageFolderDataset
+    from captum_paths.model.data import ImageFolderDataset
     from captum_paths.explorer import ExplorerLimits
-    from captum_paths.sites import NeuronSites
+    from captum_paths.model.sites import NeuronSites
 
 __all__ = ["Run", "check_same_images", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "UNITS", "RUN_FILE",
            "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE", "RUN_OUTPUTS"]
@@ -417,7 +417,7 @@ class Run:
         """``ValueError`` when a record's path does not fit the run's sites: another number of
         layers, or a unit index at or past its layer's width. Skipped with a warning when the
         run's model cannot be loaded here (a checkpoint that is not on this machine)."""
-        from captum_paths.models import ModelLoadError
+        from captum_paths.model.loading import ModelLoadError
 
         try:
             sites = self.sites()
@@ -469,7 +469,7 @@ class Run:
     @property
     def device(self) -> str:
         """The device the run's model is on (resolved on first use)."""
-        from captum_paths.distributed import default_device
+        from captum_paths.pipeline.distributed import default_device
 
         if not self._resolved:  # "cuda" becomes cuda:LOCAL_RANK; a device this machine lacks is refused
             self._device = default_device(self._device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -479,9 +479,9 @@ class Run:
     def model(self) -> "nn.Module":
         """The run's model in eval mode on :attr:`device`, loaded once."""
         if self._model is None:
-            from captum_paths.models import load_model
+            from captum_paths.model.loading import load_model
 
-            from captum_paths.models import has_random_weights
+            from captum_paths.model.loading import has_random_weights
 
             s = self.settings
             if s.get("random_weights") is None and has_random_weights(s["model"], bool(s.get("pretrained")),
@@ -504,7 +504,7 @@ class Run:
     def sites(self) -> "NeuronSites":
         """The sites of the run's units (``units`` in ``run.json``): the model's FFN neurons, its
         attention heads, or both interleaved block by block."""
-        from captum_paths.sites import NeuronSites
+        from captum_paths.model.sites import NeuronSites
 
         model = self.model()
         units = self.settings.get("units", "neurons")
@@ -521,7 +521,7 @@ class Run:
     def _folder(self) -> "ImageFolderDataset":
         """The run's image folder, scanned and checked once, without a transform yet."""
         if self._scanned is None:
-            from captum_paths.data import ImageFolderDataset
+            from captum_paths.model.data import ImageFolderDataset
 
             s = self.settings
             if s.get("data") is None:
@@ -576,7 +576,7 @@ class Run:
         recorded = self.settings.get("weights_sha256")
         if recorded is None:
             return
-        from captum_paths.models import weights_fingerprint
+        from captum_paths.model.loading import weights_fingerprint
 
         if weights_fingerprint(model) != recorded:
             raise RunMismatchError(

@@ -477,7 +477,7 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
     """Faithfulness-sparsity curves: mean target probability and accuracy on held-out images
     against the units kept per layer, a line per method (the random-ranking control dashed).
 
-    ``summary``: :func:`captum_paths.faithfulness.faithfulness_summary` (columns ``method,
+    ``summary``: :func:`captum_paths.evaluation.faithfulness.faithfulness_summary` (columns ``method,
     ablation, n, mean_prob, accuracy, mean_prob_full, accuracy_full``); a column of panels per
     ablation. The unablated model is a grey dashed line; ``mean_prob_ci_low`` /
     ``mean_prob_ci_high``, when present, shade the interval of the searched paths' and the

@@ -22,7 +22,7 @@ Per layer ``t``, the score of neuron ``j`` (registry name: score, built on):
 
 A neuron read at several tokens gets the sum of its per-token values.
 ``knowledge-neurons`` and ``random`` also score attention heads (head or mixed
-sites, :class:`~captum_paths.sites.NeuronSites`); the others are defined on FFN
+sites, :class:`~captum_paths.model.sites.NeuronSites`); the others are defined on FFN
 neurons and raise ``ValueError`` for sites holding heads.
 The quadrature of the integral methods is the search's ``n_steps`` / ``method``
 (Captum approximation names); ``mode`` changes only the final path score.
@@ -39,7 +39,7 @@ from torch import nn
 from captum_paths.attribution._machinery import StepRows, edited_output, gating
 from captum_paths.attribution.output import select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
-from captum_paths.sites import NeuronSites, SiteEdit
+from captum_paths.model.sites import NeuronSites, SiteEdit
 
 __all__ = [
     "ActivationPath",

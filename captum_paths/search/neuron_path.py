@@ -13,7 +13,7 @@ The engine (``mode="gate"``) exploits the structure of the problem:
   (the prefix's contribution is the same constant for every candidate, so no
   gradient below site ``t`` is needed); block ``t`` runs up to its site once and
   is finished for the whole-site pass and for the path continuation
-  (:class:`~captum_paths.stream.BlockRun`);
+  (:class:`~captum_paths.model.stream.BlockRun`);
 - the path continuation keeps its graph, so the final contributions of the path
   take one backward and no forward (:class:`_StreamSearch`);
 - exact refinement re-scores candidates with forwards from the cached stream with
@@ -49,7 +49,7 @@ from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
 from captum_paths.search.beam import beam_search, member_context
 from captum_paths.search.candidates import proposal_pool
-from captum_paths.stream import ResidualStream
+from captum_paths.model.stream import ResidualStream
 
 __all__ = ["LayerProgressiveNeuronPath"]
 

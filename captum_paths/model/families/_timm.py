@@ -2,13 +2,17 @@
 and the ``timm:`` spec of a model."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, heads_spec, linear_width, projected_heads
-from captum_paths.tokens import TokenSelection
-from captum_paths.transforms import ToRGB, Transform
+from captum_paths.model.families.base import FamilyAdapter, SiteSpec, heads_spec, linear_width, projected_heads
+from captum_paths.model.tokens import TokenSelection
+from captum_paths.model.transforms import ToRGB, Transform
+from captum_paths.model.checkpoints import load_checkpoint
+from captum_paths.model.loaders import ModelLoadError, download_message, is_download_error, register_loader, suggest
+from captum_paths.model.families.base import default_transform
 
 __all__ = ["mlp_site", "blocks_spec", "attention_heads_spec", "timm_transform", "timm_loader_spec", "TimmFamily"]
 
@@ -107,3 +111,63 @@ class TimmFamily(FamilyAdapter):
 
     def loader_spec(self, model: nn.Module) -> Optional[str]:
         return timm_loader_spec(model)
+
+
+# -- the library's loader ------------------------------------------------------------
+
+
+def timm_arch(name: str) -> str:
+    """The architecture of a timm model name (``vit_base_patch16_224.augreg_in1k`` -> ``vit_base_patch16_224``)."""
+    return name.split(".", 1)[0]
+
+
+# -- timm -------------------------------------------------------------------------
+
+
+def _load_timm(
+    spec: str,
+    name: str,
+    pretrained: bool,
+    checkpoint: Optional[Path],
+    num_classes: Optional[int],
+    model_kwargs: Dict[str, Any],
+) -> Tuple[nn.Module, Transform]:
+    import timm
+
+    hub_scheme = name.startswith(("hf-hub:", "local-dir:"))
+    if not hub_scheme and not timm.is_model(timm_arch(name)):
+        raise ValueError(f"unknown timm model name {name!r} (spec {spec!r}){suggest(timm_arch(name), timm.list_models())}")
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    download = pretrained and checkpoint is None
+    try:
+        model = timm.create_model(name, pretrained=download, **kwargs)
+    except Exception as exc:
+        if (download or name.startswith("hf-hub:")) and is_download_error(exc):
+            raise ModelLoadError(download_message(spec, exc, _timm_weights_hint(name))) from exc
+        raise
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, spec)
+
+    return model, default_transform(model) or timm_transform(model)
+
+
+def _timm_weights_hint(name: str) -> str:
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if hub_id:
+            return f" (timm's weights file is model.safetensors at https://huggingface.co/{hub_id})"
+        url = getattr(cfg, "url", None) if cfg is not None else None
+        if url:
+            return f" (timm's weights file is {url})"
+    except Exception:
+        pass
+    return ""
+
+
+register_loader("timm", '"timm:NAME"', random_without_weights=True)(
+    lambda r: _load_timm(r.spec, r.name, r.pretrained, r.checkpoint, r.num_classes, r.model_kwargs))

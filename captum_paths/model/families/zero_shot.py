@@ -1,4 +1,4 @@
-"""A :class:`~captum_paths.zero_shot.ZeroShotClassifier`: its sites are those of its image
+"""A :class:`~captum_paths.model.zero_shot.ZeroShotClassifier`: its sites are those of its image
 tower, found by the tower's own family; the search runs the whole classifier."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, find_family, register_family
-from captum_paths.transforms import Transform
+from captum_paths.model.families.base import FamilyAdapter, SiteSpec, find_family, register_family
+from captum_paths.model.transforms import Transform
 
 __all__ = ["ZeroShot"]
 
@@ -18,7 +18,7 @@ class ZeroShot(FamilyAdapter):
     looks_for = "a ZeroShotClassifier whose tower is of a registered family"
 
     def _inner(self, model: nn.Module) -> Optional[Tuple[FamilyAdapter, SiteSpec]]:
-        from captum_paths.zero_shot import ZeroShotClassifier
+        from captum_paths.model.zero_shot import ZeroShotClassifier
 
         if not isinstance(model, ZeroShotClassifier):
             return None

@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVa
 import torch
 from torch import nn
 
-from captum_paths.tokens import TokenSelection
-from captum_paths.transforms import Transform
+from captum_paths.model.tokens import TokenSelection
+from captum_paths.model.transforms import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class FamilyAdapter:
 
     Subclasses set :attr:`name` and implement :meth:`sites`; :meth:`head_sites`,
     :meth:`stream`, :meth:`patch_size`, :meth:`transform` and :meth:`loader_spec` are optional.
-    Every method receives the model itself (a :class:`~captum_paths.outputs.LogitsOnly`
+    Every method receives the model itself (a :class:`~captum_paths.model.outputs.LogitsOnly`
     wrapper already removed).
     """
 
@@ -104,7 +104,7 @@ class FamilyAdapter:
     #: What :meth:`sites` looks for, for the error when no family recognises a model.
     looks_for: str = ""
     #: The prefix of the loader that builds the family's models from a spec
-    #: (``"timm"``, ``"torchvision"``, ``"hf"``, ``"open_clip"``; see ``captum_paths.models.register_loader``).
+    #: (``"timm"``, ``"torchvision"``, ``"hf"``, ``"open_clip"``; see ``captum_paths.model.loading.register_loader``).
     loader: str = ""
 
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
@@ -199,7 +199,7 @@ def default_transform(model: nn.Module) -> Optional[Transform]:
 
 
 def loader_spec(model: nn.Module) -> Optional[str]:
-    """The spec that rebuilds ``model``'s architecture with :func:`~captum_paths.models.load_model`
+    """The spec that rebuilds ``model``'s architecture with :func:`~captum_paths.model.loading.load_model`
     (``"timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"``, ``"hf:google/vit-base-patch16-224"``),
     or ``None`` when the model does not record its name."""
     found = find_family(model)
@@ -212,8 +212,8 @@ def looked_for() -> Sequence[str]:
 
 
 def inner_model(model: nn.Module) -> nn.Module:
-    """The model inside a :class:`~captum_paths.outputs.LogitsOnly` wrapper (the model itself otherwise)."""
-    from captum_paths.outputs import LogitsOnly
+    """The model inside a :class:`~captum_paths.model.outputs.LogitsOnly` wrapper (the model itself otherwise)."""
+    from captum_paths.model.outputs import LogitsOnly
 
     return model.model if isinstance(model, LogitsOnly) else model
 

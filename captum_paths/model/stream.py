@@ -4,7 +4,7 @@ The path search resumes the forward from a cached residual stream
 instead of re-running the early blocks. :class:`ResidualStream` splits a model
 into ``embed`` (images -> stream entering block 0), ``blocks[i]`` and ``head``
 (stream after the last block -> logits) for the model families whose adapter
-declares one (:mod:`captum_paths.families`). Hooks on the sites stay
+declares one (:mod:`captum_paths.model.families`). Hooks on the sites stay
 active because the very same modules run.
 
 Two further savings, both checked numerically before use (:meth:`ResidualStream.matches`):
@@ -25,8 +25,8 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from captum_paths.families.base import SiteSpec, SplitBlock
-from captum_paths.sites import NeuronSites, SiteEdit
+from captum_paths.model.families.base import SiteSpec, SplitBlock
+from captum_paths.model.sites import NeuronSites, SiteEdit
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class ResidualStream:
         heads, then the FFN neurons of every block) run each block as its attention half
         and its FFN half where the adapter declares them (:meth:`FamilyAdapter.block_halves`),
         else get ``None``."""
-        from captum_paths.families import get_family, inner_model
+        from captum_paths.model.families import get_family, inner_model
 
         model = inner_model(sites.model)
         try:

@@ -8,8 +8,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from captum_paths.families.base import CallWith, SiteSpec, StreamParts, register_family
-from captum_paths.families.timm_vit import TimmBlocks
+from captum_paths.model.families.base import CallWith, SiteSpec, StreamParts, register_family
+from captum_paths.model.families.timm_vit import TimmBlocks
 
 __all__ = ["TimmEva"]
 

@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_paths.families.base import (
+from captum_paths.model.families.base import (
     SiteSpec,
     SplitBlock,
     StreamParts,
     as_pair,
     register_family,
 )
-from captum_paths.families._timm import TimmFamily, attention_heads_spec, blocks_spec
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families._timm import TimmFamily, attention_heads_spec, blocks_spec
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["TimmBlocks", "pooled_tokens"]
 

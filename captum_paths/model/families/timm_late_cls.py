@@ -9,9 +9,9 @@ from typing import List, Optional
 
 from torch import nn
 
-from captum_paths.families.base import register_family
-from captum_paths.families.timm_vit import TimmBlocks
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families.base import register_family
+from captum_paths.model.families.timm_vit import TimmBlocks
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["TimmLateClassToken"]
 

@@ -22,7 +22,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB at 8 bits per channel (high-depth images scaled, not clipped)."""
     if not isinstance(image, Image.Image) or image.mode == "RGB":
         return image
-    from captum_paths.data import to_8bit
+    from captum_paths.model.data import to_8bit
 
     return to_8bit(image).convert("RGB")
 

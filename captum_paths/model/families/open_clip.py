@@ -1,6 +1,6 @@
 """open_clip ``VisionTransformer`` image towers (``visual.transformer.resblocks[i].mlp`` =
 ``c_fc``, ``gelu`` (the site), ``c_proj``), alone, inside a ``CLIP`` model, or under a
-:class:`~captum_paths.zero_shot.ZeroShotClassifier`. The tokens follow the tower's
+:class:`~captum_paths.model.zero_shot.ZeroShotClassifier`. The tokens follow the tower's
 pooling: the class token (``pool_type='tok'``), the patch tokens (``'avg'``) or every
 token (attention pooling). Heads: those of ``resblocks[i].attn``."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import (
+from captum_paths.model.families.base import (
     FamilyAdapter,
     SiteSpec,
     as_pair,
@@ -19,8 +19,9 @@ from captum_paths.families.base import (
     projected_heads,
     register_family,
 )
-from captum_paths.tokens import TokenSelection
-from captum_paths.transforms import ToRGB, Transform
+from captum_paths.model.tokens import TokenSelection
+from captum_paths.model.transforms import ToRGB, Transform
+from captum_paths.model.loaders import LoadRequest, ModelLoadError, download_message, is_download_error, register_loader, suggest
 
 __all__ = ["OpenClipVisionTransformer"]
 
@@ -86,3 +87,54 @@ class OpenClipVisionTransformer(FamilyAdapter):
         base = (image_transform_v2(PreprocessCfg(**cfg), is_train=False) if cfg
                 else open_clip.image_transform(tower.image_size, is_train=False))
         return T.Compose([ToRGB(), base])
+
+
+# -- the library's loader ------------------------------------------------------------
+
+
+def _load_open_clip(request: LoadRequest) -> Tuple[nn.Module, Transform]:
+    """An open_clip model under a zero-shot head over ``classnames`` (see :mod:`captum_paths.model.zero_shot`)."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ImportError(f"spec {request.spec!r} needs the open_clip package: pip install captum-paths[open_clip]"
+                          ) from exc
+    from captum_paths.model.zero_shot import ZeroShotClassifier
+
+    if request.num_classes is not None:
+        raise ValueError("open_clip models take no num_classes: their classes are the classnames")
+    if not request.classnames:
+        raise ValueError(f"spec {request.spec!r} is a zero-shot classifier: pass classnames (the pipeline uses "
+                         "the data's class folder names, or the names of a Keras-style label map)")
+    arch, _, tag = request.name.partition("@")
+    if request.checkpoint is not None:
+        weights = str(request.checkpoint)
+    elif arch.startswith("hf-hub:"):
+        weights = None
+    elif request.pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if tag and tag not in tags:
+            raise ValueError(f"open_clip has no weights {tag!r} for {arch!r}; it has {tags}")
+        if not tags:
+            raise ValueError(f"open_clip publishes no weights for {arch!r}; pass a checkpoint")
+        weights = tag or tags[0]
+    else:
+        weights = None
+    if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+        raise ValueError(f"unknown open_clip model {arch!r} (spec {request.spec!r})"
+                         f"{suggest(arch, open_clip.list_models())}")
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=weights,
+                                                                    **request.model_kwargs)
+    except Exception as exc:
+        if is_download_error(exc):
+            raise ModelLoadError(download_message(request.spec, exc, "")) from exc
+        raise
+    tokenizer = open_clip.get_tokenizer(arch)
+    classifier = ZeroShotClassifier.from_open_clip(model.eval(), tokenizer, list(request.classnames))
+    from torchvision import transforms as T
+
+    return classifier, T.Compose([ToRGB(), transform])
+
+
+register_loader("open_clip", '"open_clip:ARCH[@TAG]"', random_without_weights=True)(_load_open_clip)

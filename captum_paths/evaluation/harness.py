@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from captum_paths.attribution.joint_integrated_gradients import MODES, JointNeuronIntegratedGradients
-from captum_paths.consensus import consensus_path
-from captum_paths.interventions import _check_scale, prune_neurons, scale_neurons
-from captum_paths.models import as_logits_model
+from captum_paths.analysis.consensus import consensus_path
+from captum_paths.evaluation.interventions import _check_scale, prune_neurons, scale_neurons
+from captum_paths.model.loading import as_logits_model
 from captum_paths.records import write_text_atomic
 from captum_paths.search.registry import create_path_method
-from captum_paths.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites
 
 __all__ = [
     "DEVIATION_COLUMNS",
@@ -325,7 +325,7 @@ def jas_comparison(
 def class_consensus(
     paths: PathsLike, labels: torch.Tensor, k: Optional[int] = None
 ) -> Dict[int, torch.Tensor]:
-    """Class consensus paths (:func:`captum_paths.consensus.consensus_path`): per class,
+    """Class consensus paths (:func:`captum_paths.analysis.consensus.consensus_path`): per class,
     layer and rank, the mode of the images' rank-``r`` neurons, kept distinct within a
     layer (the same consensus as :func:`captum_paths.analysis.consensus_paths`).
 
@@ -417,7 +417,7 @@ def pruning_study(
     consensus of each ``k`` (:func:`class_consensus` on the first ``k`` ranks).
     On the evaluation images of the class, every non-consensus neuron of the
     selected tokens is zeroed with probability ``p`` in the first ``depth`` layers
-    (:func:`~captum_paths.interventions.prune_neurons`, seeded with ``seed`` for
+    (:func:`~captum_paths.evaluation.interventions.prune_neurons`, seeded with ``seed`` for
     every cell: common random numbers, so a larger ``p`` zeroes a superset).
 
     Args:

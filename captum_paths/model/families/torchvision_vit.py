@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from captum_paths.families.base import (
+from captum_paths.model.families.base import (
     SiteSpec,
     SplitBlock,
     StreamParts,
@@ -18,8 +18,8 @@ from captum_paths.families.base import (
     multihead_attention,
     register_family,
 )
-from captum_paths.families._torchvision import TorchvisionFamily
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families._torchvision import TorchvisionFamily
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["TorchvisionViT"]
 

@@ -13,11 +13,11 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import SiteSpec, as_pair, linear_width, register_family
-from captum_paths.families._hf import HuggingFaceFamily
-from captum_paths.families._timm import TimmFamily
-from captum_paths.families._torchvision import TorchvisionFamily
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families.base import SiteSpec, as_pair, linear_width, register_family
+from captum_paths.model.families._hf import HuggingFaceFamily
+from captum_paths.model.families._timm import TimmFamily
+from captum_paths.model.families._torchvision import TorchvisionFamily
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["TimmSwin", "TorchvisionSwin", "HuggingFaceSwin"]
 

@@ -127,7 +127,7 @@ class ImageFolderDataset(Dataset):
         root: folder holding one sub-folder per class (searched recursively;
             hidden files and folders are ignored).
         transform: maps a PIL image to a ``(C, H, W)`` tensor, e.g. the transform
-            returned by :func:`captum_paths.models.load_model`. Without one,
+            returned by :func:`captum_paths.model.loading.load_model`. Without one,
             images become float tensors in ``[0, 1]`` (``to_tensor``).
         label_map: folder name -> class index, as a dict or the path of a JSON
             file (``{"n01440764": 0, ...}``, a list of folder names in index

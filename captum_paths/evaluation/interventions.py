@@ -7,7 +7,7 @@ it changes the model only inside its ``with`` block and its hooks are removed on
 exit, even when the forward raises. Only the activation at the sites' selected
 tokens (the CLS token by default) is changed; other tokens pass unchanged and
 everything downstream is recomputed. With head sites (or mixed sites) of
-:class:`~captum_paths.sites.NeuronSites` a unit ``(layer, h)`` is head ``h``: all its
+:class:`~captum_paths.model.sites.NeuronSites` a unit ``(layer, h)`` is head ``h``: all its
 channels are scaled, removed or pruned together.
 
 - :func:`scale_neurons` multiplies a neuron set by a factor (0 removes, 2
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from captum_paths.attribution.neuron_sets import NeuronSet, layer_widths, looks_like_pair, parse_neurons
-from captum_paths.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites
 
 __all__ = ["scale_neurons", "remove_neurons", "enhance_neurons", "prune_neurons"]
 

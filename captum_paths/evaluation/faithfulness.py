@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from captum_paths.evaluation import _check_batch_size, _check_data, _device, split_by_class
-from captum_paths.models import as_logits_model
-from captum_paths.sites import NeuronSites
-from captum_paths.tokens import TokenSelection
+from captum_paths.evaluation.harness import _check_batch_size, _check_data, _device, split_by_class
+from captum_paths.model.loading import as_logits_model
+from captum_paths.model.sites import NeuronSites
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["ABLATIONS", "FAITHFULNESS_COLUMNS", "RANDOM_RANKING", "unit_ranking", "random_ranking", "unit_means",
            "keep_units", "faithfulness_study", "faithfulness_summary", "fewest_units", "default_ns"]

@@ -11,7 +11,7 @@ Two kinds of unit:
 
 :class:`NeuronSites` finds the FFN sites (:meth:`NeuronSites.from_model`) and the head
 sites (:meth:`NeuronSites.heads_from_model`) of every registered model family
-(:mod:`captum_paths.families`), interleaves the two (:meth:`NeuronSites.mixed`),
+(:mod:`captum_paths.model.families`), interleaves the two (:meth:`NeuronSites.mixed`),
 accepts explicit modules for any other model, and is the only place that hooks
 them: :meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
 that remove every hook on exit, even when the forward raises.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_paths.tokens import TokenSelection, TokenSpec
+from captum_paths.model.tokens import TokenSelection, TokenSpec
 
 __all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites", "KINDS"]
 
@@ -156,7 +156,7 @@ class NeuronSites:
     # ------------------------------------------------------------------ discovery
     @classmethod
     def from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
-        """Discover the FFN neuron sites of a model of a registered family (:mod:`captum_paths.families`).
+        """Discover the FFN neuron sites of a model of a registered family (:mod:`captum_paths.model.families`).
 
         Args:
             model (nn.Module): a model of a registered family (timm ViT, EVA,
@@ -181,7 +181,7 @@ class NeuronSites:
 
         Args:
             model (nn.Module): a model of a family whose adapter declares head sites
-                (:meth:`~captum_paths.families.FamilyAdapter.head_sites`).
+                (:meth:`~captum_paths.model.families.FamilyAdapter.head_sites`).
             tokens (optional): Override the token selection, as in :meth:`from_model`.
 
         Raises:
@@ -189,7 +189,7 @@ class NeuronSites:
                 (windowed and staged models); pass the heads explicitly with
                 :meth:`from_names` (``kind="head"``).
         """
-        from captum_paths.families import inner_model
+        from captum_paths.model.families import inner_model
 
         adapter, _ = _found_family(model, "attention heads")
         spec = adapter.head_sites(inner_model(model))
@@ -505,7 +505,7 @@ def _found_family(model: nn.Module, what: str):
     """``(adapter, spec)`` of the family that recognises ``model``, else ``ValueError`` naming ``what``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    from captum_paths.families import find_family, inner_model, looked_for
+    from captum_paths.model.families import find_family, inner_model, looked_for
 
     found = find_family(model)
     if found is None:
@@ -513,7 +513,7 @@ def _found_family(model: nn.Module, what: str):
             f"cannot find {what} in a {type(inner_model(model)).__name__}: looked for "
             f"{'; '.join(looked_for())}. For other models pass the modules explicitly: "
             "NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls'), or register a "
-            "FamilyAdapter with captum_paths.families.register_family"
+            "FamilyAdapter with captum_paths.model.families.register_family"
         )
     return found
 

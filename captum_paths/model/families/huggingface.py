@@ -9,9 +9,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from captum_paths.families._hf import HuggingFaceFamily
-from captum_paths.families.base import SiteSpec, StreamParts, as_pair, heads_spec, projected_heads, register_family
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families._hf import HuggingFaceFamily
+from captum_paths.model.families.base import SiteSpec, StreamParts, as_pair, heads_spec, projected_heads, register_family
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["HuggingFaceViT"]
 

@@ -12,9 +12,9 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from captum_paths.families.base import FamilyAdapter, SiteSpec, as_pair, register_family
-from captum_paths.families._timm import TimmFamily, mlp_site
-from captum_paths.tokens import TokenSelection
+from captum_paths.model.families.base import FamilyAdapter, SiteSpec, as_pair, register_family
+from captum_paths.model.families._timm import TimmFamily, mlp_site
+from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["TimmStaged"]
 
