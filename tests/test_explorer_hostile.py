@@ -32,7 +32,7 @@ from captum_paths.pipeline.report import _DataImages, _folder_access, _heatmap_f
 try:
     from captum_paths.model.data import ImageFolderDataset, open_image
 except ImportError:  # before the modules moved to captum_paths.model
-    from captum_paths.data import ImageFolderDataset, open_image
+    from captum_paths.model.data import ImageFolderDataset, open_image
 
 BOLD, LINK, AMP, COMMENT = "<b>x</b>", '<a href="https://example.com">l</a>', "&amp;", "<!--"
 #: class index -> (class folder, name in the label map)

@@ -81,6 +81,10 @@ def _non_empty(df: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
     return None if df is None or df.empty else df
 
 
+#: Where a stale stage folder is read from instead: no file is there.
+_NOWHERE = Path("/nonexistent/captum-paths-stale")
+
+
 def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
                  ) -> Tuple[Path, Path]:
     """Write ``RUN/report.html`` (the path explorer) and ``RUN/summary.md`` from what extract,
@@ -96,6 +100,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     if not isinstance(limits, ExplorerLimits):
         raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
     records = run.records()
+    run.check_units(records)
     settings = run.settings
     methods = list(dict.fromkeys(r["method"] for r in records))
     models = list(dict.fromkeys(str(r.get("model_id")) for r in records))
@@ -107,6 +112,14 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
                                           "data")}
     sections: List[Tuple[str, str, Optional[pd.DataFrame]]] = [("Paths per method (from the records)", "", overview)]
     eva, ana = run.evaluation_dir, run.analysis_dir
+    stale = [stage for stage, folder in (("evaluate", eva), ("analyze", ana)) if run.stale(folder, records)]
+    for stage in stale:  # made from other records (a --restart, more images since): not shown as this run's
+        logger.warning("report: %s/ was made from other records than the run holds now; it is left out (rerun "
+                       "`captum-paths %s --run %s`)", "evaluation" if stage == "evaluate" else "analysis", stage,
+                       run.folder)
+    # a stale folder reads as absent: an empty folder name that holds no file
+    eva = _NOWHERE if "evaluate" in stale else eva
+    ana = _NOWHERE if "analyze" in stale else ana
     for title, note, file in (
         ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
          "every path neuron at once; accuracy deviation = top-1 after - before." + _evaluated_images(eva),
@@ -153,15 +166,19 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
         lines += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown(df), ""]
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(run.folder)}` (and `.svg`)" for p in figures] + [""]
-    if not (eva / "methods_summary.csv").exists():
-        lines += ["(No evaluation yet: run `captum-paths evaluate --run RUN`.)", ""]
-    if not (ana / "path_sharing.csv").exists():
-        lines += ["(No analysis yet: run `captum-paths analyze --run RUN`.)", ""]
+    for stage, what, file in (("evaluate", "evaluation", eva / "methods_summary.csv"),
+                              ("analyze", "analysis", ana / "path_sharing.csv")):
+        if stage in stale:
+            lines += [f"(The {what} was made from other records than the run holds now and is left out: run "
+                      f"`captum-paths {stage} --run RUN`.)", ""]
+        elif not file.exists():
+            lines += [f"(No {what} yet: run `captum-paths {stage} --run RUN`.)", ""]
     summary = run.summary_file
 
     class_names, image_loader = _folder_access(run)
     heatmap = _heatmap_fn(run, limits, image_loader) if heatmaps and image_loader is not None else None
-    payload = explorer_payload(records, settings=settings, evaluation_dir=eva, analysis_dir=ana,
+    payload = explorer_payload(records, settings=settings, evaluation_dir=None if eva is _NOWHERE else eva,
+                               analysis_dir=None if ana is _NOWHERE else ana,
                                class_names=class_names, image_loader=image_loader, heatmap=heatmap, limits=limits,
                                run_name=str(run.folder))
     if image_loader is not None and image_loader.refused:
@@ -200,7 +217,7 @@ class _DataImages:
         return None
 
     def __call__(self, image_id: str) -> Any:
-        from captum_paths.data import open_image
+        from captum_paths.model.data import open_image
 
         path = self.path(image_id)
         return None if path is None else open_image(path)
@@ -239,7 +256,7 @@ def _heatmap_fn(run: "Run", limits: "ExplorerLimits", images: _DataImages
     or ``None`` when the run's model cannot be loaded here. Only images ``images`` would read are
     decoded (an image id outside the data folder raises ``ValueError``)."""
     from captum_paths.analysis.pixels import neuron_pixel_attribution
-    from captum_paths.models import ModelLoadError
+    from captum_paths.model.loading import ModelLoadError
 
     try:
         model = run.model()
