@@ -23,7 +23,7 @@ import pandas as pd
 
 from captum_paths.analysis import PathTable, class_similarity, consensus_paths
 from captum_paths.records import complete_images
-from captum_paths.evaluation.statistics import even_class_sample
+from captum_paths.statistics import even_class_sample
 from captum_paths.search.registry import PATH_METHODS
 
 __all__ = ["ExplorerLimits", "explorer_payload", "method_overview", "COLUMNS", "ImageLoader", "HeatmapFn"]
