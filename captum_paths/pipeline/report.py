@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Set, Tuple
 
@@ -187,7 +186,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
                        "no thumbnail or pixel attribution of them", len(refused), image_loader.root, refused[0])
         payload["meta"]["notes"].append(
             f"{len(refused)} recorded image {'id leads' if len(refused) == 1 else 'ids lead'} outside the data folder "
-            "(an absolute path, '..', a symbolic link out of it or a file it does not list); the page shows no "
+            "(an absolute path, '..', or a file its scan does not list); the page shows no "
             "thumbnail or pixel attribution of them.")
     page = render_page(payload, title=f"captum-paths: {run.folder.name}")
     report = run.report_file
@@ -198,20 +197,19 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
 
 
 class _DataImages:
-    """Reads the run's images by id for the page, only from inside the data folder: an id is
-    refused (no image, the id kept in :attr:`refused`) unless it is a relative path without ``..``,
-    one of the images the folder's scan lists, whose real path (symbolic links resolved) lies inside
-    the data folder's real path. A record cannot make the page embed any other file."""
+    """Reads the run's images by id for the page, only the data folder's own: an id is refused (no
+    image, the id kept in :attr:`refused`) unless it is a relative path without ``..`` that the
+    folder's scan lists (the scan decides which symbolic links are part of the data, as it does for
+    extract). A record cannot make the page embed any other file."""
 
     def __init__(self, root: Path, image_ids: Iterable[str]) -> None:
         self.root = root
-        self._real_root = os.path.realpath(root)
         self._listed = frozenset(image_ids)
         self.refused: Set[str] = set()
 
     def path(self, image_id: str) -> Optional[Path]:
         """The file of ``image_id`` inside the data folder, or ``None`` (and the id noted) when it is not one."""
-        if _inside_folder(self._real_root, self.root, image_id, self._listed):
+        if _listed_image(image_id, self._listed):
             return self.root / image_id
         self.refused.add(str(image_id))
         return None
@@ -223,15 +221,14 @@ class _DataImages:
         return None if path is None else open_image(path)
 
 
-def _inside_folder(real_root: str, root: Path, image_id: Any, listed: frozenset) -> bool:
-    """Whether ``image_id`` names a file inside the data folder ``root`` (see :class:`_DataImages`)."""
+def _listed_image(image_id: Any, listed: frozenset) -> bool:
+    """Whether ``image_id`` is one of the data folder's images (see :class:`_DataImages`)."""
     if not isinstance(image_id, str) or not image_id or "\0" in image_id or image_id not in listed:
         return False
     posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
     if posix.is_absolute() or windows.drive or windows.root or ".." in posix.parts or ".." in windows.parts:
         return False
-    real = os.path.realpath(root / image_id)
-    return real.startswith(real_root.rstrip(os.sep) + os.sep)
+    return True
 
 
 def _folder_access(run: "Run") -> Tuple[Optional[List[str]], Optional[_DataImages]]:
