@@ -1,5 +1,6 @@
-"""The package's rooms on disk: every import runs down the floors, never back up; the old
-module paths still work for one release, with a warning; the public namespace is the API."""
+"""The package's rooms on disk: the top level holds the rooms; the old module paths still work
+for one release, with a warning; the public namespace is the API. (That every import runs down
+the floors is tests/test_pipeline.py's test_no_module_imports_upward.)"""
 import ast
 import importlib
 import subprocess
@@ -14,88 +15,18 @@ from captum_paths._moved import MOVED, new_name
 
 PACKAGE = Path(captum_paths.__file__).parent
 
-#: The floors, lowest first: a module may import its own room and the rooms below it.
-FLOORS = [
-    {"records", "statistics", "_version", "_moved", "demo"},
-    {"model"},
-    {"attribution"},
-    {"search"},
-    {"analysis"},
-    {"evaluation"},
-    {"plots"},
-    {"explorer"},
-    {"pipeline"},
-    {"cli", "__main__"},
-]
-FLOOR = {room: i for i, rooms in enumerate(FLOORS) for room in rooms}
 
-
-def _modules():
-    for file in sorted(PACKAGE.rglob("*.py")):
-        parts = file.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        yield name, file
-
-
-def _imports(name, file):
-    """``(imported module, line, lazy)`` of every import of the package in ``file`` (TYPE_CHECKING
-    blocks left out: they run no code)."""
-    tree = ast.parse(file.read_text(encoding="utf-8"))
-    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
-    out = []
-
-    def visit(nodes, lazy):
-        for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                visit(node.body, True)
-                continue
-            if isinstance(node, ast.Import):
-                out.extend((a.name, node.lineno, lazy) for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                out.append((base, node.lineno, lazy))
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                if isinstance(getattr(node, field, None), list):
-                    visit(getattr(node, field), lazy)
-
-    visit(tree.body, False)
-    return [(m, line, lazy) for m, line, lazy in out if m == "captum_paths" or m.startswith("captum_paths.")]
-
-
-def _room(module):
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else None
-
-
-def test_every_module_sits_on_a_floor():
-    rooms = {_room(name) for name, _ in _modules() if _room(name)}
-    assert rooms <= set(FLOOR), sorted(rooms - set(FLOOR))
-
-
-def test_no_import_runs_back_up():
-    """A room imports only its own and lower rooms (lazy imports inside functions included), so
-    the graph of rooms has no circle and a newcomer can read the package bottom up."""
-    upward = []
-    for name, file in _modules():
-        room = _room(name)
-        if room is None:  # the top-level package: the lazy, flat public API over every room
-            continue
-        for module, line, lazy in _imports(name, file):
-            target = _room(new_name(module) or module)
-            if target is not None and FLOOR[target] > FLOOR[room]:
-                upward.append(f"{file.relative_to(PACKAGE.parent)}:{line} imports {module}"
-                              + (" (in a function)" if lazy else ""))
-    assert not upward, "\n".join(upward)
+def _imported(file):
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, node.lineno
+        elif isinstance(node, ast.Import):
+            yield from ((alias.name, node.lineno) for alias in node.names)
 
 
 def test_no_module_imports_a_moved_path():
-    old = [f"{file.relative_to(PACKAGE.parent)}:{line} {module}" for name, file in _modules()
-           if file.name != "_moved.py" for module, line, _ in _imports(name, file) if new_name(module)]
+    old = [f"{file.relative_to(PACKAGE.parent)}:{line} {module}" for file in sorted(PACKAGE.rglob("*.py"))
+           for module, line in _imported(file) if new_name(module)]
     assert not old, "\n".join(old)
 
 
