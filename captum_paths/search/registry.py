@@ -20,6 +20,7 @@ __all__ = ["PATH_METHODS", "get_path_method", "create_path_method", "register_pa
 
 M = TypeVar("M", bound=Type[PathAttribution])
 
+#: Every registered path method by name (``captum-paths extract --method NAME``), the built-in ones first.
 PATH_METHODS: Dict[str, Type[PathAttribution]] = {
     cls.name: cls
     for cls in (
