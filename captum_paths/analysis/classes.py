@@ -58,6 +58,15 @@ def neuron_frequencies(
 ) -> pd.DataFrame:
     """How often each neuron is chosen, per layer and class.
 
+    Args:
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
+
     Returns:
         DataFrame with columns ``class, layer, neuron, count, frequency``:
         ``count`` paths of the class hold the neuron at that layer, ``frequency``
@@ -107,6 +116,13 @@ def consensus_paths(
         k (int, optional): Neurons per layer in the consensus; ranks beyond the
             records' ``k`` take the layer's most frequent neurons not yet taken.
             Default: the records' ``k``.
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
 
     Returns:
         DataFrame with columns ``class, layer, rank, neuron, count, support``:
@@ -179,6 +195,17 @@ def shared_neurons(
             ``min_frequency`` of its paths hold it (and at least one does);
             ``"consensus"``: when it is on the class's consensus path (``k``
             neurons per layer). Default: ``"paths"``.
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        min_frequency (float, optional): With ``among="paths"``, the share of a class's paths
+            that must hold the neuron for the class to use it. Default: 0.
+        k (int, optional): Neurons per layer of a class's consensus path. Default: the
+            records' ``k``.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
 
     Returns:
         DataFrame with columns ``layer, neuron, num_classes, classes, count``
@@ -204,6 +231,22 @@ def shared_edges(
 
     ``among`` as in :func:`shared_neurons`; with ``"consensus"`` the edges of a
     class are those between its consecutive consensus neurons.
+
+    Args:
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        min_classes (int, optional): The fewest classes that must use it. Default: 2.
+        among (str, optional): ``"paths"`` or ``"consensus"``, as in :func:`shared_neurons`.
+            Default: ``"paths"``.
+        min_frequency (float, optional): With ``among="paths"``, the share of a class's paths
+            that must hold the neuron for the class to use it. Default: 0.
+        k (int, optional): Neurons per layer of a class's consensus path. Default: the
+            records' ``k``.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
 
     Returns:
         DataFrame with columns ``layer, source, target, num_classes, classes, count``.
@@ -278,6 +321,12 @@ def typical_paths(
             consensus path (ties broken by frequency score); ``"frequency"``:
             frequency score, the sum over the path's neurons of their frequency
             in the class (ties broken by consensus matches). Default: ``"consensus"``.
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
 
     Returns:
         DataFrame with columns ``record`` (position in ``records``), ``image_id``,
@@ -331,15 +380,27 @@ def class_similarity(
 ) -> pd.DataFrame:
     """Class-to-class similarity as a square DataFrame (index and columns: classes).
 
+    The diagonal is 1. Sparse matrices keep this cheap for thousands of classes
+    and ``L * d_ff`` neurons.
+
     Args:
         metric (str, optional): ``"cosine"``: cosine of the classes' neuron-count
             vectors over all ``(layer, neuron)`` (count = paths of the class that
             hold the neuron; the cosine is the same for frequencies);
             ``"jaccard"``: Jaccard index of the consensus paths as sets of
             ``(layer, neuron)`` (``k`` neurons per layer). Default: ``"cosine"``.
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        k (int, optional): Neurons per layer of a class's consensus path. Default: the
+            records' ``k``.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
 
-    The diagonal is 1. Sparse matrices keep this cheap for thousands of classes
-    and ``L * d_ff`` neurons.
+    Returns:
+        DataFrame ``(classes, classes)`` of similarities, rows and columns in class order.
     """
     table = _table(records, method, classes, label_key)
     n_cls = len(table.classes)
@@ -380,6 +441,9 @@ def nearest_classes(
             :func:`class_similarity` and ``metric`` / ``kwargs``), or a square
             similarity DataFrame.
         n (int, optional): How many (``None``: all others). Default: 5.
+        cls: The class.
+        metric (str, optional): ``"cosine"`` or ``"jaccard"``, as in :func:`class_similarity`.
+            Default: ``"cosine"``.
 
     Returns:
         DataFrame with columns ``class, similarity``, most similar first (ties:
@@ -486,6 +550,18 @@ def path_sharing(
             report the fraction of shuffles whose ``within - between`` reaches the
             observed one (with the +1 correction). Needs the exact mode.
             Default: 0.
+        records: Path records (dicts or :class:`~captum_paths.records.PathRecord`), or a
+            :class:`~captum_paths.analysis.PathTable` built from them.
+        method (str, optional): The method whose records to use; needed when the records
+            hold several. Default: the records' only method.
+        classes (iterable, optional): Only these classes. Default: every class of the records.
+        label_key (str, optional): The record key that names a path's class: ``"label"``,
+            ``"target"`` or ``"prediction"``. Default: ``"label"``.
+
+    Returns:
+        :class:`PathSharing`: ``within``, ``between``, their ratio and spreads, the pair
+        counts, whether every pair was used, the ``per_class`` DataFrame and the
+        permutation ``p_value`` (``None`` without permutations).
     """
     table = _table(records, method, classes, label_key)
     n = len(table)

@@ -107,6 +107,8 @@ def neuron_pixel_attribution(
             prediction). Default: ``"integrated_gradients"``.
         baseline (Tensor, optional): Baseline image; default zeros.
         n_steps (int, optional): Integration steps. Default: 50.
+        internal_batch_size (int, optional): Rows per forward/backward pass of the
+            integral (Captum's argument). Default: all ``n_steps`` at once.
         patch_size (sequence of 2 ints, optional): Default: from the model.
 
     Returns:
