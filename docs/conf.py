@@ -38,7 +38,7 @@ suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"  # the Args sections describe each argument; the types stay in the signature
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
