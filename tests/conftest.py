@@ -51,3 +51,23 @@ def page(browser):
     pg.on("request", lambda r: pg.requests.append(r.url))
     yield pg
     context.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in this process: the tiny demo model gains nothing from a second, and loses
+    much when another process keeps a core busy (see DEMO_THREADS)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_images_2(tmp_path_factory):
+    """The demo's test images, 2 per class (20), as an image folder (read only: copy it to change it)."""
+    from captum_paths.demo import save_demo_image_folder
+
+    return save_demo_image_folder(tmp_path_factory.mktemp("demo_images") / "data", limit_per_class=2)

@@ -26,7 +26,6 @@ from PIL import Image
 
 from _cli import ENV, extract_args, run_main
 from captum_paths.model.data import ImageFolderDataset, open_image
-from captum_paths.demo import save_demo_image_folder
 from captum_paths.model.loading import load_model, weights_fingerprint
 from captum_paths.pipeline import Run
 from captum_paths.records import read_records
@@ -116,20 +115,13 @@ def demo_checkpoint(path, change=None):
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread in this process: the tiny demo model gains nothing from a second, and loses
-    much when another process keeps a core busy (see DEMO_THREADS)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(demo_images_2):
     """The demo's test images, 2 per class (20)."""
-    return save_demo_image_folder(tmp_path_factory.mktemp("guarantees") / "data", limit_per_class=2)
+    return demo_images_2
 
 
 @pytest.fixture(scope="module")

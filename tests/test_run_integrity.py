@@ -6,9 +6,7 @@ import json
 import shutil
 
 import pytest
-import torch
 
-from captum_paths.demo import save_demo_image_folder
 from captum_paths.pipeline import Run
 from captum_paths.records import read_records
 
@@ -20,18 +18,13 @@ def one_line(err):
     return len(lines) == 1 and "Traceback" not in err
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(demo_images_2):
     """The demo's test images, 2 per class (20)."""
-    return save_demo_image_folder(tmp_path_factory.mktemp("integrity") / "data", limit_per_class=2)
+    return demo_images_2
 
 
 @pytest.fixture(scope="module")
