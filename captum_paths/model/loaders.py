@@ -3,7 +3,9 @@
 A loader turns a spec ``"PREFIX:NAME"`` into ``(model, transform)``
 (:func:`register_loader`); the built-in ones register in
 ``captum_paths/model/families/`` (``_timm.py``, ``_torchvision.py``, ``_hf.py``,
-``open_clip.py``), and :func:`captum_paths.model.loading.load_model` asks this registry.
+``open_clip.py``), installed plugins through the ``captum_paths.loaders`` entry points
+(:mod:`captum_paths.model.plugins`; the entry point's name is the prefix), and
+:func:`captum_paths.model.loading.load_model` asks this registry.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 from torch import nn
+
+from captum_paths.model.plugins import LOADERS_GROUP, PluginError, plugin_objects
 
 if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.model.transforms import Transform
@@ -66,24 +70,37 @@ def register_loader(prefix: str, form: str, random_without_weights: bool = False
     return register
 
 
+def _installed() -> Dict[str, _Loader]:
+    """The registry, with the loaders of installed plugins added the first time it is asked."""
+    for prefix, fn in plugin_objects(LOADERS_GROUP):
+        if prefix in _LOADERS:
+            continue
+        if not callable(fn):
+            raise PluginError(f"plugin loader {prefix!r} is a {type(fn).__name__}, not a function of a LoadRequest")
+        register_loader(prefix, f'"{prefix}:NAME"', getattr(fn, "random_without_weights", False))(fn)
+    return _LOADERS
+
+
 def spec_forms() -> str:
     """The spec forms of every loader, for messages."""
+    _installed()
     return ", ".join(loader.form for loader in _LOADERS.values())
 
 
 def random_spec_forms() -> str:
     """The prefixes whose models get random weights without pretrained ones or a checkpoint."""
+    _installed()
     return " and ".join(f"{p}:" for p, loader in _LOADERS.items() if loader.random_without_weights)
 
 
 def get_loader(prefix: str) -> _Loader:
     """The loader registered for ``prefix`` (``KeyError`` when none is)."""
-    return _LOADERS[prefix]
+    return _installed()[prefix]
 
 
 def loader_prefixes() -> Tuple[str, ...]:
     """The registered prefixes, in registration order."""
-    return tuple(_LOADERS)
+    return tuple(_installed())
 
 
 def suggest(name: str, candidates: Sequence[str], n: int = 5) -> str:

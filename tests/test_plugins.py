@@ -1,0 +1,95 @@
+"""Plugins: a package installed into a temporary environment adds a loader (and so a
+``--model`` spec) through its entry points, and the command line uses it with no other change."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from _cli import ENV
+
+PLUGIN = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "captum-paths-toy-plugin"
+        version = "0.1"
+
+        [tool.setuptools]
+        packages = ["toy_plugin"]
+
+        [project.entry-points."captum_paths.loaders"]
+        toy = "toy_plugin.loading:load"
+    """,
+    "toy_plugin/__init__.py": "",
+    "toy_plugin/loading.py": '''
+        """A loader of the demo model under another name, as a plugin would ship one."""
+        from captum_paths.demo import demo_transform, load_demo_model
+
+
+        def load(request):
+            if request.name != "digits":
+                raise ValueError(f"the toy plugin has one model, 'toy:digits'; got {request.spec!r}")
+            return load_demo_model(), demo_transform()
+    ''',
+}
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    """The environment of a subprocess in which the toy plugin is installed (``pip install --target``)."""
+    root = tmp_path_factory.mktemp("plugin")
+    source, target = root / "src", root / "site"
+    for name, text in PLUGIN.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(textwrap.dedent(text).lstrip())
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(target), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    path = os.pathsep.join(filter(None, [str(target), ENV.get("PYTHONPATH")]))
+    return dict(ENV, PYTHONPATH=path)
+
+
+def _cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "captum_paths", *map(str, args)], capture_output=True, text=True,
+                          env=env)
+
+
+def test_an_installed_loader_is_a_model_spec_of_the_cli(plugin_env, demo_images_2, tmp_path):
+    out = tmp_path / "run"
+    done = _cli(plugin_env, "extract", "--model", "toy:digits", "--data", demo_images_2, "--out", out, "--method",
+                "random", "--limit", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "run.json").read_text())["model"] == "toy:digits"
+    assert len((out / "records.jsonl").read_text().splitlines()) == 4
+    # its errors are one line like the built-in loaders'
+    done = _cli(plugin_env, "extract", "--model", "toy:cats", "--data", demo_images_2, "--out", tmp_path / "other",
+                "--quiet")
+    assert done.returncode == 2 and "the toy plugin has one model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_the_plugin_the_spec_is_unknown(demo_images_2, tmp_path):
+    done = _cli(ENV, "extract", "--model", "toy:digits", "--data", demo_images_2, "--out", tmp_path / "run", "--quiet")
+    assert done.returncode == 2 and "unknown model spec prefix 'toy:'" in done.stderr, done.stderr
+
+
+def test_a_plugin_that_fails_to_load_is_named(plugin_env, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "toy_plugin").mkdir(parents=True)
+    site = plugin_env["PYTHONPATH"].split(os.pathsep)[0]
+    for dist in os.listdir(site):  # the installed metadata, pointing at a module that does not import
+        if dist.endswith(".dist-info"):
+            os.symlink(os.path.join(site, dist), broken / dist)
+    (broken / "toy_plugin" / "__init__.py").write_text("")
+    (broken / "toy_plugin" / "loading.py").write_text("import no_such_package\n")
+    env = dict(plugin_env, PYTHONPATH=str(broken))
+    done = subprocess.run([sys.executable, "-c", "from captum_paths.model.loading import load_model; "
+                           "load_model('demo')"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert "plugin 'toy' of captum_paths.loaders (toy_plugin.loading:load) failed to load: ModuleNotFoundError" \
+        in done.stderr
