@@ -6,6 +6,7 @@ imports it.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "measured_graph_bytes",
     "quadrature",
     "removal",
+    "warn_if_constant_output",
 ]
 
 #: Captum's approximation method names
@@ -111,6 +113,42 @@ def edited_output(
     with sites.edit(edits):
         logits = forward_func(*selected, *select_rows(args, rows, batch))
     return output_value(logits, target[rows], output)
+
+
+def warn_if_constant_output(
+    contributions: torch.Tensor,
+    f_clean: torch.Tensor,
+    f_removed: Optional[torch.Tensor],
+    logits: torch.Tensor,
+    what: str = "JointNeuronIntegratedGradients",
+    stacklevel: int = 4,
+) -> bool:
+    """Warn (and return ``True``) when every contribution is exactly zero and ``F(x) == F(x; set removed)``
+    for every image (``f_removed`` ``None``: not checked): the scores are zero because the target's
+    output does not move, not because the units do not matter to a working model. The message names
+    the likely cause from the clean ``logits`` ``(batch, classes)``: the same for every class (a
+    zero-initialised head: torchvision's ``vit_b_16(weights=None)``) or for every image (a constant
+    head). Uses only what the attribution has already computed."""
+    if contributions.numel() == 0 or bool((contributions != 0).any()):
+        return False
+    if f_removed is not None and not torch.equal(f_clean, f_removed.to(f_clean.dtype)):
+        return False
+    logits = logits.detach()
+    if logits.dim() == 2 and bool((logits == logits[:, :1]).all()):
+        cause = ("the model's logits are the same for every class (a zero-initialised head? torchvision's "
+                 "vit_b_16(weights=None) zero-initialises its classifier: load trained weights or train it)")
+    elif logits.dim() == 2 and logits.shape[0] > 1 and bool((logits == logits[:1]).all()):
+        cause = "the model's logits are the same for every image (a constant head, with zero weights?)"
+    else:
+        cause = ("the units are inactive at these images (activations exactly zero), or the output does not "
+                 "depend on them (a zero-initialised or constant head?)")
+    warnings.warn(
+        f"{what}: every contribution and joint score is exactly 0: the target's output does not change when the "
+        f"units are removed and its gradient is zero; {cause}. These scores say nothing about the units",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+    return True
 
 
 def auto_rows(per_row: int, device: torch.device) -> int:

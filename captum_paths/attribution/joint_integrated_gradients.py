@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from captum.log import log_usage
 
-from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited_output
+from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited_output, warn_if_constant_output
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
@@ -80,8 +80,12 @@ class JointNeuronIntegratedGradients(SiteAttribution):
     Args:
         model (nn.Module): A vision transformer returning logits (Hugging Face
             models returning ``ModelOutput`` are wrapped to return logits).
-        sites (NeuronSites, optional): Where the units live (neurons, heads or both).
-            Default: ``NeuronSites.from_model(model)``.
+        sites (NeuronSites, nn.Module or list of nn.Module, optional): Where the units live
+            (neurons, heads or both): a :class:`~captum_paths.model.sites.NeuronSites`, or, as
+            Captum's layer arguments, a module of ``model`` (``model.blocks[3].mlp.act``) or a list
+            of them, one layer each, read at the tokens of the backbone holding them
+            (:meth:`~captum_paths.model.sites.NeuronSites.coerce`). Default:
+            ``NeuronSites.from_model(model)`` (which also finds the backbone inside a wrapper).
         output (str, optional): ``"prob"`` explains the softmax probability of
             the target, ``"logit"`` its logit. Default: ``"prob"``.
     """
@@ -199,6 +203,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
             # paper score: [sum_k sum_n dF/da_n(alpha_k)] * [sum_n a0_n / m]
             jas = grad_sums * run.clean_set_activation() / n_steps
             delta = None if f_removed is None else jas - (f_clean - f_removed).double()
+        if not bool((jas != 0).any()):  # a zero-initialised or constant head: say so rather than report zeros
+            warn_if_constant_output(contributions, f_clean, f_removed, logits)
         dtype = f_clean.dtype
         result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions.to(dtype)), jas.to(dtype))
         if return_convergence_delta:

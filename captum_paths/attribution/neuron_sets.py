@@ -5,10 +5,20 @@ A neuron set is held as two LongTensors ``layers`` and ``units`` of shape
 """
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+#: the forms a neuron set may take, for error messages
+ACCEPTED = (
+    "one (layer, neuron) pair; a list of such pairs (one set shared by the batch); a list of such lists, "
+    "one per example (equal sizes); an (n, 2) integer array or tensor of pairs; a (batch, L, k) integer index "
+    "tensor (a path, k neurons per layer); or a path-search result (anything with a `paths` tensor). Layer and "
+    "neuron indices may be Python, numpy or tensor integers"
+)
 
 
 @dataclass(frozen=True)
@@ -68,60 +78,102 @@ def parse_neurons(
 ) -> NeuronSet:
     """Turn any accepted neuron specification into a :class:`NeuronSet`.
 
-    Accepted: a list of ``(layer, neuron)`` pairs (shared by the batch); a list of
-    such lists, one per example; a ``(batch, L, k)`` index tensor (a path with k
-    neurons per layer, ``L == num_layers``); or any object with a ``paths``
-    attribute holding such a tensor (a path-search result). ``width`` is the FFN
-    width of every layer, or a list of per-layer widths (hierarchical models).
+    Accepted: one ``(layer, neuron)`` pair; a list of such pairs (shared by the batch); a
+    list of such lists, one per example; an ``(n, 2)`` integer array or tensor of pairs; a
+    ``(batch, L, k)`` index tensor (a path with k neurons per layer, ``L == num_layers``);
+    or any object with a ``paths`` attribute holding such a tensor (a path-search result).
+    Indices may be Python, numpy or tensor integers (numpy arrays stand for lists).
+    ``width`` is the FFN width of every layer, or a list of per-layer widths
+    (hierarchical models). Every error names what was received and the accepted forms.
     """
-    paths = getattr(neurons, "paths", None)
-    if isinstance(paths, torch.Tensor):
-        neurons = paths
+    received = _received(neurons)
+    neurons = canonical_neurons(neurons)
     if isinstance(neurons, torch.Tensor):
-        return _from_path_tensor(neurons, batch, num_layers, width)
+        return _from_path_tensor(neurons, batch, num_layers, width, received)
     if not isinstance(neurons, Sequence) or isinstance(neurons, (str, bytes)):
-        raise TypeError(
-            "neurons must be a list of (layer, neuron) pairs, a list of such lists (one "
-            "per example), a (batch, L, k) index tensor or a path-search result; "
-            f"got {type(neurons).__name__}"
-        )
+        raise TypeError(f"neurons must be {ACCEPTED}; got {received}")
     if len(neurons) == 0:
-        raise ValueError("neurons is empty: a neuron set needs at least one (layer, neuron) pair")
+        raise ValueError(f"neurons is empty: a neuron set needs at least one (layer, neuron) pair; accepted: "
+                         f"{ACCEPTED}")
     if looks_like_pair(neurons[0]):
         per_example = [neurons] * batch
     else:
         if len(neurons) != batch:
             raise ValueError(
                 f"neurons holds {len(neurons)} sets but inputs hold {batch} examples: give "
-                "one list of (layer, neuron) pairs per example, or a single list shared by all"
+                f"one list of (layer, neuron) pairs per example, or a single list shared by all; got {received}"
             )
-        per_example = list(neurons)
-    sizes = {len(s) if isinstance(s, Sequence) else -1 for s in per_example}
+        per_example = [_listed(s) for s in neurons]
+    sizes = {len(s) if isinstance(s, Sequence) and not isinstance(s, (str, bytes)) else -1 for s in per_example}
     if -1 in sizes or not all(_is_pair(p) for s in per_example for p in s):
         raise TypeError(
-            "neurons: every element must be a (layer, neuron) pair of ints, or a list of "
-            "such pairs per example"
+            "neurons: every element must be a (layer, neuron) pair of integers, or a list of "
+            f"such pairs per example; got {received}. Accepted: {ACCEPTED}"
         )
     if 0 in sizes:
-        raise ValueError("neurons: a neuron set is empty; each set needs at least one (layer, neuron) pair")
+        raise ValueError(f"neurons: a neuron set is empty; each set needs at least one (layer, neuron) pair; got "
+                         f"{received}")
     if len(sizes) != 1:
         raise ValueError(
             f"neurons: every example's set must have the same size; got sizes {sorted(sizes)}"
         )
-    table = torch.tensor([[list(p) for p in s] for s in per_example], dtype=torch.long)
+    table = torch.tensor([[[operator.index(v) for v in p] for p in s] for s in per_example], dtype=torch.long)
     result = NeuronSet(table[..., 0].contiguous(), table[..., 1].contiguous())
     _check_ranges(result, num_layers, width)
     return result
 
 
+def canonical_neurons(neurons: Any) -> Any:
+    """``neurons`` in the plain forms :func:`parse_neurons` reads: a path-search result's ``paths``
+    tensor; a ``(batch, L, k)`` tensor (numpy arrays too); a single pair as a list holding it; ``(n, 2)``
+    (or ``(2,)``) integer arrays and tensors as lists of pairs; per-example arrays as lists. Anything
+    else is returned as it is (and refused by :func:`parse_neurons` with its message)."""
+    paths = getattr(neurons, "paths", None)
+    if isinstance(paths, torch.Tensor):
+        return paths
+    if _is_array(neurons):
+        array = _as_tensor(neurons)
+        if array is None or array.dim() == 3 or array.is_floating_point():
+            return neurons if array is None else array
+        if array.dim() == 1 and array.shape[0] == 2:
+            return [tuple(array.tolist())]
+        if array.dim() == 2 and array.shape[1] == 2:
+            return [tuple(p) for p in array.tolist()]
+        return array  # another shape: refused as a path tensor, with its shape
+    if looks_like_pair(neurons):
+        return [neurons]
+    return neurons
+
+
 def looks_like_pair(obj: Any) -> bool:
-    """A 2-sequence of scalars: meant as one (layer, neuron) pair, valid or not."""
+    """A 2-sequence of scalars (Python, numpy or 0-d tensor numbers): meant as one (layer, neuron) pair,
+    valid or not."""
     return (
         isinstance(obj, Sequence)
         and not isinstance(obj, (str, bytes))
         and len(obj) == 2
-        and not any(isinstance(v, Sequence) for v in obj)
+        and all(_is_scalar(v) for v in obj)
     )
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, (str, bytes)):
+        return False
+    if isinstance(value, numbers.Number):  # numpy scalars are registered numbers too
+        return True
+    return getattr(value, "ndim", None) == 0 and _is_array(value)
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool) or (_is_array(value) and str(getattr(value, "dtype", "")) in ("bool", "torch.bool")):
+        return False
+    if isinstance(value, float) or (_is_array(value) and getattr(value, "ndim", 1) != 0):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _is_pair(obj: Any) -> bool:
@@ -129,17 +181,55 @@ def _is_pair(obj: Any) -> bool:
         isinstance(obj, Sequence)
         and not isinstance(obj, (str, bytes))
         and len(obj) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in obj)
+        and all(_is_integer(v) for v in obj)
     )
 
 
-def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: Widths) -> NeuronSet:
+def _is_array(obj: Any) -> bool:
+    """A tensor or a numpy array (or scalar array)."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    return type(obj).__module__ == "numpy" and hasattr(obj, "ndim") and hasattr(obj, "dtype")
+
+
+def _as_tensor(array: Any) -> Optional[torch.Tensor]:
+    if isinstance(array, torch.Tensor):
+        return array
+    try:
+        return torch.as_tensor(array)
+    except (TypeError, ValueError, RuntimeError):  # object arrays and the like
+        return None
+
+
+def _listed(entry: Any) -> Any:
+    """One example's set: an ``(n, 2)`` integer array or tensor as a list of pairs, else itself."""
+    if _is_array(entry):
+        array = _as_tensor(entry)
+        if array is not None and not array.is_floating_point() and array.dim() == 2 and array.shape[1] == 2:
+            return [tuple(p) for p in array.tolist()]
+    return entry
+
+
+def _received(neurons: Any) -> str:
+    """What was passed as ``neurons``, briefly, for messages."""
+    if _is_array(neurons):
+        return f"a {type(neurons).__name__} of shape {tuple(neurons.shape)} and dtype {neurons.dtype}"
+    text = repr(neurons)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(neurons).__name__} {text}"
+
+
+def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: Widths,
+                      received: Optional[str] = None) -> NeuronSet:
+    received = received or _received(paths)
     if paths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"neurons: a path tensor must hold integer indices; got dtype {paths.dtype}")
+        raise TypeError(f"neurons: a path tensor must hold integer indices; got {received}. Accepted: {ACCEPTED}")
     if paths.dim() != 3 or paths.shape[0] != batch or paths.shape[1] != num_layers or paths.shape[2] < 1:
         raise ValueError(
             f"neurons: a path tensor must have shape (batch, L, k) = ({batch}, {num_layers}, k>=1) "
-            f"for {batch} examples and {num_layers} layers; got {tuple(paths.shape)}"
+            f"for {batch} examples and {num_layers} layers; got {tuple(paths.shape)} ({received}). "
+            f"Accepted: {ACCEPTED}"
         )
     paths = paths.long().cpu()
     _, L, k = paths.shape

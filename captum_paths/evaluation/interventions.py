@@ -37,7 +37,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from captum_paths.attribution.neuron_sets import NeuronSet, layer_widths, looks_like_pair, parse_neurons
+from captum_paths.attribution.neuron_sets import (NeuronSet, canonical_neurons, layer_widths, looks_like_pair,
+                                                  parse_neurons)
 from captum_paths.model.sites import NeuronSites
 
 __all__ = ["scale_neurons", "remove_neurons", "enhance_neurons", "prune_neurons"]
@@ -46,11 +47,16 @@ Keep = Union[torch.Tensor, Sequence[Sequence[int]], Mapping[int, Sequence[int]]]
 
 
 def _as_sites(sites: Union[NeuronSites, nn.Module]) -> NeuronSites:
+    """``sites`` itself, or the sites discovered in a model (:meth:`NeuronSites.coerce`, which also finds
+    the backbone inside a wrapper). Modules as sites need their model: ``NeuronSites.coerce(model, modules)``."""
     if isinstance(sites, NeuronSites):
         return sites
     if isinstance(sites, nn.Module):
-        return NeuronSites.from_model(sites)
-    raise TypeError(f"sites must be a NeuronSites or an nn.Module; got {type(sites).__name__}")
+        return NeuronSites.coerce(sites)
+    hint = ""
+    if isinstance(sites, (list, tuple)) and sites and all(isinstance(m, nn.Module) for m in sites):
+        hint = "; for modules as sites pass NeuronSites.coerce(model, modules) (their model names them and their tokens)"
+    raise TypeError(f"sites must be a NeuronSites or an nn.Module (the model); got {type(sites).__name__}{hint}")
 
 
 def _check_scale(scale: Any, argument: str = "scale") -> float:
@@ -70,6 +76,7 @@ class _SetMasks:
     """
 
     def __init__(self, sites: NeuronSites, neurons: Any) -> None:
+        neurons = canonical_neurons(neurons)  # one pair, numpy and (n, 2) arrays in the plain forms
         self.sites = sites
         self.neurons = neurons
         paths = getattr(neurons, "paths", None)

@@ -11,10 +11,13 @@ Two kinds of unit:
 
 :class:`NeuronSites` finds the FFN sites (:meth:`NeuronSites.from_model`) and the head
 sites (:meth:`NeuronSites.heads_from_model`) of every registered model family
-(:mod:`captum_paths.model.families`), interleaves the two (:meth:`NeuronSites.mixed`),
-accepts explicit modules for any other model, and is the only place that hooks
-them: :meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers
-that remove every hook on exit, even when the forward raises.
+(:mod:`captum_paths.model.families`), also in the backbone of a wrapper (a linear
+probe, ``nn.Sequential(normalize, backbone, head)``, a Lightning module), interleaves
+the two (:meth:`NeuronSites.mixed`), accepts explicit modules for any other model
+(:meth:`NeuronSites.coerce`, what every ``sites=`` argument goes through, and
+:meth:`NeuronSites.from_names`), and is the only place that hooks them:
+:meth:`NeuronSites.record` and :meth:`NeuronSites.edit` are context managers that
+remove every hook on exit, even when the forward raises.
 
 Edits and records see every site as ``(batch, positions, units)``: a unit is one
 column, so multiplying column ``j`` by a gate gates unit ``j``. For neuron sites the
@@ -45,6 +48,8 @@ SiteEdit = Callable[[torch.Tensor], torch.Tensor]
 _CAPTURES = ("output", "input", "mha")
 #: the kinds of unit a site holds
 KINDS = ("neuron", "head")
+#: how a site's 4-D activation holds its channels (see ``NeuronSites``' ``layout``)
+LAYOUTS = ("channels_last", "channels_first")
 
 
 class NeuronSites:
@@ -71,6 +76,16 @@ class NeuronSites:
         unit (int or list of int, optional): Channels per unit: 1 for neurons, the
             head dimension for heads (inferred from ``width`` and the module when
             ``None``). Default: ``None``.
+        layout (str or list, optional): How a 4-D activation holds its channels:
+            ``"channels_last"`` (``(batch, H, W, C)`` token grids) or ``"channels_first"``
+            (``(batch, C, H, W)`` maps, e.g. a convolution's output; also ``(batch, C, L)``);
+            either way it is read as ``H * W`` tokens of ``C`` channels. One value, or one per
+            layer. ``None`` (default): activations are ``(batch, tokens, channels)``, and a 4-D
+            one is refused, as its layout cannot be told from its shape (except at a linear
+            layer, which is channels-last). Discovered sites take their family's layout.
+        backbone (str, optional): The dotted path in ``model`` of the backbone that holds the
+            sites, when they were found inside a wrapper (:meth:`from_model`); ``None`` when
+            the model itself is the backbone or the sites were given.
 
     Attributes:
         modules, num_layers, tokens, names, family.
@@ -81,6 +96,8 @@ class NeuronSites:
         width (int or None): the units per layer when every layer has the same number.
         widths (list of int or None): the units of each layer (``None`` when unknown
             until a forward).
+        layouts (list of str or None): the layout of each layer (``None``: 3-D only).
+        backbone (str or None): where the backbone holding the sites is in ``model``.
 
     ``nn.MultiheadAttention`` heads (``capture="mha"``) are read by recomputing the
     heads from the module's own weights and inputs inside a forward hook; the edited
@@ -109,6 +126,8 @@ class NeuronSites:
         family: str = "custom",
         kind: Union[str, Sequence[str]] = "neuron",
         unit: Optional[Union[int, Sequence[Optional[int]]]] = None,
+        layout: Optional[Union[str, Sequence[Optional[str]]]] = None,
+        backbone: Optional[str] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -134,6 +153,12 @@ class NeuronSites:
                 raise ValueError(f"kind must be one of {KINDS}; got {k!r}")
         given_widths = _per_layer(width, L, "width", int, optional=True)
         given_units = _per_layer(unit, L, "unit", int, optional=True)
+        layouts = _per_layer(layout, L, "layout", str, optional=True)
+        for value in layouts:
+            if value is not None and value not in LAYOUTS:
+                raise ValueError(f"layout must be one of {LAYOUTS} (or None); got {value!r}")
+        if backbone is not None and not isinstance(backbone, str):
+            raise TypeError(f"backbone must be the backbone's dotted module path or None; got {type(backbone).__name__}")
         self.model = model
         self.modules: List[nn.Module] = modules
         self.tokens = TokenSelection.parse(tokens)
@@ -152,25 +177,55 @@ class NeuronSites:
         self.width: Optional[int] = (self.widths[0] if self.widths is not None and len(set(self.widths)) == 1
                                      else None)
         self.family = family
+        # a linear layer's input and output hold their channels last, whatever their shape
+        self.layouts: List[Optional[str]] = [
+            value if value is not None or not isinstance(m, nn.Linear) else "channels_last"
+            for value, m in zip(layouts, modules)
+        ]
+        self.backbone: Optional[str] = backbone or None
 
     # ------------------------------------------------------------------ discovery
     @classmethod
-    def from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
-        """Discover the FFN neuron sites of a model of a registered family (:mod:`captum_paths.model.families`).
+    def from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None,
+                   backbone: Union[None, str, nn.Module] = None) -> "NeuronSites":
+        """Discover the FFN neuron sites of a model of a registered family (:mod:`captum_paths.model.families`),
+        or of the backbone of one inside a wrapper.
+
+        A model no family recognises is searched for the one backbone of a registered family
+        inside it: a linear probe's ``backbone``, the backbone of ``nn.Sequential(normalize,
+        backbone, head)``, a Lightning-style module's ``model``, an image tower under a
+        hand-written zero-shot head. Its sites keep their full names (``backbone.blocks.3.mlp.act``)
+        and hooks on them act inside the whole model, so every score is one of the wrapper's output.
+        The fast residual-stream engine of the path search runs the backbone's blocks and then
+        the wrapper on the backbone's output; it is used only where that reproduces the whole
+        model's output on the batch (checked, and where the wrapper's output depends on the
+        images through the backbone only), else the whole model runs, with the same results.
 
         Args:
             model (nn.Module): a model of a registered family (timm ViT, EVA,
                 BEiT, CaiT, torchvision ViT, Hugging Face ViT family, open_clip
-                towers ...), or one wrapped in :class:`LogitsOnly`.
+                towers ...), one wrapped in :class:`LogitsOnly`, or any module holding one.
             tokens (optional): Override the token selection the model's pooling
-                implies (CLS for CLS-pooled heads, patch tokens for averaging heads).
+                implies (CLS for CLS-pooled heads, patch tokens for averaging heads). In a
+                wrapper the default is the backbone's own pooling (its class token for a timm
+                ``VisionTransformer`` with ``global_pool="token"``, a Hugging Face ``ViTModel``'s
+                pooler); a wrapper that pools otherwise (a probe on the mean of the patch
+                tokens) is explained at the tokens it reads with ``tokens="patches"`` (or
+                ``"all"``, indices). The joint score is the removal effect at the tokens chosen
+                whatever they are.
+            backbone (str or nn.Module, optional): The backbone to take when the model holds
+                several (its dotted path, e.g. ``"encoder"``, or the module itself); several
+                backbones without it are a ``ValueError`` naming them.
         """
-        adapter, spec = _found_family(model, "neuron sites")
+        found = _found_family(model, "neuron sites", backbone)
+        spec = found.spec
         selection = spec.tokens if tokens is None else TokenSelection.parse(tokens, spec.tokens.num_prefix_tokens)
-        return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=adapter.name)
+        return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=found.adapter.name,
+                   layout=spec.layout, backbone=found.path or None)
 
     @classmethod
-    def heads_from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None) -> "NeuronSites":
+    def heads_from_model(cls, model: nn.Module, tokens: Optional[TokenSpec] = None,
+                         backbone: Union[None, str, nn.Module] = None) -> "NeuronSites":
         """Discover the attention head sites of a model of a registered family: one layer per
         attention block, one unit per head, read at the same tokens as its FFN neurons.
 
@@ -181,29 +236,30 @@ class NeuronSites:
 
         Args:
             model (nn.Module): a model of a family whose adapter declares head sites
-                (:meth:`~captum_paths.model.families.FamilyAdapter.head_sites`).
+                (:meth:`~captum_paths.model.families.FamilyAdapter.head_sites`), or a wrapper
+                holding one (as in :meth:`from_model`).
             tokens (optional): Override the token selection, as in :meth:`from_model`.
+            backbone (str or nn.Module, optional): The backbone, as in :meth:`from_model`.
 
         Raises:
             ValueError: no family recognises the model, or its family declares no heads
                 (windowed and staged models); pass the heads explicitly with
                 :meth:`from_names` (``kind="head"``).
         """
-        from captum_paths.model.families import inner_model
-
-        adapter, _ = _found_family(model, "attention heads")
-        spec = adapter.head_sites(inner_model(model))
+        found = _found_family(model, "attention heads", backbone)
+        adapter = found.adapter
+        spec = adapter.head_sites(found.module)
         if spec is None:
             raise ValueError(
                 f"the {adapter.name!r} family declares no attention head sites for a "
-                f"{type(inner_model(model)).__name__} (windowed or staged attention, or heads its modules do not "
+                f"{type(found.module).__name__} (windowed or staged attention, or heads its modules do not "
                 "expose); pass them explicitly: NeuronSites.from_names(model, ['blocks.0.attn.proj', ...], "
                 "capture='input', kind='head', num_heads=...)"
             )
         base = spec.tokens
         selection = base if tokens is None else TokenSelection.parse(tokens, base.num_prefix_tokens)
         return cls(model, spec.modules, selection, capture=spec.capture, width=spec.width, family=adapter.name,
-                   kind="head", unit=spec.unit)
+                   kind="head", unit=spec.unit, layout=spec.layout, backbone=found.path or None)
 
     @classmethod
     def from_names(
@@ -216,40 +272,38 @@ class NeuronSites:
         width: Optional[int] = None,
         kind: str = "neuron",
         num_heads: Optional[int] = None,
+        layout: Optional[str] = None,
     ) -> "NeuronSites":
-        """Sites given as dotted module names, e.g. ``["blocks.0.mlp.act", ...]``.
+        """Sites given as dotted module names, e.g. ``["blocks.0.mlp.act", ...]``, or as the
+        modules themselves (``[model.blocks[0].mlp.act, ...]``; names and modules may mix).
 
-        A name that does not exist raises ``ValueError`` listing close matches.
+        A name that does not exist raises ``ValueError`` listing close matches, a module
+        that is not part of ``model`` one naming its type.
         With ``kind="head"`` each module's activation (its ``capture``) is the
         concatenated output of ``num_heads`` heads, e.g. ``["blocks.0.attn.proj", ...]``
         with ``capture="input"``; ``nn.MultiheadAttention`` modules are read as
-        ``capture="mha"`` and give their own number of heads.
+        ``capture="mha"`` and give their own number of heads. ``layout`` says how a 4-D
+        activation holds its channels (``"channels_first"`` for a convolution's
+        ``(batch, C, H, W)`` output, ``"channels_last"`` for ``(batch, H, W, C)`` grids);
+        without it a 4-D activation is refused (see :class:`NeuronSites`).
         """
-        if isinstance(names, str):
-            raise TypeError("names must be a list of module names, not a single string")
+        if isinstance(names, (str, nn.Module)):
+            raise TypeError("names must be a list of module names (or modules), not a single "
+                            f"{'string' if isinstance(names, str) else type(names).__name__}")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
         if num_heads is not None and kind != "head":
             raise ValueError(f"num_heads applies to kind='head' only; got kind={kind!r}")
-        available = dict(model.named_modules())
-        modules = []
-        for name in names:
-            if name not in available:
-                close = difflib.get_close_matches(name, list(available), n=5, cutoff=0.5)
-                hint = f"; close matches: {close}" if close else ""
-                raise ValueError(
-                    f"names: {type(model).__name__} has no module named {name!r}{hint}"
-                )
-            modules.append(available[name])
+        modules, names = _named_modules(model, names, "names")
         selection = TokenSelection.parse(tokens, num_prefix_tokens)
         if kind == "neuron":
-            return cls(model, modules, selection, capture=capture, names=names, width=width)
+            return cls(model, modules, selection, capture=capture, names=names, width=width, layout=layout)
         captures = ["mha" if isinstance(m, nn.MultiheadAttention) else capture for m in modules]
         heads = [m.num_heads if c == "mha" else num_heads for m, c in zip(modules, captures)]
         if any(h is None for h in heads):
             raise ValueError("num_heads: give the number of heads of each site for kind='head' (only "
                              "nn.MultiheadAttention modules know their own)")
-        return cls(model, modules, selection, capture=captures, names=names, width=heads, kind="head")
+        return cls(model, modules, selection, capture=captures, names=names, width=heads, kind="head", layout=layout)
 
     @classmethod
     def mixed(cls, heads: "NeuronSites", neurons: "NeuronSites") -> "NeuronSites":
@@ -292,13 +346,136 @@ class NeuronSites:
 
         head_widths = heads.widths or [None] * heads.num_layers
         neuron_widths = neurons.widths or [None] * neurons.num_layers
-        family = heads.family if heads.family == neurons.family else "custom"
+        same = heads.family == neurons.family and heads.backbone == neurons.backbone
         return cls(
             heads.model, both(heads.modules, neurons.modules), heads.tokens,
             capture=both(heads.captures, neurons.captures), names=both(heads.names, neurons.names),
-            width=both(head_widths, neuron_widths), family=family, kind=both(heads.kinds, neurons.kinds),
-            unit=both(heads.unit_sizes, neurons.unit_sizes),
+            width=both(head_widths, neuron_widths), family=heads.family if same else "custom",
+            kind=both(heads.kinds, neurons.kinds), unit=both(heads.unit_sizes, neurons.unit_sizes),
+            layout=both(heads.layouts, neurons.layouts), backbone=heads.backbone if same else None,
         )
+
+    @classmethod
+    def coerce(
+        cls,
+        model: nn.Module,
+        sites: Union[None, "NeuronSites", nn.Module, Sequence[nn.Module]] = None,
+        *,
+        tokens: Optional[TokenSpec] = None,
+        capture: Optional[str] = None,
+        layout: Optional[str] = None,
+        kind: Optional[str] = None,
+        num_heads: Optional[int] = None,
+        width: Optional[int] = None,
+        backbone: Union[None, str, nn.Module] = None,
+    ) -> "NeuronSites":
+        """The sites of ``model`` from what a ``sites=`` argument holds, taken as Captum takes layers.
+
+        Every attribution, path method and intervention normalises its ``sites`` here:
+
+        - ``None``: the discovered FFN neuron sites (:meth:`from_model`; ``tokens`` and
+          ``backbone`` apply);
+        - a :class:`NeuronSites`: itself;
+        - a module of ``model`` or a list of them (``model.blocks[3].mlp.act``,
+          ``[b.mlp.act for b in model.blocks]``): one layer each, in execution order.
+
+        For modules: each one's activation is its ``"output"``, unless the module is one of
+        the sites its family discovers, which are read as the family reads them (the
+        ``"input"`` of ``mlp.fc2`` in a gated FFN); an ``nn.MultiheadAttention`` holds heads
+        (``capture="mha"``); ``capture`` says otherwise. They are read at the tokens of the
+        backbone that holds them (its own pooling, as :meth:`from_model`); modules outside
+        every backbone of a registered family need ``tokens``. A 4-D activation needs
+        ``layout`` unless the family or the module's type tells it. Modules that are exactly
+        the discovered sites (same capture and tokens) give :meth:`from_model`'s sites, with
+        the fast residual-stream engine.
+
+        Args:
+            model (nn.Module): the model the sites belong to.
+            sites: ``None``, a :class:`NeuronSites`, a module of ``model`` or a list of modules.
+            tokens (optional): the token selection (see :class:`NeuronSites`); default: the
+                backbone's.
+            capture (str, optional): ``"output"``, ``"input"`` or ``"mha"`` for every module.
+            layout (str, optional): ``"channels_last"`` or ``"channels_first"`` (4-D activations).
+            kind (str, optional): ``"neuron"`` or ``"head"``; default ``"head"`` for an
+                ``nn.MultiheadAttention`` and ``"neuron"`` otherwise.
+            num_heads (int, optional): the heads of each head site (``kind="head"``) whose module
+                does not know them (an ``nn.MultiheadAttention``, or a discovered head site, does).
+            width (int, optional): the units of each layer, when they cannot be inferred.
+            backbone (str or nn.Module, optional): the backbone (see :meth:`from_model`).
+
+        Raises:
+            TypeError: ``sites`` is none of the above (module names go to :meth:`from_names`).
+            ValueError: a module that is not part of ``model``; no tokens for modules outside a backbone.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if sites is None:
+            return cls.from_model(model, tokens=tokens, backbone=backbone)
+        if isinstance(sites, NeuronSites):
+            return sites
+        if sites is model:
+            return cls.from_model(model, tokens=tokens, backbone=backbone)
+        if isinstance(sites, nn.Module) and not isinstance(sites, nn.ModuleList):
+            given: List = [sites]
+        elif isinstance(sites, (list, tuple, nn.ModuleList)) and all(isinstance(m, nn.Module) for m in sites):
+            given = list(sites)
+        else:
+            raise TypeError(
+                "sites must be a NeuronSites, a module of the model or a list of its modules (as Captum's layer "
+                f"arguments), or None; got {_described(sites)}"
+                + ("; for module names use NeuronSites.from_names(model, names)"
+                   if isinstance(sites, str) or (isinstance(sites, (list, tuple)) and any(isinstance(s, str)
+                                                                                        for s in sites)) else "")
+            )
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+        modules, names = _named_modules(model, given, "sites")
+        holder = _holding_backbone(model, modules, backbone)
+        kinds = [kind or ("head" if isinstance(m, nn.MultiheadAttention) else "neuron") for m in modules]
+        if holder is not None and capture is None and width is None and layout is None and num_heads is None:
+            same = _discovered_as(model, holder, modules, kinds, tokens)
+            if same is not None:
+                return same
+        if tokens is None:
+            if holder is None:
+                raise ValueError(
+                    f"tokens: the sites {names} are not inside a backbone of a registered family, so the tokens "
+                    "they are read at cannot be inferred; give tokens= ('cls', 'patches', 'all', an index or a "
+                    "list of indices), e.g. NeuronSites.coerce(model, modules, tokens='cls')"
+                )
+            selection = holder.spec.tokens
+        else:
+            prefix = holder.spec.tokens.num_prefix_tokens if holder is not None else 1
+            selection = TokenSelection.parse(tokens, prefix)
+        head_spec = None
+        if holder is not None and "head" in kinds:
+            head_spec = holder.adapter.head_sites(holder.module)
+        neuron_at = {id(m): i for i, m in enumerate(holder.spec.modules)} if holder is not None else {}
+        head_at = {id(m): i for i, m in enumerate(head_spec.modules)} if head_spec is not None else {}
+        captures, widths, units, layouts = [], [], [], []
+        for m, k in zip(modules, kinds):
+            spec, at = (holder.spec if holder is not None else None, neuron_at) if k == "neuron" else (head_spec,
+                                                                                                        head_at)
+            known = spec is not None and id(m) in at
+            if k == "head" and isinstance(m, nn.MultiheadAttention) and capture in (None, "mha"):
+                c = "mha"
+            else:
+                c = capture or (spec.capture if known else "output")
+            from_spec = known and c == spec.capture
+            w = width if width is not None else (_layer_value(spec.width, at[id(m)]) if from_spec else None)
+            u = _layer_value(spec.unit, at[id(m)]) if from_spec and k == "head" else None
+            if k == "head" and c != "mha" and w is None:
+                w = num_heads
+                if w is None:
+                    raise ValueError(
+                        f"num_heads: give the number of heads of the head site {_module_name(model, m)!r} (only "
+                        "nn.MultiheadAttention modules and the head sites a family discovers know their own)")
+            captures.append(c)
+            widths.append(w)
+            units.append(u)
+            layouts.append(layout if layout is not None else (spec.layout if known else None))
+        return cls(model, modules, selection, capture=captures, names=names, width=widths, kind=kinds, unit=units,
+                   layout=layouts, backbone=holder.path or None if holder is not None else None)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -318,10 +495,11 @@ class NeuronSites:
         width = self.width if self.width is not None or self.widths is None else self.widths
         kinds = sorted(set(self.kinds))
         kind = f"kind={kinds[0]!r}, " if len(kinds) == 1 else "kind='mixed', "
+        backbone = f", backbone={self.backbone!r}" if self.backbone else ""
         return (
             f"NeuronSites(family={self.family!r}, {kind}num_layers={self.num_layers}, "
             f"width={width}, tokens={self.tokens}, capture={self.capture!r}, "
-            f"modules=[{where}])"
+            f"modules=[{where}]{backbone})"
         )
 
     def check_layer(self, layer: int, argument: str = "layer") -> int:
@@ -395,7 +573,7 @@ class NeuronSites:
         handles = []
         try:
             for layer, fn in edits.items():
-                handles.append(self._register(layer, self._editing(fn, self.unit_sizes[layer])))
+                handles.append(self._register(layer, self._editing(fn, self.unit_sizes[layer], layer)))
             yield
         finally:
             for h in handles:
@@ -435,18 +613,42 @@ class NeuronSites:
         exactly as :meth:`edit` would inside a forward (of ``layer``'s units; neurons when
         ``None``)."""
         unit = 1 if layer is None else self.unit_sizes[self.check_layer(layer)]
-        return self._editing(fn, unit)(act)
+        return self._editing(fn, unit, layer)(act)
 
-    def _editing(self, fn: SiteEdit, unit: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _editing(self, fn: SiteEdit, unit: int = 1, layer: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
         tokens = self.tokens
+        layout = "channels_last" if layer is None else self.layouts[layer]
+        where = "a site" if layer is None else f"site {self.names[layer]!r} (layer {layer})"
 
         def apply(act: torch.Tensor) -> torch.Tensor:
-            if act.dim() == 4:  # (batch, H, W, d_ff) token grids: edited as (batch, H * W, d_ff)
-                return apply(act.reshape(act.shape[0], -1, act.shape[-1])).reshape(act.shape)
+            if not isinstance(act, torch.Tensor):
+                raise ValueError(
+                    f"{where} is a {type(act).__name__}, not a tensor: give a module whose output (or first "
+                    "input, capture='input') is the activation"
+                )
+            if layout == "channels_first" and act.dim() >= 3:  # (batch, C, ...): edited as (batch, positions, C)
+                moved = act.movedim(1, -1)
+                flat = tokens_last(moved.reshape(moved.shape[0], -1, moved.shape[-1]))
+                return flat.reshape(moved.shape).movedim(-1, 1)
+            if act.dim() == 4:
+                if layout != "channels_last":
+                    raise ValueError(
+                        f"{where} produced a 4-D activation of shape {tuple(act.shape)}, whose layout cannot be "
+                        "told from its shape: say how it holds its channels, layout='channels_first' for "
+                        "(batch, C, H, W) maps (a convolution's output) or layout='channels_last' for "
+                        "(batch, H, W, C) token grids (NeuronSites.coerce, NeuronSites.from_names or "
+                        "NeuronSites(..., layout=...))"
+                    )
+                # (batch, H, W, d_ff) token grids: edited as (batch, H * W, d_ff)
+                return tokens_last(act.reshape(act.shape[0], -1, act.shape[-1])).reshape(act.shape)
+            return tokens_last(act)
+
+        def tokens_last(act: torch.Tensor) -> torch.Tensor:
             if act.dim() != 3:
                 raise ValueError(
-                    "a neuron site must produce (batch, tokens, d_ff) or (batch, H, W, d_ff) activations; got "
-                    f"shape {tuple(act.shape)}"
+                    f"{where} must produce (batch, tokens, d_ff) activations (or 4-D ones of a known layout: "
+                    f"(batch, H, W, d_ff), or (batch, d_ff, H, W) with layout='channels_first'); got shape "
+                    f"{tuple(act.shape)}"
                 )
             idx = tokens.index(act.shape[1])
             selected = act[:, idx]
@@ -490,32 +692,111 @@ class NeuronSites:
         return module.register_forward_pre_hook(pre_hook)
 
 
-def resolve_sites(model: nn.Module, sites: Optional[NeuronSites]) -> NeuronSites:
-    """``sites`` itself, or the sites discovered in ``model`` when ``None`` (both checked)."""
+def resolve_sites(model: nn.Module, sites: Union[None, NeuronSites, nn.Module, Sequence[nn.Module]]) -> NeuronSites:
+    """``sites`` as :class:`NeuronSites` (:meth:`NeuronSites.coerce`): itself, the sites discovered in
+    ``model`` when ``None``, or a module of ``model`` / a list of its modules (both checked)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if sites is None:
-        return NeuronSites.from_model(model)
-    if not isinstance(sites, NeuronSites):
-        raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
-    return sites
+    return NeuronSites.coerce(model, sites)
 
 
-def _found_family(model: nn.Module, what: str):
-    """``(adapter, spec)`` of the family that recognises ``model``, else ``ValueError`` naming ``what``."""
+def _found_family(model: nn.Module, what: str, backbone: Union[None, str, nn.Module] = None):
+    """The :class:`~captum_paths.model.families.base.Backbone` of ``model`` (the model itself, or the one
+    backbone of a registered family inside it), else ``ValueError`` naming ``what``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    from captum_paths.model.families import find_family, inner_model, looked_for
+    from captum_paths.model.families.base import find_backbone, inner_model, looked_for
 
-    found = find_family(model)
+    found = find_backbone(model, backbone)
     if found is None:
         raise ValueError(
             f"cannot find {what} in a {type(inner_model(model)).__name__}: looked for "
-            f"{'; '.join(looked_for())}. For other models pass the modules explicitly: "
-            "NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls'), or register a "
+            f"{'; '.join(looked_for())}, in the model and in each of its submodules. For other models pass the "
+            "modules explicitly: NeuronSites.from_names(model, ['blocks.0.mlp.act', ...], tokens='cls') or "
+            "sites=[module, ...] with NeuronSites.coerce(model, modules, tokens='cls'), or register a "
             "FamilyAdapter with captum_paths.model.families.register_family"
         )
     return found
+
+
+def _named_modules(model: nn.Module, items: Sequence, argument: str) -> Tuple[List[nn.Module], List[str]]:
+    """The modules and dotted names of ``items`` (names or modules of ``model``); ``ValueError`` for a
+    name ``model`` does not have (with close matches) or a module that is not part of it."""
+    available = dict(model.named_modules())
+    index = {id(m): name for name, m in available.items()}
+    modules, names = [], []
+    for i, item in enumerate(items):
+        if isinstance(item, nn.Module):
+            if id(item) not in index:
+                raise ValueError(
+                    f"{argument}[{i}]: the {type(item).__name__} given is not a submodule of the "
+                    f"{type(model).__name__} (a site must be a module the model holds and calls)"
+                )
+            modules.append(item)
+            names.append(index[id(item)])
+        elif isinstance(item, str):
+            if item not in available:
+                close = difflib.get_close_matches(item, list(available), n=5, cutoff=0.5)
+                hint = f"; close matches: {close}" if close else ""
+                raise ValueError(f"{argument}: {type(model).__name__} has no module named {item!r}{hint}")
+            modules.append(available[item])
+            names.append(item)
+        else:
+            raise TypeError(f"{argument}[{i}] must be a module of the model or its dotted name; got "
+                            f"{_described(item)}")
+    return modules, names
+
+
+def _holding_backbone(model: nn.Module, modules: Sequence[nn.Module], backbone: Union[None, str, nn.Module]):
+    """The backbone of a registered family (the one ``backbone`` names, else any found) that holds every
+    module of ``modules``, or ``None``."""
+    from captum_paths.model.families.base import find_backbone, find_backbones
+
+    candidates = [find_backbone(model, backbone)] if backbone is not None else find_backbones(model)
+    for candidate in candidates:
+        inside = {id(m) for m in candidate.module.modules()}
+        if all(id(m) in inside for m in modules):
+            return candidate
+    return None
+
+
+def _discovered_as(model: nn.Module, holder, modules: Sequence[nn.Module], kinds: Sequence[str],
+                   tokens: Optional[TokenSpec]) -> Optional["NeuronSites"]:
+    """The discovered sites (:meth:`NeuronSites.from_model`, :meth:`~NeuronSites.heads_from_model` or
+    their :meth:`~NeuronSites.mixed`) when ``modules`` are exactly them, else ``None``."""
+    where = holder.path or None
+    ids = [id(m) for m in modules]
+    if set(kinds) == {"neuron"} and ids == [id(m) for m in holder.spec.modules]:
+        return NeuronSites.from_model(model, tokens=tokens, backbone=where)
+    if "head" not in kinds:
+        return None
+    head_spec = holder.adapter.head_sites(holder.module)
+    if head_spec is None:
+        return None
+    heads = [id(m) for m in head_spec.modules]
+    if set(kinds) == {"head"} and ids == heads:
+        return NeuronSites.heads_from_model(model, tokens=tokens, backbone=where)
+    neurons = [id(m) for m in holder.spec.modules]
+    if len(heads) == len(neurons) and ids == [i for pair in zip(heads, neurons) for i in pair] and list(kinds) == [
+            "head", "neuron"] * len(heads):
+        return NeuronSites.mixed(NeuronSites.heads_from_model(model, tokens=tokens, backbone=where),
+                                 NeuronSites.from_model(model, tokens=tokens, backbone=where))
+    return None
+
+
+def _layer_value(value, layer: int):
+    """A per-layer value of a :class:`SiteSpec` (one for every layer, or a list)."""
+    return value[layer] if isinstance(value, (list, tuple)) else value
+
+
+def _described(obj) -> str:
+    """``str ('blocks.0.mlp.act')``, ``list of 2 (str, str)``: what a user passed, for messages."""
+    if isinstance(obj, (str, int, float)):
+        return f"{type(obj).__name__} ({obj!r})"
+    if isinstance(obj, (list, tuple)):
+        inner = ", ".join(type(v).__name__ for v in list(obj)[:4]) + (", ..." if len(obj) > 4 else "")
+        return f"{type(obj).__name__} of {len(obj)} ({inner})"
+    return type(obj).__name__
 
 
 def _per_layer(value, num_layers: int, argument: str, kind: type, optional: bool = False) -> List:

@@ -16,21 +16,29 @@ Two further savings, both checked numerically before use (:meth:`ResidualStream.
 - when the head reads the class token only and the neurons are read there, the
   last block computes the class token row only (its attention still reads every
   token).
+
+Sites found in the backbone of a wrapper (a linear probe, ``nn.Sequential(normalize,
+backbone, head)``, ...) run on the backbone's stream: ``embed`` runs the wrapper up to the
+backbone's call and embeds what the backbone receives, ``head`` finishes the backbone and runs
+the wrapper on that output (:func:`through_wrapper`). It is used only when it reproduces the
+whole model's logits on the batch, with the wrapper's own input replaced by NaNs: a wrapper
+whose output depends on the images other than through the backbone is run whole.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from captum_paths.model.families.base import SiteSpec, SplitBlock
+from captum_paths.model.families.base import SiteSpec, SplitBlock, StreamParts
 from captum_paths.model.sites import NeuronSites, SiteEdit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ResidualStream", "BlockRun", "SplitBlock"]
+__all__ = ["ResidualStream", "BlockRun", "SplitBlock", "through_wrapper"]
 
 
 class BlockRun:
@@ -103,9 +111,11 @@ class ResidualStream:
         splits: Optional[List[Optional[SplitBlock]]] = None,
         cls_readout: bool = False,
     ) -> None:
+        from captum_paths.model.outputs import to_logits
+
         self.embed = embed
         self.blocks = blocks
-        self.head = head
+        self.head = head if getattr(head, "_logits", False) else _logits_head(head, to_logits)
         self.sites = sites
         self.splits = splits
         self.cls_readout = bool(cls_readout and splits is not None and splits[-1] is not None)
@@ -134,13 +144,16 @@ class ResidualStream:
         spec = SiteSpec([sites.modules[l] for l in ffn], sites.captures[ffn[0]], sites.tokens,
                         sites.widths[1] if mixed and sites.widths is not None else sites.width)
         try:
-            parts = adapter.stream(model, spec)
+            backbone = inner_model(sites.model.get_submodule(sites.backbone)) if sites.backbone else None
+            parts = adapter.stream(model if backbone is None else backbone, spec)
             if parts is not None and mixed:
                 halves = [adapter.block_halves(block) for block in parts.blocks]
                 if any(h is None for h in halves):
                     return None
                 parts.blocks = [half for pair in halves for half in pair]
                 parts.splits = None
+            if parts is not None and backbone is not None:
+                parts = through_wrapper(sites.model, backbone, parts)
         except Exception as exc:  # an unknown variant of a known family: run the model whole
             logger.info("no residual stream for %s (%s: %s); the search runs the whole model",
                         type(model).__name__, type(exc).__name__, exc)
@@ -177,7 +190,16 @@ class ResidualStream:
         return self.head(self.run(h, start))
 
     def matches(self, inputs: torch.Tensor, logits: torch.Tensor) -> bool:
-        """Whether the split forward reproduces the model's logits on ``inputs``."""
+        """Whether the split forward reproduces the model's logits on ``inputs`` (``False`` too when it
+        cannot run on them)."""
+        try:
+            return self._matches(inputs, logits)
+        except Exception as exc:  # a stream that cannot run on the batch is not used: the model runs whole
+            logger.info("the residual stream does not run on the batch (%s: %s); the search runs the whole model",
+                        type(exc).__name__, exc)
+            return False
+
+    def _matches(self, inputs: torch.Tensor, logits: torch.Tensor) -> bool:
         with torch.no_grad():
             mine = self.logits(self.embed(inputs), 0)
             if self.splits is not None:
@@ -189,6 +211,104 @@ class ResidualStream:
                         return False
                     h = whole
         return mine.shape == logits.shape and _close(mine, logits)
+
+
+def _logits_head(head: Callable[[torch.Tensor], Any], to_logits: Callable[[Any], torch.Tensor]):
+    """``head`` returning the logits tensor of what it returns (a Hugging Face classifier's ``ModelOutput``)."""
+    def logits(h: torch.Tensor) -> torch.Tensor:
+        return to_logits(head(h))
+
+    logits._logits = True  # type: ignore[attr-defined]
+    return logits
+
+
+class _Stop(Exception):
+    """Raised inside a wrapper's forward once its backbone's input is caught."""
+
+
+class _NotThrough(RuntimeError):
+    """A wrapper that does not call its backbone once with the images (as its first argument or
+    ``pixel_values``): its output is not a function of the backbone's output on the images."""
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``module.forward`` is ``forward`` inside the block (hooks on ``module`` still run)."""
+    had = "forward" in module.__dict__
+    old = module.__dict__.get("forward")
+    module.forward = forward  # an instance attribute: nn.Module.__call__ looks it up first
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = old
+        else:
+            del module.forward
+
+
+def _images(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> torch.Tensor:
+    """The image batch a backbone was called with: its only tensor argument (first positional or
+    ``pixel_values``)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)] + [v for v in kwargs.values()
+                                                                  if isinstance(v, torch.Tensor)]
+    first = args[0] if args else kwargs.get("pixel_values", kwargs.get("x"))
+    if len(tensors) != 1 or not isinstance(first, torch.Tensor):
+        raise _NotThrough(f"the backbone is called with {len(tensors)} tensor arguments; its stream takes the images "
+                          "alone")
+    return first
+
+
+def through_wrapper(model: nn.Module, backbone: nn.Module, parts: StreamParts) -> StreamParts:
+    """The stream of ``model``, a wrapper whose forward calls ``backbone`` (whose stream ``parts`` are),
+    as the backbone's blocks between two runs of the wrapper.
+
+    ``embed(x)`` runs ``model(x)`` until it calls the backbone and embeds what the backbone receives
+    (after the wrapper's own preprocessing); ``head(h)`` finishes the backbone on ``h`` and runs
+    ``model`` with the backbone's forward returning that output, on images replaced by NaNs, so the
+    result is the wrapper's output as a function of the backbone's output alone (a wrapper that also
+    reads the images, or calls the backbone twice, gives NaNs or an error, and
+    :meth:`ResidualStream.matches` refuses the stream)."""
+    from captum_paths.model.outputs import to_logits
+
+    seen: Dict[str, Any] = {}
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        caught: Dict[str, torch.Tensor] = {}
+
+        def catch(*args: Any, **kwargs: Any) -> Any:
+            caught["images"] = _images(args, kwargs)
+            raise _Stop
+
+        with _forward_replaced(backbone, catch):
+            try:
+                model(x)
+            except _Stop:
+                pass
+        if "images" not in caught:
+            raise _NotThrough(f"the forward of the {type(model).__name__} does not call its backbone's forward")
+        seen["input"] = (tuple(x.shape[1:]), x.dtype, x.device)
+        return parts.embed(caught["images"])
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        out = parts.head(h)
+        calls = []
+
+        def finished(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) > 1:
+                raise _NotThrough(f"the {type(model).__name__} calls its backbone more than once")
+            return out
+
+        shape, dtype, device = seen["input"]
+        fill = float("nan") if dtype.is_floating_point or dtype.is_complex else 0
+        placeholder = torch.full((h.shape[0],) + shape, fill, dtype=dtype, device=device)
+        with _forward_replaced(backbone, finished):
+            logits = to_logits(model(placeholder))
+        if not calls:
+            raise _NotThrough(f"the forward of the {type(model).__name__} does not call its backbone's forward")
+        return logits
+
+    return StreamParts(embed, parts.blocks, head, parts.splits, parts.reads_cls)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -25,7 +25,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SiteSpec", "SplitBlock", "StreamParts", "FamilyAdapter", "register_family", "find_family",
            "get_family", "families", "inner_model", "looked_for", "linear_width", "as_pair", "default_transform",
-           "loader_spec", "heads_spec", "multihead_attention", "projected_heads"]
+           "loader_spec", "heads_spec", "multihead_attention", "projected_heads", "Backbone", "find_backbones",
+           "find_backbone", "LAYOUTS"]
+
+#: how a site's 4-D activation holds its channels: ``(batch, H, W, C)`` token grids (what a linear
+#: layer produces) or ``(batch, C, H, W)`` maps (what a convolution produces)
+LAYOUTS = ("channels_last", "channels_first")
 
 
 @dataclass
@@ -42,6 +47,10 @@ class SiteSpec:
             for head sites), or one per layer (hierarchical models).
         unit (int or list of int, optional): channels per unit: ``None`` for neurons, the
             head dimension for head sites (:meth:`FamilyAdapter.head_sites`).
+        layout (str): how a 4-D activation of the sites holds its channels: ``"channels_last"``
+            (``(batch, H, W, d_ff)`` token grids, as the linear FFNs of every built-in family
+            produce) or ``"channels_first"`` (``(batch, d_ff, H, W)``, 1x1-convolution FFNs).
+            3-D activations are ``(batch, tokens, d_ff)`` either way.
     """
 
     modules: List[nn.Module]
@@ -49,6 +58,7 @@ class SiteSpec:
     tokens: TokenSelection
     width: Optional[Union[int, List[int]]] = None
     unit: Optional[Union[int, List[int]]] = None
+    layout: str = "channels_last"
 
 
 class SplitBlock:
@@ -110,6 +120,14 @@ class FamilyAdapter:
     def sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The model's sites, or ``None`` when the model is not of this family."""
         raise NotImplementedError
+
+    def owns(self, model: nn.Module) -> bool:
+        """Whether a model whose :meth:`sites` this adapter found *is* a model of the family, rather
+        than a module that merely holds one somewhere inside (an adapter that searches every
+        submodule for its blocks finds them in any wrapper too). Site discovery takes a model the
+        adapter owns as it is; in a model it does not own, it first looks for the backbone inside
+        (:func:`find_backbone`). Default: ``True``."""
+        return True
 
     def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The model's attention head sites (one layer per attention block, ``width`` heads of
@@ -189,6 +207,125 @@ def find_family(model: nn.Module, exclude: Sequence[str] = ()) -> Optional[Tuple
         if spec is not None:
             return adapter, spec
     return None
+
+
+@dataclass
+class Backbone:
+    """A module of a registered family found inside a model (or the model itself).
+
+    Attributes:
+        path (str): its dotted module path in the model searched (``"backbone"``,
+            ``"model.encoder"``); ``""`` when the family recognises the model itself (through a
+            :class:`~captum_paths.model.outputs.LogitsOnly` wrapper).
+        module (nn.Module): the backbone (its ``LogitsOnly`` wrapper removed).
+        adapter (FamilyAdapter): its family.
+        spec (SiteSpec): its neuron sites.
+    """
+
+    path: str
+    module: nn.Module
+    adapter: FamilyAdapter
+    spec: SiteSpec
+
+    def describe(self) -> str:
+        """``'backbone' (timm: a VisionTransformer)``, for messages."""
+        where = repr(self.path) if self.path else "the model itself"
+        return f"{where} ({self.adapter.name}: a {type(self.module).__name__})"
+
+
+def find_backbones(model: nn.Module) -> List[Backbone]:
+    """The backbones of registered families in ``model``: the model itself when a family owns it
+    (:meth:`FamilyAdapter.owns`), else the outermost owned modules inside it, in definition order
+    (a module shared under several names counted once); a model a family finds but does not own
+    is its own backbone when nothing inside it is owned. Empty when no family finds anything."""
+    inner = inner_model(model)
+    prefix = "model." if inner is not model else ""
+    root = find_family(model)
+    if root is not None and _owns(root[0], inner):
+        return [Backbone("", inner, *root)]
+    found: List[Backbone] = []
+    seen = {id(inner)}
+
+    def descend(module: nn.Module, path: str) -> None:
+        for name, child in module.named_children():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            where = f"{path}.{name}" if path else name
+            hit = find_family(child)
+            if hit is not None and _owns(hit[0], inner_model(child)):
+                found.append(Backbone(prefix + where, inner_model(child), *hit))
+                continue
+            before = len(found)
+            descend(child, where)
+            if hit is not None and len(found) == before:  # found, not owned, nothing owned inside: itself
+                found.append(Backbone(prefix + where, inner_model(child), *hit))
+
+    descend(inner, "")
+    if not found and root is not None:
+        return [Backbone("", inner, *root)]
+    return found
+
+
+def find_backbone(model: nn.Module, backbone: Union[None, str, nn.Module] = None) -> Optional[Backbone]:
+    """The one backbone of a registered family in ``model`` (see :func:`find_backbones`), or the one
+    ``backbone`` names (its dotted path in ``model``, or the module itself); ``None`` when no family
+    finds one.
+
+    Raises:
+        ValueError: several backbones and no ``backbone`` (the message names their paths), or a
+            ``backbone`` that is not in ``model`` or that no family recognises.
+    """
+    if backbone is None:
+        found = find_backbones(model)
+        if len(found) > 1:
+            raise ValueError(
+                f"found {len(found)} backbones in a {type(inner_model(model)).__name__}: "
+                f"{', '.join(b.describe() for b in found)}; pick one with backbone=, e.g. "
+                f"NeuronSites.from_model(model, backbone={found[0].path!r})"
+            )
+        return found[0] if found else None
+    path, module = _named_submodule(model, backbone)
+    hit = find_family(module)
+    if hit is None:
+        raise ValueError(
+            f"backbone {path!r} (a {type(inner_model(module)).__name__}) is not a model of a registered family: "
+            f"looked for {'; '.join(looked_for())}"
+        )
+    inner = inner_model(model)
+    if path == "" or module is model or module is inner:
+        return Backbone("", inner, *hit)
+    return Backbone(path, inner_model(module), *hit)
+
+
+def _owns(adapter: FamilyAdapter, model: nn.Module) -> bool:
+    try:
+        return bool(adapter.owns(model))
+    except Exception as exc:  # an adapter that trips over a model does not own it
+        logger.debug("family %r owns(): %s: %s", adapter.name, type(exc).__name__, exc)
+        return False
+
+
+def _named_submodule(model: nn.Module, backbone: Union[str, nn.Module]) -> Tuple[str, nn.Module]:
+    """``(path, module)`` of a submodule of ``model`` given by its dotted path or itself."""
+    import difflib
+
+    named = dict(model.named_modules(remove_duplicate=False))
+    if isinstance(backbone, nn.Module):
+        for name, module in named.items():
+            if module is backbone:
+                return name, module
+        raise ValueError(f"backbone: the {type(backbone).__name__} given is not a submodule of the "
+                         f"{type(model).__name__}")
+    if not isinstance(backbone, str):
+        raise TypeError(f"backbone must be a dotted module path (str) or a submodule; got {type(backbone).__name__}")
+    inner = inner_model(model)
+    for candidate in (backbone, f"model.{backbone}" if inner is not model else None):
+        if candidate is not None and candidate in named:
+            return candidate, named[candidate]
+    close = difflib.get_close_matches(backbone, [n for n in named if n], n=5, cutoff=0.5)
+    hint = f"; close matches: {close}" if close else ""
+    raise ValueError(f"backbone: a {type(model).__name__} has no module named {backbone!r}{hint}")
 
 
 def default_transform(model: nn.Module) -> Optional[Transform]:

@@ -4,7 +4,7 @@ CLIP / SigLIP vision towers: ``encoder.layer[i].intermediate`` (transformers < 5
 Heads: the input of the attention's output projection."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,13 @@ class HuggingFaceViT(HuggingFaceFamily):
         capture = captures.pop()
         widths = {_width(m, capture) for m in modules}
         return SiteSpec(modules, capture, _tokens(model), widths.pop() if len(widths) == 1 else None)
+
+    def owns(self, model: nn.Module) -> bool:
+        """A Hugging Face model (``PreTrainedModel``): :meth:`sites` searches every submodule for the
+        layer list, so it also finds one held by any wrapper, whose own backbone is then looked for."""
+        from captum_paths.model.outputs import _is_hf_model
+
+        return _is_hf_model(model)
 
     def head_sites(self, model: nn.Module) -> Optional[SiteSpec]:
         """The input of each layer's attention output projection (``attention.o_proj``,
@@ -127,10 +134,19 @@ class _TensorOutput(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
+#: base models (backbones) whose forward is embeddings, layers, layernorm and a pooler
+_BASE_MODELS = ("ViTModel", "DeiTModel", "Dinov2Model", "Dinov2WithRegistersModel")
+
+
 def _parts(model: nn.Module):
-    """``(embed, blocks, head)`` of Hugging Face ViT, DeiT and DINOv2 image classifiers, else ``None``."""
+    """``(embed, blocks, head)`` of Hugging Face ViT, DeiT and DINOv2 image classifiers, and of their base
+    models (``ViTModel``, ``Dinov2Model`` ...: the head returns their ``BaseModelOutputWithPooling``),
+    else ``None``."""
     name = type(model).__name__
-    base = next((getattr(model, a) for a in ("vit", "deit", "dinov2") if hasattr(model, a)), None)
+    if name in _BASE_MODELS:
+        base = model
+    else:
+        base = next((getattr(model, a) for a in ("vit", "deit", "dinov2") if hasattr(model, a)), None)
     if base is None or not hasattr(base, "embeddings") or not hasattr(base, "layernorm"):
         return None
     layers = getattr(base, "layers", None)
@@ -150,6 +166,20 @@ def _parts(model: nn.Module):
         def head(h: torch.Tensor) -> torch.Tensor:
             s = base.layernorm(h)
             return (model.cls_classifier(s[:, 0]) + model.distillation_classifier(s[:, 1])) / 2
+    elif name in ("ViTModel", "DeiTModel"):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        pooler = getattr(model, "pooler", None)
+
+        def head(h: torch.Tensor):
+            s = base.layernorm(h)
+            return BaseModelOutputWithPooling(last_hidden_state=s, pooler_output=None if pooler is None else pooler(s))
+    elif name in ("Dinov2Model", "Dinov2WithRegistersModel"):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        def head(h: torch.Tensor):
+            s = base.layernorm(h)
+            return BaseModelOutputWithPooling(last_hidden_state=s, pooler_output=s[:, 0, :])
     elif name in ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification"):
         registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
 
@@ -159,4 +189,14 @@ def _parts(model: nn.Module):
     else:
         return None
     blocks: List[nn.Module] = [_TensorOutput(layer) for layer in layers]
+    if name not in _BASE_MODELS:  # a classifier returns its logits in a ModelOutput, as its forward does
+        return embed, blocks, _classifier_output(head)
     return embed, blocks, head
+
+
+def _classifier_output(logits: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], object]:
+    """A head returning ``ImageClassifierOutput(logits=...)``, as the classifier's forward does (a wrapper
+    reading ``.logits`` of the classifier's output then runs on it; the stream reads the logits)."""
+    from transformers.modeling_outputs import ImageClassifierOutput
+
+    return lambda h: ImageClassifierOutput(logits=logits(h))
