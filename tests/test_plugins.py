@@ -1,5 +1,6 @@
 """Plugins: a package installed into a temporary environment adds a loader (and so a
-``--model`` spec) through its entry points, and the command line uses it with no other change."""
+``--model`` spec) and a model family through its entry points, and the API and the command
+line use them with no other change."""
 import json
 import os
 import subprocess
@@ -25,6 +26,9 @@ PLUGIN = {
 
         [project.entry-points."captum_paths.loaders"]
         toy = "toy_plugin.loading:load"
+
+        [project.entry-points."captum_paths.families"]
+        toy-vit = "toy_plugin.family:ToyFamily"
     """,
     "toy_plugin/__init__.py": "",
     "toy_plugin/loading.py": '''
@@ -35,7 +39,23 @@ PLUGIN = {
         def load(request):
             if request.name != "digits":
                 raise ValueError(f"the toy plugin has one model, 'toy:digits'; got {request.spec!r}")
-            return load_demo_model(), demo_transform()
+            model = load_demo_model()
+            model.toy = True  # what the toy family recognises
+            return model, demo_transform()
+    ''',
+    "toy_plugin/family.py": '''
+        """A family adapter for the toy plugin's models: their FFN neurons, read at the class token."""
+        from captum_paths.model.families import FamilyAdapter, SiteSpec
+        from captum_paths.model.tokens import TokenSelection
+
+
+        class ToyFamily(FamilyAdapter):
+            name = "toy-vit"
+
+            def sites(self, model):
+                if not getattr(model, "toy", False):
+                    return None
+                return SiteSpec([block.mlp.act for block in model.blocks], "output", TokenSelection("cls"))
     ''',
 }
 
@@ -93,3 +113,14 @@ def test_a_plugin_that_fails_to_load_is_named(plugin_env, tmp_path):
     assert done.returncode == 1
     assert "plugin 'toy' of captum_paths.loaders (toy_plugin.loading:load) failed to load: ModuleNotFoundError" \
         in done.stderr
+
+
+def test_an_installed_family_finds_the_sites_of_its_models(plugin_env):
+    code = ("from captum_paths.model.loading import load_model\n"
+            "from captum_paths.model.sites import NeuronSites\n"
+            "from captum_paths.demo import load_demo_model\n"
+            "print(NeuronSites.from_model(load_model('toy:digits')[0]).family,"
+            " NeuronSites.from_model(load_demo_model()).family)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=plugin_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["toy-vit", "timm"]  # the plugin's models only: asked first, it claims no other

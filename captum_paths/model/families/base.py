@@ -179,14 +179,29 @@ def register_family(adapter: A) -> A:
     return adapter
 
 
+def _installed() -> Dict[str, FamilyAdapter]:
+    """The registry, with the adapters of installed plugins (the ``captum_paths.families`` entry
+    points, :mod:`captum_paths.model.plugins`) registered the first time it is asked: after the
+    built-in ones, so asked before them."""
+    from captum_paths.model.plugins import FAMILIES_GROUP, PluginError, plugin_objects
+
+    for name, adapter in plugin_objects(FAMILIES_GROUP):
+        if not (isinstance(adapter, type) and issubclass(adapter, FamilyAdapter)):
+            raise PluginError(f"plugin family {name!r} is {adapter!r}, not a FamilyAdapter subclass")
+        if adapter.name not in _REGISTRY:
+            register_family(adapter)
+    return _REGISTRY
+
+
 def families() -> List[str]:
     """Registered family names, in the order they are asked."""
-    return list(reversed(_REGISTRY))
+    return list(reversed(_installed()))
 
 
 def get_family(name: str) -> FamilyAdapter:
+    """The registered adapter named ``name`` (``ValueError`` naming the registered ones otherwise)."""
     try:
-        return _REGISTRY[name]
+        return _installed()[name]
     except KeyError:
         raise ValueError(f"unknown model family {name!r}; registered: {families()}") from None
 
