@@ -451,11 +451,11 @@ def test_hierarchical_interventions_and_pruning_use_each_layers_width():
 
 
 def test_the_readme_adapter_example_runs_as_written():
-    """The custom adapter of the README, executed verbatim on a model of that shape."""
+    """The custom adapter of the models guide, executed verbatim on a model of that shape."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "guides" / "models.md").read_text()
     section = readme[readme.index("Your own architecture takes a few lines"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
