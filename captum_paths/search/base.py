@@ -3,7 +3,7 @@ score the whole path with the joint attribution."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from captum.log import log_usage
@@ -27,7 +27,57 @@ from captum_paths.attribution.output import (
 )
 from captum_paths.search.result import PathResult
 
-__all__ = ["PathAttribution", "SearchContext"]
+__all__ = ["PathAttribution", "SearchContext", "MethodOption", "MethodOptionError", "UnknownMethodOption",
+           "BadMethodOption"]
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """A method-specific keyword option of ``attribute``, declared in the method's
+    :attr:`PathAttribution.options`: what it allows, checked without a model or images.
+
+    Attributes:
+        allowed: what a value may be, as errors and help say it (``"a positive int"``).
+        check: whether a given value is allowed.
+        default: the value searched with when none is given, or a function of the search's
+            ``k`` and ``mode`` that returns it (``None``: the method's ``_select`` default).
+    """
+
+    allowed: str
+    check: Callable[[Any], bool]
+    default: Any = None
+
+    def resolve(self, value: Any, k: int, mode: str) -> Any:
+        """``value``, or the default for ``k`` and ``mode`` when it is ``None``."""
+        if value is not None:
+            return value
+        return self.default(k=k, mode=mode) if callable(self.default) else self.default
+
+
+class MethodOptionError(Exception):
+    """A method-specific option a path method does not take, or a value it does not allow.
+
+    Attributes:
+        method: the method's registry name.
+        option: the option's name (``None`` when the method itself is unknown).
+    """
+
+    def __init__(self, message: str, method: str, option: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.method, self.option = method, option
+
+
+class UnknownMethodOption(MethodOptionError, TypeError):
+    """An option the method does not declare (a ``TypeError``, as an unexpected keyword argument)."""
+
+
+class BadMethodOption(MethodOptionError, ValueError):
+    """A value the method's option does not allow."""
+
+
+def positive_int(value: Any) -> bool:
+    """Whether ``value`` is an int of at least 1 (not a bool): the check of count options."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -83,8 +133,11 @@ class PathAttribution(SiteAttribution):
     """
 
     name: ClassVar[str] = ""
-    #: method-specific keyword options of ``attribute`` (run pipelines pass only these)
-    options: ClassVar[Tuple[str, ...]] = ()
+    #: Method-specific keyword options of ``attribute``: name -> :class:`MethodOption` (what it
+    #: allows, its default). Run pipelines pass a method only its own, after
+    #: :meth:`check_options`; ``captum-paths extract --method-option NAME.OPTION=VALUE`` sets
+    #: them. A tuple of names is accepted too (their values are then checked by ``_check_options``).
+    options: ClassVar[Union[Mapping[str, MethodOption], Tuple[str, ...]]] = {}
     # Gauss-Legendre steps of the gate-mode integrals (search and final JAS) when
     # n_steps is None; shared by every path method so their JAS are comparable.
     # 4 steps: paths agree with a 128-step run on 99.7% (demo ViT, 64 images) and
@@ -162,6 +215,7 @@ class PathAttribution(SiteAttribution):
             inputs, args, target, logits, dict(clean), output_value(logits, target, self.output),
             k, n_steps, method, mode, internal_batch_size,
         )
+        options = self.resolve_options(options, k=k, mode=mode)
         paths, scores, extra = self._select(ctx, **options)
         scored = extra.pop("scored", None)
         jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
@@ -203,10 +257,72 @@ class PathAttribution(SiteAttribution):
             raise ValueError(f"k must be a positive int; got {k!r}")
         n_steps, method = cls._default_steps(mode, n_steps, method)
         tol = check_tolerance(tol, mode)
-        cls._check_options(options)
+        cls.check_options(options, k=k, mode=mode)
         return n_steps, method, tol
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], k: int = 1, mode: str = "gate") -> Dict[str, Any]:
+        """Validate method-specific options (see :attr:`options`) without a model or images.
+
+        Args:
+            options: option name -> value; ``None`` values stand for the default.
+            k: the units per layer the options go with.
+            mode: the search mode they go with.
+
+        Returns:
+            The options given, ``None`` values left out.
+
+        Raises:
+            UnknownMethodOption: (a ``TypeError``) an option the method does not declare.
+            BadMethodOption: (a ``ValueError``) a value the option does not allow; the
+                message names the method, the option and what it allows.
+        """
+        declared = cls._declared_options()
+        given = {}
+        for option, value in options.items():
+            if option not in declared:
+                raise UnknownMethodOption(f"path method {cls.name or cls.__name__!r} has no option {option!r}; it "
+                                          f"{cls.describe_options()}", cls.name, option)
+            spec = declared[option]
+            if value is not None and spec is not None and not spec.check(value):
+                raise cls.bad_option(option, value, spec.allowed)
+            if value is not None:
+                given[option] = value
+        cls._check_options(given, k=k, mode=mode)
+        return given
+
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any], k: int = 1, mode: str = "gate") -> Dict[str, Any]:
+        """The options a search runs with: ``options`` checked (:meth:`check_options`), every
+        declared option not given at its default for ``k`` and ``mode`` (options without a
+        default are left out: ``_select`` keeps its own)."""
+        given = cls.check_options(options, k=k, mode=mode)
+        resolved = {option: spec.resolve(given.get(option), k, mode)
+                    for option, spec in cls._declared_options().items() if spec is not None}
+        return {**{o: v for o, v in resolved.items() if v is not None}, **given}
+
+    @classmethod
+    def describe_options(cls) -> str:
+        """The method's options and what each allows, in one line (``"takes refine (...), beam (...)"``)."""
+        declared = cls._declared_options()
+        if not declared:
+            return "takes no options"
+        return "takes " + ", ".join(option if spec is None else f"{option} ({spec.allowed})"
+                                    for option, spec in declared.items())
+
+    @classmethod
+    def bad_option(cls, option: str, value: Any, allowed: str) -> BadMethodOption:
+        """The error of a value ``option`` does not allow: ``"NAME option OPTION must be ALLOWED; got VALUE"``."""
+        return BadMethodOption(f"{cls.name or cls.__name__} option {option} must be {allowed}; got {value!r}",
+                               cls.name, option)
+
     # ------------------------------------------------------------------ for subclasses
+    @classmethod
+    def _declared_options(cls) -> Dict[str, Optional[MethodOption]]:
+        if isinstance(cls.options, Mapping):
+            return dict(cls.options)
+        return {option: None for option in cls.options}
+
     @classmethod
     def _default_steps(cls, mode: str, n_steps: Optional[int], method: Optional[str]) -> Tuple[int, str]:
         if mode == "gate" and n_steps is None:
@@ -214,10 +330,9 @@ class PathAttribution(SiteAttribution):
         return default_steps(mode, n_steps, method)
 
     @classmethod
-    def _check_options(cls, options: Dict[str, Any]) -> None:
-        """Raise for unknown or invalid method-specific options (``options``: the names in :attr:`options`)."""
-        if options:
-            raise TypeError(f"{cls.__name__}.attribute() got unexpected arguments {sorted(options)}")
+    def _check_options(cls, options: Dict[str, Any], k: int = 1, mode: str = "gate") -> None:
+        """Checks of the given options beyond each one's own (:class:`MethodOption`): how they go
+        together, or with ``k`` and ``mode``; raise with :meth:`bad_option`. Nothing by default."""
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
         return dict(options)

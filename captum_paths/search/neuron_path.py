@@ -46,7 +46,7 @@ from captum_paths.attribution._machinery import (
 )
 from captum_paths.attribution.joint_integrated_gradients import JointNeuronIntegratedGradients
 from captum_paths.attribution.output import output_value, select_rows
-from captum_paths.search.base import PathAttribution, SearchContext
+from captum_paths.search.base import MethodOption, PathAttribution, SearchContext, positive_int
 from captum_paths.search.beam import beam_search, member_context
 from captum_paths.search.candidates import proposal_pool
 from captum_paths.model.stream import ResidualStream
@@ -61,15 +61,15 @@ Refine = Union[int, str]
 DEFAULT_REFINE: Refine = 6
 
 
-def _refine(refine: Optional[Refine], mode: str, k: int = 1) -> Refine:
-    """``refine`` with its default for ``mode`` and ``k`` (``max(DEFAULT_REFINE, k)`` in gate
-    mode); ``ValueError`` naming both when a given ``refine`` is below ``k``. Both the search
-    and the recorded settings resolve it here."""
-    if refine is None:
-        return max(DEFAULT_REFINE, k) if mode == "gate" else 0
-    if refine != "all" and 0 < refine < k:
-        raise ValueError(f"refine must be 0, 'all' or at least k={k}; got {refine!r}")
-    return refine
+def _default_refine(k: int, mode: str) -> Refine:
+    """The ``refine`` searched with when none is given: ``max(DEFAULT_REFINE, k)`` in gate mode
+    (the pool must hold the ``k`` units kept), 0 (the released scripts' search) in paper mode."""
+    return max(DEFAULT_REFINE, k) if mode == "gate" else 0
+
+
+def _is_refine(value: Any) -> bool:
+    return isinstance(value, str) and value == "all" or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 #: proposals per beam member when ``beam > 1`` and ``refine=0``
@@ -132,38 +132,26 @@ class LayerProgressiveNeuronPath(PathAttribution):
     """
 
     name = "neuron-path"
-    options = ("refine", "beam")
+    options = {
+        "refine": MethodOption("a non-negative int or 'all'", _is_refine, default=_default_refine),
+        "beam": MethodOption("a positive int", positive_int, default=1),
+    }
 
     @classmethod
-    def _check_options(cls, options: Dict[str, Any]) -> None:
-        unknown = set(options) - set(cls.options)
-        if unknown:
-            raise TypeError(f"LayerProgressiveNeuronPath.attribute() got unexpected arguments {sorted(unknown)}")
+    def _check_options(cls, options: Dict[str, Any], k: int = 1, mode: str = "gate") -> None:
+        """A given ``refine`` below ``k`` is refused (the pool must hold the ``k`` units kept)."""
         refine = options.get("refine")
-        if refine not in (None, "all") and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
-            raise ValueError(f"refine must be a non-negative int or 'all'; got {refine!r}")
-        beam = options.get("beam", 1)
-        if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-            raise ValueError(f"beam must be a positive int; got {beam!r}")
-
-    @classmethod
-    def check_arguments(cls, k: int = 1, n_steps: Optional[int] = None, method: Optional[str] = None,
-                        mode: str = "gate", tol: Optional[float] = None, **options: Any):
-        """As :meth:`PathAttribution.check_arguments`; also refuses a ``refine`` below ``k``
-        (run pipelines call it before they write anything)."""
-        resolved = super().check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol, **options)
-        _refine(options.get("refine"), mode, k)
-        return resolved
+        if refine is not None and refine != "all" and 0 < refine < k:
+            raise cls.bad_option("refine", refine, f"0, 'all' or at least k={k}")
 
     def _settings(self, options: Dict[str, Any]) -> Dict[str, Any]:
-        settings = {"refine": _refine(options.get("refine"), options.get("mode", "gate"), options.get("k", 1))}
-        if options.get("beam", 1) > 1:
+        settings = {"refine": options["refine"]}  # resolved: the refine the search used
+        if options["beam"] > 1:
             settings["beam"] = options["beam"]
         return settings
 
-    def _select(self, ctx: SearchContext, refine: Optional[Refine] = None, beam: int = 1):
+    def _select(self, ctx: SearchContext, refine: Refine, beam: int):
         width = ctx.width
-        refine = _refine(refine, ctx.mode, ctx.k)
         candidates = min(width if refine == "all" else int(refine), width)
         if beam > 1:
             return self._beam(ctx, beam, candidates or min(BEAM_CANDIDATES, width))
