@@ -33,9 +33,7 @@ from benchmarks.common import emit
 from captum_paths.evaluation.faithfulness import RANDOM_RANKING, faithfulness_study, faithfulness_summary, fewest_units
 from captum_paths.pipeline.report import markdown
 from captum_paths.search import PATH_METHODS
-from captum_paths.model.sites import NeuronSites
-
-KINDS = ("neurons", "heads", "mixed")
+from captum_paths.model.sites import UNITS as KINDS, NeuronSites
 
 
 def load_case(case: str, per_class: int, img_size: int) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -54,14 +52,6 @@ def load_case(case: str, per_class: int, img_size: int) -> Tuple[torch.nn.Module
     return (real.model.eval(), images, labels,
             f"DINOv2 ViT-S/14 + linear probe, {img_size} px digits, {len(images)} correctly classified test "
             f"images ({per_class} per class)")
-
-
-def kind_sites(model: torch.nn.Module, kind: str) -> NeuronSites:
-    neurons = NeuronSites.from_model(model)
-    if kind == "neurons":
-        return neurons
-    heads = NeuronSites.heads_from_model(model)
-    return heads if kind == "heads" else NeuronSites.mixed(heads, neurons)
 
 
 def find_paths(model, sites, images, labels, n_steps: Optional[int]) -> Tuple[Dict[str, object], Dict[str, float]]:
@@ -97,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
 
     summaries, fewest = [], []
     for kind in args.kinds:
-        sites = kind_sites(model, kind)
+        sites = NeuronSites.for_units(model, kind)
         start = time.perf_counter()
         paths, seconds = find_paths(model, sites, images, labels, args.n_steps)
         df = faithfulness_study(model, images, labels, paths, sites=sites)

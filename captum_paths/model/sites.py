@@ -38,7 +38,7 @@ from torch import nn
 
 from captum_paths.model.tokens import TokenSelection, TokenSpec
 
-__all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites", "KINDS"]
+__all__ = ["TokenSelection", "NeuronSites", "SiteEdit", "resolve_sites", "KINDS", "UNITS"]
 
 # An edit receives the activation at the selected tokens, (batch, positions, units),
 # and returns its replacement of the same shape.
@@ -50,6 +50,9 @@ _CAPTURES = ("output", "input", "mha")
 KINDS = ("neuron", "head")
 #: how a site's 4-D activation holds its channels (see ``NeuronSites``' ``layout``)
 LAYOUTS = ("channels_last", "channels_first")
+#: What a run's paths hold (:meth:`NeuronSites.for_units`): FFN neurons, attention heads, or per
+#: block its heads and then its FFN neurons.
+UNITS = ("neurons", "heads", "mixed")
 
 
 class NeuronSites:
@@ -304,6 +307,23 @@ class NeuronSites:
             raise ValueError("num_heads: give the number of heads of each site for kind='head' (only "
                              "nn.MultiheadAttention modules know their own)")
         return cls(model, modules, selection, capture=captures, names=names, width=heads, kind="head", layout=layout)
+
+    @classmethod
+    def for_units(cls, model: nn.Module, units: str = "neurons") -> "NeuronSites":
+        """The sites of a run's ``units`` (:data:`UNITS`) on a model of a registered family.
+
+        Args:
+            model (nn.Module): the model.
+            units (str): ``"neurons"`` (its FFN neurons, :meth:`from_model`), ``"heads"``
+                (its attention heads, :meth:`heads_from_model`) or ``"mixed"`` (per block its
+                heads, then its FFN neurons, each a layer: :meth:`mixed`).
+        """
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {UNITS}; got {units!r}")
+        if units == "neurons":
+            return cls.from_model(model)
+        heads = cls.heads_from_model(model)
+        return heads if units == "heads" else cls.mixed(heads, cls.from_model(model))
 
     @classmethod
     def mixed(cls, heads: "NeuronSites", neurons: "NeuronSites") -> "NeuronSites":
