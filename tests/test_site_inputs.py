@@ -346,3 +346,24 @@ def test_a_set_per_example_of_the_wrong_count_says_so():
         parse_neurons([[(0, 1)], [(0, 2)], [(0, 3)]], 2, 3, 64)
     message = str(info.value)
     assert "3 sets but inputs hold 2 examples" in message and "list [[(0, 1)], [(0, 2)], [(0, 3)]]" in message
+
+
+def test_the_evaluation_takes_modules_as_sites():
+    """The paper's experiments and the faithfulness curves take modules as sites, with the numbers of
+    the model's own sites."""
+    from captum_paths.demo import load_demo_data, load_demo_model
+    from captum_paths.evaluation.faithfulness import faithfulness_study
+    from captum_paths.evaluation.harness import probability_deviation
+
+    torch.manual_seed(0)
+    model = load_demo_model()
+    images, labels = load_demo_data("test")
+    images, labels = images[:12], labels[:12]
+    paths = {"random": torch.randint(0, 256, (12, 6, 1))}
+    modules = [block.mlp.act for block in model.blocks]
+    expected = probability_deviation(model, images, labels, paths)
+    got = probability_deviation(model, images, labels, paths, sites=modules)
+    assert got.equals(expected)
+    expected = faithfulness_study(model, images, labels, paths, ns=[0, 2], random_control=False)
+    got = faithfulness_study(model, images, labels, paths, sites=modules, ns=[0, 2], random_control=False)
+    assert got.equals(expected)

@@ -30,7 +30,7 @@ from torch import nn
 
 from captum_paths.evaluation.harness import _check_batch_size, _check_data, _device, split_by_class
 from captum_paths.model.loading import as_logits_model
-from captum_paths.model.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites, resolve_sites
 from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["ABLATIONS", "FAITHFULNESS_COLUMNS", "RANDOM_RANKING", "unit_ranking", "random_ranking", "unit_means",
@@ -205,9 +205,7 @@ def faithfulness_study(
     """
     images, labels = _check_data(images, labels)
     batch_size = _check_batch_size(batch_size)
-    sites = NeuronSites.from_model(model) if sites is None else sites
-    if not isinstance(sites, NeuronSites):
-        raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
+    sites = resolve_sites(model, sites)  # None: the model's; modules as Captum's layer arguments
     widths = _widths(sites)
     ns = default_ns(sites) if ns is None else _check_ns(ns)
     if tokens not in ("all", "selected"):

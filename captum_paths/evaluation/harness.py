@@ -38,7 +38,7 @@ from captum_paths.evaluation.interventions import _check_scale, prune_neurons, s
 from captum_paths.model.loading import as_logits_model
 from captum_paths.records import write_text_atomic
 from captum_paths.search.registry import create_path_method
-from captum_paths.model.sites import NeuronSites
+from captum_paths.model.sites import NeuronSites, resolve_sites
 
 __all__ = [
     "DEVIATION_COLUMNS",
@@ -145,12 +145,10 @@ def _probabilities(
     return torch.cat(out)
 
 
-def _sites(model: nn.Module, sites: Optional[NeuronSites]) -> NeuronSites:
-    if sites is None:
-        return NeuronSites.from_model(model)
-    if not isinstance(sites, NeuronSites):
-        raise TypeError(f"sites must be a NeuronSites or None; got {type(sites).__name__}")
-    return sites
+def _sites(model: nn.Module, sites: Any) -> NeuronSites:
+    """``sites`` as :class:`NeuronSites` (``None``: the model's; a module or a list of modules as
+    Captum's layer arguments, see :meth:`NeuronSites.coerce`)."""
+    return resolve_sites(model, sites)
 
 
 # ---------------------------------------------------------------------- manipulation
