@@ -474,3 +474,18 @@ def test_mixed_sites_in_a_wrapper_run_on_the_stream(monkeypatch):
     assert picked and picked[0] is not None
     assert torch.equal(fast.paths, slow.paths)
     torch.testing.assert_close(fast.jas, slow.jas, rtol=1e-5, atol=1e-7)
+
+
+def test_the_patch_size_of_a_wrapped_backbone_is_its_own():
+    from captum_paths.analysis.pixels import model_patch_size
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, depth=2)
+            self.head = nn.Linear(self.backbone.num_features, 3)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+    assert model_patch_size(Probe()) == (16, 16)

@@ -54,13 +54,15 @@ class NeuronPixelAttribution:
 
 
 def model_patch_size(model: nn.Module) -> Tuple[int, int]:
-    """The patch size ``(ph, pw)`` of a model, as its family adapter declares it."""
-    from captum_paths.model.families import find_family, inner_model
+    """The patch size ``(ph, pw)`` of a model (or of the one backbone inside it), as its family
+    adapter declares it."""
+    from captum_paths.model.families import inner_model
+    from captum_paths.model.families.base import find_backbone
 
-    found = find_family(model)
-    size = found[0].patch_size(inner_model(model)) if found is not None else None
+    found = find_backbone(model)
+    size = found.adapter.patch_size(found.module) if found is not None else None
     if size is None:
-        family = f"family {found[0].name!r}" if found is not None else "no registered family"
+        family = f"family {found.adapter.name!r}" if found is not None else "no registered family"
         raise ValueError(f"cannot find the patch size of a {type(inner_model(model)).__name__} ({family}); "
                          "pass patch_size=(ph, pw)")
     return size
