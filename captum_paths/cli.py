@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from captum_paths._version import __version__
 
@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_demo, _add_extract, _add_merge, _add_evaluate, _add_analyze, _add_report, _add_compare):
+        add(commands)
+    return parser
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo", help="the whole job on the embedded digits ViT: paths (every method), evaluation, analysis, report",
         description=(
@@ -53,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "0 = torch's default)")
     demo.set_defaults(handler=_run_demo)
 
+
+def _add_extract(commands) -> None:
     extract = commands.add_parser(
         "extract", help="find neuron paths for every image of an image folder (resumable; torchrun-aware)",
         description=(
@@ -76,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--data", type=Path, required=True, help="image folder: DATA/<class>/<image>")
     extract.add_argument("--label-map", type=Path, default=None, help="JSON: class folder -> class index")
     extract.add_argument("--out", type=Path, required=True, help="run folder for run.json and records.jsonl")
+    _add_search_arguments(extract)
+    _add_extract_run_arguments(extract)
+    extract.set_defaults(handler=_run_extract)
+
+
+def _add_search_arguments(extract: argparse.ArgumentParser) -> None:
+    """``extract``'s path methods and search settings."""
     extract.add_argument("--method", nargs="+", default=["neuron-path"], metavar="NAME",
                          help="path methods (default: neuron-path; 'all' for every one)")
     extract.add_argument("--k", type=int, default=1, help="neurons per layer (default: 1)")
@@ -84,79 +98,103 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--approximation", default=None,
                          help="riemann_left|riemann_right|riemann_middle|riemann_trapezoid|gausslegendre")
     extract.add_argument("--mode", choices=("gate", "paper"), default="gate", help="JAS semantics (default: gate)")
+    extract.add_argument("--method-option", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                         help="an option of one path method, repeatable (e.g. neuron-path.refine=8; values are "
+                              "Python literals, else strings); the method checks it, and an error names what it "
+                              "takes. Part of the run's identity")
     extract.add_argument("--refine", default=None, metavar="C",
                          help="neuron-path: candidates re-scored exactly per layer, a number >= --k or 'all' "
-                              "(default: 6 in gate mode, or --k when larger; 0 in paper mode)")
-    extract.add_argument("--beam", type=int, default=None, metavar="B",
-                         help="neuron-path: keep the B best partial paths per image (default: 1, the greedy)")
+                              "(default: 6 in gate mode, or --k when larger; 0 in paper mode); the same as "
+                              "--method-option neuron-path.refine=C")
+    extract.add_argument("--beam", default=None, metavar="B",
+                         help="neuron-path: keep the B best partial paths per image (default: 1, the greedy); the "
+                              "same as --method-option neuron-path.beam=B")
     extract.add_argument("--target", choices=("label", "pred"), default="label",
                          help="explain the true label or the prediction (default: label)")
-    extract.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    extract.add_argument("--workers", type=int, default=None, metavar="N",
-                         help="processes decoding images (default: CPU cores - 1, up to 8, on CUDA; 0 on the CPU)")
-    extract.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16",
-                         help="precision of the search and the scores' forward passes (autocast; sums stay fp32). "
-                              "Default: fp32")
     extract.add_argument("--units", default="neurons", choices=("neurons", "heads", "mixed"),
                          help="what the paths hold: FFN neurons (default), attention heads, or per block its heads "
                               "and then its FFN neurons (each a layer of the path)")
+    extract.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16",
+                         help="precision of the search and the scores' forward passes (autocast; sums stay fp32). "
+                              "Default: fp32")
+
+
+def _add_extract_run_arguments(extract: argparse.ArgumentParser) -> None:
+    """How ``extract`` runs: batches, decoding, device, resume."""
+    extract.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    extract.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="processes decoding images (default: CPU cores - 1, up to 8, on CUDA; 0 on the CPU)")
     extract.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     extract.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by id)")
     extract.add_argument("--restart", action="store_true", help="delete the folder's records and start over")
     extract.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     extract.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    extract.set_defaults(handler=_run_extract)
 
+
+def _add_merge(commands) -> None:
     merge = commands.add_parser("merge", help="merge per-rank record files of a run folder into records.jsonl",
                                 description="Merge records.rank*.jsonl into records.jsonl (one record per image and method).")
     merge.add_argument("run", type=Path, help="run folder")
     merge.add_argument("--quiet", action="store_true")
     merge.set_defaults(handler=_run_merge)
 
-    for name, help_text, handler in (
-        ("evaluate", "manipulation, JAS comparison and pruning study of a run's paths (needs its model)", _run_evaluate),
-        ("analyze", "path sharing, class similarity, consensus paths and graph of a run's records", _run_analyze),
-        ("report", "HTML page and Markdown summary of a run's evaluation and analysis", _run_report),
-    ):
-        sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        sub.add_argument("--run", type=Path, required=True, help="run folder written by extract")
-        sub.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
-        if name == "evaluate":
-            sub.add_argument("--batch-size", type=int, default=64)
-            sub.add_argument("--device", default=None)
-            sub.add_argument("--factor", type=float, default=2.0, help="enhance factor (default: 2)")
-            sub.add_argument("--no-pruning", action="store_true", help="skip the pruning study")
-            sub.add_argument("--max-images", type=int, default=5000,
-                             help="images evaluated, an even seeded draw over the classes (default: 5000, held in "
-                                  "memory while it runs; 0: every image with a record of every method)")
-            sub.add_argument("--faithfulness-classes", type=int, default=10,
-                             help="classes (a seeded draw) whose faithfulness-sparsity curves are computed "
-                                  "(default: 10; 0 skips them)")
-            sub.add_argument("--jas-modes", nargs="+", default=["gate", "paper"], choices=("gate", "paper"),
-                             help="JAS semantics to compare (default: gate paper)")
-            sub.add_argument("--n-steps", "--jas-steps", dest="n_steps", type=int, default=None,
-                             help="integration steps of the JAS comparison and of the pruning study's path search "
-                                  "(default: each mode's)")
-            sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-        if name == "analyze":
-            sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
-            sub.add_argument("--permutations", type=int, default=1000)
-            sub.add_argument("--no-pixels", action="store_true",
-                             help="skip the pixel figure (it loads the run's model and one image)")
-            sub.add_argument("--device", default=None)
-        if name == "report":
-            sub.add_argument("--max-images", type=int, default=2000,
-                             help="images whose paths and thumbnails the page embeds (default: 2000, drawn evenly "
-                                  "from the classes)")
-            sub.add_argument("--heatmaps", type=int, default=8,
-                             help="neurons whose pixel attribution the page shows (default: 8; 0 skips them and "
-                                  "does not load the model)")
-            sub.add_argument("--graph-nodes", type=int, default=250_000,
-                             help="class-graph nodes of all methods together (default: 250000); the searched paths' "
-                                  "graphs always, the other methods' while they fit")
-            sub.add_argument("--device", default=None)
-        sub.set_defaults(handler=handler)
 
+def _stage_parser(commands, name: str, help_text: str, handler) -> argparse.ArgumentParser:
+    """The parser of a stage on a run folder: ``--run`` and ``--quiet``."""
+    sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+    sub.add_argument("--run", type=Path, required=True, help="run folder written by extract")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_evaluate(commands) -> None:
+    sub = _stage_parser(commands, "evaluate", "manipulation, JAS comparison and pruning study of a run's paths "
+                                              "(needs its model)", _run_evaluate)
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--device", default=None)
+    sub.add_argument("--factor", type=float, default=2.0, help="enhance factor (default: 2)")
+    sub.add_argument("--no-pruning", action="store_true", help="skip the pruning study")
+    sub.add_argument("--max-images", type=int, default=5000,
+                     help="images evaluated, an even seeded draw over the classes (default: 5000, held in "
+                          "memory while it runs; 0: every image with a record of every method)")
+    sub.add_argument("--faithfulness-classes", type=int, default=10,
+                     help="classes (a seeded draw) whose faithfulness-sparsity curves are computed "
+                          "(default: 10; 0 skips them)")
+    sub.add_argument("--jas-modes", nargs="+", default=["gate", "paper"], choices=("gate", "paper"),
+                     help="JAS semantics to compare (default: gate paper)")
+    sub.add_argument("--n-steps", "--jas-steps", dest="n_steps", type=int, default=None,
+                     help="integration steps of the JAS comparison and of the pruning study's path search "
+                          "(default: each mode's)")
+    sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+
+
+def _add_analyze(commands) -> None:
+    sub = _stage_parser(commands, "analyze", "path sharing, class similarity, consensus paths and graph of a "
+                                             "run's records", _run_analyze)
+    sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
+    sub.add_argument("--permutations", type=int, default=1000)
+    sub.add_argument("--no-pixels", action="store_true",
+                     help="skip the pixel figure (it loads the run's model and one image)")
+    sub.add_argument("--device", default=None)
+
+
+def _add_report(commands) -> None:
+    sub = _stage_parser(commands, "report", "HTML page and Markdown summary of a run's evaluation and analysis",
+                        _run_report)
+    sub.add_argument("--max-images", type=int, default=2000,
+                     help="images whose paths and thumbnails the page embeds (default: 2000, drawn evenly "
+                          "from the classes)")
+    sub.add_argument("--heatmaps", type=int, default=8,
+                     help="neurons whose pixel attribution the page shows (default: 8; 0 skips them and "
+                          "does not load the model)")
+    sub.add_argument("--graph-nodes", type=int, default=250_000,
+                     help="class-graph nodes of all methods together (default: 250000); the searched paths' "
+                          "graphs always, the other methods' while they fit")
+    sub.add_argument("--device", default=None)
+
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser(
         "compare", help="how far two runs' paths of the same images agree (neurons, whole paths, JAS)",
         description="Pair the records of two run folders by method and image: the share of path units and whole "
@@ -169,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "FILE_layers.csv")
     compare.add_argument("--quiet", action="store_true")
     compare.set_defaults(handler=_run_compare)
-    return parser
 
 
 def _positive(name: str, value) -> None:
@@ -192,26 +229,18 @@ def _run_extract(args: argparse.Namespace) -> int:
     from captum_paths.pipeline import Run
     from captum_paths.search.registry import PATH_METHODS
 
-    for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes", "--beam"):
+    for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.workers is not None and args.workers < 0:
         raise _UsageError(f"--workers must be 0 (decode in this process) or a positive number; got {args.workers}")
     if args.random_weights is not None and args.random_weights < 0:
         raise _UsageError(f"--random-weights must be a non-negative seed; got {args.random_weights}")
-    refine = args.refine
-    if refine is not None and refine != "all":
-        if not refine.isdigit():
-            raise _UsageError(f"--refine must be a non-negative number or 'all'; got {refine!r}")
-        refine = int(refine)
-    _set_threads(args.threads)
     methods = list(PATH_METHODS) if args.method == ["all"] else args.method
+    settings = _extract_settings(args, methods)
+    _set_threads(args.threads)
     summary = Run(args.out, device=args.device).extract(
-        args.model, args.data, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
-        num_classes=args.num_classes, label_map=args.label_map, k=args.k, n_steps=args.n_steps,
-        approximation=args.approximation, mode=args.mode, target=args.target, batch_size=args.batch_size,
-        limit=args.limit, restart=args.restart, progress=not args.quiet, refine=refine, beam=args.beam,
-        random_weights=args.random_weights, model_args=_model_args(args.model_arg), workers=args.workers,
-        dtype=args.dtype, units=args.units,
+        settings=settings, batch_size=args.batch_size, limit=args.limit, restart=args.restart,
+        progress=not args.quiet, workers=args.workers,
     )
     if summary["rank"] == 0:
         print(f"records: {args.out / 'records.jsonl'} ({summary['records']} records, {summary['new_records']} new, "
@@ -219,21 +248,70 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_settings(args: argparse.Namespace, methods: List[str]):
+    """The run's :class:`~captum_paths.pipeline.settings.RunSettings`, built once from the
+    arguments; a method option's error names the flag that gave it."""
+    from captum_paths.pipeline.settings import RunSettings
+    from captum_paths.search.base import MethodOptionError
+
+    options, flags = _method_options(args)
+    try:
+        return RunSettings.create(
+            model=args.model, data=args.data, methods=methods, checkpoint=args.checkpoint, pretrained=args.pretrained,
+            num_classes=args.num_classes, label_map=args.label_map, random_weights=args.random_weights,
+            model_args=_model_args(args.model_arg), k=args.k, n_steps=args.n_steps, approximation=args.approximation,
+            mode=args.mode, target=args.target, method_options=options, dtype=args.dtype, units=args.units,
+        )
+    except MethodOptionError as err:
+        flag = flags.get((err.method, err.option)) or next(
+            (given for (method, _), given in flags.items() if method == err.method), None)
+        if flag is None:
+            raise
+        raise _UsageError(f"{flag}: {err}") from None
+
+
+def _method_options(args: argparse.Namespace) -> Tuple[Dict[str, Dict[str, Any]], Dict[Tuple[str, str], str]]:
+    """``({method: {option: value}}, {(method, option): the flag that gave it})`` of
+    ``--method-option METHOD.OPTION=VALUE`` and its aliases ``--refine`` and ``--beam``
+    (neuron-path's); values are Python literals, else strings."""
+    given = [(f"--{option} {value}", "neuron-path", option, value)
+             for option, value in (("refine", args.refine), ("beam", args.beam)) if value is not None]
+    for text in args.method_option:
+        key, sep, value = text.partition("=")
+        method, dot, option = key.strip().rpartition(".")
+        if not sep or not dot or not method or not option.isidentifier():
+            raise _UsageError(f"--method-option must be METHOD.OPTION=VALUE (e.g. neuron-path.refine=8); got {text!r}")
+        given.append((f"--method-option {text}", method, option, value))
+    options: Dict[str, Dict[str, Any]] = {}
+    flags: Dict[Tuple[str, str], str] = {}
+    for flag, method, option, value in given:
+        if (method, option) in flags:
+            raise _UsageError(f"{flags[method, option]} and {flag} both set {method} option {option}; give it once")
+        options.setdefault(method, {})[option] = _literal(value)
+        flags[method, option] = flag
+    return options, flags
+
+
 def _model_args(pairs: List[str]) -> dict:
     """``{key: value}`` from ``KEY=VALUE`` strings; values are Python literals (``112``, ``(1, 2)``,
     ``True``) or else strings."""
-    import ast
-
     parsed = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip().isidentifier():
             raise _UsageError(f"--model-arg must be KEY=VALUE with KEY a Python name; got {pair!r}")
-        try:
-            parsed[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed[key.strip()] = value
+        parsed[key.strip()] = _literal(value)
     return parsed
+
+
+def _literal(text: str) -> Any:
+    """A command-line value: a Python literal (``8``, ``'all'``, ``(1, 2)``, ``True``), else the string."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
 def _run_merge(args: argparse.Namespace) -> int:

@@ -86,3 +86,29 @@ def test_the_public_namespace_is_the_api():
                      "records", "search", "statistics"}
     for name in captum_paths.__all__:
         assert getattr(captum_paths, name) is not None
+
+
+def test_the_pipeline_has_no_circle_even_through_lazy_imports():
+    """The stages import the run folder, never the other way round: run.py and settings.py import
+    no stage (not even inside a function), and no chain of imports in pipeline/ comes back to
+    where it started."""
+    folder = PACKAGE / "pipeline"
+    names = {file.stem for file in folder.glob("*.py")} - {"__init__"}
+    graph = {}
+    for file in folder.glob("*.py"):
+        imported = set()
+        for module, _ in _imported(file):
+            parts = module.split(".")
+            if parts[:2] == ["captum_paths", "pipeline"] and len(parts) > 2 and parts[2] in names:
+                imported.add(parts[2])
+        graph[file.stem] = imported - {file.stem}
+    stages = {"extract", "evaluate", "analyze", "report", "demo"}
+    assert not graph["run"] & stages and not graph["settings"] & stages, (graph["run"], graph["settings"])
+
+    def visit(node, path):
+        for nxt in sorted(graph.get(node, set())):
+            assert nxt not in path, " -> ".join([*path, nxt])
+            visit(nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])

@@ -2,7 +2,7 @@
 
 The demo's test images are written as an image folder (``OUT/data``), so the demo
 runs exactly what a user runs on their own data: the stages of one
-:class:`~captum_paths.pipeline.run.Run` (extract with every path method,
+:class:`~captum_paths.pipeline.Run` (extract with every path method,
 evaluate, analyze, report), which loads the model and the images once.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from captum_paths.demo import save_demo_image_folder
-from captum_paths.pipeline.run import Run
+from captum_paths.pipeline import Run
 from captum_paths.records import write_json_atomic
 from captum_paths.search.registry import PATH_METHODS
 

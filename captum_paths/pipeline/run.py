@@ -1,8 +1,9 @@
-"""A run folder and the :class:`Run` that owns it.
+"""A run folder and the :class:`RunFolder` that owns it.
 
 A run folder holds what one model searched on one image folder:
 
-- ``run.json``: the settings (:func:`run_settings`), written before the first record;
+- ``run.json``: the settings (:class:`~captum_paths.pipeline.settings.RunSettings`),
+  written before the first record;
 - ``records.jsonl``: one path record per (image, method), sorted by
   ``(method, image_id)`` once a run finishes (``records.rank{r}.jsonl`` per rank
   while a ``torchrun`` is under way);
@@ -10,7 +11,11 @@ A run folder holds what one model searched on one image folder:
 - ``evaluation/``, ``analysis/``: tables, figures and ``summary.json`` of those stages;
 - ``report.html`` and ``summary.md``.
 
-See "Records" in docs/method.md.
+:class:`RunFolder` holds the folder's settings, file names, records and stage outputs, and
+loads the run's model and images once; it imports no stage. The stages (``extract.py``,
+``evaluate.py``, ``analyze.py``, ``report.py``) take a :class:`RunFolder`, and
+:class:`captum_paths.pipeline.Run`, a :class:`RunFolder` with the stages as methods, sits
+above them. See "Records" in docs/method.md.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from captum_paths.pipeline.settings import COMPATIBLE_KEYS, RunSettings
 from captum_paths.records import SCHEMA_VERSION, read_records, record_key, unique_records, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,11 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from captum_paths.model.data import ImageFolderDataset
-    from captum_paths.explorer import ExplorerLimits
     from captum_paths.model.sites import NeuronSites
 
-__all__ = ["Run", "check_same_images", "RunMismatchError", "RunLockedError", "run_settings", "COMPATIBLE_KEYS", "UNITS", "RUN_FILE",
-           "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE", "RUN_OUTPUTS"]
+__all__ = ["RunFolder", "Run", "check_same_images", "RunMismatchError", "RunLockedError", "run_settings",
+           "COMPATIBLE_KEYS", "RUN_FILE", "RECORDS_FILE", "UNREADABLE_FILE", "LOCK_FILE", "RUN_OUTPUTS"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,25 +54,11 @@ UNREADABLE_FILE = "unreadable.txt"
 #: The writer lock (an OS file lock, released when its process ends, even by ``kill -9``).
 LOCK_FILE = ".lock"
 
-#: Settings that must match for records to share a run folder: the run's identity.
-COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
-                   "target", "refine", "beam", "data", "data_fingerprint", "label_map_sha256",
-                   "checkpoint_sha256", "random_weights", "weights_sha256", "model_args", "dtype", "units")
-#: The units a run's paths hold: FFN neurons, attention heads, or a head and a neuron site per block.
-UNITS = ("neurons", "heads", "mixed")
-#: Identity keys that run folders of schema 2 and older do not have (compared only when present).
-_NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
-             "weights_sha256", "model_args", "dtype")
-
 
 #: What a run writes in its folder besides its records: a folder without ``run.json`` that holds
 #: one of these is not made a run folder (its files would be replaced). Records without ``run.json``
-#: are refused by :meth:`Run.check` (``--restart`` deletes them).
+#: are refused by :meth:`RunFolder.check` (``--restart`` deletes them).
 RUN_OUTPUTS = (UNREADABLE_FILE, "evaluation", "analysis", "report.html", "summary.md")
-
-#: Settings the run's model and images are loaded from.
-_LOAD_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "data", "label_map", "random_weights",
-              "model_args")
 
 
 class RunMismatchError(ValueError):
@@ -98,44 +89,18 @@ def run_settings(
     dtype: str = "fp32",
     units: str = "neurons",
 ) -> Dict[str, Any]:
-    """The settings a run folder records in ``run.json`` (file and folder paths made absolute).
-
-    :func:`~captum_paths.pipeline.extract.extract` adds the fingerprints of the run's
-    identity: ``data_fingerprint`` (class folders, their indices, image ids and file
-    sizes), ``label_map_sha256``, ``checkpoint_sha256`` and, for random weights,
-    ``weights_sha256``.
-    """
-    return {
-        "schema": SCHEMA_VERSION,
-        "model": model,
-        "checkpoint": _absolute(checkpoint),
-        "pretrained": bool(pretrained),
-        "num_classes": num_classes,
-        "mode": mode,
-        "n_steps": n_steps,
-        "approximation": approximation,
-        "k": k,
-        "target": target,
-        "methods": list(methods),
-        "data": _absolute(data),
-        "label_map": dict(label_map) if isinstance(label_map, Mapping) else _absolute(label_map),
-        "refine": refine,
-        "beam": beam,
-        "random_weights": random_weights,
-        "model_args": json.loads(json.dumps(dict(model_args or {}))),  # as run.json will read back (lists)
-        "dtype": dtype,
-        "units": units,
-    }
-
-
-def upgrade_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
-    """``run.json`` settings in the current layout (schema 2 and older named the step count ``steps``)."""
-    settings = dict(settings)
-    if settings.get("schema", 1) < 3 and "steps" in settings:
-        settings.setdefault("n_steps", settings.pop("steps"))
-    settings["schema"] = max(settings.get("schema", 1), SCHEMA_VERSION)
-    settings.setdefault("units", "neurons")  # runs before attention heads held FFN neurons
-    return settings
+    """The ``run.json`` object of these settings, unchecked (kept for callers of earlier
+    versions): :meth:`RunSettings.create(...).to_json() <captum_paths.pipeline.settings.RunSettings.create>`
+    checks them; ``refine`` and ``beam`` are neuron-path's options."""
+    options = {key: value for key, value in (("refine", refine), ("beam", beam)) if value is not None}
+    return RunSettings(
+        model=model, data=_absolute(data), methods=tuple(methods), checkpoint=_absolute(checkpoint),
+        pretrained=bool(pretrained), num_classes=num_classes,
+        label_map=dict(label_map) if isinstance(label_map, Mapping) else _absolute(label_map),
+        random_weights=random_weights, model_args=json.loads(json.dumps(dict(model_args or {}))), k=k,
+        n_steps=n_steps, approximation=approximation, mode=mode, target=target,
+        method_options={"neuron-path": options} if options else {}, dtype=dtype, units=units,
+    ).to_json()
 
 
 def file_sha256(path: PathLike) -> str:
@@ -147,41 +112,22 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def _load_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
-    return {key: settings.get(key) for key in _LOAD_KEYS}
-
-
-def _short(value: Any) -> str:
-    """``repr`` of a setting, hashes cut to 12 characters."""
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-        return repr(value[:12] + "...")
-    return repr(value)
-
-
 def _absolute(path: Optional[PathLike]) -> Optional[str]:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-class Run:
+class RunFolder:
     """A run folder: its settings, records and stage outputs, and the run's model and images.
 
     The model, its transform and the image folder are loaded on first use and kept,
-    so the stages of one :class:`Run` (``extract``, ``evaluate``, ``analyze``,
-    ``report``) load them once between them.
+    so the stages of one run (``extract``, ``evaluate``, ``analyze``, ``report``) load
+    them once between them. :class:`captum_paths.pipeline.Run` adds the stages as methods.
 
     Args:
-        folder: the run folder (created by :meth:`extract`).
+        folder: the run folder (created by ``extract``).
         device: where the model runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
             Default: ``None``, CUDA when available (``cuda:LOCAL_RANK`` under
             ``torchrun``), else CPU.
-
-    Example::
-
-        run = Run("runs/digits")
-        run.extract(model="demo", data="digits", methods=["neuron-path", "activation"])
-        run.evaluate()
-        run.analyze()
-        html, markdown = run.report()
     """
 
     def __init__(self, folder: PathLike, device: Optional[str] = None) -> None:
@@ -190,7 +136,8 @@ class Run:
         self.folder = Path(folder)
         self._device = device
         self._resolved = False
-        self._settings: Optional[Dict[str, Any]] = None
+        self._settings: Optional[RunSettings] = None
+        self._settings_json: Optional[Dict[str, Any]] = None
         self._model: Optional["nn.Module"] = None
         self._transform = None
         self._dataset: Optional["ImageFolderDataset"] = None
@@ -202,7 +149,7 @@ class Run:
         self.lock_fd: Optional[int] = None
 
     def __repr__(self) -> str:
-        return f"Run({str(self.folder)!r})"
+        return f"{type(self).__name__}({str(self.folder)!r})"
 
     # ------------------------------------------------------------------ files
     @property
@@ -243,8 +190,8 @@ class Run:
         return files + sorted(self.folder.glob("records.rank*.jsonl"))
 
     # --------------------------------------------------------------- settings
-    def read_settings(self) -> Optional[Dict[str, Any]]:
-        """The settings in ``run.json`` in the current layout (``None`` when there is none)."""
+    def read_run_settings(self) -> Optional[RunSettings]:
+        """The settings in ``run.json``, upgraded to the current layout (``None`` when there is none)."""
         if not self.run_file.exists():
             return None
         try:
@@ -258,34 +205,49 @@ class Run:
         if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= SCHEMA_VERSION:
             raise RunMismatchError(f"{self.run_file} has schema {schema!r}; this captum_paths reads schemas 1 to "
                                    f"{SCHEMA_VERSION} (a newer version wrote it, or it was edited)")
-        return upgrade_settings(settings)
+        try:
+            return RunSettings.from_json(settings)
+        except (TypeError, ValueError) as exc:
+            raise RunMismatchError(f"{self.run_file}: {exc}; was it edited? Use --restart to start over") from None
+
+    def read_settings(self) -> Optional[Dict[str, Any]]:
+        """The settings in ``run.json`` in the current layout, as JSON (``None`` when there is none)."""
+        settings = self.read_run_settings()
+        return None if settings is None else settings.to_json()
 
     @property
-    def settings(self) -> Dict[str, Any]:
-        """The run's settings (``run.json``); an error names the command that writes them."""
+    def run_settings(self) -> RunSettings:
+        """The run's settings (``run.json``), read once; an error names the command that writes them."""
         if self._settings is None:
             if not self.folder.is_dir():
                 raise FileNotFoundError(f"run folder {str(self.folder)!r} does not exist; "
                                         "create it with `captum-paths extract`")
-            settings = self.read_settings()
+            settings = self.read_run_settings()
             if settings is None:
                 raise FileNotFoundError(f"run folder {str(self.folder)!r} has no {RUN_FILE}; "
                                         "create it with `captum-paths extract`")
-            self._settings = settings
+            self._settings, self._settings_json = settings, None
         return self._settings
 
-    def check(self, settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """:attr:`run_settings` as the ``run.json`` object (``run.settings["model"]``)."""
+        settings = self.run_settings
+        if self._settings_json is None:
+            self._settings_json = settings.to_json()
+        return self._settings_json
+
+    def check(self, settings: RunSettings) -> Optional[RunSettings]:
         """The folder's settings, or ``None`` for a new folder; :class:`RunMismatchError`
-        when the folder holds records of a run with other settings."""
-        old = self.read_settings()
+        when the folder holds records of a run with other settings (another identity:
+        :meth:`RunSettings.differences <captum_paths.pipeline.settings.RunSettings.differences>`)."""
+        old = self.read_run_settings()
         if old is None:
             if self.record_files():
                 raise RunMismatchError(f"output folder {str(self.folder)!r} holds records but no {RUN_FILE}; "
                                        "use another --out or --restart")
             return None
-        keys = [key for key in COMPATIBLE_KEYS if key in old or key not in _NEW_IN_3]
-        diff = [f"{key}: {_short(old.get(key))} there, {_short(settings.get(key))} here"
-                for key in keys if old.get(key) != settings.get(key)]
+        diff = old.differences(settings)
         if diff:
             raise RunMismatchError(
                 f"output folder {str(self.folder)!r} belongs to another run ({'; '.join(diff)}); "
@@ -293,13 +255,13 @@ class Run:
             )
         return old
 
-    def adopt(self, settings: Dict[str, Any]) -> None:
+    def adopt(self, settings: RunSettings) -> None:
         """Use ``settings`` for a run being created (before ``run.json`` is written); the
         model and images loaded for other settings are dropped."""
-        if self._loaded_from is not None and self._loaded_from != _load_settings(settings):
+        if self._loaded_from is not None and self._loaded_from != settings.load_settings():
             self._model = self._transform = self._dataset = self._scanned = None
             self._loaded_from = None
-        self._settings = settings
+        self._settings, self._settings_json = settings, None
 
     def clear(self) -> None:
         """Delete the folder's records and settings, and the stage outputs made from them
@@ -310,7 +272,7 @@ class Run:
         for folder in (self.evaluation_dir, self.analysis_dir):
             if folder.is_dir():
                 shutil.rmtree(folder)
-        self._settings = None
+        self._settings = self._settings_json = None
 
     def check_output(self, data: Optional[PathLike] = None, own: Sequence[str] = ()) -> None:
         """``ValueError`` when the folder cannot become (or stay) this run's folder without
@@ -497,7 +459,7 @@ class Run:
                 num_classes=s.get("num_classes"), device=self.device, random_weights=s.get("random_weights"),
                 classnames=classnames, **(s.get("model_args") or {}),
             )
-            self._loaded_from = _load_settings(s)
+            self._loaded_from = self.run_settings.load_settings()
             self._check_weights(self._model)
         return self._model
 
@@ -506,12 +468,7 @@ class Run:
         attention heads, or both interleaved block by block."""
         from captum_paths.model.sites import NeuronSites
 
-        model = self.model()
-        units = self.settings.get("units", "neurons")
-        if units == "neurons":
-            return NeuronSites.from_model(model)
-        heads = NeuronSites.heads_from_model(model)
-        return heads if units == "heads" else NeuronSites.mixed(heads, NeuronSites.from_model(model))
+        return NeuronSites.for_units(self.model(), self.run_settings.units)
 
     def transform(self):
         """The model's preprocessing (PIL image -> ``(C, H, W)`` tensor)."""
@@ -545,7 +502,7 @@ class Run:
             dataset = self._folder()  # the folder is checked before the model loads
             dataset.transform = self.transform()
             self._dataset = dataset
-            self._loaded_from = _load_settings(self.settings)
+            self._loaded_from = self.run_settings.load_settings()
         return self._dataset
 
     def images(self, image_ids: Sequence[str]) -> Tuple["torch.Tensor", "torch.Tensor"]:
@@ -662,35 +619,13 @@ class Run:
         os.replace(new, final)
         shutil.rmtree(old, ignore_errors=True)
 
-    # ----------------------------------------------------------------- stages
-    def extract(self, model: str, data: PathLike, methods: Sequence[str] = ("neuron-path",), **kwargs: Any
-                ) -> Dict[str, Any]:
-        """Find paths for every image of ``data``; see :func:`captum_paths.pipeline.extract.extract`."""
-        from captum_paths.pipeline.extract import extract
 
-        return extract(self, model, data, methods, **kwargs)
-
-    def evaluate(self, **kwargs: Any) -> Path:
-        """The paper's experiments on the run's paths; see :func:`captum_paths.pipeline.evaluate.evaluate`."""
-        from captum_paths.pipeline.evaluate import evaluate
-
-        return evaluate(self, **kwargs)
-
-    def analyze(self, **kwargs: Any) -> Path:
-        """Class-level path analysis; see :func:`captum_paths.pipeline.analyze.analyze`."""
-        from captum_paths.pipeline.analyze import analyze
-
-        return analyze(self, **kwargs)
-
-    def report(self, limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True) -> Tuple[Path, Path]:
-        """Write ``report.html`` (the path explorer) and ``summary.md``; see
-        :func:`captum_paths.pipeline.report.write_report`."""
-        from captum_paths.pipeline.report import write_report
-
-        return write_report(self, limits=limits, heatmaps=heatmaps)
+#: The folder features under their earlier name (type annotations of the stages);
+#: :class:`captum_paths.pipeline.Run` is the one with the stages as methods.
+Run = RunFolder
 
 
-def check_same_images(a: Run, b: Run, image_ids: Sequence[str]) -> None:
+def check_same_images(a: RunFolder, b: RunFolder, image_ids: Sequence[str]) -> None:
     """:class:`RunMismatchError` when the image files of ``image_ids`` in ``a``'s and ``b``'s data
     folders differ (in size, else in content): records of the same ids are then records of
     other pictures. Runs on one data folder pass at once; a data folder that is not here is
