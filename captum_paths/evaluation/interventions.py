@@ -159,6 +159,9 @@ def scale_neurons(
         scale (float): ``0`` removes the neurons, ``2`` enhances them, any finite
             float rescales them. Other neurons are left bit for bit unchanged.
 
+    Returns:
+        A context manager (its hooks are removed when the block ends, even by an error).
+
     Examples::
 
         >>> with scale_neurons(sites, result.paths, 0.0):
@@ -181,14 +184,31 @@ def scale_neurons(
 
 
 def remove_neurons(sites: Union[NeuronSites, nn.Module], neurons: Any) -> contextlib.AbstractContextManager:
-    """Set a neuron set to zero at the selected tokens (:func:`scale_neurons` with 0)."""
+    """Set a neuron set to zero at the selected tokens (:func:`scale_neurons` with 0).
+
+    Args:
+        sites (NeuronSites or nn.Module): Where the neurons live, as in :func:`scale_neurons`.
+        neurons: The neuron set(s), as in :func:`scale_neurons`.
+
+    Returns:
+        A context manager: the model's forwards inside it see the neurons removed.
+    """
     return scale_neurons(sites, neurons, 0.0)
 
 
 def enhance_neurons(
     sites: Union[NeuronSites, nn.Module], neurons: Any, factor: float = 2.0
 ) -> contextlib.AbstractContextManager:
-    """Multiply a neuron set by ``factor`` (default 2) at the selected tokens."""
+    """Multiply a neuron set by ``factor`` at the selected tokens, inside a ``with`` block.
+
+    Args:
+        sites (NeuronSites or nn.Module): Where the neurons live, as in :func:`scale_neurons`.
+        neurons: The neuron set(s), as in :func:`scale_neurons`.
+        factor (float, optional): The multiplier. Default: 2.
+
+    Returns:
+        A context manager: the model's forwards inside it see the enhanced neurons.
+    """
     return scale_neurons(sites, neurons, _check_scale(factor, "factor"))
 
 

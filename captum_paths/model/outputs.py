@@ -42,6 +42,10 @@ class LogitsOnly(nn.Module):
 
     The wrapped model is registered as the submodule ``model``, so hooks on the
     original modules keep working and module names gain the prefix ``model.``.
+
+    Args:
+        model (nn.Module): A model whose output holds logits: a tensor, a tuple whose first
+            element is one, or a Hugging Face ``ModelOutput`` with ``logits``.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -19,6 +19,12 @@ class TokenSelection:
     ascending order. A neuron read at several tokens is gated
     at every one of them with a single gate, so its attribution is the sum over
     those tokens.
+
+    Attributes:
+        kind (str): ``"cls"``, ``"indices"``, ``"patches"`` or ``"all"``. Default: ``"cls"``.
+        indices (tuple of int): The token positions of ``kind="indices"``. Default: ``()``.
+        num_prefix_tokens (int): Tokens before the patches (class, distillation and
+            register tokens) that ``"patches"`` leaves out. Default: 1.
     """
 
     kind: str = "cls"

@@ -130,6 +130,13 @@ class PathAttribution(SiteAttribution):
 
     Subclasses set ``name`` (the registry name) and implement :meth:`_select`,
     which returns the ``(batch, L, k)`` path and the selection scores.
+
+    Args:
+        model (nn.Module): The model, returning logits (Hugging Face models are wrapped).
+        sites (NeuronSites, module or list of modules, optional): The units the paths hold.
+            Default: ``NeuronSites.from_model(model)``, its FFN neurons.
+        output (str, optional): ``F``, what the joint score explains: ``"prob"`` (the
+            target's softmax probability) or ``"logit"``. Default: ``"prob"``.
     """
 
     name: ClassVar[str] = ""
