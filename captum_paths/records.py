@@ -1,11 +1,20 @@
-"""Path records: their one schema, and JSON Lines files of them.
+"""Path records: their one schema, JSON Lines files of them, and the names of a run folder's files.
 
 See "Records" in docs/method.md.
 
-A record is one dict per (image, method). :class:`PathRecord` is its typed form
-and :meth:`PathRecord.from_dict` the one parser of it; :func:`stack_records`
-turns records into the numpy arrays that :class:`~captum_paths.search.PathResult`
-and :class:`~captum_paths.analysis.PathTable` are views of.
+A record is one JSON object per (image, method). :class:`PathRecord` is its typed
+form and :meth:`PathRecord.from_dict` the one parser of it: ``read_records(...,
+check=True)`` (what :meth:`Run.records() <captum_paths.pipeline.Run.records>` reads)
+returns parsed records, and every view takes them as they are, without parsing
+again. A :class:`PathRecord` also reads like the dict it was parsed from
+(``record["method"]``, ``record.get("label")``). :func:`stack_records` turns records
+into the numpy arrays that :class:`~captum_paths.search.PathResult` and
+:class:`~captum_paths.analysis.PathTable` are views of; the three share their
+shape properties (:class:`StackedPaths`).
+
+The names of a run folder's files (:class:`RunFiles`, :class:`EvaluationFiles`,
+:class:`AnalysisFiles`) live here, on the ground floor, so that the pipeline
+that writes them and the explorer that reads them name them in one place.
 
 Appends write whole lines and fsync, so a killed run leaves at most one partial
 last line, which :func:`read_records` ignores (and :func:`append_records`
@@ -14,23 +23,26 @@ temporary file and ``os.replace``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import numbers
 import os
 import stat
 import tempfile
+from collections.abc import Mapping as _MappingABC
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 __all__ = ["complete_images", "SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
-           "stack_records", "append_records", "read_records", "record_key", "unique_records", "upgrade_record", "write_text_atomic",
-           "write_json_atomic", "UNIT_KINDS", "unit_kinds"]
+           "stack_records", "append_records", "read_records", "record_key", "record_json", "unique_records",
+           "upgrade_record", "write_text_atomic", "write_json_atomic", "UNIT_KINDS", "unit_kinds", "StackedPaths",
+           "RunFiles", "EvaluationFiles", "AnalysisFiles"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -87,16 +99,24 @@ REQUIRED_KEYS = ("image_id", "method", "path", "target")
 #: ``to_dict`` writes the keys in this order (``"schema"`` first).
 _KEY_ORDER = ("image_id", "label", "target", "prediction", "method", "path", "contributions", "jas", "delta",
               "scores", "refined_layers", "settings", "model_id")
+_FIELD_KEYS = frozenset(_KEY_ORDER)
+#: Every key of a record's JSON form.
+_JSON_KEYS = frozenset(("schema",) + _KEY_ORDER)
 
 Class = Union[int, str]
 
 
 @dataclass
-class PathRecord:
+class PathRecord(_MappingABC):
     """One path record (one image, one method), checked and typed.
 
     Construction checks every field (``ValueError`` on a bad one) and turns numpy
     or torch values into plain Python ones, so :meth:`to_dict` is JSON-ready.
+
+    A record also reads like its JSON object, a read-only mapping: ``record["method"]``,
+    ``record.get("label")``, ``"jas" in record``, ``dict(record)``; its keys are those
+    of :meth:`to_dict` (``"schema"``, every field, then the keys of :attr:`extra`), so
+    code written for the dicts of a records file works on parsed records.
 
     Attributes:
         image_id (str or int): The image.
@@ -115,6 +135,8 @@ class PathRecord:
             ``widths`` when layers differ in width, ``kinds`` when layers hold attention heads:
             ``"neuron"`` or ``"head"`` per layer, see :func:`unit_kinds`).
         model_id (str, optional): The model.
+        extra (dict, optional): Keys outside the schema that the parsed dict held, unchecked;
+            kept so that a records file written again (``captum-paths merge``) loses nothing.
     """
 
     image_id: Class
@@ -130,6 +152,7 @@ class PathRecord:
     refined_layers: Optional[int] = None
     settings: Dict[str, Any] = field(default_factory=dict)
     model_id: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # plain-type fast paths first: records are parsed by the tens of thousands
@@ -180,6 +203,16 @@ class PathRecord:
                 unit_kinds(self.settings, len(path))
             except ValueError as exc:
                 raise ValueError(f"record {rid!r}: {exc}") from None
+        if self.extra:
+            if type(self.extra) is not dict:
+                if not isinstance(self.extra, Mapping):
+                    raise ValueError(f"record {rid!r}: 'extra' must be a dict; got {_short(self.extra)}")
+                self.extra = dict(self.extra)
+            clash = sorted(str(key) for key in self.extra if key in _JSON_KEYS or not isinstance(key, str))
+            if clash:
+                raise ValueError(f"record {rid!r}: 'extra' holds keys of the schema or keys that are not str: {clash}")
+        elif self.extra is None:
+            self.extra = {}
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -188,27 +221,33 @@ class PathRecord:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> "PathRecord":
-        """Parse one record dict (any schema version this package reads).
+        """Parse one record dict (any schema version this package reads); a :class:`PathRecord`
+        is returned as it is (it was parsed when it was made).
 
         Older layouts are upgraded first (:func:`upgrade_record`). Raises
         ``ValueError`` naming the record's ``image_id`` when a key of
         :data:`REQUIRED_KEYS` is missing or ``None``, or a field has a bad type or
-        shape. Keys outside the schema are ignored. The record's lists are
-        shared, not copied.
+        shape. Keys outside the schema are not checked; they are kept in
+        :attr:`extra`. The record's lists are shared, not copied.
         """
-        if type(record) is not dict and not isinstance(record, Mapping):
-            raise ValueError(f"a record must be a dict; got {type(record).__name__}")
+        if type(record) is not dict:
+            if isinstance(record, PathRecord):
+                return record
+            if not isinstance(record, Mapping):
+                raise ValueError(f"a record must be a dict; got {type(record).__name__}")
         if record.get("schema") != SCHEMA_VERSION:
             record = upgrade_record(record)
         get = record.get
         if get("image_id") is None:
             raise ValueError(f"a record has no 'image_id' (its keys: {sorted(map(str, record))})")
+        extra = None if _JSON_KEYS.issuperset(record) else {k: v for k, v in record.items() if k not in _JSON_KEYS}
         return cls(get("image_id"), get("method"), get("path"), get("target"), get("label"), get("prediction"),
                    get("contributions"), get("jas"), get("delta"), get("scores"), get("refined_layers"),
-                   get("settings"), get("model_id"))
+                   get("settings"), get("model_id"), extra)
 
     def to_dict(self) -> Dict[str, Any]:
-        """The JSON form: ``"schema"`` then every field, with fresh lists and settings."""
+        """The JSON form: ``"schema"``, every field, then the keys of :attr:`extra`, with fresh
+        lists and settings."""
         out: Dict[str, Any] = {"schema": SCHEMA_VERSION}
         for key in _KEY_ORDER:
             out[key] = getattr(self, key)
@@ -217,20 +256,87 @@ class PathRecord:
             if out[key] is not None:
                 out[key] = [list(layer) for layer in out[key]]
         out["settings"] = dict(self.settings)
+        if self.extra:
+            out.update(copy.deepcopy(self.extra))
         return out
+
+    def _json_form(self) -> Dict[str, Any]:
+        """The JSON form without copies, for writing (see :func:`record_json`)."""
+        out: Dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for key in _KEY_ORDER:
+            out[key] = getattr(self, key)
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+    # ------------------------------------------- read-only access as a dict
+    def __getitem__(self, key: str) -> Any:
+        if key in _FIELD_KEYS:
+            return getattr(self, key)
+        if key == "schema":
+            return SCHEMA_VERSION
+        return self.extra[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of the JSON key ``key`` (``default`` when the record has no such key)."""
+        if key in _FIELD_KEYS:
+            return getattr(self, key)
+        if key == "schema":
+            return SCHEMA_VERSION
+        return self.extra.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _JSON_KEYS or key in self.extra
+
+    def __iter__(self) -> Iterator[str]:
+        yield "schema"
+        yield from _KEY_ORDER
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(_JSON_KEYS) + len(self.extra)
 
 
 RecordLike = Union[Mapping[str, Any], PathRecord]
 
 
 def as_path_records(records: Iterable[RecordLike]) -> List[PathRecord]:
-    """Records as :class:`PathRecord` (dicts are parsed, records kept as they are)."""
+    """Records as :class:`PathRecord` (dicts are parsed, records kept as they are: the same objects)."""
     from_dict = PathRecord.from_dict
     return [r if isinstance(r, PathRecord) else from_dict(r) for r in records]
 
 
+class StackedPaths:
+    """The shape of paths stacked one row per record: ``len()`` (rows), :attr:`num_layers`,
+    :attr:`k` and :attr:`shape`, read from the ``paths`` attribute ``(N, L, k)`` (a numpy
+    array or a tensor). The one implementation that :class:`RecordArrays`,
+    :class:`~captum_paths.analysis.PathTable` and :class:`~captum_paths.search.PathResult` share.
+    """
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return int(self.paths.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        """``L``, the layers of each path."""
+        return int(self.paths.shape[1])
+
+    @property
+    def k(self) -> int:
+        """Units per layer of each path."""
+        return int(self.paths.shape[2])
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """``(N, L, k)``: rows, layers, units per layer."""
+        n, layers, k = self.paths.shape
+        return int(n), int(layers), int(k)
+
+
 @dataclass
-class RecordArrays:
+class RecordArrays(StackedPaths):
     """Records stacked into arrays, one row per record, in the given order.
 
     Attributes:
@@ -259,9 +365,6 @@ class RecordArrays:
     image_ids: List[Class]
     methods: List[str]
     settings: Dict[str, Any]
-
-    def __len__(self) -> int:
-        return self.paths.shape[0]
 
 
 def stack_records(records: Iterable[RecordLike]) -> RecordArrays:
@@ -328,7 +431,7 @@ def _reals(recs: List[PathRecord], key: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- files
-def complete_images(records: Iterable[Mapping[str, Any]]) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
+def complete_images(records: Iterable[RecordLike]) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
     """The sorted ids of the images every method has a record of, and ``{method: {image_id: record}}``."""
     by_method: Dict[str, Dict[str, Any]] = {}
     for r in records:
@@ -339,19 +442,19 @@ def complete_images(records: Iterable[Mapping[str, Any]]) -> Tuple[List[str], Di
     return sorted(common), by_method
 
 
-def record_key(record: Mapping[str, Any]) -> Tuple[str, str, str]:
+def record_key(record: RecordLike) -> Tuple[str, str, str]:
     """What a record is the record of: ``(method, image_id, model_id)`` as strings."""
     return str(record.get("method")), str(record.get("image_id")), str(record.get("model_id"))
 
 
-def unique_records(records: Iterable[Dict[str, Any]], source: str = "records") -> List[Dict[str, Any]]:
+def unique_records(records: Iterable[RecordLike], source: str = "records") -> List[RecordLike]:
     """``records`` with one record per :func:`record_key` (the first one), in order.
 
     Duplicates (a run written by two processes at once, before run folders had
     a lock) are dropped with a warning that says how many there were and how
     many disagree with the kept record on the path.
     """
-    kept: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+    kept: Dict[Tuple[str, str, str], RecordLike] = {}
     dropped = disagree = 0
     for r in records:
         key = record_key(r)
@@ -365,19 +468,27 @@ def unique_records(records: Iterable[Dict[str, Any]], source: str = "records") -
     return list(kept.values())
 
 
-def read_records(path: PathLike, unique: bool = True, check: bool = False) -> List[Dict[str, Any]]:
+def read_records(path: PathLike, unique: bool = True, check: bool = False) -> List[RecordLike]:
     """All complete records of a JSON Lines file (a torn last line is skipped), in the
     current layout (:func:`upgrade_record`), one per (method, image, model) unless
     ``unique=False`` (:func:`unique_records`).
 
+    With ``check`` (as the run pipeline reads: :meth:`Run.records()
+    <captum_paths.pipeline.Run.records>`), every record is parsed once
+    (:meth:`PathRecord.from_dict`, which checks it) and the :class:`PathRecord` objects
+    are returned, for every view to take as they are. Without it, the dicts are returned
+    as read, unparsed: the quick read of a file that may hold partial records (resuming
+    an extract, merging per-rank files).
+
     A line that is not a JSON object holding ``image_id`` and ``method`` is a
-    ValueError naming the file and the line; with ``check`` (as the run pipeline
-    reads), so is a record that does not fit the schema (:meth:`PathRecord.from_dict`).
+    ValueError naming the file and the line; with ``check``, so is a record that does
+    not fit the schema.
     """
     path = Path(path)
     if not path.exists():
         return []
     records = []
+    from_dict = PathRecord.from_dict
     with path.open("r", encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.endswith("\n"):
@@ -391,21 +502,25 @@ def read_records(path: PathLike, unique: bool = True, check: bool = False) -> Li
                     raise ValueError(f"a record must be a JSON object; got a JSON {type(record).__name__}")
                 if record.get("image_id") is None or record.get("method") is None:
                     raise ValueError(f"a record needs 'image_id' and 'method' (its keys: {sorted(record)})")
-                record = upgrade_record(record)
-                if check:
-                    PathRecord.from_dict(record)
+                records.append(from_dict(record) if check else upgrade_record(record))
             except ValueError as exc:  # json.JSONDecodeError too
                 raise ValueError(f"{path} line {number} is not a valid record: {exc}") from None
-            records.append(record)
     return unique_records(records, str(path)) if unique else records
 
 
-def append_records(path: PathLike, records: Iterable[Dict[str, Any]]) -> int:
-    """Append records as whole lines, flushed and fsynced; returns how many were written."""
+def record_json(record: RecordLike) -> str:
+    """The JSON text of a record (keys sorted, no newline): what the records files hold
+    (:func:`append_records`, ``captum-paths merge``) and what a run's records digest hashes."""
+    return json.dumps(record._json_form() if isinstance(record, PathRecord) else record, sort_keys=True)
+
+
+def append_records(path: PathLike, records: Iterable[RecordLike]) -> int:
+    """Append records (:class:`PathRecord` or dicts, written as :func:`record_json`) as whole lines,
+    flushed and fsynced; returns how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_tail(path)
-    lines = [json.dumps(r, sort_keys=True) + "\n" for r in records]
+    lines = [record_json(r) + "\n" for r in records]
     with path.open("a", encoding="utf-8") as fh:
         fh.write("".join(lines))
         fh.flush()
@@ -455,6 +570,65 @@ def _drop_torn_tail(path: Path) -> None:
             return
         cut = data.rfind(b"\n") + 1
         fh.truncate(cut)
+
+
+# ---------------------------------------------------------------- run folders
+class RunFiles:
+    """The names of a run folder's files (:class:`~captum_paths.pipeline.Run`): written here once,
+    for the pipeline that writes them and the explorer that reads them."""
+
+    #: The run's settings.
+    RUN = "run.json"
+    #: One path record per (image, method), JSON Lines.
+    RECORDS = "records.jsonl"
+    #: Image files extract skipped.
+    UNREADABLE = "unreadable.txt"
+    #: The writer lock.
+    LOCK = ".lock"
+    #: The evaluate stage's folder (:class:`EvaluationFiles`).
+    EVALUATION = "evaluation"
+    #: The analyze stage's folder (:class:`AnalysisFiles`).
+    ANALYSIS = "analysis"
+    #: The path explorer.
+    REPORT = "report.html"
+    #: The Markdown summary.
+    SUMMARY = "summary.md"
+
+
+class EvaluationFiles:
+    """The names of the files in a run's ``evaluation/`` folder. Tables are written as CSV (these
+    names) and as JSON beside them, and figures as ``NAME.png`` and ``NAME.svg``."""
+
+    DEVIATION = "deviation.csv"
+    DEVIATION_BY_METHOD = "deviation_by_method.csv"
+    JAS = "jas.csv"
+    METHODS_SUMMARY = "methods_summary.csv"
+    INTERVALS = "intervals.csv"
+    COMPARISONS = "comparisons.csv"
+    PRUNING = "pruning.csv"
+    PRUNING_GRID = "pruning_grid.csv"
+    FAITHFULNESS = "faithfulness.csv"
+    FAITHFULNESS_SUMMARY = "faithfulness_summary.csv"
+    FAITHFULNESS_FEWEST = "faithfulness_fewest.csv"
+    #: Settings, images evaluated, timings and the records' digest.
+    SUMMARY = "summary.json"
+
+
+class AnalysisFiles:
+    """The names of the files in a run's ``analysis/`` folder (figures as ``NAME.png`` and ``NAME.svg``)."""
+
+    PATH_SHARING = "path_sharing.csv"
+    PATH_SHARING_BY_CLASS = "path_sharing_by_class.csv"
+    CLASS_SIMILARITY_COSINE = "class_similarity_cosine.csv"
+    CLASS_SIMILARITY_JACCARD = "class_similarity_jaccard.csv"
+    CONSENSUS_PATHS = "consensus_paths.csv"
+    #: The consensus paths as lists per class.
+    CONSENSUS_PATH_LISTS = "consensus_paths.json"
+    LAYER_SUMMARY = "layer_summary.csv"
+    SHARED_CONSENSUS_NEURONS = "shared_consensus_neurons.csv"
+    PATH_GRAPH = "path_graph.graphml"
+    #: The method analysed, the sharing statistics and the records' digest.
+    SUMMARY = "summary.json"
 
 
 # ------------------------------------------------------------ field checking

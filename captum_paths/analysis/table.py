@@ -14,7 +14,7 @@ from typing import Any, Hashable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from captum_paths.records import RecordLike, as_path_records, stack_records, unit_kinds
+from captum_paths.records import RecordLike, StackedPaths, as_path_records, stack_records, unit_kinds
 
 __all__ = ["PathTable", "as_table"]
 
@@ -22,8 +22,12 @@ Records = Sequence[RecordLike]
 
 
 @dataclass
-class PathTable:
+class PathTable(StackedPaths):
     """The paths of one method, with the class of each path, as numpy arrays.
+
+    ``len(table)``, :attr:`num_layers`, :attr:`k` and :attr:`shape` are those of
+    :attr:`paths` (:class:`~captum_paths.records.StackedPaths`, shared with
+    :class:`~captum_paths.search.PathResult`).
 
     Attributes:
         paths (ndarray): ``(N, L, k)`` int64 neuron indices, layer-major.
@@ -68,8 +72,10 @@ class PathTable:
     ) -> "PathTable":
         """Select records and stack them.
 
-        Records are parsed by :meth:`~captum_paths.records.PathRecord.from_dict`
-        and stacked by :func:`~captum_paths.records.stack_records`.
+        Dicts are parsed by :meth:`~captum_paths.records.PathRecord.from_dict`;
+        :class:`~captum_paths.records.PathRecord` objects (what :meth:`Run.records()
+        <captum_paths.pipeline.Run.records>` returns) are used as they are, not parsed
+        again. The records are stacked by :func:`~captum_paths.records.stack_records`.
 
         Args:
             records (list of dict or PathRecord): Path records.
@@ -205,17 +211,6 @@ class PathTable:
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------- properties
-    def __len__(self) -> int:
-        return self.paths.shape[0]
-
-    @property
-    def num_layers(self) -> int:
-        return self.paths.shape[1]
-
-    @property
-    def k(self) -> int:
-        return self.paths.shape[2]
-
     @property
     def num_codes(self) -> int:
         return self.num_layers * self.width

@@ -22,9 +22,17 @@ import numpy as np
 import pandas as pd
 
 from captum_paths.analysis import PathTable, class_similarity, consensus_paths
-from captum_paths.records import complete_images
+from captum_paths.records import (
+    AnalysisFiles,
+    EvaluationFiles,
+    PathRecord,
+    RecordLike,
+    RunFiles,
+    as_path_records,
+    complete_images,
+)
 from captum_paths.statistics import even_class_sample
-from captum_paths.search.registry import PATH_METHODS
+from captum_paths.search.registry import PATH_METHODS, primary_method
 
 __all__ = ["ExplorerLimits", "explorer_payload", "method_overview", "COLUMNS", "ImageLoader", "HeatmapFn"]
 
@@ -34,8 +42,6 @@ logger = logging.getLogger(__name__)
 ImageLoader = Callable[[str], Any]
 #: ``(image_id, layer, neuron) -> (H, W)`` pixel attribution of the neuron on the image, or ``None``.
 HeatmapFn = Callable[[str, int, int], Optional[np.ndarray]]
-
-SEARCHED = "neuron-path"
 
 
 @dataclass(frozen=True)
@@ -130,28 +136,33 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "mean_prob_unpruned": ("Mean p(y), unpruned", "probability", ""),
 }
 
+#: Where a note names the primary method (the searched paths when the run has them).
+_PRIMARY = "{primary}"
+
 _TABLES = (  # (folder, file, title, note)
-    ("evaluation", "comparisons.csv", "Compared with the searched paths",
-     "Each method against neuron-path on the same images: mean difference (neuron-path minus the method) with its "
-     "95% bootstrap interval, the share of images where neuron-path's path is better (higher JAS, lower removal "
+    (RunFiles.EVALUATION, EvaluationFiles.COMPARISONS, "Compared with the searched paths",
+     f"Each method against {_PRIMARY} on the same images: mean difference ({_PRIMARY} minus the method) with its "
+     f"95% bootstrap interval, the share of images where {_PRIMARY}'s path is better (higher JAS, lower removal "
      "deviation, higher enhancement deviation; ties count half), two-sided Wilcoxon signed-rank p and Holm-adjusted "
      "p over the table."),
-    ("evaluation", "intervals.csv", "Confidence intervals",
+    (RunFiles.EVALUATION, EvaluationFiles.INTERVALS, "Confidence intervals",
      "Per method: the mean over the evaluated images and its 95% bootstrap confidence interval."),
-    ("evaluation", "faithfulness_fewest.csv", "Fewest units for 80% of the target probability",
+    (RunFiles.EVALUATION, EvaluationFiles.FAITHFULNESS_FEWEST, "Fewest units for 80% of the target probability",
      "Per method and ablation: the smallest number of units kept per layer (ranked by how often the class's "
      "paths use them) whose mean target probability on held-out images reaches 80% of the unablated model's."),
-    ("evaluation", "pruning_grid.csv", "Pruning", "Keep the top-k class-consensus neurons per layer and zero every "
-     "other neuron with probability p in the first layers; mean over classes, on images not used for the consensus."),
-    ("analysis", "path_sharing.csv", "Path sharing", "Do images of one class use the same neurons?"),
-    ("analysis", "path_sharing_by_class.csv", "Path sharing per class", ""),
-    ("analysis", "layer_summary.csv", "Paths per layer", ""),
-    ("analysis", "shared_consensus_neurons.csv", "Neurons shared by several classes' consensus paths", ""),
+    (RunFiles.EVALUATION, EvaluationFiles.PRUNING_GRID, "Pruning", "Keep the top-k class-consensus neurons per layer "
+     "and zero every other neuron with probability p in the first layers; mean over classes, on images not used for "
+     "the consensus."),
+    (RunFiles.ANALYSIS, AnalysisFiles.PATH_SHARING, "Path sharing", "Do images of one class use the same neurons?"),
+    (RunFiles.ANALYSIS, AnalysisFiles.PATH_SHARING_BY_CLASS, "Path sharing per class", ""),
+    (RunFiles.ANALYSIS, AnalysisFiles.LAYER_SUMMARY, "Paths per layer", ""),
+    (RunFiles.ANALYSIS, AnalysisFiles.SHARED_CONSENSUS_NEURONS, "Neurons shared by several classes' consensus paths",
+     ""),
 )
 
 
 def explorer_payload(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[RecordLike],
     settings: Optional[Mapping[str, Any]] = None,
     evaluation_dir: Optional[Path] = None,
     analysis_dir: Optional[Path] = None,
@@ -163,8 +174,12 @@ def explorer_payload(
 ) -> Dict[str, Any]:
     """The explorer's JSON object for ``records`` (one per image and method).
 
+    The records are parsed once (dicts; :class:`~captum_paths.records.PathRecord` objects, as
+    :meth:`Run.records() <captum_paths.pipeline.Run.records>` returns them, are used as they are)
+    and grouped by method once; every view is built from those groups.
+
     Args:
-        records: path records (dicts of the run's ``records.jsonl``).
+        records: path records (:class:`~captum_paths.records.PathRecord` or dicts of the run's ``records.jsonl``).
         settings: the run's settings, shown on the page.
         evaluation_dir, analysis_dir: folders the evaluate and analyze stages wrote (optional).
         class_names: human names of the classes, indexed by label.
@@ -174,33 +189,36 @@ def explorer_payload(
     """
     if not isinstance(limits, ExplorerLimits):
         raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
-    records = [r for r in records if r.get("label") is not None]
+    records = [r for r in as_path_records(records) if r.label is not None]
     if not records:
         raise ValueError("the explorer needs records with a label; none has one")
-    methods = _method_order({r["method"] for r in records})
-    primary = SEARCHED if SEARCHED in methods else methods[0]
-    table = PathTable.from_records(records, method=primary)
+    by_method: Dict[str, List[PathRecord]] = {}
+    for r in records:
+        by_method.setdefault(r.method, []).append(r)
+    methods = _method_order(by_method)
+    primary = primary_method(methods)
+    table = PathTable.from_records(by_method[primary], method=primary)
     rng = np.random.default_rng(limits.seed)
     notes: List[str] = []
 
     classes = [_native(c) for c in table.classes]
     names = [_class_name(c, class_names) for c in classes]
-    deviation = _read(evaluation_dir, "deviation.csv")
-    methods_summary = _read(evaluation_dir, "methods_summary.csv")
-    eval_summary = _read_json(evaluation_dir, "summary.json")
+    deviation = _read(evaluation_dir, EvaluationFiles.DEVIATION)
+    methods_summary = _read(evaluation_dir, EvaluationFiles.METHODS_SUMMARY)
+    eval_summary = _read_json(evaluation_dir, EvaluationFiles.SUMMARY)
     if eval_summary and (eval_summary.get("images_recorded") or 0) > (eval_summary.get("images") or 0):
         notes.append(f"The evaluation (effects, tables, faithfulness) used {eval_summary['images']:,} of the "
                      f"{eval_summary['images_recorded']:,} images (an even draw over the classes, seed "
                      f"{eval_summary.get('seed', 0)}); images outside it show no effects.")
-    sharing = _read(analysis_dir, "path_sharing.csv")
-    faithfulness = _read(evaluation_dir, "faithfulness_summary.csv")
-    fewest = _read(evaluation_dir, "faithfulness_fewest.csv")
-    comparisons = _read(evaluation_dir, "comparisons.csv")
-    layer_summary = _read(analysis_dir, "layer_summary.csv")
+    sharing = _read(analysis_dir, AnalysisFiles.PATH_SHARING)
+    faithfulness = _read(evaluation_dir, EvaluationFiles.FAITHFULNESS_SUMMARY)
+    fewest = _read(evaluation_dir, EvaluationFiles.FAITHFULNESS_FEWEST)
+    comparisons = _read(evaluation_dir, EvaluationFiles.COMPARISONS)
+    layer_summary = _read(analysis_dir, AnalysisFiles.LAYER_SUMMARY)
 
     images = _images(records, methods, table, deviation, (eval_summary or {}).get("images"), limits, rng,
                      image_loader, notes)
-    graphs, neurons, nearest = _per_method_views(records, methods, primary, table, images, limits, notes)
+    graphs, neurons, nearest = _per_method_views(by_method, methods, primary, table, images, limits, notes)
     heat = (_heatmaps(images, neurons[primary], primary, table.kinds, heatmap, limits, notes)
             if heatmap is not None else {})
 
@@ -210,7 +228,7 @@ def explorer_payload(
             row.pop(key, None)
     payload = {
         "meta": {
-            "run": run_name, "records": len(records), "images": len({str(r["image_id"]) for r in records}),
+            "run": run_name, "records": len(records), "images": len({str(r.image_id) for r in records}),
             "classes": len(classes), "layers": table.num_layers, "k": table.k, "methods": methods,
             "kinds": table.kinds or ["neuron"] * table.num_layers,
             "primary": primary, "settings": {k: v for k, v in (settings or {}).items()
@@ -224,8 +242,7 @@ def explorer_payload(
             {k: _cell(v) for k, v in row.items()} for row in faithfulness[
                 ["method", "ablation", "n", "units_kept", "mean_prob", "accuracy", "mean_prob_full",
                  "fraction_of_full"]].to_dict("records")],
-        "jas": {m: _sample([r.get("jas") for r in records if r["method"] == m], limits.distribution_sample, rng)
-                for m in methods},
+        "jas": {m: _sample([r.jas for r in by_method[m]], limits.distribution_sample, rng) for m in methods},
         "effects": _effects(deviation, limits, rng),
         "classes": {"labels": classes, "names": names, "sizes": np.bincount(table.class_codes,
                                                                           minlength=len(classes)).tolist()},
@@ -234,7 +251,7 @@ def explorer_payload(
         "neurons": neurons,
         "heat": heat,
         "images": images,
-        "tables": _tables(evaluation_dir, analysis_dir, limits, notes),
+        "tables": _tables(evaluation_dir, analysis_dir, limits, notes, primary),
     }
     return payload
 
@@ -252,8 +269,9 @@ def _class_name(label: Hashable, class_names: Optional[Sequence[str]]) -> str:
     return str(label)
 
 
-def _per_method_views(records, methods: List[str], primary: str, table: PathTable, images, limits: ExplorerLimits,
-                      notes: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+def _per_method_views(by_method: Mapping[str, List[PathRecord]], methods: List[str], primary: str, table: PathTable,
+                      images, limits: ExplorerLimits, notes: List[str]
+                      ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
     """Per method (``primary`` first, then the others in order while the class graphs' nodes stay
     within ``limits.graph_nodes``): class graphs and nearest classes, indexed like ``table``'s classes,
     and the neurons the page can show."""
@@ -264,7 +282,7 @@ def _per_method_views(records, methods: List[str], primary: str, table: PathTabl
     position = {_native(c): i for i, c in enumerate(table.classes)}
     left_out = []
     for m in [primary] + [m for m in methods if m != primary]:
-        mine = table if m == primary else PathTable.from_records(records, method=m)
+        mine = table if m == primary else PathTable.from_records(by_method[m], method=m)
         own_notes: List[str] = []
         graph = _class_graphs(mine, limits, own_notes)
         size = sum(len(g["nodes"]) for g in graph)
@@ -367,19 +385,19 @@ def _images(records, methods, table: PathTable, deviation: Optional[pd.DataFrame
         notes.append(f"The image view and the neuron view's images hold {len(chosen):,} of the {n:,} images "
                      f"(an even draw over the classes, seed {limits.seed}).")
     ids = [str(table.image_ids[i]) for i in chosen]
-    by_key = {(r["method"], str(r["image_id"])): r for r in records}
+    by_key = {(r.method, str(r.image_id)): r for r in records}
     effects = _effects_by_image(records, deviation, evaluated)
     out: Dict[str, Any] = {
         "ids": ids, "class": [int(table.class_codes[i]) for i in chosen],
-        "prediction": [by_key[(table.method, i)].get("prediction") for i in ids],
+        "prediction": [by_key[(table.method, i)].prediction for i in ids],
         "paths": {}, "contributions": {}, "jas": {}, "remove": {}, "enhance": {}, "p": [],
     }
     for m in methods:
         rows = [by_key.get((m, i)) for i in ids]
-        out["paths"][m] = [None if r is None else r["path"] for r in rows]
-        out["contributions"][m] = [None if r is None or r.get("contributions") is None
-                                   else [[_round(v) for v in layer] for layer in r["contributions"]] for r in rows]
-        out["jas"][m] = [None if r is None else _round(r.get("jas")) for r in rows]
+        out["paths"][m] = [None if r is None else r.path for r in rows]
+        out["contributions"][m] = [None if r is None or r.contributions is None
+                                   else [[_round(v) for v in layer] for layer in r.contributions] for r in rows]
+        out["jas"][m] = [None if r is None else _round(r.jas) for r in rows]
         out["remove"][m] = [_round(effects.get((i, m, "remove"), (None, None))[0]) for i in ids]
         out["enhance"][m] = [_round(effects.get((i, m, "enhance"), (None, None))[0]) for i in ids]
     out["p"] = [_round(next((effects[(i, m, "remove")][1] for m in methods if (i, m, "remove") in effects), None))
@@ -390,7 +408,7 @@ def _images(records, methods, table: PathTable, deviation: Optional[pd.DataFrame
     return out
 
 
-def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Optional[int]
+def _effects_by_image(records: Sequence[PathRecord], deviation: Optional[pd.DataFrame], evaluated: Optional[int]
                       ) -> Dict[Tuple[str, str, str], Tuple[float, float]]:
     """``(image_id, method, operation) -> (prob_deviation, p_before)`` from the evaluation's table:
     by its ``image_id`` column, or, in evaluations written before it had one, by its ``image``
@@ -401,7 +419,7 @@ def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Opt
     stale = ("the evaluation's images do not match the records (evaluated before more records were added?); "
              "the explorer shows no effects. Rerun `captum-paths evaluate`")
     if "image_id" in deviation:
-        recorded = {(r["method"], str(r["image_id"])) for r in records}
+        recorded = {(r.method, str(r.image_id)) for r in records}
         ids = deviation["image_id"]
         if not all(key in recorded for key in zip(deviation["method"], ids)):
             logger.warning(stale)
@@ -409,7 +427,7 @@ def _effects_by_image(records, deviation: Optional[pd.DataFrame], evaluated: Opt
         return {(i, m, op): (float(d), float(p)) for i, m, op, d, p in zip(
             ids, deviation["method"], deviation["operation"], deviation["prob_deviation"], deviation["p_before"])}
     methods = set(deviation["method"])
-    common, by_method = complete_images([r for r in records if r["method"] in methods])
+    common, by_method = complete_images([r for r in records if r.method in methods])
     if set(by_method) != methods:  # an evaluated method has no records now
         common = []
     if int(deviation["image"].max()) >= len(common) or (evaluated is not None and evaluated != len(common)):
@@ -511,16 +529,16 @@ def _data_uri(image, fmt: str) -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def method_overview(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Per method, from the records: ``images``, ``mean_jas``, ``median_jas``, ``mean_abs_delta``
-    (records without a delta left out) and ``accuracy`` (records without a prediction left out);
-    the registered methods first, in registry order."""
+def method_overview(records: Sequence[RecordLike]) -> pd.DataFrame:
+    """Per method, from the records (:class:`~captum_paths.records.PathRecord` or dicts): ``images``,
+    ``mean_jas``, ``median_jas``, ``mean_abs_delta`` (records without a delta left out) and
+    ``accuracy`` (records without a prediction left out); the registered methods first, in
+    registry order."""
     frame = pd.DataFrame({
-        "method": r["method"], "jas": r.get("jas"),
-        "abs_delta": abs(r["delta"]) if r.get("delta") is not None else np.nan,
-        "correct": np.nan if r.get("label") is None or r.get("prediction") is None
-        else float(r["label"] == r["prediction"]),
-    } for r in records)
+        "method": r.method, "jas": r.jas,
+        "abs_delta": abs(r.delta) if r.delta is not None else np.nan,
+        "correct": np.nan if r.label is None or r.prediction is None else float(r.label == r.prediction),
+    } for r in as_path_records(records))
     grouped = frame.groupby("method").agg(images=("jas", "size"), mean_jas=("jas", "mean"),
                                           median_jas=("jas", "median"), mean_abs_delta=("abs_delta", "mean"),
                                           accuracy=("correct", "mean"))
@@ -596,10 +614,12 @@ def _effects(deviation: Optional[pd.DataFrame], limits: ExplorerLimits, rng) -> 
     return out
 
 
-def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[str]) -> List[Dict[str, Any]]:
+def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[str], primary: str
+            ) -> List[Dict[str, Any]]:
     out = []
     for folder, file, title, note in _TABLES:
-        df = _read(evaluation_dir if folder == "evaluation" else analysis_dir, file)
+        note = note.replace(_PRIMARY, primary)
+        df = _read(evaluation_dir if folder == RunFiles.EVALUATION else analysis_dir, file)
         if df is None or df.empty:
             continue
         if len(df) > limits.table_rows:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
-from captum_paths.pipeline.evaluate import SEARCHED
-from captum_paths.records import write_json_atomic
+from captum_paths.records import AnalysisFiles, PathRecord, as_path_records, write_json_atomic
+from captum_paths.search.registry import primary_method
 
 if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.pipeline.run import Run
@@ -27,7 +27,8 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
             pixels: bool = True) -> Path:
     """Class-level path analysis of one method's records; writes ``RUN/analysis/`` and returns it.
 
-    ``method`` defaults to ``neuron-path`` when the run has it. With ``pixels``
+    ``method`` defaults to the run's primary method
+    (:func:`~captum_paths.search.registry.primary_method`: ``neuron-path`` when the run has it). With ``pixels``
     (and the run's model and data folder at hand) it also draws which pixels
     drive the last-layer neuron of one image's path (Captum
     ``NeuronIntegratedGradients``); without them that figure is skipped with a warning.
@@ -48,15 +49,15 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
 
     if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
         raise ValueError(f"permutations must be a non-negative int (0: no permutation test); got {permutations!r}")
-    records = run.records()
+    records = as_path_records(run.records())  # parsed once: the table below takes them as they are
     run.check_units(records)
     digest = run.records_digest(records)
-    methods = list(dict.fromkeys(r["method"] for r in records))
+    methods = list(dict.fromkeys(r.method for r in records))
     if method is None:
-        method = SEARCHED if SEARCHED in methods else methods[0]
+        method = primary_method(methods)
     if method not in methods:
         raise ValueError(f"run {str(run.folder)!r} has no records of method {method!r}; it has {methods}")
-    records = [r for r in records if r["method"] == method]
+    records = [r for r in records if r.method == method]
     table = PathTable.from_records(records)
     if len(table.classes) < 2:
         raise ValueError(f"analysis needs images of at least 2 classes; run {str(run.folder)!r} has "
@@ -72,15 +73,16 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     graph = PathGraph.from_table(table)
 
     with run.lock(), run.replacing(run.analysis_dir) as out:
-        sharing.to_frame().to_csv(out / "path_sharing.csv", index=False)
-        sharing.per_class.to_csv(out / "path_sharing_by_class.csv", index=False)
-        cosine.to_csv(out / "class_similarity_cosine.csv")
-        jaccard.to_csv(out / "class_similarity_jaccard.csv")
-        cons.to_csv(out / "consensus_paths.csv", index=False)
-        table.layer_summary().to_csv(out / "layer_summary.csv", index=False)
-        shared.to_csv(out / "shared_consensus_neurons.csv", index=False)
-        graph.to_graphml(out / "path_graph.graphml")
-        write_json_atomic(out / "consensus_paths.json", {str(k): v for k, v in consensus_path_lists(cons).items()})
+        sharing.to_frame().to_csv(out / AnalysisFiles.PATH_SHARING, index=False)
+        sharing.per_class.to_csv(out / AnalysisFiles.PATH_SHARING_BY_CLASS, index=False)
+        cosine.to_csv(out / AnalysisFiles.CLASS_SIMILARITY_COSINE)
+        jaccard.to_csv(out / AnalysisFiles.CLASS_SIMILARITY_JACCARD)
+        cons.to_csv(out / AnalysisFiles.CONSENSUS_PATHS, index=False)
+        table.layer_summary().to_csv(out / AnalysisFiles.LAYER_SUMMARY, index=False)
+        shared.to_csv(out / AnalysisFiles.SHARED_CONSENSUS_NEURONS, index=False)
+        graph.to_graphml(out / AnalysisFiles.PATH_GRAPH)
+        write_json_atomic(out / AnalysisFiles.CONSENSUS_PATH_LISTS,
+                          {str(k): v for k, v in consensus_path_lists(cons).items()})
 
         per_class = sharing.per_class
         best = per_class["class"].iloc[int(np.nanargmax(per_class["within"].to_numpy()))]
@@ -91,10 +93,10 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
             f"path_graph_class_{best}": plot_path_graph(graph, cls=best, max_nodes_per_layer=5),
         }
         if pixels:
-            figures.update(_pixel_figure(run, [r for r in records if r["label"] == best][0]))
+            figures.update(_pixel_figure(run, [r for r in records if r.label == best][0]))
         for name, fig in figures.items():
             save_figure(fig, out / name)
-        write_json_atomic(out / "summary.json", {
+        write_json_atomic(out / AnalysisFiles.SUMMARY, {
             "method": method, "images": len(records), "classes": [str(c) for c in table.classes],
             "within": sharing.within, "between": sharing.between, "ratio": sharing.ratio,
             "p_value": sharing.p_value, "permutations": sharing.permutations,
@@ -105,18 +107,18 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     return run.analysis_dir
 
 
-def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:
+def _pixel_figure(run: "Run", record: PathRecord) -> Dict[str, Any]:
     """``{name: figure}`` of the pixels behind the last neuron of ``record``'s path, or ``{}``."""
     from captum_paths.model.loading import ModelLoadError
     from captum_paths.plots.paths import plot_neuron_pixels
 
     try:
         model = run.model()
-        images, _ = run.images([str(record["image_id"])])
+        images, _ = run.images([str(record.image_id)])
     except (ValueError, OSError, ModelLoadError) as exc:
         logger.warning("pixel figure skipped: %s", exc)
         return {}
-    kinds = (record.get("settings") or {}).get("kinds") or ["neuron"] * len(record["path"])
+    kinds = record.settings.get("kinds") or ["neuron"] * len(record.path)
     neuron_layers = [layer for layer, kind in enumerate(kinds) if kind == "neuron"]
     if not neuron_layers:
         logger.info("pixel figure skipped: the paths hold attention heads only")
@@ -124,7 +126,6 @@ def _pixel_figure(run: "Run", record: Dict[str, Any]) -> Dict[str, Any]:
     layer = neuron_layers[-1]
     # the model's FFN sites hold the neuron layers only: the last one is FFN site len(neuron_layers) - 1
     fig, _, _ = plot_neuron_pixels(model, images[0].to(next(model.parameters()).device), len(neuron_layers) - 1,
-                                   int(record["path"][layer][0]))
-    fig.text(0.01, 0.01, f"image {record['image_id']} (class {record['label']}), method {record['method']}",
-             fontsize=8)
+                                   int(record.path[layer][0]))
+    fig.text(0.01, 0.01, f"image {record.image_id} (class {record.label}), method {record.method}", fontsize=8)
     return {"neuron_pixels": fig}

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from captum_paths.records import complete_images, write_json_atomic
+from captum_paths.records import EvaluationFiles, as_path_records, complete_images, write_json_atomic
+from captum_paths.search.registry import DEFAULT_METHOD, primary_method
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -30,13 +31,21 @@ __all__ = ["evaluate", "evaluate_paths", "method_table", "pruning_table", "compl
 
 logger = logging.getLogger(__name__)
 
-#: The path method the others are compared with.
-SEARCHED = "neuron-path"
+#: The searched paths' name (:data:`~captum_paths.search.registry.DEFAULT_METHOD`), kept under its old
+#: name; the method the others are compared with is :func:`~captum_paths.search.registry.primary_method`.
+SEARCHED = DEFAULT_METHOD
+
+
+def _stem(folder: Path, csv_name: str) -> Path:
+    """Where :func:`~captum_paths.evaluation.harness.save_table` writes the table named ``csv_name``
+    (it adds ``.csv`` and ``.json``)."""
+    return folder / Path(csv_name).stem
 
 
 def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Mapping[str, "PathResult"]) -> pd.DataFrame:
     """Per method: mean JAS per mode, mean / median probability deviation and accuracy deviation per
-    operation, and the share of path neurons equal to the searched path's."""
+    operation, and the share of path neurons equal to the primary method's
+    (:func:`~captum_paths.search.registry.primary_method`: the searched paths when ``paths`` has them)."""
     from captum_paths.evaluation.harness import summarize_deviation
 
     summary = summarize_deviation(deviation)
@@ -53,8 +62,8 @@ def method_table(deviation: pd.DataFrame, jas: pd.DataFrame, paths: Mapping[str,
         "accuracy_deviation_remove", "accuracy_deviation_enhance",
     ) if c in table.columns]
     table = table[columns]
-    if SEARCHED in paths:
-        reference = paths[SEARCHED].paths
+    if paths:
+        reference = paths[primary_method(paths)].paths
         table["same_neurons_as_searched"] = [
             float((paths[m].paths == reference).double().mean()) if m in paths else float("nan")
             for m in table.index
@@ -96,7 +105,8 @@ def evaluate_paths(
     Tables (CSV + JSON): ``deviation``, ``deviation_by_method``, ``jas``,
     ``methods_summary``, ``intervals`` (per method the mean JAS and effects with 95%
     bootstrap confidence intervals over the images) and ``comparisons`` (every method
-    against the searched paths, image by image: the mean difference with its interval,
+    against the primary method, :func:`~captum_paths.search.registry.primary_method`: the
+    searched paths when ``paths`` has them, image by image: the mean difference with its interval,
     the share of images where the searched path is better, Wilcoxon signed-rank and
     Holm-adjusted p-values; :mod:`captum_paths.statistics`), and with ``pruning``
     ``pruning``, ``pruning_grid``;
@@ -142,8 +152,8 @@ def evaluate_paths(
     deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
                                       batch_size=batch_size)
     _name_images(deviation, image_ids)
-    save_table(deviation, out / "deviation")
-    save_table(summarize_deviation(deviation), out / "deviation_by_method")
+    save_table(deviation, _stem(out, EvaluationFiles.DEVIATION))
+    save_table(summarize_deviation(deviation), _stem(out, EvaluationFiles.DEVIATION_BY_METHOD))
     save_figure(plot_deviation(deviation), out / "deviation")
     timings["deviation_s"] = time.perf_counter() - start
 
@@ -152,21 +162,21 @@ def evaluate_paths(
     jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
                          batch_size=batch_size)
     _name_images(jas, image_ids)
-    save_table(jas, out / "jas")
+    save_table(jas, _stem(out, EvaluationFiles.JAS))
     save_figure(plot_jas(jas), out / "jas")
     timings["jas_s"] = time.perf_counter() - start
 
     methods = method_table(deviation, jas, paths)
-    save_table(methods, out / "methods_summary")
+    save_table(methods, _stem(out, EvaluationFiles.METHODS_SUMMARY))
 
     from captum_paths.statistics import method_intervals, paired_comparisons, per_image_values
 
     start = time.perf_counter()
     values = per_image_values(deviation, jas)
     intervals = method_intervals(values, seed=seed)
-    comparisons = paired_comparisons(values, SEARCHED, seed=seed)
-    save_table(intervals, out / "intervals")
-    save_table(comparisons, out / "comparisons")
+    comparisons = paired_comparisons(values, primary_method(paths), seed=seed)
+    save_table(intervals, _stem(out, EvaluationFiles.INTERVALS))
+    save_table(comparisons, _stem(out, EvaluationFiles.COMPARISONS))
     timings["statistics_s"] = time.perf_counter() - start
 
     study = None
@@ -176,8 +186,8 @@ def evaluate_paths(
         logger.info("evaluate: pruning study")
         study = pruning_study(model, images, labels, ks=pruning_ks, ps=pruning_ps,
                               seed=seed, n_steps=n_steps, sites=sites, batch_size=batch_size)
-        save_table(study, out / "pruning")
-        save_table(pruning_table(study), out / "pruning_grid")
+        save_table(study, _stem(out, EvaluationFiles.PRUNING))
+        save_table(pruning_table(study), _stem(out, EvaluationFiles.PRUNING_GRID))
         save_figure(plot_pruning(study), out / "pruning")
         timings["pruning_s"] = time.perf_counter() - start
     elif pruning:
@@ -199,10 +209,10 @@ def evaluate_paths(
                                       {name: (result.paths[chosen], result.contributions[chosen])
                                        for name, result in paths.items()},
                                       sites=sites, seed=seed, batch_size=batch_size)
-        save_table(faithful, out / "faithfulness")
+        save_table(faithful, _stem(out, EvaluationFiles.FAITHFULNESS))
         summary = faithfulness_summary(faithful, seed=seed)
-        save_table(summary, out / "faithfulness_summary")
-        save_table(fewest_units(summary), out / "faithfulness_fewest")
+        save_table(summary, _stem(out, EvaluationFiles.FAITHFULNESS_SUMMARY))
+        save_table(fewest_units(summary), _stem(out, EvaluationFiles.FAITHFULNESS_FEWEST))
         save_figure(plot_faithfulness(summary), out / "faithfulness")
         timings["faithfulness_s"] = time.perf_counter() - start
     elif faithfulness:
@@ -248,7 +258,7 @@ def evaluate(
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
                                    or max_images < 1):
         raise ValueError(f"max_images must be a positive int or None (every image); got {max_images!r}")
-    records = run.records()
+    records = as_path_records(run.records())  # parsed once: the views below take them as they are
     run.check_units(records)
     digest = run.records_digest(records)
     image_ids, by_method = complete_images(records)
@@ -259,7 +269,7 @@ def evaluate(
         from captum_paths.statistics import even_class_sample
 
         first = next(iter(by_method.values()))
-        labels_of = pd.factorize(pd.Series([str(first[i]["label"]) for i in image_ids]), sort=True)[0]
+        labels_of = pd.factorize(pd.Series([str(first[i].label) for i in image_ids]), sort=True)[0]
         image_ids = [image_ids[i] for i in even_class_sample(labels_of, max_images, np.random.default_rng(seed))]
         logger.info("evaluate: %d of %d images (an even draw over the classes, seed %d)", len(image_ids), recorded,
                     seed)
@@ -272,7 +282,7 @@ def evaluate(
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
                                 n_steps=n_steps, seed=seed, faithfulness=faithfulness,
                                 faithfulness_classes=faithfulness_classes, sites=sites, image_ids=image_ids)
-        write_json_atomic(out / "summary.json", {
+        write_json_atomic(out / EvaluationFiles.SUMMARY, {
             "images": len(image_ids), "images_recorded": recorded, "max_images": max_images, "seed": seed,
             "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
             "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Set, 
 
 import pandas as pd
 
-from captum_paths.records import write_text_atomic
+from captum_paths.records import AnalysisFiles, EvaluationFiles, RunFiles, as_path_records, write_text_atomic
+from captum_paths.search.registry import primary_method
 
 if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.explorer import ExplorerLimits
@@ -51,7 +52,7 @@ def _evaluated_images(evaluation_dir: Path) -> str:
     import json
 
     try:
-        summary = json.loads((evaluation_dir / "summary.json").read_text())
+        summary = json.loads((evaluation_dir / EvaluationFiles.SUMMARY).read_text())
     except (OSError, ValueError):
         return ""
     images, recorded = summary.get("images"), summary.get("images_recorded")
@@ -98,11 +99,12 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     limits = ExplorerLimits() if limits is None else limits
     if not isinstance(limits, ExplorerLimits):
         raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
-    records = run.records()
+    records = as_path_records(run.records())  # parsed once: the overview and the explorer take them as they are
     run.check_units(records)
     settings = run.settings
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    models = list(dict.fromkeys(str(r.get("model_id")) for r in records))
+    methods = list(dict.fromkeys(r.method for r in records))
+    primary = primary_method(methods)
+    models = list(dict.fromkeys(str(r.model_id) for r in records))
     if len(models) > 1:
         logger.warning("run %s holds records of %d models (%s); the report averages them together",
                        run.folder, len(models), ", ".join(models))
@@ -114,42 +116,44 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     stale = [stage for stage, folder in (("evaluate", eva), ("analyze", ana)) if run.stale(folder, records)]
     for stage in stale:  # made from other records (a --restart, more images since): not shown as this run's
         logger.warning("report: %s/ was made from other records than the run holds now; it is left out (rerun "
-                       "`captum-paths %s --run %s`)", "evaluation" if stage == "evaluate" else "analysis", stage,
-                       run.folder)
+                       "`captum-paths %s --run %s`)", RunFiles.EVALUATION if stage == "evaluate" else RunFiles.ANALYSIS,
+                       stage, run.folder)
     # a stale folder reads as absent: an empty folder name that holds no file
     eva = _NOWHERE if "evaluate" in stale else eva
     ana = _NOWHERE if "analyze" in stale else ana
     for title, note, file in (
         ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
          "every path neuron at once; accuracy deviation = top-1 after - before." + _evaluated_images(eva),
-         eva / "methods_summary.csv"),
+         eva / EvaluationFiles.METHODS_SUMMARY),
         ("Fewest units for 80% of the target probability", "Per class, the units its paths use most are kept "
          "(N per layer) and every other unit of the sites is ablated (to 0, or to its mean); the smallest N whose "
          "mean target probability on held-out images reaches 80% of the unablated model's. Full curves: "
-         "evaluation/faithfulness_summary.csv.", eva / "faithfulness_fewest.csv"),
+         f"{RunFiles.EVALUATION}/{EvaluationFiles.FAITHFULNESS_SUMMARY}.", eva / EvaluationFiles.FAITHFULNESS_FEWEST),
         ("Pruning (mean over classes)", "Keep the top-k class-consensus neurons per layer, zero every other "
          "neuron with probability p in the first `depth` layers; images disjoint from the consensus images.",
-         eva / "pruning_grid.csv"),
+         eva / EvaluationFiles.PRUNING_GRID),
         ("Path sharing", "Mean Jaccard of image paths within vs between classes, label-permutation p-value.",
-         ana / "path_sharing.csv"),
-        ("Path sharing per class", "", ana / "path_sharing_by_class.csv"),
+         ana / AnalysisFiles.PATH_SHARING),
+        ("Path sharing per class", "", ana / AnalysisFiles.PATH_SHARING_BY_CLASS),
         ("Paths per layer", "Distinct neurons, the most frequent neuron and the share of paths holding it, "
-         "the layer's mean contribution and its mean share of the JAS.", ana / "layer_summary.csv"),
-        ("Consensus paths", "Most frequent neuron per layer and class, with its support.", ana / "consensus_paths.csv"),
-        ("Neurons shared by several classes' consensus paths", "", ana / "shared_consensus_neurons.csv"),
+         "the layer's mean contribution and its mean share of the JAS.", ana / AnalysisFiles.LAYER_SUMMARY),
+        ("Consensus paths", "Most frequent neuron per layer and class, with its support.",
+         ana / AnalysisFiles.CONSENSUS_PATHS),
+        ("Neurons shared by several classes' consensus paths", "", ana / AnalysisFiles.SHARED_CONSENSUS_NEURONS),
     ):
         df = _read_csv(file)
         if df is not None:
             sections.append((title, note, df))
-        if file.name == "methods_summary.csv":  # its uncertainty right below it
+        if file.name == EvaluationFiles.METHODS_SUMMARY:  # its uncertainty right below it
             for extra in (
                 ("Confidence intervals", "Mean over the evaluated images and its 95% bootstrap confidence interval "
-                 "(BCa up to 5,000 images, percentile above).", _interval_cells(_read_csv(eva / "intervals.csv"))),
-                ("Compared with neuron-path", "Image by image: mean difference (neuron-path minus the method) and its "
-                 "95% bootstrap interval; reference_better: share of images where neuron-path's path is better "
+                 "(BCa up to 5,000 images, percentile above).",
+                 _interval_cells(_read_csv(eva / EvaluationFiles.INTERVALS))),
+                (f"Compared with {primary}", f"Image by image: mean difference ({primary} minus the method) and its "
+                 f"95% bootstrap interval; reference_better: share of images where {primary}'s path is better "
                  "(higher JAS, lower removal deviation, higher enhancement deviation; ties count half); two-sided "
                  "Wilcoxon signed-rank p, Holm-adjusted over the table.",
-                 _non_empty(_read_csv(eva / "comparisons.csv"))),
+                 _non_empty(_read_csv(eva / EvaluationFiles.COMPARISONS))),
             ):
                 if extra[2] is not None:
                     sections.append(extra)
@@ -165,8 +169,8 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
         lines += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown(df), ""]
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(run.folder)}` (and `.svg`)" for p in figures] + [""]
-    for stage, what, file in (("evaluate", "evaluation", eva / "methods_summary.csv"),
-                              ("analyze", "analysis", ana / "path_sharing.csv")):
+    for stage, what, file in (("evaluate", "evaluation", eva / EvaluationFiles.METHODS_SUMMARY),
+                              ("analyze", "analysis", ana / AnalysisFiles.PATH_SHARING)):
         if stage in stale:
             lines += [f"(The {what} was made from other records than the run holds now and is left out: run "
                       f"`captum-paths {stage} --run RUN`.)", ""]

@@ -48,17 +48,20 @@ PathLike = Union[str, os.PathLike]
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-RECORDS_FILE = "records.jsonl"
-UNREADABLE_FILE = "unreadable.txt"
+# The names of the run folder's files are written once, on the ground floor, where the explorer reads them too.
+from captum_paths.records import PathRecord, RunFiles, record_json  # noqa: E402
+
+RUN_FILE = RunFiles.RUN
+RECORDS_FILE = RunFiles.RECORDS
+UNREADABLE_FILE = RunFiles.UNREADABLE
 #: The writer lock (an OS file lock, released when its process ends, even by ``kill -9``).
-LOCK_FILE = ".lock"
+LOCK_FILE = RunFiles.LOCK
 
 
 #: What a run writes in its folder besides its records: a folder without ``run.json`` that holds
 #: one of these is not made a run folder (its files would be replaced). Records without ``run.json``
 #: are refused by :meth:`RunFolder.check` (``--restart`` deletes them).
-RUN_OUTPUTS = (UNREADABLE_FILE, "evaluation", "analysis", "report.html", "summary.md")
+RUN_OUTPUTS = (UNREADABLE_FILE, RunFiles.EVALUATION, RunFiles.ANALYSIS, RunFiles.REPORT, RunFiles.SUMMARY)
 
 
 class RunMismatchError(ValueError):
@@ -166,19 +169,19 @@ class RunFolder:
 
     @property
     def evaluation_dir(self) -> Path:
-        return self.folder / "evaluation"
+        return self.folder / RunFiles.EVALUATION
 
     @property
     def analysis_dir(self) -> Path:
-        return self.folder / "analysis"
+        return self.folder / RunFiles.ANALYSIS
 
     @property
     def report_file(self) -> Path:
-        return self.folder / "report.html"
+        return self.folder / RunFiles.REPORT
 
     @property
     def summary_file(self) -> Path:
-        return self.folder / "summary.md"
+        return self.folder / RunFiles.SUMMARY
 
     def rank_file(self, rank: int, world_size: int) -> Path:
         """The file rank ``rank`` appends its records to (``records.jsonl`` in a world of one)."""
@@ -294,8 +297,9 @@ class RunFolder:
                                  "a run would replace; move them, or use another --out")
 
     # ---------------------------------------------------------------- records
-    def records(self) -> List[Dict[str, Any]]:
-        """The records of ``records.jsonl``, checked against the run; an error says how to make them.
+    def records(self) -> List[PathRecord]:
+        """The records of ``records.jsonl``, parsed once (:class:`~captum_paths.records.PathRecord`, which
+        also reads like the record's dict) and checked against the run; an error says how to make them.
 
         :class:`RunMismatchError` when a record does not belong to this run: another
         model, ``k`` or mode than ``run.json`` names, an image that is not in the data
@@ -316,7 +320,7 @@ class RunFolder:
         (``records_sha256`` in their ``summary.json``), so that the report can tell stale ones."""
         digest = hashlib.sha256()
         for record in sorted(records, key=record_key):
-            digest.update((json.dumps(record, sort_keys=True) + "\n").encode())
+            digest.update((record_json(record) + "\n").encode())
         return digest.hexdigest()
 
     def stale(self, folder: Path, records: Sequence[Mapping[str, Any]]) -> bool:
@@ -404,7 +408,8 @@ class RunFolder:
                         "the records edited?")
 
     def merge(self) -> List[Dict[str, Any]]:
-        """Merge every record file into ``records.jsonl``, one record per (method, image, model).
+        """Merge every record file into ``records.jsonl``, one record per (method, image, model);
+        returns the merged records (the dicts as read: a shard may hold partial records).
 
         Duplicates are dropped with a warning (:func:`~captum_paths.records.unique_records`).
         Records are sorted by ``(method, image_id)``; the merged file is written
@@ -421,7 +426,7 @@ class RunFolder:
                     self._check_records(part, file.name)
             records = unique_records((r for part in read.values() for r in part), f"run folder {str(self.folder)!r}")
             records.sort(key=record_key)
-            write_text_atomic(self.records_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            write_text_atomic(self.records_file, "".join(record_json(r) + "\n" for r in records))
             for file in files:
                 if file.name != RECORDS_FILE:
                     file.unlink()

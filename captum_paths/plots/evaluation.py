@@ -9,7 +9,7 @@ Every function takes the tidy :class:`pandas.DataFrame` that
 matplotlib backend: notebooks show figures inline, scripts without a display get Agg.
 
 Colours: each method keeps one colour in every figure (:data:`METHOD_COLOURS`,
-:func:`method_palette`); the searched path ``"neuron-path"`` is red and its
+:func:`method_palette`); the searched path (:data:`HIGHLIGHT_METHOD`) is red and its
 column is also shaded and its tick label set in bold. Methods not listed there get
 further colours chosen from the method name itself, so they too keep their
 colour from one figure to the next.
@@ -27,6 +27,8 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from captum_paths.search.registry import DEFAULT_METHOD, primary_method
+
 __all__ = [
     "HIGHLIGHT_METHOD",
     "METHOD_COLOURS",
@@ -39,12 +41,12 @@ __all__ = [
 
 #: The method the figures highlight (the searched path, see "Layer-progressive
 #: search" in docs/method.md).
-HIGHLIGHT_METHOD = "neuron-path"
+HIGHLIGHT_METHOD = DEFAULT_METHOD
 
 #: Fixed colour per known method: the searched path in a strong red, the
 #: baselines in muted hues, the random control in grey.
 METHOD_COLOURS: Dict[str, str] = {
-    "neuron-path": "#c0392b",
+    DEFAULT_METHOD: "#c0392b",
     "activation": "#4c72b0",
     "knowledge-neurons": "#55a868",
     "conductance": "#8172b3",
@@ -489,7 +491,7 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
     methods = list(dict.fromkeys(summary["method"]))
     palette = method_palette([m for m in methods if m != "random ranking"])
     # 95% intervals over the classes for the searched paths and the control only: seven bands hide the lines
-    banded = {"neuron-path" if "neuron-path" in methods else methods[0], "random ranking"}
+    banded = {primary_method([m for m in methods if m != "random ranking"] or methods), "random ranking"}
     fig, axes = plt.subplots(2, len(ablations), figsize=(4.4 * len(ablations) + 2.2, 6.4), sharex=True,
                              sharey="row", squeeze=False, layout="constrained")
     metrics = (("mean_prob", "mean_prob_full", "mean target probability"),

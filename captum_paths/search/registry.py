@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, Optional, Type, TypeVar
+from typing import Any, Dict, Iterable, Optional, Type, TypeVar
 
 from torch import nn
 
@@ -16,7 +16,8 @@ from captum_paths.search.baselines import (
 )
 from captum_paths.search.neuron_path import LayerProgressiveNeuronPath
 
-__all__ = ["PATH_METHODS", "get_path_method", "create_path_method", "register_path_method"]
+__all__ = ["PATH_METHODS", "DEFAULT_METHOD", "primary_method", "get_path_method", "create_path_method",
+           "register_path_method"]
 
 M = TypeVar("M", bound=Type[PathAttribution])
 
@@ -32,6 +33,32 @@ PATH_METHODS: Dict[str, Type[PathAttribution]] = {
         RandomPath,
     )
 }
+
+
+#: The searched paths' name (``LayerProgressiveNeuronPath``): the default ``--method``, the method
+#: the others are compared with, and the one the views show first.
+DEFAULT_METHOD: str = LayerProgressiveNeuronPath.name
+
+
+def primary_method(methods: Iterable[str]) -> str:
+    """The primary method of a run holding ``methods``: the one its tables compare the others
+    with and its views show first.
+
+    Args:
+        methods (iterable of str): The method names of the run's records (any order, repeats allowed).
+
+    Returns:
+        :data:`DEFAULT_METHOD` when it is among ``methods``; else the first of them in registry
+        order (:data:`PATH_METHODS`); else, for methods that are not registered, the first by name.
+        The answer does not depend on the order of ``methods``.
+    """
+    present = set(methods)
+    if not present:
+        raise ValueError("no methods: a run's records name at least one")
+    if DEFAULT_METHOD in present:
+        return DEFAULT_METHOD
+    registered = [name for name in PATH_METHODS if name in present]
+    return registered[0] if registered else min(present, key=str)
 
 
 def get_path_method(name: str) -> Type[PathAttribution]:

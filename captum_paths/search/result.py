@@ -6,14 +6,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from captum_paths.records import PathRecord, RecordLike, as_path_records, stack_records
+from captum_paths.records import PathRecord, RecordLike, StackedPaths, as_path_records, stack_records
 
 __all__ = ["PathResult"]
 
 
 @dataclass
-class PathResult:
+class PathResult(StackedPaths):
     """Neuron paths of a batch, one path (``k`` neurons per layer) per image.
+
+    ``len(result)`` (images), :attr:`num_layers`, :attr:`k` and :attr:`shape` are those of
+    :attr:`paths` (:class:`~captum_paths.records.StackedPaths`, shared with
+    :class:`~captum_paths.analysis.PathTable`).
 
     Attributes:
         paths (Tensor): ``(batch, L, k)`` long, neuron indices per layer; within a
@@ -56,17 +60,6 @@ class PathResult:
             value = getattr(self, name)
             if value is not None and value.shape != (batch,):
                 raise ValueError(f"{name} must have shape ({batch},); got {tuple(value.shape)}")
-
-    def __len__(self) -> int:
-        return self.paths.shape[0]
-
-    @property
-    def num_layers(self) -> int:
-        return self.paths.shape[1]
-
-    @property
-    def k(self) -> int:
-        return self.paths.shape[2]
 
     def to_path_records(
         self,
@@ -127,7 +120,8 @@ class PathResult:
 
     @classmethod
     def from_records(cls, records: Sequence[RecordLike]) -> "PathResult":
-        """Rebuild a result from records (dicts or :class:`PathRecord`) of one method and one setting.
+        """Rebuild a result from records (dicts or :class:`PathRecord`) of one method and one setting;
+        :class:`PathRecord` objects are used as they are, not parsed again.
 
         ``delta``, ``scores`` and ``refined_layers`` are ``None`` unless every
         record has them; ``settings`` are the first record's.
