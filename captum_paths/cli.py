@@ -227,7 +227,7 @@ def _set_threads(threads: Optional[int]) -> None:
 
 def _run_extract(args: argparse.Namespace) -> int:
     from captum_paths.pipeline import Run
-    from captum_paths.search.registry import PATH_METHODS
+    from captum_paths.search.registry import path_methods
 
     for name in ("--k", "--n-steps", "--batch-size", "--limit", "--num-classes"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
@@ -235,7 +235,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise _UsageError(f"--workers must be 0 (decode in this process) or a positive number; got {args.workers}")
     if args.random_weights is not None and args.random_weights < 0:
         raise _UsageError(f"--random-weights must be a non-negative seed; got {args.random_weights}")
-    methods = list(PATH_METHODS) if args.method == ["all"] else args.method
+    methods = list(path_methods()) if args.method == ["all"] else args.method
     settings = _extract_settings(args, methods)
     _set_threads(args.threads)
     summary = Run(args.out, device=args.device).extract(

@@ -29,6 +29,9 @@ PLUGIN = {
 
         [project.entry-points."captum_paths.families"]
         toy-vit = "toy_plugin.family:ToyFamily"
+
+        [project.entry-points."captum_paths.path_methods"]
+        toy-path = "toy_plugin.methods:ToyPath"
     """,
     "toy_plugin/__init__.py": "",
     "toy_plugin/loading.py": '''
@@ -42,6 +45,22 @@ PLUGIN = {
             model = load_demo_model()
             model.toy = True  # what the toy family recognises
             return model, demo_transform()
+    ''',
+    "toy_plugin/methods.py": '''
+        """A path method of the toy plugin: per layer, the units ``first .. first + k - 1``."""
+        import torch
+
+        from captum_paths.search import PathAttribution
+        from captum_paths.search.base import MethodOption, positive_int
+
+
+        class ToyPath(PathAttribution):
+            name = "toy-path"
+            options = {"first": MethodOption("a positive int", positive_int, default=1)}
+
+            def _select(self, ctx, first):
+                layers = [(torch.arange(ctx.k) + first) % width for width in ctx.widths]
+                return torch.stack(layers).expand(ctx.batch, -1, -1).to(ctx.device), None, {}
     ''',
     "toy_plugin/family.py": '''
         """A family adapter for the toy plugin's models: their FFN neurons, read at the class token."""
@@ -80,22 +99,33 @@ def _cli(env, *args):
                           env=env)
 
 
-def test_an_installed_loader_is_a_model_spec_of_the_cli(plugin_env, demo_images_2, tmp_path):
+def test_an_installed_loader_and_method_reach_the_cli(plugin_env, demo_images_2, tmp_path):
     out = tmp_path / "run"
     done = _cli(plugin_env, "extract", "--model", "toy:digits", "--data", demo_images_2, "--out", out, "--method",
-                "random", "--limit", "4", "--quiet")
+                "random", "toy-path", "--method-option", "toy-path.first=5", "--limit", "4", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "run.json").read_text())["model"] == "toy:digits"
-    assert len((out / "records.jsonl").read_text().splitlines()) == 4
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["model"] == "toy:digits" and settings["methods"] == ["random", "toy-path"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    toy = [r for r in records if r["method"] == "toy-path"]
+    assert len(records) == 8 and len(toy) == 4
+    assert all(r["path"] == [[5]] * 6 and r["settings"]["first"] == 5 for r in toy)
+    # the explorer and the report know the method too
+    done = _cli(plugin_env, "report", "--run", out, "--heatmaps", "0", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "toy-path" in (out / "summary.md").read_text()
     # its errors are one line like the built-in loaders'
     done = _cli(plugin_env, "extract", "--model", "toy:cats", "--data", demo_images_2, "--out", tmp_path / "other",
                 "--quiet")
     assert done.returncode == 2 and "the toy plugin has one model" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_without_the_plugin_the_spec_is_unknown(demo_images_2, tmp_path):
+def test_without_the_plugin_the_spec_and_method_are_unknown(demo_images_2, tmp_path):
     done = _cli(ENV, "extract", "--model", "toy:digits", "--data", demo_images_2, "--out", tmp_path / "run", "--quiet")
     assert done.returncode == 2 and "unknown model spec prefix 'toy:'" in done.stderr, done.stderr
+    done = _cli(ENV, "extract", "--model", "demo", "--data", demo_images_2, "--out", tmp_path / "run", "--method",
+                "toy-path", "--quiet")
+    assert done.returncode == 2 and "unknown path method 'toy-path'" in done.stderr, done.stderr
 
 
 def test_a_plugin_that_fails_to_load_is_named(plugin_env, tmp_path):

@@ -39,6 +39,7 @@ from torch import nn
 from captum_paths.attribution._machinery import StepRows, edited_output, gating
 from captum_paths.attribution.output import select_rows
 from captum_paths.search.base import PathAttribution, SearchContext
+from captum_paths.search.registry import register_path_method
 from captum_paths.model.sites import NeuronSites, SiteEdit
 
 __all__ = [
@@ -106,6 +107,7 @@ def _scores_of(logits: torch.Tensor, output: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- methods
+@register_path_method
 class ActivationPath(_TopKPath):
     r"""Path of the most active neurons: per layer, the top ``k`` clean activations
     at the selected tokens (summed over the tokens when several).
@@ -151,6 +153,7 @@ class ActivationPath(_TopKPath):
         return torch.cat(parts)
 
 
+@register_path_method
 class KnowledgeNeuronPath(_TopKPath):
     r"""Knowledge-neuron path: per layer, the top ``k`` per-neuron integrated gradients
     of that layer alone (Dai et al. 2022 applied to each layer).
@@ -191,6 +194,7 @@ class KnowledgeNeuronPath(_TopKPath):
         return scores
 
 
+@register_path_method
 class ConductancePath(_TopKPath):
     r"""Conductance path: per layer, the top ``k`` neurons by Captum's
     :class:`~captum.attr.LayerConductance` of site ``t`` (Dhamdhere et al. 2019).
@@ -251,6 +255,7 @@ class ConductancePath(_TopKPath):
         return scores
 
 
+@register_path_method
 class InfluencePatternPath(_TopKPath):
     r"""Influence-pattern path, the released scripts' simplified form of Lu et al. (2021):
     per layer, the top ``k`` neurons by the gradient of ``F`` with respect to the
@@ -313,6 +318,7 @@ def _probe(store: Dict[int, torch.Tensor], layer: int) -> Callable[[torch.Tensor
     return fn
 
 
+@register_path_method
 class RandomPath(PathAttribution):
     r"""Random control path: ``k`` distinct neurons per layer, uniformly at random.
 

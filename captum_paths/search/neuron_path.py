@@ -49,6 +49,7 @@ from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.search.base import MethodOption, PathAttribution, SearchContext, positive_int
 from captum_paths.search.beam import beam_search, member_context
 from captum_paths.search.candidates import proposal_pool
+from captum_paths.search.registry import DEFAULT_METHOD, register_path_method
 from captum_paths.model.stream import ResidualStream
 
 __all__ = ["LayerProgressiveNeuronPath"]
@@ -76,6 +77,7 @@ def _is_refine(value: Any) -> bool:
 BEAM_CANDIDATES = 8
 
 
+@register_path_method
 class LayerProgressiveNeuronPath(PathAttribution):
     r"""The influential neuron path of each image: one (or ``k``) FFN neurons per layer.
 
@@ -131,7 +133,7 @@ class LayerProgressiveNeuronPath(PathAttribution):
         >>> search.attribute(images, target=labels, beam=4).jas   # a wider search
     """
 
-    name = "neuron-path"
+    name = DEFAULT_METHOD
     options = {
         "refine": MethodOption("a non-negative int or 'all'", _is_refine, default=_default_refine),
         "beam": MethodOption("a positive int", positive_int, default=1),

@@ -1,4 +1,11 @@
-"""Path methods by name, for the CLI and the evaluation harness."""
+"""Path methods by name, for the API, the command line, the evaluation harness and the explorer.
+
+Every method registers the same way, built-in or not: the search and the baselines with
+:func:`register_path_method` where they are defined (``neuron_path.py``, ``baselines.py``),
+a user's method in their own code, and an installed plugin's through the
+``captum_paths.path_methods`` entry points (:mod:`captum_paths.model.plugins`), which are
+loaded the first time a method is looked up by name.
+"""
 from __future__ import annotations
 
 import difflib
@@ -6,38 +13,21 @@ from typing import Any, Dict, Iterable, Optional, Type, TypeVar
 
 from torch import nn
 
+from captum_paths.model.plugins import PATH_METHODS_GROUP, PluginError, plugin_objects
 from captum_paths.search.base import PathAttribution
-from captum_paths.search.baselines import (
-    ActivationPath,
-    ConductancePath,
-    InfluencePatternPath,
-    KnowledgeNeuronPath,
-    RandomPath,
-)
-from captum_paths.search.neuron_path import LayerProgressiveNeuronPath
 
-__all__ = ["PATH_METHODS", "DEFAULT_METHOD", "primary_method", "get_path_method", "create_path_method",
-           "register_path_method"]
+__all__ = ["PATH_METHODS", "DEFAULT_METHOD", "primary_method", "path_methods", "get_path_method",
+           "create_path_method", "register_path_method"]
 
 M = TypeVar("M", bound=Type[PathAttribution])
 
-#: Every registered path method by name (``captum-paths extract --method NAME``), the built-in ones first.
-PATH_METHODS: Dict[str, Type[PathAttribution]] = {
-    cls.name: cls
-    for cls in (
-        LayerProgressiveNeuronPath,
-        ActivationPath,
-        KnowledgeNeuronPath,
-        ConductancePath,
-        InfluencePatternPath,
-        RandomPath,
-    )
-}
-
+#: Every registered path method by name (``captum-paths extract --method NAME``), in the order they
+#: registered: the built-in ones first (the search, then the baselines), then yours and the plugins'.
+PATH_METHODS: Dict[str, Type[PathAttribution]] = {}
 
 #: The searched paths' name (``LayerProgressiveNeuronPath``): the default ``--method``, the method
 #: the others are compared with, and the one the views show first.
-DEFAULT_METHOD: str = LayerProgressiveNeuronPath.name
+DEFAULT_METHOD: str = "neuron-path"
 
 
 def primary_method(methods: Iterable[str]) -> str:
@@ -57,15 +47,42 @@ def primary_method(methods: Iterable[str]) -> str:
         raise ValueError("no methods: a run's records name at least one")
     if DEFAULT_METHOD in present:
         return DEFAULT_METHOD
-    registered = [name for name in PATH_METHODS if name in present]
+    registered = [name for name in path_methods() if name in present]
     return registered[0] if registered else min(present, key=str)
 
 
+def path_methods() -> Dict[str, Type[PathAttribution]]:
+    """Every registered path method by name (:data:`PATH_METHODS`), the installed plugins' included.
+
+    Returns:
+        The registry: ``{name: PathAttribution subclass}``, in registration order.
+
+    Raises:
+        PluginError: an installed plugin's method fails to load or is not a PathAttribution subclass.
+    """
+    for name, method in plugin_objects(PATH_METHODS_GROUP):
+        if not (isinstance(method, type) and issubclass(method, PathAttribution)):
+            raise PluginError(f"plugin path method {name!r} is {method!r}, not a PathAttribution subclass")
+        if PATH_METHODS.get(method.name) is not method:
+            register_path_method(method)
+    return PATH_METHODS
+
+
 def get_path_method(name: str) -> Type[PathAttribution]:
-    """The path method class registered under ``name``."""
+    """The path method class registered under ``name`` (installed plugins' included).
+
+    Args:
+        name (str): Its registry name (``"neuron-path"``, ``"activation"`` ...).
+
+    Returns:
+        The :class:`PathAttribution` subclass.
+
+    Raises:
+        ValueError: no method is registered under ``name`` (the message lists those that are).
+    """
     if not isinstance(name, str):
         raise TypeError(f"method name must be a str; got {type(name).__name__}")
-    if name not in PATH_METHODS:
+    if name not in path_methods():
         close = difflib.get_close_matches(name, list(PATH_METHODS), n=3)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown path method {name!r}; choose from {sorted(PATH_METHODS)}.{hint}")
@@ -73,7 +90,16 @@ def get_path_method(name: str) -> Type[PathAttribution]:
 
 
 def create_path_method(name: str, model: nn.Module, **kwargs: Any) -> PathAttribution:
-    """Instantiate the method ``name`` on ``model`` (kwargs go to its constructor)."""
+    """Instantiate the method ``name`` on ``model`` (kwargs go to its constructor).
+
+    Args:
+        name (str): Its registry name.
+        model (nn.Module): The model.
+        **kwargs: The constructor's other arguments (``sites=``, ``output=``).
+
+    Returns:
+        The method, ready to ``attribute``.
+    """
     return get_path_method(name)(model, **kwargs)
 
 
@@ -90,6 +116,10 @@ def register_path_method(
         name (str, optional): Registry name. Default: ``cls.name``.
         overwrite (bool, optional): Replace a method already registered under the
             name. Default: ``False`` (a clash raises ``ValueError``).
+
+    Returns:
+        ``cls`` itself (a decorator returns what it decorates), or the decorator when
+        ``cls`` is not given.
     """
     def register(method: M) -> M:
         if not (isinstance(method, type) and issubclass(method, PathAttribution)):
