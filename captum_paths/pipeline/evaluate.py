@@ -7,10 +7,11 @@ images (loaded once by the :class:`~captum_paths.pipeline.run.Run`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -127,100 +128,140 @@ def evaluate_paths(
         the tables as DataFrames (``pruning`` and ``faithfulness`` are ``None`` when
         skipped), the seconds per experiment and the clean top-1 accuracy.
     """
-    from captum_paths.evaluation.harness import (
-        jas_comparison,
-        probability_deviation,
-        pruning_study,
-        save_table,
-        summarize_deviation,
-    )
-    from captum_paths.plots import plot_deviation, plot_faithfulness, plot_jas, plot_pruning, save_figure
-
     if image_ids is not None and len(image_ids) != len(images):
         raise ValueError(f"image_ids must name every image: got {len(image_ids)} ids for {len(images)} images")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: Dict[str, float] = {}
     if sites is not None and sites.widths is not None:  # a model with 4 heads keeps k <= 4 in the pruning grid
         pruning_ks = [k for k in pruning_ks if k <= min(sites.widths)] or [1]
     if sites is not None and sites.has_heads and "paper" in jas_modes:
         logger.info("evaluate: JAS mode 'paper' is defined on FFN neurons only; left out for these heads")
         jas_modes = [m for m in jas_modes if m != "paper"]
-
-    start = time.perf_counter()
-    logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
-    deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
-                                      batch_size=batch_size)
-    _name_images(deviation, image_ids)
-    save_table(deviation, _stem(out, EvaluationFiles.DEVIATION))
-    save_table(summarize_deviation(deviation), _stem(out, EvaluationFiles.DEVIATION_BY_METHOD))
-    save_figure(plot_deviation(deviation), out / "deviation")
-    timings["deviation_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
-    jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
-                         batch_size=batch_size)
-    _name_images(jas, image_ids)
-    save_table(jas, _stem(out, EvaluationFiles.JAS))
-    save_figure(plot_jas(jas), out / "jas")
-    timings["jas_s"] = time.perf_counter() - start
-
+    timings: Dict[str, float] = {}
+    common = dict(sites=sites, batch_size=batch_size)
+    with _timed(timings, "deviation_s"):
+        deviation = _deviation(model, images, labels, paths, out, factor, image_ids, **common)
+    with _timed(timings, "jas_s"):
+        jas = _jas(model, images, labels, paths, out, jas_modes, n_steps, image_ids, **common)
     methods = method_table(deviation, jas, paths)
-    save_table(methods, _stem(out, EvaluationFiles.METHODS_SUMMARY))
-
-    from captum_paths.statistics import method_intervals, paired_comparisons, per_image_values
-
-    start = time.perf_counter()
-    values = per_image_values(deviation, jas)
-    intervals = method_intervals(values, seed=seed)
-    comparisons = paired_comparisons(values, primary_method(paths), seed=seed)
-    save_table(intervals, _stem(out, EvaluationFiles.INTERVALS))
-    save_table(comparisons, _stem(out, EvaluationFiles.COMPARISONS))
-    timings["statistics_s"] = time.perf_counter() - start
-
-    study = None
+    _save(methods, out, EvaluationFiles.METHODS_SUMMARY)
+    with _timed(timings, "statistics_s"):
+        intervals, comparisons = _uncertainty(deviation, jas, primary_method(paths), out, seed)
     counts = np.bincount(labels.cpu().numpy())
+    study = faithful = None
     if pruning and (counts >= 2).any():
-        start = time.perf_counter()
-        logger.info("evaluate: pruning study")
-        study = pruning_study(model, images, labels, ks=pruning_ks, ps=pruning_ps,
-                              seed=seed, n_steps=n_steps, sites=sites, batch_size=batch_size)
-        save_table(study, _stem(out, EvaluationFiles.PRUNING))
-        save_table(pruning_table(study), _stem(out, EvaluationFiles.PRUNING_GRID))
-        save_figure(plot_pruning(study), out / "pruning")
-        timings["pruning_s"] = time.perf_counter() - start
+        with _timed(timings, "pruning_s"):
+            study = _pruning(model, images, labels, out, pruning_ks, pruning_ps, n_steps, seed, **common)
     elif pruning:
         logger.warning("evaluate: pruning study skipped (it needs at least 2 images per class)")
-
-    faithful = None
     if faithfulness and (counts >= 2).any():
-        import torch
-
-        from captum_paths.evaluation.faithfulness import faithfulness_study, faithfulness_summary, fewest_units
-
-        start = time.perf_counter()
-        classes = np.flatnonzero(counts >= 2)
-        if faithfulness_classes is not None and len(classes) > faithfulness_classes:
-            classes = np.sort(np.random.default_rng(seed).choice(classes, faithfulness_classes, replace=False))
-        chosen = torch.from_numpy(np.isin(labels.cpu().numpy(), classes))
-        logger.info("evaluate: faithfulness curves (%d classes)", len(classes))
-        faithful = faithfulness_study(model, images[chosen], labels[chosen],
-                                      {name: (result.paths[chosen], result.contributions[chosen])
-                                       for name, result in paths.items()},
-                                      sites=sites, seed=seed, batch_size=batch_size)
-        save_table(faithful, _stem(out, EvaluationFiles.FAITHFULNESS))
-        summary = faithfulness_summary(faithful, seed=seed)
-        save_table(summary, _stem(out, EvaluationFiles.FAITHFULNESS_SUMMARY))
-        save_table(fewest_units(summary), _stem(out, EvaluationFiles.FAITHFULNESS_FEWEST))
-        save_figure(plot_faithfulness(summary), out / "faithfulness")
-        timings["faithfulness_s"] = time.perf_counter() - start
+        with _timed(timings, "faithfulness_s"):
+            faithful = _faithfulness(model, images, labels, paths, out, counts, faithfulness_classes, seed,
+                                     **common)
     elif faithfulness:
         logger.warning("evaluate: faithfulness curves skipped (they need at least 2 images of a class)")
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
     return {"deviation": deviation, "jas": jas, "methods": methods, "intervals": intervals,
             "comparisons": comparisons, "pruning": study, "faithfulness": faithful, "timings": timings,
             "accuracy": accuracy}
+
+
+def _save(table: pd.DataFrame, out: Path, csv_name: str) -> None:
+    """Write ``table`` as the evaluation's table ``csv_name`` (CSV and JSON, atomically)."""
+    from captum_paths.evaluation.harness import save_table
+
+    save_table(table, _stem(out, csv_name))
+
+
+@contextlib.contextmanager
+def _timed(timings: Dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall seconds to ``timings[key]``."""
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+def _deviation(model, images, labels, paths, out: Path, factor: float, image_ids, sites, batch_size
+               ) -> pd.DataFrame:
+    """Remove / enhance every path at once: the ``deviation`` tables and figure."""
+    from captum_paths.evaluation.harness import probability_deviation, summarize_deviation
+    from captum_paths.plots import plot_deviation, save_figure
+
+    logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
+    deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
+                                      batch_size=batch_size)
+    _name_images(deviation, image_ids)
+    _save(deviation, out, EvaluationFiles.DEVIATION)
+    _save(summarize_deviation(deviation), out, EvaluationFiles.DEVIATION_BY_METHOD)
+    save_figure(plot_deviation(deviation), out / "deviation")
+    return deviation
+
+
+def _jas(model, images, labels, paths, out: Path, jas_modes, n_steps, image_ids, sites, batch_size
+         ) -> pd.DataFrame:
+    """The JAS of every method's paths in each semantics: the ``jas`` table and figure."""
+    from captum_paths.evaluation.harness import jas_comparison
+    from captum_paths.plots import plot_jas, save_figure
+
+    logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
+    jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
+                         batch_size=batch_size)
+    _name_images(jas, image_ids)
+    _save(jas, out, EvaluationFiles.JAS)
+    save_figure(plot_jas(jas), out / "jas")
+    return jas
+
+
+def _uncertainty(deviation: pd.DataFrame, jas: pd.DataFrame, reference: str, out: Path, seed: int
+                 ) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Intervals per method and comparisons with ``reference``, image by image."""
+    from captum_paths.statistics import method_intervals, paired_comparisons, per_image_values
+
+    values = per_image_values(deviation, jas)
+    intervals = method_intervals(values, seed=seed)
+    comparisons = paired_comparisons(values, reference, seed=seed)
+    _save(intervals, out, EvaluationFiles.INTERVALS)
+    _save(comparisons, out, EvaluationFiles.COMPARISONS)
+    return intervals, comparisons
+
+
+def _pruning(model, images, labels, out: Path, ks, ps, n_steps, seed: int, sites, batch_size) -> pd.DataFrame:
+    """The pruning study with class-consensus paths: its tables and figure."""
+    from captum_paths.evaluation.harness import pruning_study
+    from captum_paths.plots import plot_pruning, save_figure
+
+    logger.info("evaluate: pruning study")
+    study = pruning_study(model, images, labels, ks=ks, ps=ps, seed=seed, n_steps=n_steps, sites=sites,
+                          batch_size=batch_size)
+    _save(study, out, EvaluationFiles.PRUNING)
+    _save(pruning_table(study), out, EvaluationFiles.PRUNING_GRID)
+    save_figure(plot_pruning(study), out / "pruning")
+    return study
+
+
+def _faithfulness(model, images, labels, paths, out: Path, counts: np.ndarray, max_classes: Optional[int],
+                  seed: int, sites, batch_size) -> pd.DataFrame:
+    """Faithfulness-sparsity curves of ``max_classes`` classes with two images or more (a seeded draw)."""
+    import torch
+
+    from captum_paths.evaluation.faithfulness import faithfulness_study, faithfulness_summary, fewest_units
+    from captum_paths.plots import plot_faithfulness, save_figure
+
+    classes = np.flatnonzero(counts >= 2)
+    if max_classes is not None and len(classes) > max_classes:
+        classes = np.sort(np.random.default_rng(seed).choice(classes, max_classes, replace=False))
+    chosen = torch.from_numpy(np.isin(labels.cpu().numpy(), classes))
+    logger.info("evaluate: faithfulness curves (%d classes)", len(classes))
+    faithful = faithfulness_study(model, images[chosen], labels[chosen],
+                                  {name: (result.paths[chosen], result.contributions[chosen])
+                                   for name, result in paths.items()},
+                                  sites=sites, seed=seed, batch_size=batch_size)
+    _save(faithful, out, EvaluationFiles.FAITHFULNESS)
+    summary = faithfulness_summary(faithful, seed=seed)
+    _save(summary, out, EvaluationFiles.FAITHFULNESS_SUMMARY)
+    _save(fewest_units(summary), out, EvaluationFiles.FAITHFULNESS_FEWEST)
+    save_figure(plot_faithfulness(summary), out / "faithfulness")
+    return faithful
 
 
 def _name_images(table: pd.DataFrame, image_ids: Optional[Sequence[str]]) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import pandas as pd
 
-from captum_paths.records import AnalysisFiles, EvaluationFiles, RunFiles, as_path_records, write_text_atomic
+from captum_paths.records import (AnalysisFiles, EvaluationFiles, PathRecord, RunFiles, as_path_records,
+                                  write_text_atomic)
 from captum_paths.search.registry import primary_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,8 +82,30 @@ def _non_empty(df: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
     return None if df is None or df.empty else df
 
 
-#: Where a stale stage folder is read from instead: no file is there.
-_NOWHERE = Path("/nonexistent/captum-paths-stale")
+#: The summary's tables: ``(title, note, stage folder, file)``; the note of the evaluation's
+#: table gets the images it used, and its uncertainty tables follow it (:func:`_uncertainty_sections`).
+_SECTIONS = (
+    ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
+     "every path neuron at once; accuracy deviation = top-1 after - before.", "evaluate",
+     EvaluationFiles.METHODS_SUMMARY),
+    ("Fewest units for 80% of the target probability", "Per class, the units its paths use most are kept "
+     "(N per layer) and every other unit of the sites is ablated (to 0, or to its mean); the smallest N whose "
+     "mean target probability on held-out images reaches 80% of the unablated model's. Full curves: "
+     f"{RunFiles.EVALUATION}/{EvaluationFiles.FAITHFULNESS_SUMMARY}.", "evaluate", EvaluationFiles.FAITHFULNESS_FEWEST),
+    ("Pruning (mean over classes)", "Keep the top-k class-consensus neurons per layer, zero every other "
+     "neuron with probability p in the first `depth` layers; images disjoint from the consensus images.",
+     "evaluate", EvaluationFiles.PRUNING_GRID),
+    ("Path sharing", "Mean Jaccard of image paths within vs between classes, label-permutation p-value.",
+     "analyze", AnalysisFiles.PATH_SHARING),
+    ("Path sharing per class", "", "analyze", AnalysisFiles.PATH_SHARING_BY_CLASS),
+    ("Paths per layer", "Distinct neurons, the most frequent neuron and the share of paths holding it, "
+     "the layer's mean contribution and its mean share of the JAS.", "analyze", AnalysisFiles.LAYER_SUMMARY),
+    ("Consensus paths", "Most frequent neuron per layer and class, with its support.", "analyze",
+     AnalysisFiles.CONSENSUS_PATHS),
+    ("Neurons shared by several classes' consensus paths", "", "analyze", AnalysisFiles.SHARED_CONSENSUS_NEURONS),
+)
+
+Section = Tuple[str, str, Optional[pd.DataFrame]]
 
 
 def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True
@@ -93,97 +116,107 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
     Args:
         limits: caps on what the page embeds (default :class:`~captum_paths.explorer.ExplorerLimits`).
         heatmaps: compute the pixel attribution of the most used neurons (loads the run's model).
+
+    Returns:
+        ``(report.html, summary.md)``: the paths of the two files written.
     """
-    from captum_paths.explorer import ExplorerLimits, explorer_payload, method_overview, render_page
+    from captum_paths.explorer import ExplorerLimits
 
     limits = ExplorerLimits() if limits is None else limits
     if not isinstance(limits, ExplorerLimits):
         raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
     records = as_path_records(run.records())  # parsed once: the overview and the explorer take them as they are
     run.check_units(records)
+    folders = _current_outputs(run, records)
+    summary = _summary_markdown(run, records, folders)
+    page = _page(run, records, folders, limits, heatmaps)
+    with run.lock():
+        write_text_atomic(run.summary_file, summary)
+        write_text_atomic(run.report_file, page)
+    return run.report_file, run.summary_file
+
+
+def _current_outputs(run: "Run", records: Sequence[PathRecord]) -> Dict[str, Optional[Path]]:
+    """``{"evaluate": folder, "analyze": folder}``: each stage's output folder, or ``None`` when
+    it was made from other records than the run holds now (a ``--restart``, more images since;
+    left out, with a warning, rather than shown as this run's)."""
+    folders: Dict[str, Optional[Path]] = {"evaluate": run.evaluation_dir, "analyze": run.analysis_dir}
+    for stage, folder in folders.items():
+        if run.stale(folder, records):
+            logger.warning("report: %s/ was made from other records than the run holds now; it is left out (rerun "
+                           "`captum-paths %s --run %s`)", folder.name, stage, run.folder)
+            folders[stage] = None
+    return folders
+
+
+def _table(folder: Optional[Path], name: str) -> Optional[pd.DataFrame]:
+    return None if folder is None else _read_csv(folder / name)
+
+
+def _sections(records: Sequence[PathRecord], folders: Dict[str, Optional[Path]]) -> List[Section]:
+    """The summary's sections: the records' overview, then every stage table there is."""
+    from captum_paths.explorer import method_overview
+
+    eva = folders["evaluate"]
+    sections: List[Section] = [("Paths per method (from the records)", "", method_overview(records))]
+    for title, note, stage, name in _SECTIONS:
+        df = _table(folders[stage], name)
+        if df is not None:
+            if name == EvaluationFiles.METHODS_SUMMARY:
+                note += _evaluated_images(eva)
+            sections.append((title, note, df))
+        if name == EvaluationFiles.METHODS_SUMMARY:  # its uncertainty right below it
+            sections += _uncertainty_sections(eva, primary_method(r.method for r in records))
+    return sections
+
+
+def _uncertainty_sections(eva: Optional[Path], primary: str) -> List[Section]:
+    """The evaluation's intervals and its comparisons with the primary method, where there are any."""
+    return [section for section in (
+        ("Confidence intervals", "Mean over the evaluated images and its 95% bootstrap confidence interval "
+         "(BCa up to 5,000 images, percentile above).", _interval_cells(_table(eva, EvaluationFiles.INTERVALS))),
+        (f"Compared with {primary}", f"Image by image: mean difference ({primary} minus the method) and its "
+         f"95% bootstrap interval; reference_better: share of images where {primary}'s path is better "
+         "(higher JAS, lower removal deviation, higher enhancement deviation; ties count half); two-sided "
+         "Wilcoxon signed-rank p, Holm-adjusted over the table.",
+         _non_empty(_table(eva, EvaluationFiles.COMPARISONS))),
+    ) if section[2] is not None]
+
+
+def _summary_markdown(run: "Run", records: Sequence[PathRecord], folders: Dict[str, Optional[Path]]) -> str:
+    """``summary.md``: the run, its settings, every table and figure, and what is missing or stale."""
     settings = run.settings
     methods = list(dict.fromkeys(r.method for r in records))
-    primary = primary_method(methods)
-    models = list(dict.fromkeys(str(r.model_id) for r in records))
-    if len(models) > 1:
-        logger.warning("run %s holds records of %d models (%s); the report averages them together",
-                       run.folder, len(models), ", ".join(models))
-    overview = method_overview(records)
     shown = {k: settings.get(k) for k in ("model", "checkpoint", "mode", "n_steps", "approximation", "k", "target",
                                           "data")}
-    sections: List[Tuple[str, str, Optional[pd.DataFrame]]] = [("Paths per method (from the records)", "", overview)]
-    eva, ana = run.evaluation_dir, run.analysis_dir
-    stale = [stage for stage, folder in (("evaluate", eva), ("analyze", ana)) if run.stale(folder, records)]
-    for stage in stale:  # made from other records (a --restart, more images since): not shown as this run's
-        logger.warning("report: %s/ was made from other records than the run holds now; it is left out (rerun "
-                       "`captum-paths %s --run %s`)", RunFiles.EVALUATION if stage == "evaluate" else RunFiles.ANALYSIS,
-                       stage, run.folder)
-    # a stale folder reads as absent: an empty folder name that holds no file
-    eva = _NOWHERE if "evaluate" in stale else eva
-    ana = _NOWHERE if "analyze" in stale else ana
-    for title, note, file in (
-        ("Evaluation per method", "Probability deviation = p_edit(y)/p(y) - 1 after removing (x0) or enhancing "
-         "every path neuron at once; accuracy deviation = top-1 after - before." + _evaluated_images(eva),
-         eva / EvaluationFiles.METHODS_SUMMARY),
-        ("Fewest units for 80% of the target probability", "Per class, the units its paths use most are kept "
-         "(N per layer) and every other unit of the sites is ablated (to 0, or to its mean); the smallest N whose "
-         "mean target probability on held-out images reaches 80% of the unablated model's. Full curves: "
-         f"{RunFiles.EVALUATION}/{EvaluationFiles.FAITHFULNESS_SUMMARY}.", eva / EvaluationFiles.FAITHFULNESS_FEWEST),
-        ("Pruning (mean over classes)", "Keep the top-k class-consensus neurons per layer, zero every other "
-         "neuron with probability p in the first `depth` layers; images disjoint from the consensus images.",
-         eva / EvaluationFiles.PRUNING_GRID),
-        ("Path sharing", "Mean Jaccard of image paths within vs between classes, label-permutation p-value.",
-         ana / AnalysisFiles.PATH_SHARING),
-        ("Path sharing per class", "", ana / AnalysisFiles.PATH_SHARING_BY_CLASS),
-        ("Paths per layer", "Distinct neurons, the most frequent neuron and the share of paths holding it, "
-         "the layer's mean contribution and its mean share of the JAS.", ana / AnalysisFiles.LAYER_SUMMARY),
-        ("Consensus paths", "Most frequent neuron per layer and class, with its support.",
-         ana / AnalysisFiles.CONSENSUS_PATHS),
-        ("Neurons shared by several classes' consensus paths", "", ana / AnalysisFiles.SHARED_CONSENSUS_NEURONS),
-    ):
-        df = _read_csv(file)
-        if df is not None:
-            sections.append((title, note, df))
-        if file.name == EvaluationFiles.METHODS_SUMMARY:  # its uncertainty right below it
-            for extra in (
-                ("Confidence intervals", "Mean over the evaluated images and its 95% bootstrap confidence interval "
-                 "(BCa up to 5,000 images, percentile above).",
-                 _interval_cells(_read_csv(eva / EvaluationFiles.INTERVALS))),
-                (f"Compared with {primary}", f"Image by image: mean difference ({primary} minus the method) and its "
-                 f"95% bootstrap interval; reference_better: share of images where {primary}'s path is better "
-                 "(higher JAS, lower removal deviation, higher enhancement deviation; ties count half); two-sided "
-                 "Wilcoxon signed-rank p, Holm-adjusted over the table.",
-                 _non_empty(_read_csv(eva / EvaluationFiles.COMPARISONS))),
-            ):
-                if extra[2] is not None:
-                    sections.append(extra)
-    figures = sorted(eva.glob("*.png")) + sorted(ana.glob("*.png"))
-
     settings_md = ", ".join(f"{k} = {v}" for k, v in shown.items() if v is not None)
     lines = ["# captum-paths report", "", f"Run `{run.folder}`: {len(records)} records, methods {', '.join(methods)}.",
              "", f"Settings: {settings_md}.", ""]
-    if len(models) > 1:
-        lines += [f"Warning: the records come from {len(models)} models ({', '.join(models)}); the tables average "
-                  "them together.", ""]
-    for title, note, df in sections:
+    for title, note, df in _sections(records, folders):
         lines += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown(df), ""]
+    figures = [p for folder in folders.values() if folder is not None for p in sorted(folder.glob("*.png"))]
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(run.folder)}` (and `.svg`)" for p in figures] + [""]
-    for stage, what, file in (("evaluate", "evaluation", eva / EvaluationFiles.METHODS_SUMMARY),
-                              ("analyze", "analysis", ana / AnalysisFiles.PATH_SHARING)):
-        if stage in stale:
+    for stage, what, name in (("evaluate", "evaluation", EvaluationFiles.METHODS_SUMMARY),
+                              ("analyze", "analysis", AnalysisFiles.PATH_SHARING)):
+        if folders[stage] is None:
             lines += [f"(The {what} was made from other records than the run holds now and is left out: run "
                       f"`captum-paths {stage} --run RUN`.)", ""]
-        elif not file.exists():
+        elif not (folders[stage] / name).exists():
             lines += [f"(No {what} yet: run `captum-paths {stage} --run RUN`.)", ""]
-    summary = run.summary_file
+    return "\n".join(lines)
+
+
+def _page(run: "Run", records: Sequence[PathRecord], folders: Dict[str, Optional[Path]],
+          limits: "ExplorerLimits", heatmaps: bool) -> str:
+    """``report.html``: the explorer over the records and the current stage outputs."""
+    from captum_paths.explorer import explorer_payload, render_page
 
     class_names, image_loader = _folder_access(run)
     heatmap = _heatmap_fn(run, limits, image_loader) if heatmaps and image_loader is not None else None
-    payload = explorer_payload(records, settings=settings, evaluation_dir=None if eva is _NOWHERE else eva,
-                               analysis_dir=None if ana is _NOWHERE else ana,
-                               class_names=class_names, image_loader=image_loader, heatmap=heatmap, limits=limits,
-                               run_name=str(run.folder))
+    payload = explorer_payload(records, settings=run.settings, evaluation_dir=folders["evaluate"],
+                               analysis_dir=folders["analyze"], class_names=class_names, image_loader=image_loader,
+                               heatmap=heatmap, limits=limits, run_name=str(run.folder))
     if image_loader is not None and image_loader.refused:
         refused = sorted(image_loader.refused)
         logger.warning("report: %d recorded image ids lead outside the data folder %s (e.g. %r); the page shows "
@@ -192,12 +225,7 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
             f"{len(refused)} recorded image {'id leads' if len(refused) == 1 else 'ids lead'} outside the data folder "
             "(an absolute path, '..', or a file its scan does not list); the page shows no "
             "thumbnail or pixel attribution of them.")
-    page = render_page(payload, title=f"captum-paths: {run.folder.name}")
-    report = run.report_file
-    with run.lock():
-        write_text_atomic(summary, "\n".join(lines))
-        write_text_atomic(report, page)
-    return report, summary
+    return render_page(payload, title=f"captum-paths: {run.folder.name}")
 
 
 class _DataImages:
