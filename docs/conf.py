@@ -138,5 +138,48 @@ def copy_tutorials() -> None:
     (out / "index.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def _api_targets() -> dict:
+    """Inline code naming a public name (``NeuronSites``, ``load_model``, ``Run.extract``) ->
+    the object it documents, for :func:`link_api_names`."""
+    targets = {}
+    for name in captum_paths.__all__:
+        if name == "__version__":
+            continue
+        home = f"{defining_module(name)}.{name}"
+        targets[name] = home
+        obj = getattr(captum_paths, name)
+        if inspect.isclass(obj):
+            for member in vars(obj):
+                if not member.startswith("_"):
+                    targets[f"{name}.{member}"] = f"{home}.{member}"
+    return targets
+
+
+def link_api_names(app, doctree) -> None:
+    """Guides name the API in inline code (readable on GitHub as it is): on the site, inline
+    code that is exactly a public name (or ``Name.member``, with or without ``()``) links to its
+    entry in the API reference."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    targets = app.env.captum_api_targets
+    for literal in list(doctree.findall(nodes.literal)):
+        text = literal.astext().removesuffix("()")
+        if text in targets and not isinstance(literal.parent, (addnodes.pending_xref, nodes.reference)):
+            xref = addnodes.pending_xref("", refdomain="py", reftype="obj", reftarget=targets[text],
+                                         refexplicit=True, refwarn=False)
+            literal.replace_self(xref)
+            xref += literal
+
+
+def _remember_targets(app) -> None:
+    app.env.captum_api_targets = _api_targets()
+
+
+def setup(app):
+    app.connect("builder-inited", _remember_targets)
+    app.connect("doctree-read", link_api_names)
+
+
 write_api_pages()
 copy_tutorials()

@@ -80,6 +80,16 @@ def test_every_internal_link_and_anchor_resolves(site):
     assert not broken, "\n".join(broken[:40])
 
 
+def test_the_guides_link_their_names_to_the_api_reference(site):
+    """Inline code naming a public name in a guide links to its API entry on the site."""
+    models = (site / "guides" / "models.html").read_text(encoding="utf-8")
+    assert 'href="../api/model.html#captum_paths.model.sites.NeuronSites.from_model"' in models
+    extending = (site / "guides" / "extending.html").read_text(encoding="utf-8")
+    assert 'href="../api/search.html#captum_paths.search.base.PathAttribution"' in extending
+    method = (site / "method.html").read_text(encoding="utf-8")
+    assert 'href="api/analysis.html#captum_paths.analysis.graph.PathGraph"' in method
+
+
 def test_every_public_name_is_in_the_api_reference(site):
     text = (site / "api" / "index.html").read_text(encoding="utf-8")
     documented = set(re.findall(r'id="(captum_paths\.[\w.]+)"', "".join(
