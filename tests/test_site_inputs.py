@@ -202,6 +202,16 @@ def test_a_zero_initialised_head_is_a_warning_not_silent_zeros():
         JointNeuronIntegratedGradients(model).attribute(x, [(0, 1)], target=0)
 
 
+def test_the_path_search_warns_on_a_zero_head_with_its_fast_engine():
+    """The torchvision ViT runs the fast residual-stream engine, which scores the paths itself."""
+    model = _zero_head_torchvision()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(RuntimeWarning, match=r"LayerProgressiveNeuronPath: every contribution and joint score is "
+                                            r"exactly 0.*zero-initialised head"):
+        result = LayerProgressiveNeuronPath(model).attribute(x, target=0, n_steps=2)
+    assert torch.count_nonzero(result.jas) == 0
+
+
 def test_a_working_head_gives_no_warning(vit):
     model, x = vit
     with warnings.catch_warnings():

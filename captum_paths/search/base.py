@@ -8,6 +8,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 import torch
 from captum.log import log_usage
 
+from captum_paths.attribution._machinery import warn_if_constant_output
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.joint_integrated_gradients import (
     JointNeuronIntegratedGradients,
@@ -225,6 +226,7 @@ class PathAttribution(SiteAttribution):
         options = self.resolve_options(options, k=k, mode=mode)
         paths, scores, extra = self._select(ctx, **options)
         scored = extra.pop("scored", None)
+        by_engine = scored is not None  # scored by the method's own engine, not by JIG (which warns itself)
         jig = JointNeuronIntegratedGradients(self.model, sites=self.sites, output=self.output)
         if scored is None:
             scored = jig.attribute(
@@ -235,6 +237,10 @@ class PathAttribution(SiteAttribution):
         elif tol is not None:
             scored = _meet_tolerance(jig, ctx, paths, *scored, tol)
         contributions, jas, delta = scored
+        if by_engine and not bool((jas != 0).any()):
+            warn_if_constant_output(contributions.flatten(1), ctx.f_clean,
+                                    ctx.f_clean - jas.to(ctx.f_clean.dtype), logits, what=type(self).__name__,
+                                    stacklevel=3)
         settings = {
             "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
             **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, "k": k, **options}),
