@@ -175,7 +175,8 @@ def _add_analyze(commands) -> None:
     sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
     sub.add_argument("--permutations", type=int, default=1000)
     sub.add_argument("--no-pixels", action="store_true",
-                     help="skip the pixel figure (it loads the run's model and one image)")
+                     help="skip the pixel figure (one image's pixel attribution; the model is still loaded to "
+                          "check the records' units)")
     sub.add_argument("--device", default=None)
 
 
@@ -186,8 +187,8 @@ def _add_report(commands) -> None:
                      help="images whose paths and thumbnails the page embeds (default: 2000, drawn evenly "
                           "from the classes)")
     sub.add_argument("--heatmaps", type=int, default=8,
-                     help="neurons whose pixel attribution the page shows (default: 8; 0 skips them and "
-                          "does not load the model)")
+                     help="neurons whose pixel attribution the page shows (default: 8; 0 skips them; the "
+                          "model is still loaded, where it can be, to check the records' units)")
     sub.add_argument("--graph-nodes", type=int, default=250_000,
                      help="class-graph nodes of all methods together (default: 250000); the searched paths' "
                           "graphs always, the other methods' while they fit")

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = ["IMG_EXTENSIONS", "MAX_CLASS_INDEX", "ImageFolderDataset", "UnreadableImageError", "read_label_map",
-           "to_8bit", "open_image", "one_line", "escape_line"]
+           "to_8bit", "open_image", "one_line", "escape_line", "within"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,14 +295,14 @@ class ImageFolderDataset(Dataset):
             link = os.path.join(dirpath, name)
             target = os.path.realpath(link)
             what = f"folder symlink to {one_line(target)}" if os.path.islink(link) else f"folder {one_line(target)}"
-            if _within(target, top) and target != os.path.join(real, name):
+            if within(target, top) and target != os.path.join(real, name):
                 return (f"{what}, inside the data folder {one_line(top)}: not followed (its images are listed "
                         "under their own class)")
-            if _within(top, target):
+            if within(top, target):
                 return f"{what}, which holds the data folder {one_line(top)}: not followed"
             if target in walked:
                 return f"{what}, a folder already listed: not followed"
-            if _within(real, target):
+            if within(real, target):
                 return f"{what}, a folder above it (a loop): not followed"
             return None
 
@@ -411,8 +411,9 @@ def _parse_label_map(label_map: Union[Mapping[str, int], Sequence[str], str, os.
     return mapping, names
 
 
-def _within(path: str, folder: str) -> bool:
-    """Whether the real path ``path`` is ``folder`` or inside it."""
+def within(path: str, folder: str) -> bool:
+    """Whether the path ``path`` is ``folder`` or inside it (compared as given: pass real paths,
+    :func:`os.path.realpath`, to follow links)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 

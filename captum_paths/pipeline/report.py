@@ -141,8 +141,9 @@ def _current_outputs(run: "Run", records: Sequence[PathRecord]) -> Dict[str, Opt
     it was made from other records than the run holds now (a ``--restart``, more images since;
     left out, with a warning, rather than shown as this run's)."""
     folders: Dict[str, Optional[Path]] = {"evaluate": run.evaluation_dir, "analyze": run.analysis_dir}
+    digest = run.records_digest(records)  # once for both stages
     for stage, folder in folders.items():
-        if run.stale(folder, records):
+        if run.stale(folder, records, digest):
             logger.warning("report: %s/ was made from other records than the run holds now; it is left out (rerun "
                            "`captum-paths %s --run %s`)", folder.name, stage, run.folder)
             folders[stage] = None

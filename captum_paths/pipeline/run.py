@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from captum_paths.pipeline.settings import COMPATIBLE_KEYS, RunSettings
-from captum_paths.records import SCHEMA_VERSION, read_records, record_key, unique_records, write_text_atomic
+from captum_paths.records import (SCHEMA_VERSION, EvaluationFiles, PathRecord, RunFiles, read_records,
+                                  record_json, record_key, unique_records, write_text_atomic)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -48,9 +49,8 @@ PathLike = Union[str, os.PathLike]
 
 logger = logging.getLogger(__name__)
 
-# The names of the run folder's files are written once, on the ground floor, where the explorer reads them too.
-from captum_paths.records import PathRecord, RunFiles, record_json  # noqa: E402
-
+# The names of the run folder's files are written once, on the ground floor (records.py), where the explorer
+# reads them too.
 RUN_FILE = RunFiles.RUN
 RECORDS_FILE = RunFiles.RECORDS
 UNREADABLE_FILE = RunFiles.UNREADABLE
@@ -286,8 +286,9 @@ class RunFolder:
         if out.exists() and not out.is_dir():
             raise ValueError(f"output folder {str(out)!r} is a file")
         if data is not None:
-            real_out, real_data = os.path.realpath(out), os.path.realpath(data)
-            if real_out == real_data or real_out.startswith(real_data.rstrip(os.sep) + os.sep):
+            from captum_paths.model.data import within
+
+            if within(os.path.realpath(out), os.path.realpath(data)):
                 raise ValueError(f"--out {str(out)!r} is inside the data folder {str(data)!r}: the run's files would "
                                  "change the data; use an output folder outside it")
         if out.is_dir() and not self.run_file.exists():
@@ -323,15 +324,17 @@ class RunFolder:
             digest.update((record_json(record) + "\n").encode())
         return digest.hexdigest()
 
-    def stale(self, folder: Path, records: Sequence[Mapping[str, Any]]) -> bool:
+    def stale(self, folder: Path, records: Sequence[Mapping[str, Any]], digest: Optional[str] = None) -> bool:
         """Whether the stage outputs in ``folder`` were made from other records than ``records``
         (their ``summary.json`` names a ``records_sha256``; outputs of older versions name none
-        and are taken as current)."""
-        try:
-            made_from = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("records_sha256")
+        and are taken as current). ``digest``: :meth:`records_digest` of ``records`` when the
+        caller has it already."""
+        try:  # evaluation/ and analysis/ name their summary alike
+            summary = json.loads((folder / EvaluationFiles.SUMMARY).read_text(encoding="utf-8"))
+            made_from = summary.get("records_sha256")
         except (OSError, ValueError, AttributeError):
             return False
-        return made_from is not None and made_from != self.records_digest(records)
+        return made_from is not None and made_from != (digest or self.records_digest(records))
 
     def _check_records(self, records: Sequence[Mapping[str, Any]], source: str) -> None:
         """:class:`RunMismatchError` when a record of ``source`` was made with another model, ``k``,
@@ -364,9 +367,11 @@ class RunFolder:
         except (ValueError, OSError) as exc:
             logger.warning("records of %s not checked against the data folder: %s", self.folder, exc)
             return
+        from captum_paths.model.data import within
+
         labels = {image_id: label for image_id, label in zip(folder.image_ids, folder.targets)}
         unreadable = {Path(p).relative_to(folder.root).as_posix() for p, _ in folder.unreadable
-                      if _inside(p, folder.root)}
+                      if within(str(p), str(folder.root))}
         for record in records:
             image_id, label = str(record["image_id"]), record.get("label")
             if image_id not in labels:
@@ -446,9 +451,7 @@ class RunFolder:
     def model(self) -> "nn.Module":
         """The run's model in eval mode on :attr:`device`, loaded once."""
         if self._model is None:
-            from captum_paths.model.loading import load_model
-
-            from captum_paths.model.loading import has_random_weights
+            from captum_paths.model.loading import has_random_weights, load_model
 
             s = self.settings
             if s.get("random_weights") is None and has_random_weights(s["model"], bool(s.get("pretrained")),
@@ -643,10 +646,12 @@ def check_same_images(a: RunFolder, b: RunFolder, image_ids: Sequence[str]) -> N
         logger.warning("the data folder %s is not here: the pictures behind the image ids of %s and %s are not "
                        "compared", missing[0], a.folder, b.folder)
         return
+    from captum_paths.model.data import within
+
     differ = []
     for image_id in image_ids:
         files = [Path(folder) / str(image_id) for folder in folders]
-        if not all(_inside(os.path.realpath(f), os.path.realpath(d)) and f.is_file() for f, d in zip(files, folders)):
+        if not all(within(os.path.realpath(f), os.path.realpath(d)) and f.is_file() for f, d in zip(files, folders)):
             differ.append(image_id)
         elif files[0].stat().st_size != files[1].stat().st_size or file_sha256(files[0]) != file_sha256(files[1]):
             differ.append(image_id)
@@ -655,14 +660,6 @@ def check_same_images(a: RunFolder, b: RunFolder, image_ids: Sequence[str]) -> N
             f"{len(differ)} of the {len(image_ids)} images the runs share by id are other pictures (or missing) in "
             f"{folders[0]!r} and {folders[1]!r} (e.g. {differ[0]!r}); compare runs of the same images"
         )
-
-
-def _inside(path: PathLike, folder: PathLike) -> bool:
-    try:
-        Path(path).relative_to(folder)
-    except ValueError:
-        return False
-    return True
 
 
 def _swap_names(final: Path) -> Tuple[Path, Path]:
