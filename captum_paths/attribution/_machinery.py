@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
+from captum_paths.attribution.layer_baselines import blend
 from captum_paths.attribution.output import output_value, select_rows
 from captum_paths.model.sites import NeuronSites, SiteEdit
 
@@ -72,9 +73,10 @@ def gate(mask_rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return 1.0 + mask_rows * (alpha[:, None] - 1.0)
 
 
-def gating(gates: torch.Tensor) -> SiteEdit:
-    """The site edit multiplying each row's selected activations by its gates ``(rows, d_ff)``."""
-    return lambda act: (act * gates[:, None, :]).to(act.dtype)
+def gating(gates: torch.Tensor, base: Optional[torch.Tensor] = None) -> SiteEdit:
+    """The site edit ``gates * act + (1 - gates) * base`` per row (gates ``(rows, d_ff)``; ``base``
+    broadcastable to ``(rows, positions, d_ff)``, ``None`` for zero: a plain product)."""
+    return lambda act: blend(act, gates, base)
 
 
 def layer_mask(paths: torch.Tensor, layer: int, width: int) -> torch.Tensor:

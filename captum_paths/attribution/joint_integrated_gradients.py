@@ -9,6 +9,7 @@ from captum.log import log_usage
 
 from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited_output, warn_if_constant_output
 from captum_paths.attribution.base import SiteAttribution
+from captum_paths.attribution.layer_baselines import LayerBaseline, SiteValues, as_layer_baselines, blend
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
     check_finite_output,
@@ -21,7 +22,7 @@ from captum_paths.attribution.output import (
 )
 
 __all__ = ["JointNeuronIntegratedGradients", "MODES", "default_steps", "check_tolerance", "misses_tolerance",
-           "MAX_TOLERANCE_STEPS"]
+           "MAX_TOLERANCE_STEPS", "check_paper_baseline"]
 
 MODES = ("gate", "paper")
 _DEFAULT_STEPS = {"gate": 50, "paper": 20}
@@ -58,14 +59,24 @@ class JointNeuronIntegratedGradients(SiteAttribution):
 
     ``phi_n = integral_0^1 dF/dg_n(alpha) d alpha``, ``JAS(N) = sum_n phi_n``.
 
-    The integral is complete across layers: ``sum_n phi_n = F(x) - F(x with N
-    zeroed)`` exactly. So in ``mode="gate"`` the reported ``jas`` is that removal
-    effect, computed by one forward with the set zeroed (exact, whatever the
+    A gate interpolates between the unit's baseline ``b`` and its activation ``a``:
+    ``g * a + (1 - g) * b``; ``b`` is 0 unless ``layer_baselines`` says otherwise (the
+    unit's mean over reference images, its value on a counterfactual image, given
+    values: :mod:`captum_paths.attribution.layer_baselines`).
+
+    The integral is complete across layers: ``sum_n phi_n = F(x) - F(x; N replaced
+    by its baseline)`` exactly. So in ``mode="gate"`` the JAS is that removal
+    effect, computed by one forward with the set removed (exact, whatever the
     steps); the per-neuron contributions ``phi_n`` are quadratures of the
     integral, and the convergence delta ``sum_n phi_n - JAS`` is their gap
     (``tol`` adds steps until it is small). ``mode="paper"`` reproduces the
     released research scripts instead (freeze semantics, left Riemann grid,
-    product of sums), which is not complete.
+    product of sums, zero baseline), which is not complete.
+
+    ``attribute`` returns what Captum's attributions return: the contributions, or
+    ``(contributions, delta)`` with ``return_convergence_delta=True``, so Captum's
+    ``NoiseTunnel`` and ``captum.metrics`` take it as it is; ``return_jas=True`` adds
+    the joint score: ``(contributions, jas)`` or ``(contributions, jas, delta)``.
 
     Captum's ``LayerIntegratedGradients`` over several layers treats the layers as
     independent; this class scales neurons of many layers *jointly*.
@@ -107,7 +118,9 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         return_convergence_delta: bool = False,
         mode: str = "gate",
         tol: Optional[float] = None,
-    ) -> Tuple[torch.Tensor, ...]:
+        layer_baselines: Any = None,
+        return_jas: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         r"""
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Images ``(batch, C, H, W)``
@@ -132,8 +145,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
                 big batch. Default: ``None``, all rows at once.
             return_convergence_delta (bool, optional): Also return the
                 convergence delta per example: ``sum_n phi_n - (F(x) - F(x; N
-                zeroed))`` (the quadrature gap of the contributions) in
-                ``"gate"`` mode, ``JAS - (F(x) - F(x; N zeroed))`` in
+                removed))`` (the quadrature gap of the contributions) in
+                ``"gate"`` mode, ``JAS - (F(x) - F(x; N removed))`` in
                 ``"paper"`` mode. Default: ``False``.
             mode (str, optional): ``"gate"`` (joint gates, complete) or
                 ``"paper"`` (the released scripts' score; FFN neuron sites only).
@@ -142,30 +155,52 @@ class JointNeuronIntegratedGradients(SiteAttribution):
                 examples whose ``|delta| > tol * |JAS|`` (or above 1e-7) until it
                 holds, up to 1024 steps (a warning names those that still miss).
                 Default: ``None``, the steps given.
+            layer_baselines (optional): The value a removed unit takes: ``None`` or 0
+                (zero, the default), a :class:`~captum_paths.attribution.layer_baselines.MeanBaseline`
+                (mean over reference images), a
+                :class:`~captum_paths.attribution.layer_baselines.CounterfactualBaseline`
+                (activation patching from counterfactual images), or per-site values (a dict
+                ``{layer: tensor}``, a list, a ``SiteBaseline``). ``"gate"`` mode only for
+                anything but zero. Default: ``None``.
+            return_jas (bool, optional): Also return the joint score per example,
+                after the contributions. Default: ``False`` (Captum's return).
+
+        Per-example neuron sets (and counterfactual baselines) whose count divides the batch
+        are repeated for consecutive groups of examples, as Captum's ``NoiseTunnel`` repeats
+        each image ``nt_samples`` times in a row (``repeat_interleave``).
 
         The integral needs gradients: call it outside ``torch.inference_mode()`` (a
         ``RuntimeError`` says so); inside ``torch.no_grad()`` it enables them where needed.
 
         Returns:
-            ``(contributions, jas)`` or ``(contributions, jas, delta)``:
+            ``contributions``, ``(contributions, delta)`` with ``return_convergence_delta``;
+            with ``return_jas``, ``(contributions, jas)`` or ``(contributions, jas, delta)``:
 
             - **contributions** (*Tensor*): per-neuron contributions, ``(batch, |N|)``
               in the order given, or ``(batch, L, k)`` for path input.
             - **jas** (*Tensor*): joint score per example, ``(batch,)``; in
-              ``"gate"`` mode exactly ``F(x) - F(x; N zeroed)``.
+              ``"gate"`` mode exactly ``F(x) - F(x; N removed)``.
             - **delta** (*Tensor*): convergence delta per example, ``(batch,)``.
 
         Examples::
 
             >>> jig = JointNeuronIntegratedGradients(model)
-            >>> phi, jas = jig.attribute(images, neurons=[(0, 12), (3, 101), (5, 7)], target=labels)
-            >>> phi.shape, jas.shape
-            (torch.Size([4, 3]), torch.Size([4]))
+            >>> phi = jig.attribute(images, neurons=[(0, 12), (3, 101), (5, 7)], target=labels)
+            >>> phi.shape
+            torch.Size([4, 3])
+            >>> phi, jas = jig.attribute(images, [(0, 12), (3, 101)], target=labels, return_jas=True)
+            >>> jas.shape                       # F(x) - F(x; set zeroed), exactly
+            torch.Size([4])
+            >>> phi, delta = jig.attribute(images, [(0, 12)], target=labels,
+            ...                            layer_baselines=MeanBaseline(reference_images),
+            ...                            return_convergence_delta=True)
         """
         check_grad_mode("JointNeuronIntegratedGradients.attribute")
         n_steps, method = default_steps(mode, n_steps, method)
+        baseline = as_layer_baselines(layer_baselines)
         if mode == "paper":
             self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
+            check_paper_baseline(baseline)
         check_internal_batch_size(internal_batch_size)
         tol = check_tolerance(tol, mode)
         inputs = format_inputs(inputs, self.model)
@@ -180,11 +215,12 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         widths = [clean[l].shape[-1] for l in range(self.sites.num_layers)]
         device = logits.device
         target = resolve_target(target, logits)
-        nset = parse_neurons(neurons, batch, self.sites.num_layers, widths)
+        nset = parse_neurons(neurons, batch, self.sites.num_layers, widths, repeated=True)
         nset = NeuronSet(nset.layers.to(device), nset.units.to(device), nset.path_shape)
         f_clean = output_value(logits, target, self.output)
+        base = baseline.resolve(self.sites, self.forward_func, inputs, args, clean)
 
-        run = _Runner(self, inputs, args, target, nset, clean, widths, mode)
+        run = _Runner(self, inputs, args, target, nset, clean, widths, mode, base)
         everyone = torch.arange(batch, device=device)
         contributions, grad_sums = run.integrate(everyone, n_steps, method, internal_batch_size)
         f_removed = None
@@ -206,21 +242,33 @@ class JointNeuronIntegratedGradients(SiteAttribution):
         if not bool((jas != 0).any()):  # a zero-initialised or constant head: say so rather than report zeros
             warn_if_constant_output(contributions, f_clean, f_removed, logits)
         dtype = f_clean.dtype
-        result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions.to(dtype)), jas.to(dtype))
+        result: Tuple[torch.Tensor, ...] = (nset.shape_like_input(contributions.to(dtype)),)
+        if return_jas:
+            result = result + (jas.to(dtype),)
         if return_convergence_delta:
             result = result + (delta.to(dtype),)
-        return result
+        return result[0] if len(result) == 1 else result
 
     def has_convergence_delta(self) -> bool:
         return True
 
     def compute_convergence_delta(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Not available: Captum's version compares attributions with ``F(end) - F(start)``
-        for two *inputs*, but the baseline here is the same input with a neuron set
-        zeroed. Use ``attribute(..., return_convergence_delta=True)``."""
+        for two *inputs*, but the baseline here is the same input with a unit set
+        removed. Use ``attribute(..., return_convergence_delta=True)``."""
         raise NotImplementedError(
             "JointNeuronIntegratedGradients.compute_convergence_delta: the baseline is the input with the "
-            "neuron set zeroed, not another input; call attribute(..., return_convergence_delta=True)"
+            "unit set removed, not another input; call attribute(..., return_convergence_delta=True)"
+        )
+
+
+def check_paper_baseline(baseline: LayerBaseline) -> None:
+    """``ValueError`` for a non-zero baseline in ``mode="paper"`` (the released scripts' score
+    freezes activations scaled towards 0)."""
+    if baseline.name != "zero":
+        raise ValueError(
+            f"mode='paper' reproduces the released scripts' score, which scales activations towards 0; got "
+            f"layer_baselines={baseline!r}. Use mode='gate' for other baselines"
         )
 
 
@@ -285,9 +333,10 @@ class _Runner:
         clean: Dict[int, torch.Tensor],
         widths: List[int],
         mode: str,
+        base: SiteValues,
     ) -> None:
         self.attr, self.inputs, self.args, self.target = attr, inputs, args, target
-        self.nset, self.clean, self.mode = nset, clean, mode
+        self.nset, self.clean, self.mode, self.base = nset, clean, mode, base
         self.batch = inputs[0].shape[0]
         self.set_layers = sorted(set(nset.layers.unique().tolist()))
         self.masks = {l: nset.mask(l, widths[l]) for l in self.set_layers}
@@ -307,7 +356,7 @@ class _Runner:
                 gate = 1.0 + self.masks[l][ex] * (alpha[:, None] - 1.0)  # (rows, d_ff)
                 gate = gate.requires_grad_(grad)
                 leaves[l] = gate
-                edits[l] = lambda act, g=gate: (act * g[:, None, :]).to(act.dtype)
+                edits[l] = lambda act, g=gate, b=self.base.rows(l, ex): blend(act, g, b)
             return edits, leaves
         frozen_rows = self.deepest[ex]
         for l in range(int(frozen_rows.max()) + 1):

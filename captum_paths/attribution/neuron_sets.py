@@ -74,7 +74,7 @@ def layer_widths(width: Widths, num_layers: int) -> List[int]:
 
 
 def parse_neurons(
-    neurons: Any, batch: int, num_layers: int, width: Widths
+    neurons: Any, batch: int, num_layers: int, width: Widths, repeated: bool = False
 ) -> NeuronSet:
     """Turn any accepted neuron specification into a :class:`NeuronSet`.
 
@@ -84,12 +84,15 @@ def parse_neurons(
     or any object with a ``paths`` attribute holding such a tensor (a path-search result).
     Indices may be Python, numpy or tensor integers (numpy arrays stand for lists).
     ``width`` is the FFN width of every layer, or a list of per-layer widths
-    (hierarchical models). Every error names what was received and the accepted forms.
+    (hierarchical models). With ``repeated``, per-example sets whose count ``n`` divides the
+    batch are repeated for consecutive groups of ``batch / n`` examples (``repeat_interleave``,
+    as Captum's ``NoiseTunnel`` expands each image and its per-example arguments). Every error
+    names what was received and the accepted forms.
     """
     received = _received(neurons)
     neurons = canonical_neurons(neurons)
     if isinstance(neurons, torch.Tensor):
-        return _from_path_tensor(neurons, batch, num_layers, width, received)
+        return _from_path_tensor(neurons, batch, num_layers, width, received, repeated)
     if not isinstance(neurons, Sequence) or isinstance(neurons, (str, bytes)):
         raise TypeError(f"neurons must be {ACCEPTED}; got {received}")
     if len(neurons) == 0:
@@ -98,6 +101,8 @@ def parse_neurons(
     if looks_like_pair(neurons[0]):
         per_example = [neurons] * batch
     else:
+        if repeated and len(neurons) != batch and batch % len(neurons) == 0:
+            neurons = [s for s in neurons for _ in range(batch // len(neurons))]
         if len(neurons) != batch:
             raise ValueError(
                 f"neurons holds {len(neurons)} sets but inputs hold {batch} examples: give "
@@ -221,10 +226,12 @@ def _received(neurons: Any) -> str:
 
 
 def _from_path_tensor(paths: torch.Tensor, batch: int, num_layers: int, width: Widths,
-                      received: Optional[str] = None) -> NeuronSet:
+                      received: Optional[str] = None, repeated: bool = False) -> NeuronSet:
     received = received or _received(paths)
     if paths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"neurons: a path tensor must hold integer indices; got {received}. Accepted: {ACCEPTED}")
+    if repeated and paths.dim() == 3 and 0 < paths.shape[0] < batch and batch % paths.shape[0] == 0:
+        paths = paths.repeat_interleave(batch // paths.shape[0], dim=0)
     if paths.dim() != 3 or paths.shape[0] != batch or paths.shape[1] != num_layers or paths.shape[2] < 1:
         raise ValueError(
             f"neurons: a path tensor must have shape (batch, L, k) = ({batch}, {num_layers}, k>=1) "
