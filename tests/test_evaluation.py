@@ -168,7 +168,7 @@ def test_jas_comparison_equals_the_attribution_and_is_complete(tiny):
     assert df["mode"].tolist() == ["gate"] * 6 + ["paper"] * 6
     jig = JointNeuronIntegratedGradients(model, sites=sites)
     for mode in ("gate", "paper"):
-        _, jas = jig.attribute(x, paths, target=y, n_steps=24, mode=mode)
+        _, jas = jig.attribute(x, paths, target=y, n_steps=24, mode=mode, return_jas=True)
         np.testing.assert_allclose(df[df["mode"] == mode]["jas"], jas.double(), atol=1e-6)
     # gate semantics are complete: the JAS is exactly p_before - p_after(remove)
     dev = probability_deviation(model, x, y, {"r": paths})

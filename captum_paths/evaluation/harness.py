@@ -309,7 +309,7 @@ def jas_comparison(
                 stop = min(start + batch_size, n)
                 _, jas = jig.attribute(
                     images[start:stop].to(device), paths[start:stop], target=labels[start:stop].to(device),
-                    n_steps=n_steps, mode=mode, internal_batch_size=internal_batch_size,
+                    n_steps=n_steps, mode=mode, internal_batch_size=internal_batch_size, return_jas=True,
                 )
                 values.append(jas.detach().double().cpu())
             frames.append(pd.DataFrame({

@@ -232,7 +232,7 @@ class PathAttribution(SiteAttribution):
             scored = jig.attribute(
                 inputs, paths, target=target, additional_forward_args=additional_forward_args,
                 n_steps=n_steps, method=method, internal_batch_size=ctx.internal_batch_size,
-                return_convergence_delta=True, mode=mode, tol=tol,
+                return_convergence_delta=True, mode=mode, tol=tol, return_jas=True,
             )
         elif tol is not None:
             scored = _meet_tolerance(jig, ctx, paths, *scored, tol)
@@ -382,7 +382,7 @@ def _meet_tolerance(
         tuple(x[failing] for x in ctx.inputs), paths[failing], target=ctx.target[failing],
         additional_forward_args=tuple(select_rows(ctx.args, failing, ctx.batch)) or None,
         n_steps=2 * ctx.n_steps, method=ctx.method, internal_batch_size=ctx.internal_batch_size,
-        return_convergence_delta=True, tol=tol,
+        return_convergence_delta=True, tol=tol, return_jas=True,
     )
     contributions[failing], delta[failing] = phi.to(contributions.dtype), gap.to(delta.dtype)
     return contributions, jas, delta

@@ -633,6 +633,6 @@ class _PaperSearch:
         _, jas = jig.attribute(
             inputs, sets, target=ctx.target[ex],
             additional_forward_args=select_rows(ctx.args, ex, ctx.batch) or None,
-            n_steps=ctx.n_steps, mode="paper", internal_batch_size=ctx.internal_batch_size,
+            n_steps=ctx.n_steps, mode="paper", internal_batch_size=ctx.internal_batch_size, return_jas=True,
         )
         return jas.double().view(B, c)
