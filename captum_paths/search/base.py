@@ -2,7 +2,7 @@
 score the whole path with the joint attribution."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -12,10 +12,12 @@ from captum_paths.attribution._machinery import warn_if_constant_output
 from captum_paths.attribution.base import SiteAttribution
 from captum_paths.attribution.joint_integrated_gradients import (
     JointNeuronIntegratedGradients,
+    check_paper_baseline,
     check_tolerance,
     default_steps,
     misses_tolerance,
 )
+from captum_paths.attribution.layer_baselines import SiteBaseline, SiteValues, as_layer_baselines
 from captum_paths.attribution.output import (
     check_finite_output,
     check_grad_mode,
@@ -93,6 +95,8 @@ class SearchContext:
             (``(batch, n_tokens, d_ff)`` for neuron sites; see :class:`NeuronSites`).
         f_clean (Tensor): ``(batch,)`` clean output F(x).
         k, n_steps, method, mode, internal_batch_size: the search settings.
+        base (SiteValues): the value a removed unit takes, per site (zero when empty); the
+            edits of a search use ``gating(gates, ctx.base.rows(layer, images))``.
     """
 
     inputs: Tuple[torch.Tensor, ...]
@@ -106,6 +110,7 @@ class SearchContext:
     method: str
     mode: str
     internal_batch_size: Optional[int]
+    base: SiteValues = field(default_factory=lambda: SiteValues({}))
 
     @property
     def batch(self) -> int:
@@ -165,6 +170,7 @@ class PathAttribution(SiteAttribution):
         mode: str = "gate",
         internal_batch_size: Optional[int] = None,
         tol: Optional[float] = None,
+        layer_baselines: Any = None,
         **options: Any,
     ) -> PathResult:
         r"""Find a path per image and score it.
@@ -190,6 +196,14 @@ class PathAttribution(SiteAttribution):
                 contributions with doubled steps until ``|delta| <= tol * |JAS|``
                 per image (see :class:`JointNeuronIntegratedGradients`). Default:
                 ``None``. The JAS itself is exact either way.
+            layer_baselines (optional): The value a removed unit takes, in the search and in
+                the path's joint score: ``None`` or 0 (zero, the default), a
+                :class:`~captum_paths.attribution.layer_baselines.MeanBaseline`, a
+                :class:`~captum_paths.attribution.layer_baselines.CounterfactualBaseline`, or
+                per-site values (see :class:`JointNeuronIntegratedGradients`). ``"gate"`` mode
+                only for anything but zero. Methods that rank units by their own criterion
+                (activation, conductance, influence, random) choose the same units whatever the
+                baseline; their paths are scored against it.
 
         The search integrates gradients: call it outside ``torch.inference_mode()`` (a
         ``RuntimeError`` says so); inside ``torch.no_grad()`` it enables them where needed.
@@ -197,15 +211,24 @@ class PathAttribution(SiteAttribution):
         Returns:
             PathResult: ``paths`` ``(batch, L, k)``, ``contributions``
             ``(batch, L, k)``, ``jas`` ``(batch,)`` (``"gate"``: exactly ``F(x) -
-            F(x; path zeroed)``), ``delta`` (``sum(contributions) - jas``),
+            F(x; path replaced by its baseline)``), ``delta`` (``sum(contributions) - jas``),
             ``settings`` (with ``kinds``, the kind of unit of each layer, when the
-            sites hold heads).
+            sites hold heads, and ``ablation`` when the baseline is not zero).
+
+        Example::
+
+            >>> result = LayerProgressiveNeuronPath(model).attribute(
+            ...     images, target=labels, layer_baselines=MeanBaseline(reference_images))
+            >>> result.settings["ablation"]
+            'mean'
         """
         check_grad_mode(f"{type(self).__name__}.attribute")
         n_steps, method, tol = self.check_arguments(k=k, n_steps=n_steps, method=method, mode=mode, tol=tol,
                                                     **options)
+        baseline = as_layer_baselines(layer_baselines)
         if mode == "paper":
             self.sites.check_neurons_only("mode='paper' (the released scripts' score)")
+            check_paper_baseline(baseline)
         self.check_sites()
         check_internal_batch_size(internal_batch_size)
         inputs = format_inputs(inputs, self.model)
@@ -222,6 +245,7 @@ class PathAttribution(SiteAttribution):
         ctx = SearchContext(
             inputs, args, target, logits, dict(clean), output_value(logits, target, self.output),
             k, n_steps, method, mode, internal_batch_size,
+            base=baseline.resolve(self.sites, self.forward_func, inputs, args, clean),
         )
         options = self.resolve_options(options, k=k, mode=mode)
         paths, scores, extra = self._select(ctx, **options)
@@ -233,6 +257,7 @@ class PathAttribution(SiteAttribution):
                 inputs, paths, target=target, additional_forward_args=additional_forward_args,
                 n_steps=n_steps, method=method, internal_batch_size=ctx.internal_batch_size,
                 return_convergence_delta=True, mode=mode, tol=tol, return_jas=True,
+                layer_baselines=_resolved(ctx.base, baseline.name),
             )
         elif tol is not None:
             scored = _meet_tolerance(jig, ctx, paths, *scored, tol)
@@ -244,6 +269,7 @@ class PathAttribution(SiteAttribution):
         settings = {
             "mode": mode, "n_steps": n_steps, "approximation": method, "k": k, "output": self.output,
             **({"tol": tol} if tol is not None else {}), **self._settings({"mode": mode, "k": k, **options}),
+            **({} if baseline.name == "zero" else baseline.settings()),
         }
         if len(set(ctx.widths)) > 1:  # hierarchical models, mixed sites: the width of each layer
             settings["widths"] = ctx.widths
@@ -383,6 +409,12 @@ def _meet_tolerance(
         additional_forward_args=tuple(select_rows(ctx.args, failing, ctx.batch)) or None,
         n_steps=2 * ctx.n_steps, method=ctx.method, internal_batch_size=ctx.internal_batch_size,
         return_convergence_delta=True, tol=tol, return_jas=True,
+        layer_baselines=_resolved(ctx.base.take(failing), "given"),
     )
     contributions[failing], delta[failing] = phi.to(contributions.dtype), gap.to(delta.dtype)
     return contributions, jas, delta
+
+
+def _resolved(base: SiteValues, name: str) -> Optional[SiteBaseline]:
+    """The resolved baseline of a batch as ``layer_baselines`` for JIG (``None``: zero)."""
+    return None if base.is_zero else SiteBaseline(base.values, name=name)

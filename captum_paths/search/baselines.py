@@ -188,7 +188,7 @@ class KnowledgeNeuronPath(_TopKPath):
             for t in range(self.sites.num_layers):
                 for _, ex, st, alpha in rows:
                     gates = alpha[:, None].expand(-1, widths[t]).clone().requires_grad_(True)  # (rows, d_ff)
-                    f = self._rows_output(ctx, ex, {t: gating(gates)})
+                    f = self._rows_output(ctx, ex, {t: gating(gates, ctx.base.rows(t, ex))})
                     (grad,) = torch.autograd.grad(f.sum(), gates)
                     scores[:, t, : widths[t]].index_add_(0, ex, grad.double() * rows.weights[st, None])
         return scores

@@ -54,7 +54,7 @@ def member_context(ctx: SearchContext, images: torch.Tensor) -> SearchContext:
         clean={l: a[images] for l, a in ctx.clean.items()},
         f_clean=ctx.f_clean[images],
         k=ctx.k, n_steps=ctx.n_steps, method=ctx.method, mode=ctx.mode,
-        internal_batch_size=ctx.internal_batch_size,
+        internal_batch_size=ctx.internal_batch_size, base=ctx.base.take(images),
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from captum_paths.attribution.layer_baselines import blend
 from captum_paths.attribution._machinery import (
     StepRows,
     auto_rows,
@@ -260,8 +261,9 @@ class _GateSearch:
         scores = torch.zeros(ctx.batch, widths[t], dtype=torch.float64, device=ctx.device)
         for part, ex, st, alpha in self.rows:
             site_gate = (torch.ones(len(part), widths[t], device=ctx.device) * alpha[:, None]).requires_grad_(True)
-            edits = {l: gating(gate(layer_mask(paths, l, widths[l])[ex], alpha)) for l in range(t)}
-            edits[t] = gating(site_gate)
+            edits = {l: gating(gate(layer_mask(paths, l, widths[l])[ex], alpha), ctx.base.rows(l, ex))
+                     for l in range(t)}
+            edits[t] = gating(site_gate, ctx.base.rows(t, ex))
             with torch.enable_grad():
                 f = self._forward(ex, edits)
                 (grad,) = torch.autograd.grad(f.sum(), site_gate)
@@ -276,8 +278,8 @@ class _GateSearch:
         for rows in torch.arange(ctx.batch, device=ctx.device).split(ctx.internal_batch_size or ctx.batch):
             gates = torch.ones(len(rows), widths[t], device=ctx.device, requires_grad=True)
             seen: List[torch.Tensor] = []
-            edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[rows]) for l in range(t)}
-            edits[t] = _capturing(gates, seen)
+            edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[rows], ctx.base.rows(l, rows)) for l in range(t)}
+            edits[t] = _capturing(gates, seen, ctx.base.rows(t, rows))
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(self._forward(rows, edits).sum(), gates)
             marginal.append(grad.double())
@@ -296,8 +298,8 @@ class _GateSearch:
         with torch.no_grad():
             for part in torch.arange(B * c, device=ctx.device).split(ctx.internal_batch_size or B * c):
                 ex = part // c
-                edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[ex]) for l in range(t)}
-                edits[t] = gating(removal(pool.reshape(-1)[part], widths[t]))
+                edits = {l: gating(1.0 - layer_mask(paths, l, widths[l])[ex], ctx.base.rows(l, ex)) for l in range(t)}
+                edits[t] = gating(removal(pool.reshape(-1)[part], widths[t]), ctx.base.rows(t, ex))
                 f_removed[part] = self._forward(ex, edits)
         return ctx.f_clean[:, None] - f_removed.view(B, c)
 
@@ -384,7 +386,8 @@ class _StreamSearch:
             for rows, run in zip(chunks, runs):
                 site_gate = (torch.ones(len(rows), width, device=ctx.device) * alpha[rows, None]).requires_grad_(True)
                 with torch.enable_grad():
-                    f = self._f(stream.logits(run.finish(gating(site_gate)), t + 1), images[local[rows]])
+                    base = ctx.base.rows(t, images[local[rows]])
+                    f = self._f(stream.logits(run.finish(gating(site_gate, base)), t + 1), images[local[rows]])
                     (grad,) = torch.autograd.grad(f.sum(), site_gate)
                 approx.index_add_(0, local[rows], grad.double() * weight[rows, None])
             with torch.no_grad():
@@ -392,16 +395,17 @@ class _StreamSearch:
             chosen, chosen_scores, changed = _choose(
                 approx, k, self.candidates, lambda pool: self._exact_scores(t, images, removed_run, pool),
                 lambda: _first_order(removed_run, self.chunk, width,
-                                     lambda h, part: self._f(stream.logits(h, t + 1), images[part])),
+                                     lambda h, part: self._f(stream.logits(h, t + 1), images[part]),
+                                     lambda part: ctx.base.rows(t, images[part])),
             )
             paths[:, t], scores[:, t], refined = chosen, chosen_scores.float(), refined + changed
             mask = layer_mask(paths, t, width)
             with torch.no_grad():
-                removed = removed_run.finish(gating(1.0 - mask))
+                removed = removed_run.finish(gating(1.0 - mask, ctx.base.rows(t, images)))
             for i, rows in enumerate(chunks):
                 with torch.set_grad_enabled(self.fuse):
                     gates = gate(mask[local[rows]], alpha[rows]).requires_grad_(self.fuse)
-                    h = runs[i].finish(gating(gates))
+                    h = runs[i].finish(gating(gates, ctx.base.rows(t, images[local[rows]])))
                 kept[i].append((gates, h))
                 if t + 1 < L:
                     leaf = h.detach().requires_grad_(self.fuse)
@@ -443,7 +447,8 @@ class _StreamSearch:
         with torch.no_grad():
             for part in torch.arange(G * c, device=pool.device).split(self.exact_chunk):
                 ex = part // c
-                h = removed_run.take(ex).finish(gating(removal(pool.reshape(-1)[part], self.ctx.widths[t])))
+                edit = gating(removal(pool.reshape(-1)[part], self.ctx.widths[t]), self.ctx.base.rows(t, images[ex]))
+                h = removed_run.take(ex).finish(edit)
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), images[ex])
         return self.ctx.f_clean[images, None] - f_removed.view(G, c)
 
@@ -488,7 +493,7 @@ class _StreamLayers:
             members, steps = rows // m, rows % m
             site_gate = (torch.ones(len(rows), width, device=ctx.device) * alphas[steps, None]).requires_grad_(True)
             with torch.enable_grad():
-                h = self.stream.begin(t, self.gated[rows]).finish(gating(site_gate))
+                h = self.stream.begin(t, self.gated[rows]).finish(gating(site_gate, ctx.base.rows(t, members)))
                 f = self._f(self.stream.logits(h, t + 1), members)
                 (grad,) = torch.autograd.grad(f.sum(), site_gate)
             scores.index_add_(0, members, grad.double() * weights[steps, None])
@@ -497,7 +502,8 @@ class _StreamLayers:
     def proposal_scores(self, t: int, paths: torch.Tensor) -> List[torch.Tensor]:
         """As :meth:`_GateSearch.proposal_scores`, from the cached prefix-removed stream."""
         return _first_order(self._removed_begin(t), self.chunk, self.ctx.widths[t],
-                            lambda h, part: self._f(self.stream.logits(h, t + 1), part))
+                            lambda h, part: self._f(self.stream.logits(h, t + 1), part),
+                            lambda part: self.ctx.base.rows(t, part))
 
     def exact_scores(self, t: int, paths: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         R, c = pool.shape
@@ -506,7 +512,8 @@ class _StreamLayers:
         with torch.no_grad():
             for part in torch.arange(R * c, device=pool.device).split(self.exact_chunk):
                 members = part // c
-                h = run.take(members).finish(gating(removal(pool.reshape(-1)[part], self.ctx.widths[t])))
+                edit = gating(removal(pool.reshape(-1)[part], self.ctx.widths[t]), self.ctx.base.rows(t, members))
+                h = run.take(members).finish(edit)
                 f_removed[part] = self._f(self.stream.logits(h, t + 1), members)
         return self.ctx.f_clean[:, None] - f_removed.view(R, c)
 
@@ -519,30 +526,36 @@ class _StreamLayers:
         with torch.no_grad():
             for rows in torch.arange(len(step_rows), device=parents.device).split(self.chunk):
                 gates = gate(mask[rows // m], self.rows.alphas[steps[rows]])
-                gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(gating(gates)))
-            removed = self.stream.begin(t, self.removed[parents]).finish(gating(1.0 - mask))
+                edit = gating(gates, ctx.base.rows(t, rows // m))
+                gated.append(self.stream.begin(t, self.gated[step_rows[rows]]).finish(edit))
+            removed = self.stream.begin(t, self.removed[parents]).finish(
+                gating(1.0 - mask, ctx.base.rows(t, torch.arange(len(parents), device=parents.device))))
         return _StreamLayers(self.owner, ctx, self.stream, torch.cat(gated), removed)
 
 
-def _capturing(gates: torch.Tensor, seen: List[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``gating(gates)`` that also keeps the selected activation it gates."""
+def _capturing(gates: torch.Tensor, seen: List[torch.Tensor],
+               base: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``gating(gates, base)`` that also keeps what removing a unit takes away: the selected
+    activation minus its baseline."""
     def edit(act: torch.Tensor) -> torch.Tensor:
-        seen.append(act)
-        return (act * gates[:, None, :]).to(act.dtype)
+        seen.append(act if base is None else act - base.to(act.dtype))
+        return blend(act, gates, base)
     return edit
 
 
 def _first_order(run, chunk: int, width: int,
-                 output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> List[torch.Tensor]:
-    """First-order removal effect ``dF/dg`` at gates 1 and activation magnitude of every
-    neuron of the site of ``run`` (a :class:`BlockRun` on the prefix-removed stream),
-    ``[(rows, d_ff), (rows, d_ff)]``; ``output(h, rows)`` is ``F`` from the block's output."""
+                 output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 base: Callable[[torch.Tensor], Optional[torch.Tensor]] = lambda part: None) -> List[torch.Tensor]:
+    """First-order removal effect ``dF/dg`` at gates 1 and activation magnitude (its distance
+    from the baseline) of every neuron of the site of ``run`` (a :class:`BlockRun` on the
+    prefix-removed stream), ``[(rows, d_ff), (rows, d_ff)]``; ``output(h, rows)`` is ``F`` from
+    the block's output, ``base(rows)`` the site's baseline for those rows."""
     marginal, magnitude = [], []
     for part in torch.arange(run.h.shape[0], device=run.h.device).split(chunk):
         seen: List[torch.Tensor] = []
         gates = torch.ones(len(part), width, device=run.h.device, requires_grad=True)
         with torch.enable_grad():
-            h = run.take(part).finish(_capturing(gates, seen))
+            h = run.take(part).finish(_capturing(gates, seen, base(part)))
             (grad,) = torch.autograd.grad(output(h, part).sum(), gates)
         marginal.append(grad.double())
         magnitude.append(seen[0].detach().abs().sum(dim=1).double())
