@@ -117,6 +117,14 @@ def _add_search_arguments(extract: argparse.ArgumentParser) -> None:
     extract.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16",
                          help="precision of the search and the scores' forward passes (autocast; sums stay fp32). "
                               "Default: fp32")
+    extract.add_argument("--ablation", default="zero", choices=("zero", "mean"),
+                         help="what a removed unit becomes, in the search, the scores and the evaluation: zero "
+                              "(default), or mean: its mean activation at each token over --ablation-images images "
+                              "of --data. Part of the run's identity")
+    extract.add_argument("--ablation-images", type=int, default=None, metavar="N",
+                         help="--ablation mean: reference images drawn from --data (default: 64)")
+    extract.add_argument("--ablation-seed", type=int, default=None, metavar="SEED",
+                         help="--ablation mean: seed of the draw of the reference images (default: 0)")
 
 
 def _add_extract_run_arguments(extract: argparse.ArgumentParser) -> None:
@@ -236,6 +244,17 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise _UsageError(f"--workers must be 0 (decode in this process) or a positive number; got {args.workers}")
     if args.random_weights is not None and args.random_weights < 0:
         raise _UsageError(f"--random-weights must be a non-negative seed; got {args.random_weights}")
+    if args.ablation == "zero":
+        given = [flag for flag, value in (("--ablation-images", args.ablation_images),
+                                          ("--ablation-seed", args.ablation_seed)) if value is not None]
+        if given:
+            raise _UsageError(f"{' and '.join(given)} apply to --ablation mean (its reference images); got "
+                              "--ablation zero")
+    _positive("--ablation-images", args.ablation_images)
+    if args.ablation_seed is not None and args.ablation_seed < 0:
+        raise _UsageError(f"--ablation-seed must be a non-negative seed; got {args.ablation_seed}")
+    if args.ablation == "mean" and args.mode == "paper":
+        raise _UsageError("--ablation mean needs --mode gate: the paper score scales activations towards 0")
     methods = list(path_methods()) if args.method == ["all"] else args.method
     settings = _extract_settings(args, methods)
     _set_threads(args.threads)
@@ -262,6 +281,7 @@ def _extract_settings(args: argparse.Namespace, methods: List[str]):
             num_classes=args.num_classes, label_map=args.label_map, random_weights=args.random_weights,
             model_args=_model_args(args.model_arg), k=args.k, n_steps=args.n_steps, approximation=args.approximation,
             mode=args.mode, target=args.target, method_options=options, dtype=args.dtype, units=args.units,
+            ablation=args.ablation, ablation_images=args.ablation_images, ablation_seed=args.ablation_seed,
         )
     except MethodOptionError as err:
         flag = flags.get((err.method, err.option)) or next(

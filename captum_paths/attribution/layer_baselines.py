@@ -230,6 +230,8 @@ class MeanBaseline(LayerBaseline):
             the data the model sees (not the explained images themselves, to keep them apart).
         additional_forward_args (Any, optional): extra forward arguments of the reference batch.
         batch_size (int, optional): images per forward while averaging. Default: 32.
+        image_ids (sequence of str, optional): names of the reference images, kept as
+            :attr:`image_ids` for the record. Default: ``None``.
 
     Example::
 
@@ -241,8 +243,13 @@ class MeanBaseline(LayerBaseline):
     name = "mean"
 
     def __init__(self, reference: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
-                 additional_forward_args: Any = None, batch_size: int = 32) -> None:
+                 additional_forward_args: Any = None, batch_size: int = 32,
+                 image_ids: Optional[Sequence[str]] = None) -> None:
         self.reference = format_inputs(reference)
+        if image_ids is not None and len(image_ids) != self.reference[0].shape[0]:
+            raise ValueError(f"MeanBaseline: image_ids names {len(image_ids)} images for {self.reference[0].shape[0]} "
+                             "reference images")
+        self.image_ids = None if image_ids is None else list(image_ids)
         if self.reference[0].shape[0] < 1:
             raise ValueError("MeanBaseline: reference holds no images; give at least one")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

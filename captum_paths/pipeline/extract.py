@@ -164,6 +164,7 @@ class _Job:
     dataset: "ImageFolderDataset"
     net: nn.Module
     searches: Dict[str, Any]  # method -> PathAttribution on the run's sites
+    baseline: Any = None  # the run's layer_baselines (None: zero)
 
 
 def _check_run_arguments(batch_size: int, limit: Optional[int], workers: Optional[int]) -> None:
@@ -208,7 +209,10 @@ def _prepare(run: "RunFolder", settings: RunSettings, restart: bool) -> _Job:
     if width is not None and settings.k > width:
         what = "FFN width" if settings.units == "neurons" else "number of units"
         raise ValueError(f"k must be at most the {what} {width} of {settings.model!r} (every layer); got {settings.k}")
-    return _Job(settings, methods, dataset, net, searches)
+    baseline = run.layer_baselines()
+    if baseline is not None:
+        baseline.means(sites, net)  # once, in full precision, before the searches' autocast
+    return _Job(settings, methods, dataset, net, searches, baseline)
 
 
 def _with_methods(settings: RunSettings, old: Optional[RunSettings]) -> RunSettings:
@@ -290,7 +294,7 @@ def _batch_records(job: _Job, batch, done: set, device) -> List[Dict[str, Any]]:
     ids = batch.image_ids
     pred = _predict(job.net, x, ids, settings.model, settings.checkpoint)  # one clean forward for every method
     search_args = {"k": settings.k, "n_steps": settings.n_steps, "method": settings.approximation,
-                   "mode": settings.mode}
+                   "mode": settings.mode, "layer_baselines": job.baseline}
     records = []
     for name, search in job.searches.items():
         rows = [j for j, image_id in enumerate(ids) if (image_id, name) not in done]

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from captum_paths.attribution.layer_baselines import MeanBaseline
     from captum_paths.model.data import ImageFolderDataset
     from captum_paths.model.sites import NeuronSites
 
@@ -146,6 +147,7 @@ class RunFolder:
         self._dataset: Optional["ImageFolderDataset"] = None
         self._scanned: Optional["ImageFolderDataset"] = None
         self._loaded_from: Optional[Dict[str, Any]] = None  # the settings the model and images came from
+        self._baseline: Optional[Tuple[Any, ...]] = None  # (settings it was drawn for, MeanBaseline)
         self._lock_depth = 0
         #: The file descriptor of the held lock (``None`` when not held): processes forked while it is
         #: held (data loader workers) close it, so that the lock dies with this process alone.
@@ -346,6 +348,8 @@ class RunFolder:
             found = {"model": record.get("model_id"), "k": rs.get("k"), "mode": rs.get("mode")}
             bad = [f"{key} {value!r} (run.json: {s.get(key)!r})" for key, value in found.items()
                    if value is not None and s.get(key) is not None and value != s.get(key)]
+            if rs.get("ablation", "zero") != s.get("ablation", "zero"):
+                bad.append(f"ablation {rs.get('ablation', 'zero')!r} (run.json: {s.get('ablation', 'zero')!r})")
             kinds = set(rs.get("kinds") or ["neuron"])
             if (units == "neurons" and kinds != {"neuron"}) or (units == "heads" and kinds != {"head"}):
                 bad.append(f"units {sorted(kinds)} (run.json: {units!r})")
@@ -470,6 +474,41 @@ class RunFolder:
             self._loaded_from = self.run_settings.load_settings()
             self._check_weights(self._model)
         return self._model
+
+    def layer_baselines(self) -> Optional["MeanBaseline"]:
+        """The value the run's removed units take (``ablation`` in ``run.json``): ``None`` for zero;
+        for ``"mean"`` a :class:`~captum_paths.attribution.layer_baselines.MeanBaseline` over
+        ``ablation_images`` reference images of the run's data folder, drawn by a permutation of
+        its sorted image ids seeded with ``ablation_seed`` (unreadable images are passed over),
+        built once. The means are computed on first use, on :attr:`device`."""
+        import torch
+
+        from captum_paths.attribution.layer_baselines import MeanBaseline
+        from captum_paths.model.data import UnreadableImageError
+
+        s = self.run_settings
+        if s.ablation == "zero":
+            return None
+        key = (s.ablation, s.ablation_images, s.ablation_seed, s.data)
+        if self._baseline is None or self._baseline[0] != key:
+            dataset = self.dataset()
+            order = sorted(range(len(dataset)), key=lambda i: dataset.image_ids[i])
+            drawn = torch.randperm(len(order), generator=torch.Generator().manual_seed(s.ablation_seed))
+            images, ids = [], []
+            for i in drawn.tolist():
+                try:
+                    image = dataset[order[i]][0]
+                except UnreadableImageError:
+                    continue
+                images.append(image)
+                ids.append(dataset.image_ids[order[i]])
+                if len(images) == s.ablation_images:
+                    break
+            if not images:
+                raise ValueError(f"ablation='mean': no readable image in {s.data!r} to average over")
+            baseline = MeanBaseline(torch.stack(images).to(self.device), image_ids=ids)
+            self._baseline = (key, baseline)
+        return self._baseline[1]
 
     def sites(self) -> "NeuronSites":
         """The sites of the run's units (``units`` in ``run.json``): the model's FFN neurons, its

@@ -38,7 +38,8 @@ PathLike = Union[str, os.PathLike]
 #: Settings that must match for records to share a run folder: the run's identity.
 COMPATIBLE_KEYS = ("model", "checkpoint", "pretrained", "num_classes", "mode", "n_steps", "approximation", "k",
                    "target", "method_options", "data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256",
-                   "random_weights", "weights_sha256", "model_args", "dtype", "units")
+                   "random_weights", "weights_sha256", "model_args", "dtype", "units", "ablation",
+                   "ablation_images", "ablation_seed")
 #: Identity keys that run folders of schema 2 and older do not have (compared only when present).
 NEW_IN_3 = ("data", "data_fingerprint", "label_map_sha256", "checkpoint_sha256", "random_weights",
             "weights_sha256", "model_args", "dtype")
@@ -64,6 +65,9 @@ class RunSettings:
         data: the image folder; ``label_map`` maps its class folders to indices.
         methods: the path methods the folder holds records of.
         k, n_steps, approximation, mode, target, dtype, units: the search settings.
+        ablation: what a removed unit becomes: ``"zero"``, or ``"mean"``, its mean activation over
+            ``ablation_images`` reference images drawn from the run's data with ``ablation_seed``
+            (:meth:`captum_paths.pipeline.run.RunFolder.layer_baselines`); both ``None`` for zero.
         method_options: per method, the options given to it (``{"neuron-path": {"refine": 8}}``);
             options not given are left out (each method's default).
         data_fingerprint, label_map_sha256, checkpoint_sha256, weights_sha256: what ``extract``
@@ -90,6 +94,9 @@ class RunSettings:
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     dtype: str = "fp32"
     units: str = "neurons"
+    ablation: str = "zero"
+    ablation_images: Optional[int] = None
+    ablation_seed: Optional[int] = None
     data_fingerprint: Optional[str] = None
     label_map_sha256: Optional[str] = None
     checkpoint_sha256: Optional[str] = None
@@ -128,6 +135,9 @@ class RunSettings:
         method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
         dtype: str = "fp32",
         units: str = "neurons",
+        ablation: str = "zero",
+        ablation_images: Optional[int] = None,
+        ablation_seed: Optional[int] = None,
     ) -> "RunSettings":
         """The settings of a new run, every one checked (before anything is written); see
         :meth:`captum_paths.pipeline.Run.extract` for what each means.
@@ -146,6 +156,7 @@ class RunSettings:
         options = _check_method_options(method_options, methods, k=k, n_steps=n_steps, approximation=approximation,
                                         mode=mode)
         _check_model(model, pretrained, checkpoint, random_weights, model_args)
+        ablation_images, ablation_seed = _check_ablation(ablation, ablation_images, ablation_seed, mode)
         return cls(
             model=model, data=_absolute(data), methods=tuple(methods), checkpoint=_absolute(checkpoint),
             pretrained=bool(pretrained), num_classes=num_classes,
@@ -153,7 +164,7 @@ class RunSettings:
             random_weights=random_weights,
             model_args=json.loads(json.dumps(dict(model_args or {}))),  # as run.json will read back (lists)
             k=k, n_steps=n_steps, approximation=approximation, mode=mode, target=target, method_options=options,
-            dtype=dtype, units=units,
+            dtype=dtype, units=units, ablation=ablation, ablation_images=ablation_images, ablation_seed=ablation_seed,
         )
 
     # ------------------------------------------------------------------ run.json
@@ -168,7 +179,8 @@ class RunSettings:
             "approximation": self.approximation, "k": self.k, "target": self.target, "methods": list(self.methods),
             "data": self.data, "label_map": _thaw(self.label_map), **legacy, "method_options": options,
             "random_weights": self.random_weights, "model_args": _thaw(self.model_args), "dtype": self.dtype,
-            "units": self.units, "data_fingerprint": self.data_fingerprint, "label_map_sha256": self.label_map_sha256,
+            "units": self.units, "ablation": self.ablation, "ablation_images": self.ablation_images,
+            "ablation_seed": self.ablation_seed, "data_fingerprint": self.data_fingerprint, "label_map_sha256": self.label_map_sha256,
             "checkpoint_sha256": self.checkpoint_sha256, "weights_sha256": self.weights_sha256,
         }
         return {**settings, **{key: value for key, value in _thaw(self.extra).items() if key not in settings}}
@@ -187,6 +199,7 @@ class RunSettings:
             raw.setdefault("n_steps", raw.pop("steps"))
         raw["schema"] = max(schema, SCHEMA_VERSION)
         raw.setdefault("units", "neurons")  # runs before attention heads held FFN neurons
+        raw.setdefault("ablation", "zero")  # runs before neuron baselines removed units by zeroing them
         legacy = {key: raw.pop(key, None) for key in LEGACY_OPTIONS}
         if "method_options" not in raw:  # runs before method_options: neuron-path's at the top level
             raw["method_options"] = {}
@@ -268,6 +281,36 @@ def check_target(target: str) -> None:
         raise ValueError(f"target must be 'label' or 'pred'; got {target!r}")
 
 
+#: reference images of a mean ablation when none are given
+DEFAULT_ABLATION_IMAGES = 64
+
+
+def _check_ablation(ablation: str, images: Optional[int], seed: Optional[int], mode: str
+                    ) -> Tuple[Optional[int], Optional[int]]:
+    """``(ablation_images, ablation_seed)`` resolved for ``ablation`` (defaults for ``"mean"``,
+    ``None`` for ``"zero"``); ``ValueError`` for what the ablation cannot take."""
+    from captum_paths.attribution.layer_baselines import ABLATIONS
+
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}; got {ablation!r}")
+    if ablation == "zero":
+        given = [name for name, value in (("ablation_images", images), ("ablation_seed", seed)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} apply to ablation='mean' (reference images); got ablation='zero'")
+        return None, None
+    if mode == "paper":
+        raise ValueError("ablation='mean' needs mode='gate': the paper score scales activations towards 0")
+    if images is None:
+        images = DEFAULT_ABLATION_IMAGES
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"ablation_images must be a positive int; got {images!r}")
+    if seed is None:
+        seed = 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"ablation_seed must be a non-negative int; got {seed!r}")
+    return images, seed
+
+
 def _check_search(dtype: str, units: str, mode: str) -> None:
     from captum_paths.model.sites import UNITS
     from captum_paths.pipeline.batches import DTYPES
@@ -331,6 +374,10 @@ def _check_model(model: str, pretrained: bool, checkpoint: Optional[PathLike], r
 
 def _check_read(raw: Mapping[str, Any]) -> None:
     """``ValueError`` for containers of the wrong type in a ``run.json`` (an edited file)."""
+    from captum_paths.attribution.layer_baselines import ABLATIONS
+
+    if raw.get("ablation") not in ABLATIONS:
+        raise ValueError(f"'ablation' must be one of {ABLATIONS}; got {raw.get('ablation')!r}")
     methods = raw.get("methods", [])
     if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
         raise ValueError(f"'methods' must be a list of method names; got {methods!r}")
