@@ -266,7 +266,7 @@ def test_the_joint_score_is_the_literal_removal_effect(case):
     target = torch.tensor([0, 2, 4])
     sets = [[(0, 3), (1, 10)], [(0, 7), (1, 1)], [(1, 60), (0, 0)]]
     phi, jas, delta = JointNeuronIntegratedGradients(model, sites).attribute(
-        x, sets, target=target, n_steps=32, return_convergence_delta=True)
+        x, sets, target=target, n_steps=32, return_convergence_delta=True, return_jas=True)
     literal = _literal_removal(model, x, target, spec.names(model), sets, _cls)
     torch.testing.assert_close(jas, literal, rtol=1e-5, atol=1e-7)
     assert literal.abs().max() > 1e-4, name  # the sets matter: the check is not 0 == 0
@@ -337,7 +337,7 @@ def test_any_tokens_give_the_removal_effect_at_those_tokens(tokens, monkeypatch)
     layout = _hf_names(model.backbone, "backbone.")
     target = torch.tensor([1, 4])
     sets = [[(0, 5), (1, 9)], [(1, 2), (0, 40)]]
-    _, jas = JointNeuronIntegratedGradients(model, sites).attribute(x, sets, target=target)
+    _, jas = JointNeuronIntegratedGradients(model, sites).attribute(x, sets, target=target, return_jas=True)
     literal = _literal_removal(model, x, target, layout, sets, lambda n: expected[key])
     torch.testing.assert_close(jas, literal, rtol=1e-5, atol=1e-7)
     fast, slow, picked = _searches(model, sites, x, target, monkeypatch)
@@ -447,7 +447,7 @@ def test_several_backbones_are_named_and_one_is_picked_with_backbone():
     x = torch.rand(2, 3, 32, 32)
     target = torch.tensor([2, 3])
     sets = [[(0, 11), (1, 30)], [(1, 5), (0, 6)]]
-    _, jas = JointNeuronIntegratedGradients(model, teacher).attribute(x, sets, target=target)
+    _, jas = JointNeuronIntegratedGradients(model, teacher).attribute(x, sets, target=target, return_jas=True)
     torch.testing.assert_close(jas, _literal_removal(model, x, target, _timm_names("teacher."), sets, _cls),
                                rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="no module named 'teachr'.*close matches"):

@@ -113,7 +113,7 @@ def test_final_jas_is_the_joint_score_of_the_path(tiny, results, cls, mode):
     r = results(cls, 3, mode)
     assert r.settings["approximation"] == ("gausslegendre" if mode == "gate" else "riemann_left")
     _, jas = JointNeuronIntegratedGradients(model).attribute(
-        x, r.paths, target=r.targets, mode=mode, n_steps=r.settings["n_steps"]
+        x, r.paths, target=r.targets, mode=mode, n_steps=r.settings["n_steps"], return_jas=True
     )
     torch.testing.assert_close(r.jas, jas, rtol=1e-5, atol=1e-7)
     if cls in (ActivationPath, RandomPath):  # no integral: the mode changes only the final score
@@ -353,7 +353,7 @@ def test_demo_model_all_methods():
         r = cls(model).attribute(x, target=y, k=2, n_steps=16)
         assert r.paths.shape == (3, 6, 2) and ((r.paths >= 0) & (r.paths < 256)).all()
         assert (r.paths[..., 0] != r.paths[..., 1]).all()
-        _, jas = jig.attribute(x, r.paths, target=y, n_steps=16)
+        _, jas = jig.attribute(x, r.paths, target=y, n_steps=16, return_jas=True)
         torch.testing.assert_close(r.jas, jas, rtol=1e-5, atol=1e-7)
         assert r.delta.abs().max() < 1e-3
         paths[cls] = r.paths

@@ -228,7 +228,7 @@ def test_mixed_set_jas_is_the_removal_effect_and_the_contributions_complete(vit)
     sites = NeuronSites.mixed(NeuronSites.heads_from_model(model), NeuronSites.from_model(model))
     assert sites.kinds == ["head", "neuron", "head", "neuron"] and sites.widths == [HEADS, 128, HEADS, 128]
     phi, jas, delta = JointNeuronIntegratedGradients(model, sites=sites).attribute(
-        x, MIXED_SET, target=target, n_steps=64, return_convergence_delta=True)
+        x, MIXED_SET, target=target, n_steps=64, return_convergence_delta=True, return_jas=True)
     layout = [("head", 0), ("neuron", 0), ("head", 1), ("neuron", 1)]
     removal = _prob(model, x, target) - _removed_prob(model, x, target, layout, [MIXED_SET] * 3)
     torch.testing.assert_close(jas, removal, rtol=1e-6, atol=1e-9)
@@ -244,7 +244,7 @@ def test_mixed_set_completeness_in_every_family(family):
     sites = NeuronSites.mixed(NeuronSites.heads_from_model(model), NeuronSites.from_model(model))
     units = [(0, 1), (1, 5), (2, 3), (3, 7)]
     phi, jas, delta = JointNeuronIntegratedGradients(model, sites=sites).attribute(
-        x, units, target=target, n_steps=64, return_convergence_delta=True)
+        x, units, target=target, n_steps=64, return_convergence_delta=True, return_jas=True)
     with remove_neurons(sites, units):
         removed = _prob(model, x, target)
     torch.testing.assert_close(jas, _prob(model, x, target) - removed, rtol=1e-6, atol=1e-9)
@@ -257,7 +257,7 @@ def test_heads_alone_are_complete_across_layers(vit):
     sites = NeuronSites.heads_from_model(model)
     phi, jas, delta = JointNeuronIntegratedGradients(model, sites=sites).attribute(
         x, [[(0, 0), (1, 1)], [(0, 2), (1, 3)], [(0, 3), (1, 0)]], target=1, n_steps=64,
-        return_convergence_delta=True)
+        return_convergence_delta=True, return_jas=True)
     assert phi.shape == (3, 2)
     assert (delta.abs() <= 1e-4 * jas.abs() + 1e-7).all()
 
@@ -424,7 +424,7 @@ def test_a_model_of_no_family_gets_a_clear_error():
     assert (sites.captures, sites.widths, sites.unit_sizes) == (["mha"], [2], [4])
     x = torch.randn(2, 5, 8)
     phi, jas, delta = JointNeuronIntegratedGradients(model, sites=sites).attribute(
-        x, [(0, 1)], target=0, n_steps=32, return_convergence_delta=True)
+        x, [(0, 1)], target=0, n_steps=32, return_convergence_delta=True, return_jas=True)
     assert (delta.abs() <= 1e-4 * jas.abs() + 1e-7).all()
 
 

@@ -120,8 +120,8 @@ def test_no_grad_and_inference_mode_inputs_work(tiny):
         found = search.attribute(frozen, target=y, n_steps=2, refine=2, mode=mode)
         again = search.attribute(x, target=y, n_steps=2, refine=2, mode=mode)
         assert torch.equal(found.paths, again.paths)
-    _, jas = jig.attribute(frozen, [(0, 1), (2, 3)], target=y, n_steps=2)
-    torch.testing.assert_close(jas, jig.attribute(x, [(0, 1), (2, 3)], target=y, n_steps=2)[1])
+    _, jas = jig.attribute(frozen, [(0, 1), (2, 3)], target=y, n_steps=2, return_jas=True)
+    torch.testing.assert_close(jas, jig.attribute(x, [(0, 1), (2, 3)], target=y, n_steps=2, return_jas=True)[1])
 
 
 # ---------------------------------------------------------------------- 16b: 1-D logits

@@ -84,7 +84,7 @@ def test_completeness_for_sets_spanning_all_layers(which, demo, tiny):
         y = torch.tensor([0, 1, 2, 3])
     path = _top_path(model, x, k=8)
     jig = JointNeuronIntegratedGradients(model)
-    phi, jas, delta = jig.attribute(x, path, target=y, n_steps=64, return_convergence_delta=True)
+    phi, jas, delta = jig.attribute(x, path, target=y, n_steps=64, return_convergence_delta=True, return_jas=True)
     assert phi.shape == path.shape and jas.shape == (len(x),)
     logits, _ = _acts(model, x)
     f_clean = logits.double().softmax(-1).gather(1, y[:, None])[:, 0]
@@ -104,7 +104,7 @@ def test_delta_shrinks_as_steps_grow(method, tiny):
     path = _top_path(model, x, k=6)
     jig = JointNeuronIntegratedGradients(model64, output="logit")
     deltas = [
-        jig.attribute(x.double(), path, target=0, n_steps=n, method=method, return_convergence_delta=True)[2]
+        jig.attribute(x.double(), path, target=0, n_steps=n, method=method, return_convergence_delta=True)[1]
         .abs().sum().item()
         for n in (2, 4, 8, 16)
     ]
@@ -117,7 +117,7 @@ def test_convergence_delta_matches_its_definition(tiny):
     model, x = tiny
     path = _top_path(model, x, k=3)
     jig = JointNeuronIntegratedGradients(model, output="logit")
-    _, jas, delta = jig.attribute(x, path, target=1, n_steps=8, return_convergence_delta=True)
+    _, jas, delta = jig.attribute(x, path, target=1, n_steps=8, return_convergence_delta=True, return_jas=True)
     logits, _ = _acts(model, x)
     f1 = logits[:, 1].double()
     handles = []
@@ -129,7 +129,7 @@ def test_convergence_delta_matches_its_definition(tiny):
     finally:
         for h in handles:
             h.remove()
-    phi, jas, delta = jig.attribute(x, path, target=1, n_steps=8, return_convergence_delta=True)
+    phi, jas, delta = jig.attribute(x, path, target=1, n_steps=8, return_convergence_delta=True, return_jas=True)
     torch.testing.assert_close(jas.double(), f1 - f0, rtol=0, atol=1e-5)
     torch.testing.assert_close(delta.double(), phi.sum(dim=(1, 2)).double() - (f1 - f0), rtol=0, atol=1e-5)
 
@@ -143,7 +143,7 @@ def test_reported_jas_is_the_removal_effect_at_any_steps(steps, tiny):
     sets = [[(int(l), int(u)) for l, u in zip(torch.randint(0, 3, (5,)), torch.randint(0, 64, (5,)))]
             for _ in range(len(x))]
     target = torch.tensor([3, 1, 0, 2])
-    _, jas = JointNeuronIntegratedGradients(model).attribute(x, sets, target=target, n_steps=steps)
+    _, jas = JointNeuronIntegratedGradients(model).attribute(x, sets, target=target, n_steps=steps, return_jas=True)
     with torch.no_grad():
         clean = model(x).softmax(-1)
         for i, members in enumerate(sets):
@@ -158,15 +158,16 @@ def test_tolerance_makes_the_contributions_add_up(tiny):
     model, x = tiny
     path = _top_path(model, x, k=6)
     jig = JointNeuronIntegratedGradients(model, output="logit")
-    _, jas2, coarse = jig.attribute(x, path, target=0, n_steps=2, return_convergence_delta=True)
+    _, jas2, coarse = jig.attribute(x, path, target=0, n_steps=2, return_convergence_delta=True, return_jas=True)
     tol = 1e-4
     assert (coarse.abs() > tol * jas2.abs()).any(), "the test needs a coarse delta above the tolerance"
-    phi, jas, delta = jig.attribute(x, path, target=0, n_steps=2, tol=tol, return_convergence_delta=True)
+    phi, jas, delta = jig.attribute(x, path, target=0, n_steps=2, tol=tol, return_convergence_delta=True,
+                                    return_jas=True)
     torch.testing.assert_close(jas, jas2)
     assert (delta.abs() <= torch.clamp(tol * jas.abs(), min=1e-7) + 1e-7).all()
     torch.testing.assert_close(phi.sum(dim=(1, 2)) - jas, delta, rtol=0, atol=1e-6)
     # the refined contributions are those of a fine quadrature
-    fine, _ = jig.attribute(x, path, target=0, n_steps=64)
+    fine = jig.attribute(x, path, target=0, n_steps=64)
     torch.testing.assert_close(phi, fine, rtol=1e-3, atol=1e-5)
 
 
@@ -226,7 +227,7 @@ def test_single_neuron_equals_integrated_gradients(tiny, output, layer, unit):
     model, x = tiny
     target = torch.tensor([0, 1, 2, 3])
     jig = JointNeuronIntegratedGradients(model, output=output)
-    phi, jas = jig.attribute(x, [(layer, unit)], target=target, n_steps=16)
+    phi, jas = jig.attribute(x, [(layer, unit)], target=target, n_steps=16, return_jas=True)
     expected = _single_neuron_ig(model, x, target, layer, unit, 16, output)
     torch.testing.assert_close(phi[:, 0].double(), expected, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(jas, phi[:, 0])
@@ -283,7 +284,7 @@ def test_paper_mode_equals_literal_implementation(tiny, neurons):
     model, x = tiny
     target = torch.tensor([4, 3, 2, 1])
     jig = JointNeuronIntegratedGradients(model)
-    phi, jas = jig.attribute(x, neurons, target=target, mode="paper")
+    phi, jas = jig.attribute(x, neurons, target=target, mode="paper", return_jas=True)
     exp_jas, exp_phi = _literal_paper_jas(model, x, target, neurons)
     torch.testing.assert_close(jas.double(), exp_jas, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(phi.double(), exp_phi, rtol=1e-5, atol=1e-7)
@@ -294,7 +295,7 @@ def test_paper_mode_on_demo_path(demo):
     x, y = x[:2], y[:2]
     path = _top_path(model, x, k=1)
     jig = JointNeuronIntegratedGradients(model)
-    phi, jas = jig.attribute(x, path, target=y, mode="paper", n_steps=10)
+    phi, jas = jig.attribute(x, path, target=y, mode="paper", n_steps=10, return_jas=True)
     for i in range(2):
         neurons = [(l, int(path[i, l, 0])) for l in range(path.shape[1])]
         exp_jas, exp_phi = _literal_paper_jas(model, x[i : i + 1], y[i : i + 1], neurons, m=10)
@@ -306,8 +307,8 @@ def test_paper_mode_single_neuron_is_left_riemann_ig(tiny):
     """Paper semantics: with |N| = 1 the paper score is left-Riemann IG."""
     model, x = tiny
     jig = JointNeuronIntegratedGradients(model)
-    _, paper = jig.attribute(x, [(1, 11)], target=2, mode="paper")
-    gate, _ = jig.attribute(x, [(1, 11)], target=2, n_steps=20, method="riemann_left")
+    _, paper = jig.attribute(x, [(1, 11)], target=2, mode="paper", return_jas=True)
+    gate = jig.attribute(x, [(1, 11)], target=2, n_steps=20, method="riemann_left")
     # freezing layers 0..1 at their clean values changes nothing for a single neuron
     torch.testing.assert_close(paper, gate[:, 0], rtol=1e-5, atol=1e-8)
 
@@ -324,10 +325,10 @@ def test_per_example_sets_equal_one_example_at_a_time(tiny, mode):
     ]
     target = torch.tensor([1, 0, 3, 2])
     jig = JointNeuronIntegratedGradients(model)
-    phi, jas, delta = jig.attribute(x, sets, target=target, mode=mode, return_convergence_delta=True)
+    phi, jas, delta = jig.attribute(x, sets, target=target, mode=mode, return_convergence_delta=True, return_jas=True)
     for i in range(4):
         p, j, d = jig.attribute(
-            x[i : i + 1], [sets[i]], target=target[i : i + 1], mode=mode, return_convergence_delta=True
+            x[i : i + 1], [sets[i]], target=target[i : i + 1], mode=mode, return_convergence_delta=True, return_jas=True
         )
         torch.testing.assert_close(phi[i : i + 1], p, rtol=1e-5, atol=1e-8)
         # gate: a difference of two float32 probabilities, equal to float32 resolution
@@ -341,10 +342,10 @@ def test_internal_batch_size_gives_same_results(tiny, mode, internal_batch_size)
     model, x = tiny
     path = _top_path(model, x, k=2)
     jig = JointNeuronIntegratedGradients(model)
-    full = jig.attribute(x, path, target=0, mode=mode, n_steps=10, return_convergence_delta=True)
+    full = jig.attribute(x, path, target=0, mode=mode, n_steps=10, return_convergence_delta=True, return_jas=True)
     part = jig.attribute(
         x, path, target=0, mode=mode, n_steps=10, internal_batch_size=internal_batch_size,
-        return_convergence_delta=True,
+        return_convergence_delta=True, return_jas=True,
     )
     for a, b in zip(full, part):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
@@ -354,9 +355,9 @@ def test_path_result_object_and_pair_lists_agree(tiny):
     model, x = tiny
     path = _top_path(model, x, k=2)
     jig = JointNeuronIntegratedGradients(model)
-    phi_obj, jas_obj = jig.attribute(x, types.SimpleNamespace(paths=path), target=1)
+    phi_obj, jas_obj = jig.attribute(x, types.SimpleNamespace(paths=path), target=1, return_jas=True)
     pairs = [[(l, int(path[i, l, r])) for l in range(3) for r in range(2)] for i in range(4)]
-    phi_pairs, jas_pairs = jig.attribute(x, pairs, target=1)
+    phi_pairs, jas_pairs = jig.attribute(x, pairs, target=1, return_jas=True)
     assert phi_obj.shape == (4, 3, 2) and phi_pairs.shape == (4, 6)
     torch.testing.assert_close(phi_obj.reshape(4, 6), phi_pairs)
     torch.testing.assert_close(jas_obj, jas_pairs)
@@ -366,8 +367,8 @@ def test_default_target_is_predicted_class(tiny):
     model, x = tiny
     jig = JointNeuronIntegratedGradients(model)
     pred = model(x).argmax(1)
-    a = jig.attribute(x, [(0, 1), (2, 2)])
-    b = jig.attribute(x, [(0, 1), (2, 2)], target=pred)
+    a = jig.attribute(x, [(0, 1), (2, 2)], return_jas=True)
+    b = jig.attribute(x, [(0, 1), (2, 2)], target=pred, return_jas=True)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v)
 
@@ -388,8 +389,10 @@ def test_additional_forward_args_are_expanded_with_the_batch():
     x, scale = torch.randn(3, 3, 16, 16), torch.tensor([0.5, 1.0, 2.0])
     sites = NeuronSites.from_names(model, [f"vit.blocks.{i}.mlp.act" for i in range(3)], tokens="cls")
     jig = JointNeuronIntegratedGradients(model, sites=sites)
-    got = jig.attribute(x, [(0, 4), (2, 8)], target=0, additional_forward_args=(scale,), internal_batch_size=5)
-    ref = JointNeuronIntegratedGradients(base).attribute(x * scale[:, None, None, None], [(0, 4), (2, 8)], target=0)
+    got = jig.attribute(x, [(0, 4), (2, 8)], target=0, additional_forward_args=(scale,), internal_batch_size=5,
+                        return_jas=True)
+    ref = JointNeuronIntegratedGradients(base).attribute(x * scale[:, None, None, None], [(0, 4), (2, 8)], target=0,
+                                                         return_jas=True)
     for u, v in zip(got, ref):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-8)
 
@@ -402,7 +405,7 @@ def test_patch_token_selection_is_complete():
     assert sites.tokens.kind == "patches"
     jig = JointNeuronIntegratedGradients(model, output="logit")
     neurons = [(l, u) for l in range(3) for u in range(0, 64, 4)]
-    _, jas, delta = jig.attribute(x, neurons, target=1, n_steps=32, return_convergence_delta=True)
+    _, jas, delta = jig.attribute(x, neurons, target=1, n_steps=32, return_convergence_delta=True, return_jas=True)
     with torch.no_grad():
         f1 = model(x)[:, 1]
         with sites.edit({l: (lambda a: a * torch.tensor([0.0 if u % 4 == 0 else 1.0 for u in range(64)])) for l in range(3)}):
@@ -421,7 +424,8 @@ def test_hugging_face_model_is_supported():
     model = transformers.ViTForImageClassification(config).eval()
     x = torch.randn(2, 3, 16, 16)
     jig = JointNeuronIntegratedGradients(model, output="logit")
-    phi, jas, delta = jig.attribute(x, [(0, 1), (1, 2), (1, 40)], target=2, return_convergence_delta=True)
+    phi, jas, delta = jig.attribute(x, [(0, 1), (1, 2), (1, 40)], target=2, return_convergence_delta=True,
+                                    return_jas=True)
     assert phi.shape == (2, 3)
     assert (delta.abs() < 1e-4).all()
     assert _no_hooks(model)
@@ -435,7 +439,9 @@ def test_hugging_face_model_is_supported():
         (dict(neurons=[(0, 64)]), ValueError, ["neuron", "64", "0..63"]),
         (dict(neurons=[(-1, 0)]), ValueError, ["layer", "-1"]),
         (dict(neurons=[]), ValueError, ["empty"]),
-        (dict(neurons=[[(0, 1)], []]), ValueError, ["sets", "2"]),
+        # a set count that divides the batch is repeated (NoiseTunnel's layout); any other is refused
+        (dict(neurons=[[(0, 1)], [(0, 2)], [(1, 3)]]), ValueError, ["3 sets", "4 examples"]),
+        (dict(neurons=[[(0, 1)], []]), ValueError, ["empty"]),
         (dict(neurons=[(0, 1), (0, 1)]), ValueError, ["twice"]),
         (dict(neurons=torch.zeros(4, 3, dtype=torch.long)), ValueError, ["(batch, L, k)"]),
         (dict(neurons=torch.zeros(4, 2, 1, dtype=torch.long)), ValueError, ["(batch, L, k)", "3"]),
@@ -520,9 +526,9 @@ def test_bfloat16_autocast_on_cpu(demo):
     model, x, y = demo
     path = _top_path(model, x, k=4)
     jig = JointNeuronIntegratedGradients(model)
-    phi32, jas32 = jig.attribute(x, path, target=y, n_steps=16)
+    phi32, jas32 = jig.attribute(x, path, target=y, n_steps=16, return_jas=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        phi16, jas16 = jig.attribute(x, path, target=y, n_steps=16)
+        phi16, jas16 = jig.attribute(x, path, target=y, n_steps=16, return_jas=True)
     assert phi16.dtype == torch.float32 and torch.isfinite(phi16).all()
     torch.testing.assert_close(jas16, jas32, rtol=0.1, atol=2e-2)
 
@@ -531,14 +537,16 @@ def test_bfloat16_autocast_on_cpu(demo):
 def test_cuda_matches_cpu(demo):
     model, x, y = demo
     path = _top_path(model, x, k=4)
-    cpu = JointNeuronIntegratedGradients(model).attribute(x, path, target=y, return_convergence_delta=True)
+    cpu = JointNeuronIntegratedGradients(model).attribute(x, path, target=y, return_convergence_delta=True,
+                                                          return_jas=True)
     gpu_model = load_demo_model(device="cuda")
     gpu = JointNeuronIntegratedGradients(gpu_model).attribute(
-        x.cuda(), path.cuda(), target=y.cuda(), return_convergence_delta=True
+        x.cuda(), path.cuda(), target=y.cuda(), return_convergence_delta=True, return_jas=True
     )
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-5)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        phi, jas = JointNeuronIntegratedGradients(gpu_model).attribute(x.cuda(), path.cuda(), target=y.cuda())
+        phi, jas = JointNeuronIntegratedGradients(gpu_model).attribute(x.cuda(), path.cuda(), target=y.cuda(),
+                                                                       return_jas=True)
     torch.testing.assert_close(jas.cpu(), cpu[1], rtol=0.1, atol=2e-2)

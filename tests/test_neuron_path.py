@@ -61,7 +61,7 @@ def _brute_force_whole_site_greedy(model, x, y, k, n_steps):
         for i in range(len(x)):
             prefix = [(l, int(u)) for l in range(t) for u in paths[i, l]]
             sets.append(prefix + [(t, j) for j in range(width)])
-        phi, _ = jig.attribute(x, sets, target=y, n_steps=n_steps)
+        phi = jig.attribute(x, sets, target=y, n_steps=n_steps)
         paths[:, t] = phi[:, -width:].topk(k, dim=1).indices
     return paths
 
@@ -93,7 +93,7 @@ def test_final_scores_are_the_joint_attribution_of_the_path(tiny):
     model, x, y = tiny
     result = LayerProgressiveNeuronPath(model).attribute(x, target=y, k=2)
     phi, jas, delta = JointNeuronIntegratedGradients(model).attribute(
-        x, result.paths, target=y, n_steps=result.settings["n_steps"], return_convergence_delta=True
+        x, result.paths, target=y, n_steps=result.settings["n_steps"], return_convergence_delta=True, return_jas=True
     )
     torch.testing.assert_close(result.contributions, phi)
     torch.testing.assert_close(result.jas, jas)
@@ -112,7 +112,7 @@ def test_row_budgets_give_the_same_result(tiny, internal_batch_size):
     assert torch.equal(result.paths, whole.paths)
     assert torch.equal(result.refined_layers, whole.refined_layers)
     phi, jas, delta = JointNeuronIntegratedGradients(model).attribute(
-        x, result.paths, target=y, n_steps=8, return_convergence_delta=True
+        x, result.paths, target=y, n_steps=8, return_convergence_delta=True, return_jas=True
     )
     torch.testing.assert_close(result.contributions, phi)
     torch.testing.assert_close(result.jas, jas)
@@ -188,7 +188,7 @@ def test_refined_choice_is_never_worse_than_the_approximation(tiny):
     changed = torch.zeros(4, dtype=torch.long)
     for t in range(3):
         sets = [[(l, int(refined.paths[i, l, 0])) for l in range(t)] + [(t, j)] for i in range(4) for j in range(64)]
-        phi, _ = JointNeuronIntegratedGradients(model).attribute(
+        phi = JointNeuronIntegratedGradients(model).attribute(
             x, [[(l, int(refined.paths[i, l, 0])) for l in range(t)] + [(t, j) for j in range(64)] for i in range(4)],
             target=y, n_steps=refined.settings["n_steps"],
         )
@@ -211,7 +211,8 @@ def test_paper_mode_refine_uses_the_paper_score(tiny):
     for i in range(2):
         prefix = [(l, int(result.paths[i, l, 0])) for l in range(2)]
         # the chosen last-layer neuron has the best paper JAS among its candidates
-        _, chosen_jas = jig.attribute(x[i : i + 1], [prefix + [(2, int(result.paths[i, 2, 0]))]], target=y[i : i + 1], mode="paper")
+        _, chosen_jas = jig.attribute(x[i : i + 1], [prefix + [(2, int(result.paths[i, 2, 0]))]], target=y[i : i + 1],
+                                      mode="paper", return_jas=True)
         torch.testing.assert_close(result.scores[i, 2, 0], chosen_jas[0], rtol=1e-5, atol=1e-8)
 
 
@@ -376,7 +377,7 @@ def test_path_tolerance_refines_the_contributions(tiny):
     torch.testing.assert_close(fine.jas, coarse.jas)
     assert (fine.delta.abs() <= torch.clamp(tol * fine.jas.abs(), min=1e-7) + 1e-7).all()
     assert fine.settings["tol"] == tol
-    phi, _ = JointNeuronIntegratedGradients(model, output="logit").attribute(x, fine.paths, target=y, n_steps=64)
+    phi = JointNeuronIntegratedGradients(model, output="logit").attribute(x, fine.paths, target=y, n_steps=64)
     torch.testing.assert_close(fine.contributions, phi, rtol=1e-3, atol=1e-5)
 
 

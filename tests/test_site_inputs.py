@@ -45,11 +45,12 @@ def test_a_module_as_sites_gives_the_numbers_of_from_names(vit):
     model, x = vit
     target = torch.tensor([0, 1, 2])
     named = NeuronSites.from_names(model, ["blocks.1.mlp.act"])
-    expected = JointNeuronIntegratedGradients(model, sites=named).attribute(x, [(0, 5), (0, 9)], target=target)
+    expected = JointNeuronIntegratedGradients(model, sites=named).attribute(x, [(0, 5), (0, 9)], target=target,
+                                                                           return_jas=True)
     for sites in (model.blocks[1].mlp.act, [model.blocks[1].mlp.act], (model.blocks[1].mlp.act,)):
         jig = JointNeuronIntegratedGradients(model, sites)
         assert jig.sites.names == ["blocks.1.mlp.act"] and jig.sites.tokens == named.tokens
-        got = jig.attribute(x, [(0, 5), (0, 9)], target=target)
+        got = jig.attribute(x, [(0, 5), (0, 9)], target=target, return_jas=True)
         for a, b in zip(got, expected):
             assert torch.equal(a, b)
     assert _no_hooks(model)
@@ -67,7 +68,7 @@ def test_a_list_of_modules_as_sites_gives_the_paths_of_from_names(vit):
         assert torch.equal(by_modules.paths, by_names.paths)
         torch.testing.assert_close(by_modules.jas, by_names.jas, rtol=1e-6, atol=1e-9)
         sets = [[(l, int(j)) for l in range(len(layers)) for j in by_modules.paths[r, l]] for r in range(3)]
-        _, jas = JointNeuronIntegratedGradients(model, modules).attribute(x, sets, target=target)
+        _, jas = JointNeuronIntegratedGradients(model, modules).attribute(x, sets, target=target, return_jas=True)
         torch.testing.assert_close(jas, by_modules.jas, rtol=1e-5, atol=1e-7)
     # every FFN site, in order: the discovered sites themselves (their family, their fast engine)
     every = NeuronSites.coerce(model, [b.mlp.act for b in model.blocks])
@@ -134,8 +135,8 @@ def test_modules_outside_every_backbone_need_tokens():
     named = NeuronSites.from_names(model, ["ffn.1"], tokens="all")
     assert sites.names == named.names and sites.tokens == named.tokens and sites.family == "custom"
     target = torch.tensor([0, 2])
-    a = JointNeuronIntegratedGradients(model, sites).attribute(x, [(0, 3)], target=target)
-    b = JointNeuronIntegratedGradients(model, named).attribute(x, [(0, 3)], target=target)
+    a = JointNeuronIntegratedGradients(model, sites).attribute(x, [(0, 3)], target=target, return_jas=True)
+    b = JointNeuronIntegratedGradients(model, named).attribute(x, [(0, 3)], target=target, return_jas=True)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
@@ -191,7 +192,7 @@ def test_a_zero_initialised_head_is_a_warning_not_silent_zeros():
     x = torch.randn(2, 3, 32, 32)
     with pytest.warns(RuntimeWarning, match=r"exactly 0: the target's output does not change when the units are "
                                             r"removed and its gradient is zero.*zero-initialised head"):
-        phi, jas = JointNeuronIntegratedGradients(model).attribute(x, [(0, 1), (1, 2)], target=0)
+        phi, jas = JointNeuronIntegratedGradients(model).attribute(x, [(0, 1), (1, 2)], target=0, return_jas=True)
     assert torch.count_nonzero(phi) == 0 and torch.count_nonzero(jas) == 0
     with pytest.warns(RuntimeWarning, match="zero-initialised"):
         JointNeuronIntegratedGradients(model).attribute(x, [(0, 1)], target=0, mode="paper",
@@ -265,7 +266,7 @@ def test_a_channels_first_site_is_refused_unless_its_layout_is_given():
         with sites.record() as acts:
             model(x)
         assert acts[0].shape == (2, 25, 6)  # (batch, H * W positions, C channels)
-        _, jas = JointNeuronIntegratedGradients(model, sites).attribute(x, [(0, 4)], target=target)
+        _, jas = JointNeuronIntegratedGradients(model, sites).attribute(x, [(0, 4)], target=target, return_jas=True)
         literal = _conv_literal(model, x, target, sites.modules[0], 4, dim=1)
         torch.testing.assert_close(jas, literal, rtol=1e-5, atol=1e-8)
         assert literal.abs().max() > 1e-4
@@ -277,13 +278,13 @@ def test_a_channels_last_grid_is_read_at_a_linear_layer_and_refused_after_it():
     target = torch.tensor([0, 3])
     by_linear = NeuronSites.coerce(model, model.mix, tokens="all")  # a linear layer: channels last, no layout
     assert by_linear.layouts == ["channels_last"]
-    _, jas = JointNeuronIntegratedGradients(model, by_linear).attribute(x, [(0, 5)], target=target)
+    _, jas = JointNeuronIntegratedGradients(model, by_linear).attribute(x, [(0, 5)], target=target, return_jas=True)
     torch.testing.assert_close(jas, _conv_literal(model, x, target, model.mix, 5, dim=-1), rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match=r"site 'act2' \(layer 0\) produced a 4-D activation"):
         JointNeuronIntegratedGradients(model, NeuronSites.coerce(model, model.act2, tokens="all")).attribute(
             x, [(0, 5)], target=target)
     told = NeuronSites.coerce(model, model.act2, tokens="all", layout="channels_last")
-    _, jas = JointNeuronIntegratedGradients(model, told).attribute(x, [(0, 5)], target=target)
+    _, jas = JointNeuronIntegratedGradients(model, told).attribute(x, [(0, 5)], target=target, return_jas=True)
     torch.testing.assert_close(jas, _conv_literal(model, x, target, model.act2, 5, dim=-1), rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="layout must be one of"):
         NeuronSites(model, [model.act2], layout="NHWC")
@@ -325,9 +326,9 @@ def test_numpy_and_tensor_sets_equal_lists():
 def test_jig_reads_a_single_pair_as_one_neuron(vit):
     model, x = vit
     jig = JointNeuronIntegratedGradients(model)
-    expected = jig.attribute(x, [(1, 12)], target=0)
+    expected = jig.attribute(x, [(1, 12)], target=0, return_jas=True)
     for given in ((1, 12), np.array([1, 12]), torch.tensor([1, 12]), (np.int64(1), torch.tensor(12))):
-        got = jig.attribute(x, given, target=0)
+        got = jig.attribute(x, given, target=0, return_jas=True)
         assert got[0].shape == (3, 1) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
 

@@ -118,9 +118,10 @@ plt.show()
 
 We pick, for the first image, the most active neuron of layers 1, 3 and 5 and
 score the set `[(1, j1), (3, j3), (5, j5)]` on eight images. `F` is the
-softmax probability of the true class. `attribute` returns the per-neuron
-contributions `phi_n` (integrals), the JAS of the set and, on request, the
-convergence delta `sum(phi) - JAS`.
+softmax probability of the true class. As Captum's attributions do, `attribute`
+returns the per-neuron contributions `phi_n` (integrals), and with
+`return_convergence_delta=True` also the convergence delta `sum(phi) - JAS`;
+`return_jas=True` adds the JAS of the set between the two.
 """),
     code("""
 neurons = [(l, int(cls_acts[l].argmax())) for l in (1, 3, 5)]
@@ -128,7 +129,7 @@ print("neuron set:", neurons)
 
 jig = JointNeuronIntegratedGradients(model, sites)
 x, y = images[:8], labels[:8]
-phi, jas, delta = jig.attribute(x, neurons, target=y, n_steps=16, return_convergence_delta=True)
+phi, jas, delta = jig.attribute(x, neurons, target=y, n_steps=16, return_convergence_delta=True, return_jas=True)
 table = pd.DataFrame(phi.numpy(), columns=[f"L{l}:{j}" for l, j in neurons])
 table["JAS"] = jas.numpy()
 table["delta"] = delta.numpy()
@@ -163,7 +164,7 @@ pd.DataFrame({"JAS": jas, "F(x) - F(x; removed)": p_clean - p_removed,
 steps = [2, 4, 8, 16, 32]
 max_delta = []
 for n in steps:
-    _, _, d = jig.attribute(x, neurons, target=y, n_steps=n, return_convergence_delta=True)
+    _, d = jig.attribute(x, neurons, target=y, n_steps=n, return_convergence_delta=True)
     max_delta.append(d.abs().max().item())
 fig, ax = plt.subplots(figsize=(5, 2.8))
 ax.semilogy(steps, max_delta, "o-")
@@ -177,7 +178,7 @@ until `|delta| <= tol * |JAS|`.
 """),
     code("""
 phi_tol, jas_tol, delta_tol = jig.attribute(x, neurons, target=y, n_steps=2, tol=1e-4,
-                                            return_convergence_delta=True)
+                                            return_convergence_delta=True, return_jas=True)
 print("max |delta| / |JAS| with tol=1e-4:", (delta_tol.abs() / jas_tol.abs()).max().item())
 """),
     md("""
@@ -191,7 +192,8 @@ published numbers; it has cross terms and is **not** complete, so its delta is
 not a quadrature error. Use `mode="gate"` (the default) for everything else.
 """),
     code("""
-_, jas_paper, delta_paper = jig.attribute(x, neurons, target=y, mode="paper", return_convergence_delta=True)
+_, jas_paper, delta_paper = jig.attribute(x, neurons, target=y, mode="paper", return_jas=True,
+                                          return_convergence_delta=True)
 modes = pd.DataFrame({"gate JAS": jas, "paper JAS": jas_paper, "gate delta": delta, "paper delta": delta_paper})
 display(modes)
 fig, ax = plt.subplots(figsize=(4, 4))
