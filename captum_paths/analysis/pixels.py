@@ -25,8 +25,19 @@ __all__ = ["NeuronPixelAttribution", "neuron_pixel_attribution", "model_patch_si
 class NeuronPixelAttribution:
     """Pixel-space explanation of one neuron on one image.
 
+    ``values`` is what Captum's ``NeuronIntegratedGradients`` (or ``NeuronConductance``) returns for
+    the image, in Captum's layout: the input's ``(C, H, W)``, as a NumPy array. Captum's
+    visualisation takes it as it takes Captum's own attributions, channels last::
+
+        >>> from captum.attr import visualization as viz
+        >>> a = neuron_pixel_attribution(model, image, layer=3, neuron=101)
+        >>> fig, ax = viz.visualize_image_attr(np.transpose(a.values, (1, 2, 0)),
+        ...                                    np.transpose(image.numpy(), (1, 2, 0)),
+        ...                                    method="blended_heat_map", sign="all")
+
     Attributes:
-        values (ndarray): ``(C, H, W)`` attribution of every input value.
+        values (ndarray): ``(C, H, W)`` attribution of every input value (Captum's layout:
+            the image's shape; ``torch.from_numpy(values)[None]`` is Captum's ``(1, C, H, W)``).
         pixels (ndarray): ``(H, W)`` ``values`` summed over channels.
         patches (ndarray): ``(H / ph, W / pw)`` ``pixels`` summed over each patch.
         patch_size (tuple): ``(ph, pw)``.
