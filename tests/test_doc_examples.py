@@ -47,4 +47,4 @@ def test_the_examples_of_a_page_run(page, tmp_path):
 
 def test_every_page_with_examples_is_checked():
     assert {p.name for p in PAGES if _blocks(p)} >= {"README.md", "index.md", "heads.md", "models.md",
-                                                      "extending.md"}
+                                                      "extending.md", "captum.md"}

@@ -51,7 +51,7 @@ def _parse(file):
 
 def test_the_site_has_every_guide_the_api_and_the_tutorials(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
-    for page in ("index.html", "method.html", "guides/models.html", "guides/cli.html", "guides/explorer.html",
+    for page in ("index.html", "method.html", "guides/models.html", "guides/captum.html", "guides/cli.html", "guides/explorer.html",
                  "guides/heads.html", "guides/extending.html", "guides/results.html", "api/index.html",
                  "api/model.html", "api/search.html", "tutorials/index.html", "search.html"):
         assert page in pages, page
