@@ -34,6 +34,9 @@ del _moved
 # seaborn or transformers until they are needed.
 _LAZY = {
     "JointNeuronIntegratedGradients": "captum_paths.attribution",
+    **{name: "captum_paths.attribution.layer_baselines" for name in (
+        "CounterfactualBaseline", "LayerBaseline", "MeanBaseline", "SiteBaseline", "ZeroBaseline",
+    )},
     **{name: "captum_paths.analysis" for name in (
         "PathGraph", "PathSharing", "PathTable", "class_similarity", "consensus_paths", "nearest_classes",
         "neuron_frequencies", "neuron_pixel_attribution", "path_sharing", "shared_edges", "shared_neurons",
@@ -81,6 +84,9 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
         typical_paths,
     )
     from captum_paths.attribution import JointNeuronIntegratedGradients  # noqa: F401
+    from captum_paths.attribution.layer_baselines import (  # noqa: F401
+        CounterfactualBaseline, LayerBaseline, MeanBaseline, SiteBaseline, ZeroBaseline,
+    )
     from captum_paths.evaluation.harness import (  # noqa: F401
         class_consensus, jas_comparison, probability_deviation, pruning_study, summarize_deviation,
     )
@@ -107,6 +113,11 @@ __all__ = [
     "register_path_method",
     "PathAttribution",
     "JointNeuronIntegratedGradients",
+    "LayerBaseline",
+    "ZeroBaseline",
+    "MeanBaseline",
+    "CounterfactualBaseline",
+    "SiteBaseline",
     "LayerProgressiveNeuronPath",
     "PathResult",
     "PathRecord",

@@ -75,7 +75,8 @@ class JointNeuronIntegratedGradients(SiteAttribution):
 
     ``attribute`` returns what Captum's attributions return: the contributions, or
     ``(contributions, delta)`` with ``return_convergence_delta=True``, so Captum's
-    ``NoiseTunnel`` and ``captum.metrics`` take it as it is; ``return_jas=True`` adds
+    ``NoiseTunnel`` takes it as it is (``captum.metrics.sensitivity_max`` through a wrapper
+    returning a 1-tuple, as for Captum's own layer attributions); ``return_jas=True`` adds
     the joint score: ``(contributions, jas)`` or ``(contributions, jas, delta)``.
 
     Captum's ``LayerIntegratedGradients`` over several layers treats the layers as
