@@ -84,6 +84,7 @@ def compare(name: str, model, images, labels, reference) -> Dict[str, object]:
         "distinct neurons zero": len({(l, int(u)) for l in range(sites.num_layers) for u in zero_paths[:, l, 0]}),
         "distinct neurons mean": len({(l, int(u)) for l in range(sites.num_layers) for u in mean_paths[:, l, 0]}),
         "|a - 0| zero paths": _distance(sites, model, images, zero_paths, None),
+        "|a - mean| zero paths": _distance(sites, model, images, zero_paths, mean),
         "|a - mean| mean paths": _distance(sites, model, images, mean_paths, mean),
         "search s zero": seconds["zero"], "search s mean": seconds["mean"],
         "reported JAS = exact (mean)": bool(torch.allclose(results["mean"].jas.double(),
