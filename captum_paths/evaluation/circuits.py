@@ -1,0 +1,428 @@
+"""Class circuits: sparse sets of units that keep a class's decision when every other
+unit is ablated, learned with hard-concrete masks; and attribution patching, the cheap
+ranking they are compared with.
+
+A circuit of class ``c`` is a keep mask over the units of the sites (FFN neurons,
+attention heads, or both): kept units run as they are, every other unit takes its
+baseline at every token (mean ablation by default: its mean activation over the
+class's training images). :func:`learn_circuits` learns one mask per sparsity
+strength ``lambda`` on the class's training images by minimising
+
+``loss = -mean log p_c(x; masked) + lambda * E[units kept] / units``
+
+with a hard-concrete relaxation of the binary mask (Louizos, Welling and Kingma,
+"Learning Sparse Neural Networks through L0 Regularization", ICLR 2018): unit ``u``
+has a logit ``log_alpha_u``; a sample is ``z = clip(sigmoid((log u - log(1 - u) +
+log_alpha) / beta) * (zeta - gamma) + gamma, 0, 1)`` with ``u ~ U(0, 1)``, and the
+expected number of units kept is ``sum_u sigmoid(log_alpha_u - beta * log(-gamma /
+zeta))``. After training a unit is kept when its deterministic gate
+``clip(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)`` exceeds 0.5. Every
+strength is trained in the same batches (rows are ``strengths x images``), seeded:
+deterministic on the CPU.
+
+:func:`attribution_patching` ranks units by the first-order estimate of ablating each
+one alone, ``|sum_tokens (a_u - b_u) * dF/da_u|`` averaged over images (one forward and
+one backward per batch; Nanda 2023, Syed et al. 2023), the peer baseline of learned
+masks in circuit discovery.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from captum_paths.attribution.layer_baselines import (
+    CounterfactualBaseline,
+    LayerBaseline,
+    MeanBaseline,
+    SiteValues,
+    as_layer_baselines,
+    blend,
+)
+from captum_paths.model.loading import as_logits_model
+from captum_paths.model.sites import NeuronSites, resolve_sites
+from captum_paths.model.tokens import TokenSelection
+
+__all__ = ["HardConcrete", "LearnedCircuit", "learn_circuits", "attribution_patching", "circuit_probabilities",
+           "circuit_sites", "DEFAULT_STRENGTHS", "OBJECTIVES"]
+
+logger = logging.getLogger(__name__)
+
+#: sparsity strengths swept by default (``lambda``, per unit fraction kept)
+DEFAULT_STRENGTHS: Tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: what the masked model is trained to keep
+OBJECTIVES = ("logprob", "kl")
+
+
+@dataclass(frozen=True)
+class HardConcrete:
+    """The hard-concrete distribution of a gate in [0, 1] with mass at 0 and 1.
+
+    Attributes:
+        beta (float): temperature. Default: 2/3.
+        gamma (float): lower end of the stretched interval (< 0). Default: -0.1.
+        zeta (float): upper end (> 1). Default: 1.1.
+    """
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+
+    def sample(self, log_alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A gate sample of the shape of ``log_alpha``, differentiable in it."""
+        u = torch.rand(log_alpha.shape, generator=generator, dtype=log_alpha.dtype).to(log_alpha.device)
+        u = u.clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """The gate at test time: ``clip(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)``."""
+        return (torch.sigmoid(log_alpha) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def expected_kept(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """``P(gate > 0)`` per unit: the expected L0 norm's terms."""
+        return torch.sigmoid(log_alpha - self.beta * np.log(-self.gamma / self.zeta))
+
+
+@dataclass
+class LearnedCircuit:
+    """The circuit of one class at one sparsity strength.
+
+    Attributes:
+        label (int): the class.
+        strength (float): the sparsity strength ``lambda`` it was trained with.
+        keep (list of Tensor): per layer a bool mask ``(width_l,)``: the units kept.
+        log_alpha (list of Tensor): per layer the learned gate logits ``(width_l,)`` (the
+            units' ranking: larger is kept longer).
+        losses (list of float): the training loss per step (faithfulness + sparsity).
+        kinds (list of str): the kind of unit of each layer (``"neuron"``, ``"head"``).
+    """
+
+    label: int
+    strength: float
+    keep: List[torch.Tensor]
+    log_alpha: List[torch.Tensor]
+    losses: List[float] = field(default_factory=list)
+    kinds: List[str] = field(default_factory=list)
+
+    @property
+    def units_kept(self) -> int:
+        """Units in the circuit, over all layers."""
+        return int(sum(int(k.sum()) for k in self.keep))
+
+    @property
+    def total_units(self) -> int:
+        """Units of the sites, over all layers."""
+        return int(sum(k.numel() for k in self.keep))
+
+    def units(self) -> List[Tuple[int, int]]:
+        """The circuit's ``(layer, unit)`` pairs, layer by layer."""
+        return [(layer, int(u)) for layer, k in enumerate(self.keep) for u in k.nonzero().flatten().tolist()]
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-able dict: label, strength, units kept per layer, their indices and mask logits."""
+        return {"label": int(self.label), "strength": float(self.strength), "units_kept": self.units_kept,
+                "total_units": self.total_units, "kinds": list(self.kinds),
+                "kept_per_layer": [int(k.sum()) for k in self.keep],
+                "units": [k.nonzero().flatten().tolist() for k in self.keep],
+                "log_alpha": [[round(float(v), 5) for v in a.tolist()] for a in self.log_alpha],
+                "final_loss": self.losses[-1] if self.losses else None}
+
+
+def circuit_sites(model: nn.Module, sites: Any = None, tokens: str = "all") -> NeuronSites:
+    """The sites a circuit masks: ``sites`` (default the model's FFN neurons) read at every
+    token (``tokens="all"``, the default: a CLS-pooled model moves information through the
+    patch tokens too) or at their own selection (``"selected"``).
+
+    Args:
+        model (nn.Module): the model.
+        sites (NeuronSites, module or list, optional): the units (default: FFN neurons).
+        tokens (str): ``"all"`` or ``"selected"``.
+
+    Returns:
+        NeuronSites (a copy when the tokens change).
+    """
+    sites = resolve_sites(model, sites)
+    if tokens not in ("all", "selected"):
+        raise ValueError(f"tokens must be 'all' or 'selected'; got {tokens!r}")
+    if tokens == "all":
+        sites = copy.copy(sites)
+        sites.tokens = TokenSelection("all", (), sites.tokens.num_prefix_tokens)
+    return sites
+
+
+def _masking(sites: NeuronSites, gates: Sequence[torch.Tensor], base: SiteValues) -> ContextManager[None]:
+    """Site edits ``gates * a + (1 - gates) * b`` per layer; ``gates[l]`` is ``(1 or rows, width_l)``
+    and the baseline ``b`` is shared by the rows."""
+    first = torch.zeros(1, dtype=torch.long)
+
+    def edit(layer: int):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            return blend(act, gates[layer].to(act.device, act.dtype), base.rows(layer, first))
+        return fn
+
+    return sites.edit({layer: edit(layer) for layer in range(sites.num_layers)})
+
+
+def _resolve(baseline: LayerBaseline, sites: NeuronSites, forward, images: torch.Tensor) -> SiteValues:
+    """The baseline of every image (``ValueError`` for one that differs per image)."""
+    if isinstance(baseline, CounterfactualBaseline):
+        raise ValueError(f"layer_baselines: a circuit's ablated units take one baseline for every image (zero, mean "
+                         f"or values given per unit or per token); got {baseline!r}, which differs per image")
+    with torch.no_grad(), sites.record() as clean:
+        forward(images[:1])
+    base = baseline.resolve(sites, forward, (images[:1],), (), dict(clean))
+    if base.per_image:
+        raise ValueError(f"layer_baselines: a circuit's ablated units take one baseline for every image (zero, mean "
+                         f"or values given per unit or per token); got {baseline!r}, which differs per image")
+    return base
+
+
+def _check_images(images: Any, name: str = "images") -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
+        raise ValueError(f"{name} must be a (N, C, H, W) tensor with N >= 1; got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    return images
+
+
+def _check_positive(name: str, value: Any, kind: type = int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or not value > 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}; got {value!r}")
+
+
+def learn_circuits(
+    model: nn.Module,
+    images: torch.Tensor,
+    label: int,
+    sites: Any = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    layer_baselines: Any = "mean",
+    objective: str = "logprob",
+    steps: int = 200,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    init: float = 3.0,
+    tokens: str = "all",
+    seed: int = 0,
+    progress: bool = False,
+) -> List[LearnedCircuit]:
+    """Learn the circuit of class ``label`` at each sparsity strength.
+
+    Args:
+        model (nn.Module): the model (logits out), in eval mode; its weights are not changed.
+        images (Tensor): ``(N, C, H, W)`` training images of the class.
+        label (int): the class.
+        sites (NeuronSites, module or list, optional): the units masked (default: FFN neurons;
+            ``NeuronSites.mixed(heads, neurons)`` for heads and neurons).
+        strengths (sequence of float): sparsity strengths ``lambda`` (one circuit each).
+        layer_baselines: what masked-out units become: ``"mean"`` (default: their mean over
+            ``images``, at every token), ``None`` or ``"zero"``, or any ``layer_baselines`` value
+            (:class:`~captum_paths.attribution.layer_baselines.MeanBaseline` of other images ...).
+        objective (str): ``"logprob"`` (keep ``log p_label``) or ``"kl"`` (KL from the full
+            model's prediction to the masked one's).
+        steps (int): optimisation steps (Adam on the gate logits).
+        lr (float): Adam's learning rate.
+        batch_size (int): images per step (rows are ``strengths x batch``).
+        init (float): initial gate logit (3: every gate near 1, the full model).
+        tokens (str): ``"all"`` (mask at every token) or ``"selected"``.
+        seed (int): the gate samples and the image batches.
+        progress (bool): a progress bar over the steps.
+
+    Returns:
+        list of :class:`LearnedCircuit`, one per strength, in the order given.
+
+    Example::
+
+        >>> circuits = learn_circuits(model, images[labels == 3], 3, strengths=(0.5, 2.0))
+        >>> [c.units_kept for c in circuits]          # fewer with a larger strength
+    """
+    images = _check_images(images)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    strengths = [float(s) for s in strengths]
+    if not strengths or any(s < 0 for s in strengths):
+        raise ValueError(f"strengths must be a non-empty list of non-negative numbers; got {strengths!r}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        _check_positive(name, value)
+    _check_positive("lr", lr, float)
+    sites = circuit_sites(model, sites, tokens)
+    forward = as_logits_model(model)
+    device = next(model.parameters()).device
+    images = images.to(device)
+    baseline = _baseline(layer_baselines, images)
+    base = _resolve(baseline, sites, forward, images)
+    with torch.no_grad(), sites.record() as acts:
+        full_logits = forward(images[:1])
+    widths = [acts[l].shape[-1] for l in range(sites.num_layers)]
+    if not 0 <= int(label) < full_logits.shape[-1]:
+        raise ValueError(f"label must be a class of the model (0..{full_logits.shape[-1] - 1}); got {label!r}")
+    total = sum(widths)
+    hc = HardConcrete()
+    generator = torch.Generator().manual_seed(seed)
+    S = len(strengths)
+    log_alpha = [torch.full((S, w), float(init), device=device, requires_grad=True) for w in widths]
+    optimiser = torch.optim.Adam(log_alpha, lr=lr)
+    lam = torch.tensor(strengths, device=device)
+    losses: List[List[float]] = [[] for _ in strengths]
+    n = images.shape[0]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bar = tqdm(range(steps), desc=f"circuit of class {label}", disable=not progress, leave=False)
+    try:
+        for _ in bar:
+            batch = torch.randperm(n, generator=generator)[: min(batch_size, n)].to(device)
+            x = images[batch]
+            b = len(batch)
+            gates = [hc.sample(a, generator).repeat_interleave(b, dim=0) for a in log_alpha]  # (S * b, w)
+            with torch.enable_grad(), _masking(sites, gates, base):
+                logits = forward(x.repeat(S, 1, 1, 1))
+            logp = logits.double().log_softmax(-1)
+            if objective == "logprob":
+                faith = -logp[:, int(label)].view(S, b).mean(dim=1)
+            else:
+                with torch.no_grad():
+                    target = forward(x).double().log_softmax(-1)
+                faith = (target.exp() * (target - logp.view(S, b, -1))).sum(-1).mean(dim=1)
+            kept = sum(hc.expected_kept(a).sum(dim=1) for a in log_alpha) / total  # (S,)
+            loss = faith + lam.double() * kept.double()
+            optimiser.zero_grad()
+            loss.sum().backward()
+            optimiser.step()
+            for i, value in enumerate(loss.tolist()):
+                losses[i].append(float(value))
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        bar.close()
+    kinds = list(getattr(sites, "kinds", ["neuron"] * len(widths)))
+    circuits = []
+    for i, strength in enumerate(strengths):
+        final = [a[i].detach().cpu() for a in log_alpha]
+        keep = [hc.deterministic(a) > 0.5 for a in final]
+        circuits.append(LearnedCircuit(int(label), strength, keep, final, losses[i], kinds))
+    return circuits
+
+
+def _baseline(layer_baselines: Any, images: torch.Tensor) -> LayerBaseline:
+    if isinstance(layer_baselines, str):
+        if layer_baselines == "mean":
+            return MeanBaseline(images)
+        if layer_baselines == "zero":
+            return as_layer_baselines(None)
+    return as_layer_baselines(layer_baselines)
+
+
+def circuit_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    keeps: Sequence[Sequence[torch.Tensor]],
+    sites: Any = None,
+    layer_baselines: Any = None,
+    tokens: str = "all",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Softmax of the model on ``images`` with each keep mask applied (every other unit of the
+    sites replaced by its baseline at every token).
+
+    Args:
+        model (nn.Module): the model (logits out).
+        images (Tensor): ``(N, C, H, W)``.
+        keeps (sequence): ``M`` keep masks, each a list of per-layer bool tensors ``(width_l,)``.
+        sites (optional): the units (default: FFN neurons); read at every token with ``tokens="all"``.
+        layer_baselines: what ablated units become (default zero; ``"mean"`` is not accepted
+            here: give a :class:`~captum_paths.attribution.layer_baselines.MeanBaseline`).
+        tokens (str): ``"all"`` or ``"selected"``.
+        batch_size (int): rows (masks x images) per forward.
+
+    Returns:
+        Tensor ``(M, N, classes)`` float64 on the CPU.
+
+    Example::
+
+        >>> probs = circuit_probabilities(model, held_out, [c.keep for c in circuits],
+        ...                               layer_baselines=MeanBaseline(train_images))
+        >>> probs[:, :, label].mean(dim=1)           # mean target probability per circuit
+    """
+    images = _check_images(images)
+    _check_positive("batch_size", batch_size)
+    sites = circuit_sites(model, sites, tokens)
+    forward = as_logits_model(model)
+    device = next(model.parameters()).device
+    base = _resolve(as_layer_baselines(layer_baselines), sites, forward, images.to(device))
+    n, M = images.shape[0], len(keeps)
+    if M == 0:
+        raise ValueError("keeps must hold at least one keep mask")
+    for m, keep in enumerate(keeps):
+        if len(keep) != sites.num_layers:
+            raise ValueError(f"keeps[{m}] holds {len(keep)} layer masks; the sites have {sites.num_layers} layers")
+    masks = [torch.stack([keep[l].to(torch.bool).reshape(-1) for keep in keeps]).float() for l in
+             range(sites.num_layers)]  # (M, width_l)
+    out = []
+    with torch.no_grad():
+        for rows in torch.arange(M * n).split(batch_size):
+            config, image = rows // n, rows % n
+            gates = [m[config].to(device) for m in masks]
+            with _masking(sites, gates, base):
+                out.append(forward(images[image].to(device)).double().softmax(-1).cpu())
+    return torch.cat(out).view(M, n, -1)
+
+
+def attribution_patching(
+    model: nn.Module,
+    images: torch.Tensor,
+    label: int,
+    sites: Any = None,
+    layer_baselines: Any = "mean",
+    tokens: str = "all",
+    batch_size: int = 32,
+) -> List[torch.Tensor]:
+    """Attribution-patching scores of every unit for class ``label``: the first-order estimate
+    of the change of ``log p_label`` when the unit alone takes its baseline,
+    ``|sum_tokens (a_u - b_u) * d log p / d a_u|``, averaged over ``images``.
+
+    Args:
+        model (nn.Module): the model (logits out).
+        images (Tensor): ``(N, C, H, W)`` images of the class.
+        label (int): the class.
+        sites (optional): the units (default: FFN neurons).
+        layer_baselines: ``"mean"`` (default: the units' mean over ``images``), ``"zero"`` or any
+            ``layer_baselines`` value.
+        tokens (str): ``"all"`` (every token, the default) or ``"selected"``.
+        batch_size (int): images per forward and backward.
+
+    Returns:
+        list of Tensor: per layer the scores ``(width_l,)`` float64 (rank with ``argsort``).
+
+    Example::
+
+        >>> scores = attribution_patching(model, images[labels == 3], 3)
+        >>> ranking = [s.argsort(descending=True) for s in scores]   # per layer, best first
+    """
+    images = _check_images(images)
+    _check_positive("batch_size", batch_size)
+    sites = circuit_sites(model, sites, tokens)
+    forward = as_logits_model(model)
+    device = next(model.parameters()).device
+    images = images.to(device)
+    base = _resolve(_baseline(layer_baselines, images), sites, forward, images)
+    totals: Optional[List[torch.Tensor]] = None
+    for rows in torch.arange(images.shape[0]).split(batch_size):
+        with torch.enable_grad(), sites.record(detach=False) as acts:
+            logits = forward(images[rows.to(device)])
+            logp = logits.double().log_softmax(-1)[:, int(label)]
+            layers = list(range(sites.num_layers))
+            grads = torch.autograd.grad(logp.sum(), [acts[l] for l in layers])
+        scores = []
+        for l, g in zip(layers, grads):
+            a = acts[l].detach().double()
+            b = base.rows(l, torch.zeros(1, dtype=torch.long))
+            gap = a if b is None else a - b.double()
+            scores.append((gap * g.double()).sum(dim=1).abs().sum(dim=0).cpu())  # (width,)
+        totals = scores if totals is None else [t + s for t, s in zip(totals, scores)]
+    return [t / images.shape[0] for t in totals]

@@ -1,0 +1,174 @@
+"""Learned class circuits and attribution patching, against literal hooks and a planted circuit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_paths import CounterfactualBaseline, MeanBaseline, NeuronSites
+from captum_paths.evaluation.circuits import (
+    HardConcrete,
+    attribution_patching,
+    circuit_probabilities,
+    learn_circuits,
+)
+from _models import tiny_vit
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_vit()
+    torch.manual_seed(2)
+    return model, torch.randn(12, 3, 16, 16)
+
+
+def _site_outputs(model):
+    return [block.mlp.act for block in model.blocks]
+
+
+def _literal_probs(model, x, replace):
+    """Softmax with each FFN activation (every token) passed through ``replace[layer](out)``."""
+    handles = [m.register_forward_hook(lambda _m, _a, out, l=l: replace[l](out))
+               for l, m in enumerate(_site_outputs(model))]
+    try:
+        with torch.no_grad():
+            return model(x).double().softmax(-1)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _literal_means(model, x):
+    seen = {}
+    handles = [m.register_forward_hook(lambda _m, _a, out, l=l: seen.__setitem__(l, out.detach()))
+               for l, m in enumerate(_site_outputs(model))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {l: a.double().mean(0).float() for l, a in seen.items()}
+
+
+def test_masks_fully_on_and_off_are_the_model_and_the_fully_ablated_model(tiny):
+    model, x = tiny
+    on = [torch.ones(64, dtype=torch.bool)] * 3
+    off = [torch.zeros(64, dtype=torch.bool)] * 3
+    half = [torch.arange(64) % 2 == 0] * 3
+    mean = MeanBaseline(x[:6])
+    probs = circuit_probabilities(model, x, [on, off, half], layer_baselines=mean, batch_size=5)
+    with torch.no_grad():
+        torch.testing.assert_close(probs[0], model(x).double().softmax(-1), rtol=0, atol=1e-6)
+    means = _literal_means(model, x[:6])
+    full_ablation = _literal_probs(model, x, {l: (lambda out, l=l: means[l].expand_as(out).clone())
+                                              for l in range(3)})
+    torch.testing.assert_close(probs[1], full_ablation, rtol=0, atol=1e-6)
+
+    def keep_even(l):
+        def fn(out):
+            out = out.clone()
+            out[..., 1::2] = means[l][:, 1::2]
+            return out
+        return fn
+
+    torch.testing.assert_close(probs[2], _literal_probs(model, x, {l: keep_even(l) for l in range(3)}),
+                               rtol=0, atol=1e-6)
+    zero = circuit_probabilities(model, x, [off])
+    torch.testing.assert_close(zero[0], _literal_probs(model, x, {l: torch.zeros_like for l in range(3)}),
+                               rtol=0, atol=1e-6)
+
+
+def test_a_planted_sparse_circuit_is_recovered():
+    """Every FFN neuron but three per block has a zero output column: the others cannot
+    change the output, so a learned mask must keep exactly the planted ones."""
+    model = tiny_vit(seed=3)
+    planted = {0: [5, 17, 40], 1: [2, 33, 60], 2: [9, 10, 50]}
+    with torch.no_grad():
+        for l, block in enumerate(model.blocks):
+            keep = torch.zeros(64, dtype=torch.bool)
+            keep[planted[l]] = True
+            block.mlp.fc2.weight[:, ~keep] = 0.0
+            block.mlp.fc2.weight[:, keep] *= 8.0
+    torch.manual_seed(4)
+    x = torch.randn(16, 3, 16, 16)
+    label = int(model(x).argmax(1).mode().values)
+    (circuit,) = learn_circuits(model, x, label, strengths=(0.01,), objective="kl", layer_baselines="zero",
+                                steps=150, lr=0.1, batch_size=8, seed=0)
+    assert circuit.units() == [(l, u) for l in range(3) for u in planted[l]]
+    assert circuit.units_kept == 9 and circuit.total_units == 192
+
+
+def test_larger_strengths_keep_fewer_units_and_training_is_seeded(tiny):
+    model, x = tiny
+    label = int(model(x).argmax(1).mode().values)
+    first = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1)
+    again = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1)
+    for a, b in zip(first, again):
+        assert all(torch.equal(u, v) for u, v in zip(a.log_alpha, b.log_alpha))
+        assert a.losses == b.losses
+    assert first[0].units_kept > first[1].units_kept
+    assert [c.strength for c in first] == [0.1, 4.0]
+    data = first[1].to_json()
+    assert data["units_kept"] == first[1].units_kept and len(data["units"]) == 3
+
+
+def test_hard_concrete_gates():
+    hc = HardConcrete()
+    log_alpha = torch.tensor([-10.0, 0.0, 10.0])
+    torch.testing.assert_close(hc.deterministic(log_alpha), torch.tensor([0.0, 0.5, 1.0]))
+    samples = torch.stack([hc.sample(log_alpha, torch.Generator().manual_seed(i)) for i in range(200)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert (samples[:, 0] == 0).float().mean() > 0.9 and (samples[:, 2] == 1).float().mean() > 0.9
+    assert hc.expected_kept(torch.tensor([-10.0]))[0] < 1e-3 and hc.expected_kept(torch.tensor([10.0]))[0] > 0.999
+
+
+def test_attribution_patching_is_activation_gap_times_gradient(tiny):
+    model, x = tiny
+    label = 1
+    scores = attribution_patching(model, x, label, batch_size=5)
+    means = _literal_means(model, x)
+    seen = {}
+
+    def keep(l):
+        def hook(_m, _a, out):
+            out.retain_grad()
+            seen[l] = out
+        return hook
+
+    handles = [m.register_forward_hook(keep(l)) for l, m in enumerate(_site_outputs(model))]
+    try:
+        logp = model(x).double().log_softmax(-1)[:, label]
+        logp.sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad()
+    for l in range(3):
+        a, g = seen[l].detach().double(), seen[l].grad.double()
+        expected = ((a - means[l].double()) * g).sum(dim=1).abs().mean(dim=0)
+        torch.testing.assert_close(scores[l], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_bad_arguments_name_what_was_given(tiny):
+    model, x = tiny
+    with pytest.raises(ValueError, match="objective must be one of"):
+        learn_circuits(model, x, 0, objective="mse", steps=1)
+    with pytest.raises(ValueError, match="differs per image"):
+        learn_circuits(model, x, 0, layer_baselines=CounterfactualBaseline(x), steps=1)
+    with pytest.raises(ValueError, match="label must be a class of the model"):
+        learn_circuits(model, x, 9, steps=1)
+    with pytest.raises(ValueError, match=r"images must be a \(N, C, H, W\) tensor"):
+        learn_circuits(model, x[0], 0, steps=1)
+    with pytest.raises(ValueError, match="keeps\\[0\\] holds 2 layer masks"):
+        circuit_probabilities(model, x, [[torch.ones(64, dtype=torch.bool)] * 2])
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        learn_circuits(model, x, 0, steps=0)
+
+
+def test_heads_and_neurons_together(tiny):
+    model, x = tiny
+    sites = NeuronSites.mixed(NeuronSites.heads_from_model(model), NeuronSites.from_model(model))
+    (circuit,) = learn_circuits(model, x, 0, sites=sites, strengths=(1.0,), steps=5, batch_size=4)
+    assert circuit.kinds == ["head", "neuron"] * 3 and circuit.total_units == 3 * (2 + 64)
+    probs = circuit_probabilities(model, x, [circuit.keep], sites=sites, layer_baselines=MeanBaseline(x))
+    assert probs.shape == (1, 12, 5)
