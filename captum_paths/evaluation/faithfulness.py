@@ -14,6 +14,11 @@ Units are ablated at every token by default (``tokens="all"``): a CLS-pooled mod
 whose units are read at the class token still moves information through the patch
 tokens' FFNs and heads, and ablating the class token alone leaves that route open.
 ``tokens="selected"`` ablates them only where the paths read them.
+
+The ablations are the neuron baselines of :mod:`captum_paths.attribution.layer_baselines`:
+``"zero"``, and ``"mean"``, a :class:`~captum_paths.attribution.layer_baselines.MeanBaseline`
+over the ranking images (:func:`unit_means` is its ``.means``). ``layer_baselines=`` adds
+(or replaces) one ablation with any other baseline.
 """
 from __future__ import annotations
 
@@ -21,14 +26,16 @@ import contextlib
 import copy
 import logging
 from numbers import Real
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from captum_paths.evaluation.harness import _check_batch_size, _check_data, _device, split_by_class
+from captum_paths.attribution.layer_baselines import ABLATIONS, MeanBaseline, as_layer_baselines
+from captum_paths.evaluation.harness import _StudyBaselines, _check_batch_size, _check_data, _device, split_by_class
+from captum_paths.evaluation.interventions import _model_forward, _Removal
 from captum_paths.model.loading import as_logits_model
 from captum_paths.model.sites import NeuronSites, resolve_sites
 from captum_paths.model.tokens import TokenSelection
@@ -38,7 +45,7 @@ __all__ = ["ABLATIONS", "FAITHFULNESS_COLUMNS", "RANDOM_RANKING", "unit_ranking"
 
 logger = logging.getLogger(__name__)
 
-ABLATIONS = ("zero", "mean")
+# ABLATIONS ("zero", "mean") is captum_paths.attribution.layer_baselines.ABLATIONS, exported here as before
 #: The name of the random-ranking control in the study's tables.
 RANDOM_RANKING = "random ranking"
 FAITHFULNESS_COLUMNS = ("method", "ablation", "label", "n", "units_kept", "images", "mean_prob", "accuracy",
@@ -103,17 +110,30 @@ def random_ranking(sites: NeuronSites, seed: int = 0) -> Ranking:
 def unit_means(model: nn.Module, sites: NeuronSites, images: torch.Tensor, batch_size: int = 64
                ) -> List[torch.Tensor]:
     """The mean activation of every layer over ``images``, ``(positions, units)`` per layer
-    (the reference of mean ablation)."""
-    forward, device = as_logits_model(model), _device(model)
-    sums: Dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            with sites.record() as acts:
-                forward(images[start:start + batch_size].to(device))
-            for layer, act in acts.items():
-                part = act.double().sum(dim=0)
-                sums[layer] = part if layer not in sums else sums[layer] + part
-    return [(sums[layer] / images.shape[0]).float() for layer in range(sites.num_layers)]
+    (the reference of mean ablation), in float32.
+
+    A thin wrapper over :meth:`MeanBaseline.means
+    <captum_paths.attribution.layer_baselines.MeanBaseline.means>` (``MeanBaseline(images,
+    batch_size=batch_size).means(sites, model)``: the same batches, sums in float64),
+    kept for compatibility; mean ablation itself uses the means in the sites' dtype.
+
+    Args:
+        model (nn.Module): the model (logits out); the images go to its device batch by batch.
+        sites (NeuronSites): the sites (their token selection sets ``positions``).
+        images (Tensor): reference images ``(n, C, H, W)``.
+        batch_size (int, optional): images per forward. Default: 64.
+
+    Returns:
+        list of Tensor: one ``(positions, units)`` float32 tensor per layer.
+
+    Example::
+
+        >>> means = unit_means(model, sites, images[reference])
+        >>> with keep_units(sites, keep, "mean", means):
+        ...     logits = model(images)
+    """
+    means = MeanBaseline(images, batch_size=batch_size).means(sites, _model_forward(model))
+    return [means[layer].float() for layer in range(sites.num_layers)]
 
 
 @contextlib.contextmanager
@@ -122,26 +142,52 @@ def keep_units(
     keep: Sequence[torch.Tensor],
     ablation: str = "zero",
     means: Optional[Sequence[torch.Tensor]] = None,
+    layer_baselines: Any = None,
 ) -> Iterator[None]:
     """Ablate every unit of every layer outside ``keep`` while the ``with`` block runs.
 
     Args:
-        keep: per layer a bool mask ``(width_l,)`` (the same for every image) or
+        sites (NeuronSites): the sites (their token selection says where units are ablated).
+        keep (list of Tensor): per layer a bool mask ``(width_l,)`` (the same for every image) or
             ``(batch, width_l)`` (one row per image of the batch).
-        ablation: ``"zero"``, or ``"mean"`` (each ablated unit takes its value in ``means``).
-        means: :func:`unit_means` of a reference set (``ablation="mean"``).
+        ablation (str, optional): ``"zero"``, or ``"mean"`` (each ablated unit takes its value in
+            ``means``). Default: ``"zero"``.
+        means (list of Tensor, optional): :func:`unit_means` of a reference set, one
+            ``(positions, units)`` tensor per layer (``ablation="mean"``).
+        layer_baselines (optional): instead of ``ablation`` and ``means``, what an ablated unit
+            becomes, as in :func:`~captum_paths.evaluation.interventions.scale_neurons`: a
+            ``MeanBaseline(reference_images)``, a ``CounterfactualBaseline(images)`` (one per image
+            of the batch run inside the block, or one for all), per-site values ``{layer:
+            tensor}`` (each ``(units,)``, ``(positions, units)`` or ``(batch, positions, units)``),
+            or ``None`` (use ``ablation``). Default: ``None``.
+
+    Example::
+
+        >>> keep = [torch.zeros(w, dtype=torch.bool) for w in sites.widths]   # keep nothing
+        >>> with keep_units(sites, keep, layer_baselines=MeanBaseline(reference_images)):
+        ...     logits = model(images)        # every unit at its reference mean
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}; got {ablation!r}")
+    if layer_baselines is not None and (ablation != "zero" or means is not None):
+        raise ValueError("keep_units: give either ablation (and means) or layer_baselines, not both")
     if ablation == "mean" and means is None:
         raise ValueError("ablation='mean' needs means (unit_means of a reference set)")
     if len(keep) != sites.num_layers:
         raise ValueError(f"keep needs one mask per layer ({sites.num_layers}); got {len(keep)}")
+    removal = None if layer_baselines is None else _Removal(sites, layer_baselines)
+    if removal is not None and removal.is_zero:
+        removal = None  # the zero ablation, exactly
 
     def edit(layer: int):
         def fn(act: torch.Tensor) -> torch.Tensor:
             mask = keep[layer].to(act.device)
             mask = mask[:, None, :] if mask.dim() == 2 else mask[None, None, :]
+            if removal is not None:
+                base = removal.value(layer, act)
+                if base is not None:
+                    return torch.where(mask, act, base)
+                return act * mask.to(act.dtype)
             if ablation == "zero":
                 return act * mask.to(act.dtype)
             return torch.where(mask, act, means[layer].to(device=act.device, dtype=act.dtype)[None])
@@ -174,6 +220,7 @@ def faithfulness_study(
     tokens: str = "all",
     seed: int = 0,
     batch_size: int = 64,
+    layer_baselines: Any = None,
 ) -> pd.DataFrame:
     """Faithfulness-sparsity curves of each method's paths, per class.
 
@@ -181,7 +228,8 @@ def faithfulness_study(
     paths rank the units (:func:`unit_ranking`), and held-out images, on which the
     model runs with the top ``N`` units of every layer kept and every other unit of
     the sites ablated (:func:`keep_units`). Mean ablation uses the mean over every
-    ranking image of every class.
+    ranking image of every class (a
+    :class:`~captum_paths.attribution.layer_baselines.MeanBaseline` of them).
 
     Args:
         model: the model (logits out).
@@ -196,12 +244,30 @@ def faithfulness_study(
         random_control: add the random-ranking control (:data:`RANDOM_RANKING`).
         tokens: ``"all"`` (ablate units at every token) or ``"selected"`` (at the sites' token
             selection only).
+        layer_baselines (optional): one more ablation, named by the baseline (its ``name``:
+            ``"mean"``, ``"counterfactual"``, ``"given"``, ...), or, when that name is in
+            ``ablations``, the baseline of that ablation: ``MeanBaseline(reference_images)``
+            replaces the ranking images as the reference of ``"mean"``;
+            ``CounterfactualBaseline(images_aligned)`` holds one counterfactual per image
+            ``(N, C, H, W)`` aligned with ``images`` (or one for all); per-site values
+            ``{layer: tensor}`` are shaped as the sites record with ``tokens`` (every token
+            for ``"all"``): ``(units,)``, ``(positions, units)`` or ``(N, positions, units)``.
+            Default: ``None`` (the ``ablations`` alone).
 
     Returns:
         DataFrame with columns :data:`FAITHFULNESS_COLUMNS`, one row per method,
         ablation, class and ``n``: ``units_kept`` over all layers, ``mean_prob`` (mean
         softmax probability of the label) and ``accuracy`` (top-1) on the held-out
         images, and the unablated ``mean_prob_full`` / ``accuracy_full``.
+        ``df.attrs["layer_baselines"]`` holds each ablation's settings.
+
+    Example::
+
+        >>> df = faithfulness_study(model, images, labels, {"neuron-path": result},
+        ...                         ablations=("zero",),
+        ...                         layer_baselines=CounterfactualBaseline(other_images))
+        >>> set(df.ablation)
+        {'zero', 'counterfactual'}
     """
     images, labels = _check_data(images, labels)
     batch_size = _check_batch_size(batch_size)
@@ -213,10 +279,16 @@ def faithfulness_study(
     if tokens == "all":
         sites = copy.copy(sites)  # the same modules, read at every token
         sites.tokens = TokenSelection("all", (), sites.tokens.num_prefix_tokens)
+    if isinstance(ablations, str):
+        ablations = (ablations,)
     ablations = list(dict.fromkeys(ablations))
+    given = None if layer_baselines is None else as_layer_baselines(layer_baselines)
+    allowed = ABLATIONS if given is None or given.name in ABLATIONS else ABLATIONS + (given.name,)
     for ablation in ablations:
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablations must hold values of {ABLATIONS}; got {ablation!r}")
+        if ablation not in allowed:
+            raise ValueError(f"ablations must hold values of {allowed}; got {ablation!r}")
+    if given is not None and given.name not in ablations:
+        ablations.append(given.name)
     if not isinstance(paths_by_method, Mapping) or not paths_by_method:
         raise TypeError("paths_by_method must be a non-empty dict {method: (N, L, k) paths or PathResult}")
     if isinstance(rank_fraction, bool) or not isinstance(rank_fraction, Real) or not 0 < rank_fraction < 1:
@@ -226,7 +298,18 @@ def faithfulness_study(
         raise ValueError("no class has at least 2 images: nothing to split into ranking and held-out images")
     forward, device = as_logits_model(model), _device(model)
     rank_idx = torch.tensor(sorted(i for s in split.values() for i in s["consensus"]), dtype=torch.long)
-    means = unit_means(model, sites, images[rank_idx], batch_size) if "mean" in ablations else None
+    baselines: Dict[str, _StudyBaselines] = {}
+    for ablation in ablations:
+        if given is not None and ablation == given.name:
+            baseline = given
+            if isinstance(baseline, MeanBaseline):  # its own means, for these sites and tokens
+                baseline = MeanBaseline(given.reference, additional_forward_args=given.args or None,
+                                        batch_size=given.batch_size, image_ids=given.image_ids)
+        elif ablation == "mean":
+            baseline = MeanBaseline(images[rank_idx], batch_size=batch_size)
+        else:
+            baseline = None
+        baselines[ablation] = _StudyBaselines(baseline, sites, model, images)
 
     rows = []
     for label, parts in split.items():
@@ -249,7 +332,8 @@ def faithfulness_study(
         full_acc = float((full.argmax(1) == label).double().mean())
         configs = [(name, n) for name in rankings for n in ns]
         for ablation in ablations:
-            probs = _run_configs(forward, sites, x, configs, rankings, widths, ablation, means, batch_size, device)
+            probs = _run_configs(forward, sites, x, configs, rankings, widths, baselines[ablation], held, batch_size,
+                                 device)
             for (name, n), p in zip(configs, probs):
                 rows.append({"method": name, "ablation": ablation, "label": label, "n": n,
                              "units_kept": int(sum(min(n, w) for w in widths)), "images": len(held),
@@ -257,14 +341,16 @@ def faithfulness_study(
                              "accuracy": float((p.argmax(1) == label).double().mean()),
                              "mean_prob_full": full_prob, "accuracy_full": full_acc})
     df = pd.DataFrame(rows, columns=list(FAITHFULNESS_COLUMNS))
-    df.attrs.update(split=split, ns=list(ns), widths=widths, tokens=tokens, kinds=list(getattr(sites, "kinds", ["neuron"] * len(widths))))
+    df.attrs.update(split=split, ns=list(ns), widths=widths, tokens=tokens, kinds=list(getattr(sites, "kinds", ["neuron"] * len(widths))),
+                    layer_baselines={a: b.settings for a, b in baselines.items()})
     return df
 
 
-def _run_configs(forward, sites, x, configs, rankings, widths, ablation, means, batch_size, device
-                 ) -> List[torch.Tensor]:
+def _run_configs(forward, sites, x, configs, rankings, widths, baseline: _StudyBaselines, held: torch.Tensor,
+                 batch_size, device) -> List[torch.Tensor]:
     """Softmax ``(images, classes)`` for every ``(method, n)`` config: rows are config-major
-    copies of ``x``, each with its own keep masks, batched."""
+    copies of ``x`` (the images ``held``), each with its own keep masks, batched; ablated
+    units take ``baseline`` (zero: multiplied by 0, as ever)."""
     n_img = x.shape[0]
     masks = []
     for layer, width in enumerate(widths):
@@ -279,7 +365,7 @@ def _run_configs(forward, sites, x, configs, rankings, widths, ablation, means, 
             stop = min(start + batch_size, total)
             index = torch.arange(start, stop) % n_img
             keep = [m[start:stop] for m in masks]
-            with keep_units(sites, keep, ablation, means):
+            with keep_units(sites, keep, layer_baselines=None if baseline.is_zero else baseline.rows(held[index])):
                 out.append(forward(x[index].to(device)).double().softmax(1).cpu())
     probs = torch.cat(out)
     return list(probs.split(n_img))

@@ -18,6 +18,14 @@ and returns a tidy :class:`pandas.DataFrame`, one row per observation, which
 
 Everything runs batched on the model's device under ``torch.no_grad`` (except
 the JAS integrals), and every random choice is seeded.
+
+What a removed (or pruned) unit becomes is ``layer_baselines=``
+(:mod:`captum_paths.attribution.layer_baselines`): zero by default, the unit's mean over
+reference images (``MeanBaseline``), its activation on counterfactual images aligned with
+``images`` (``CounterfactualBaseline``), or given values. Every table records it in its
+``ablation`` column (``"zero"``, ``"mean"``, ``"counterfactual"``, ``"given"``) and in
+``df.attrs["layer_baselines"]`` (:meth:`LayerBaseline.settings`, e.g. ``{"ablation": "mean",
+"reference_images": 64}``).
 """
 from __future__ import annotations
 
@@ -32,9 +40,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from captum_paths.attribution.joint_integrated_gradients import MODES, JointNeuronIntegratedGradients
+from captum_paths.attribution.joint_integrated_gradients import (MODES, JointNeuronIntegratedGradients,
+                                                                 check_paper_baseline)
+from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, LayerBaseline, MeanBaseline,
+                                                      SiteBaseline, ZeroBaseline, as_layer_baselines)
+from captum_paths.attribution.output import select_rows
 from captum_paths.analysis.consensus import consensus_path
-from captum_paths.evaluation.interventions import _check_scale, prune_neurons, scale_neurons
+from captum_paths.evaluation.interventions import _check_scale, _model_forward, prune_neurons, scale_neurons
 from captum_paths.model.loading import as_logits_model
 from captum_paths.records import write_text_atomic
 from captum_paths.search.registry import create_path_method
@@ -58,16 +70,18 @@ logger = logging.getLogger(__name__)
 
 DEVIATION_COLUMNS = (
     "image", "label", "method", "operation", "p_before", "p_after", "prob_deviation",
-    "correct_before", "correct_after",
+    "correct_before", "correct_after", "ablation",
 )
+#: the columns :func:`summarize_deviation` reads (besides its ``by`` columns)
+_SUMMARIZED = ("operation", "p_before", "p_after", "prob_deviation", "correct_before", "correct_after")
 SUMMARY_COLUMNS = (
     "operation", "mean_prob_deviation", "median_prob_deviation", "accuracy_before",
     "accuracy_after", "accuracy_deviation", "images",
 )  # after the ``by`` columns
-JAS_COLUMNS = ("image", "label", "method", "mode", "jas")
+JAS_COLUMNS = ("image", "label", "method", "mode", "jas", "ablation")
 PRUNING_COLUMNS = (
     "k", "p", "depth", "label", "images", "mean_prob", "accuracy", "mean_prob_unpruned",
-    "accuracy_unpruned",
+    "accuracy_unpruned", "ablation",
 )
 
 PathsLike = Union[torch.Tensor, Any]  # (N, L, k) tensor or PathResult
@@ -151,6 +165,81 @@ def _sites(model: nn.Module, sites: Any) -> NeuronSites:
     return resolve_sites(model, sites)
 
 
+class _StudyBaselines:
+    """A study's ``layer_baselines`` (for its ``N`` images) as the baseline of any rows of them.
+
+    Whatever needs forwards is computed here with the study's model: the reference means
+    once, a single counterfactual once, per-image counterfactuals (one per image of the
+    study, aligned with ``images``) for the rows asked. :meth:`rows` gives ``None`` (zero)
+    or a :class:`SiteBaseline` that interventions, the joint integral and the path search
+    all take.
+    """
+
+    def __init__(self, layer_baselines: Any, sites: NeuronSites, model: nn.Module, images: torch.Tensor) -> None:
+        baseline = as_layer_baselines(layer_baselines)
+        self.baseline, self.sites, self.images = baseline, sites, images
+        self.name = baseline.name
+        self.settings = baseline.settings()
+        self.forward = _model_forward(model)
+        self.count = n = images.shape[0]
+        self.shared: Optional[SiteBaseline] = None
+        self.per_image = False
+        if isinstance(baseline, ZeroBaseline):
+            return
+        if isinstance(baseline, MeanBaseline):
+            self.shared = SiteBaseline(baseline.means(sites, self.forward), name=baseline.name)
+        elif isinstance(baseline, SiteBaseline):
+            counts = sorted({v.shape[0] for v in baseline.values.values() if v.dim() == 3 and v.shape[0] > 1})
+            if counts and counts != [n]:
+                raise ValueError(
+                    f"layer_baselines: SiteBaseline holds per-image values for {counts[0]} images but the study "
+                    f"has {n} images: give one row per image (aligned with images) or values shared by every image"
+                )
+            self.per_image = bool(counts)
+            self.shared = None if self.per_image else baseline
+        elif isinstance(baseline, CounterfactualBaseline):
+            m = int(baseline.counterfactual[0].shape[0])
+            if m == 1:
+                self.shared = SiteBaseline(self._record(baseline.counterfactual, baseline.args), name=baseline.name)
+            elif m != n:
+                raise ValueError(
+                    f"layer_baselines: CounterfactualBaseline holds {m} counterfactual images for the {n} images of "
+                    "the study: give one counterfactual per image (aligned with images) or one for all"
+                )
+            else:
+                self.per_image = True
+        else:  # any other LayerBaseline: resolved batch by batch from the images themselves
+            self.per_image = True
+
+    @property
+    def is_zero(self) -> bool:
+        return isinstance(self.baseline, ZeroBaseline)
+
+    def _record(self, inputs: Tuple[torch.Tensor, ...], args: Tuple[Any, ...]) -> Dict[int, torch.Tensor]:
+        with torch.no_grad(), self.sites.record() as acts:
+            self.forward(*inputs, *args)
+        return dict(acts)
+
+    def rows(self, index: torch.Tensor) -> Optional[SiteBaseline]:
+        """The baseline of the images ``index`` ``(rows,)`` (in that order); ``None`` for zero."""
+        if not self.per_image:
+            return self.shared
+        baseline = self.baseline
+        index = torch.as_tensor(index).long().reshape(-1)
+        if isinstance(baseline, SiteBaseline):
+            values = {l: v[index.to(v.device)] if v.dim() == 3 and v.shape[0] > 1 else v
+                      for l, v in baseline.values.items()}
+            return SiteBaseline(values, name=baseline.name)
+        if isinstance(baseline, CounterfactualBaseline):
+            inputs = tuple(x[index.to(x.device)] for x in baseline.counterfactual)
+            return SiteBaseline(self._record(inputs, select_rows(baseline.args, index, self.count)),
+                                name=baseline.name)
+        inputs = (self.images[index],)
+        clean = self._record(inputs, ())
+        values = baseline.resolve(self.sites, self.forward, inputs, (), clean)
+        return None if values.is_zero else SiteBaseline(values.values, name=baseline.name)
+
+
 # ---------------------------------------------------------------------- manipulation
 def probability_deviation(
     model: nn.Module,
@@ -160,8 +249,16 @@ def probability_deviation(
     factor: float = 2.0,
     sites: Optional[NeuronSites] = None,
     batch_size: int = 64,
+    layer_baselines: Any = None,
 ) -> pd.DataFrame:
     """Remove (×0) and enhance (×``factor``) every path neuron at once; per image deviation.
+
+    Removal sets the path's units to their baseline ``b`` (zero by default); enhancement is
+    ``b + factor * (a - b)`` (:func:`~captum_paths.evaluation.interventions.scale_neurons`),
+    ``factor * a`` for the zero baseline. With ``layer_baselines`` the removal is exactly what
+    the joint score measures: ``p_before - p_after`` of the ``"remove"`` rows is the gate JAS
+    of :class:`~captum_paths.attribution.JointNeuronIntegratedGradients` with the same
+    ``layer_baselines`` (``F`` the label's probability).
 
     Args:
         model (nn.Module): Model returning logits (HF models are wrapped).
@@ -173,13 +270,31 @@ def probability_deviation(
         factor (float, optional): Enhancement factor. Default: 2.0.
         sites (NeuronSites, optional): Default ``NeuronSites.from_model(model)``.
         batch_size (int, optional): Images per forward. Default: 64.
+        layer_baselines (optional): What a removed unit becomes: ``None`` or 0 (zero, the
+            default); ``MeanBaseline(reference_images)`` (reference ``(n, C, H, W)``; the
+            means ``{layer: (positions, units)}`` are computed once); ``CounterfactualBaseline(
+            counterfactual_images)`` with one counterfactual per image ``(N, C, H, W)``, aligned
+            with ``images``, or one for all ``(1, C, H, W)``; per-site values ``{layer: tensor}``
+            (each ``(units,)``, ``(positions, units)``, or ``(N, positions, units)`` aligned with
+            ``images``); any other
+            :class:`~captum_paths.attribution.layer_baselines.LayerBaseline` (resolved batch by
+            batch). See :mod:`captum_paths.attribution.layer_baselines`.
 
     Returns:
         DataFrame with columns :data:`DEVIATION_COLUMNS`: ``image`` (row index in
         ``images``), ``label``, ``method``, ``operation`` (``"remove"`` or
         ``"enhance"``), ``p_before``, ``p_after``, ``prob_deviation`` (``p_after /
         p_before - 1``), ``correct_before``, ``correct_after`` (top-1 equals the
-        label). Rows ordered by method (as given), operation, image.
+        label), ``ablation`` (the baseline's name: ``"zero"``, ``"mean"``, ...). Rows
+        ordered by method (as given), operation, image. ``df.attrs["layer_baselines"]``
+        holds the baseline's settings (``{"ablation": "mean", "reference_images": n}``).
+
+    Example::
+
+        >>> df = probability_deviation(model, images, labels, {"neuron-path": result},
+        ...                            layer_baselines=MeanBaseline(reference_images))
+        >>> removed = df[df.operation == "remove"]
+        >>> jas = removed.p_before - removed.p_after          # the JAS under mean ablation
     """
     images, labels = _check_data(images, labels)
     batch_size = _check_batch_size(batch_size)
@@ -188,6 +303,7 @@ def probability_deviation(
     forward, device, n = as_logits_model(model), _device(model), images.shape[0]
     operations = (("remove", 0.0), ("enhance", _check_scale(factor, "factor")))
     table = {name: _as_paths(name, paths, n, sites.num_layers) for name, paths in paths_by_method.items()}
+    base = _StudyBaselines(layer_baselines, sites, model, images)
 
     before = _probabilities(forward, images, batch_size, device)
     rows = torch.arange(n)
@@ -198,7 +314,8 @@ def probability_deviation(
         for operation, scale in operations:
             after = _probabilities(
                 forward, images, batch_size, device,
-                context=lambda part, paths=paths, scale=scale: scale_neurons(sites, paths[part], scale),
+                context=lambda part, paths=paths, scale=scale: scale_neurons(
+                    sites, paths[part], scale, layer_baselines=base.rows(part)),
             )
             p_after = after[rows, labels]
             frames.append(pd.DataFrame({
@@ -211,8 +328,11 @@ def probability_deviation(
                 "prob_deviation": (p_after / p_before - 1.0).numpy(),
                 "correct_before": correct_before.numpy(),
                 "correct_after": (after.argmax(dim=1) == labels).numpy(),
+                "ablation": base.name,
             }))
-    return pd.concat(frames, ignore_index=True)[list(DEVIATION_COLUMNS)]
+    df = pd.concat(frames, ignore_index=True)[list(DEVIATION_COLUMNS)]
+    df.attrs["layer_baselines"] = base.settings
+    return df
 
 
 def summarize_deviation(df: pd.DataFrame, by: Sequence[str] = ("method",)) -> pd.DataFrame:
@@ -232,7 +352,7 @@ def summarize_deviation(df: pd.DataFrame, by: Sequence[str] = ("method",)) -> pd
     if isinstance(by, str):
         by = (by,)
     by = list(by)
-    missing = [c for c in by + list(DEVIATION_COLUMNS[3:]) if c not in df.columns]
+    missing = [c for c in by + list(_SUMMARIZED) if c not in df.columns]
     if missing:
         raise ValueError(
             f"df lacks the columns {missing}; pass the output of probability_deviation "
@@ -263,6 +383,7 @@ def jas_comparison(
     sites: Optional[NeuronSites] = None,
     batch_size: int = 64,
     internal_batch_size: Optional[int] = None,
+    layer_baselines: Any = None,
 ) -> pd.DataFrame:
     """The JAS of every method's path on the same images, for each semantics.
 
@@ -277,10 +398,22 @@ def jas_comparison(
             20 left Riemann steps, as the released scripts.
         internal_batch_size (int, optional): Rows per forward/backward pass of the
             paper integral. Default: ``None``, ``batch_size × n_steps`` rows at once.
+        layer_baselines (optional): What a removed unit becomes, as in
+            :func:`probability_deviation` (``None``: zero; ``MeanBaseline(reference_images)``;
+            ``CounterfactualBaseline(images_aligned)``; ``{layer: tensor}``): the gate JAS is
+            ``F(x) - F(x; path set to its baseline)``. The paper score is defined against zero
+            only: with another baseline ``modes`` must be ``("gate",)`` (``ValueError``
+            otherwise).
 
     Returns:
         DataFrame with columns :data:`JAS_COLUMNS`: ``image``, ``label``, ``method``,
-        ``mode``, ``jas``; rows ordered by method, mode, image.
+        ``mode``, ``jas``, ``ablation`` (the baseline's name); rows ordered by method, mode,
+        image. ``df.attrs["layer_baselines"]`` holds the baseline's settings.
+
+    Example::
+
+        >>> jas = jas_comparison(model, images, labels, {"neuron-path": result}, modes=("gate",),
+        ...                      layer_baselines=MeanBaseline(reference_images))
     """
     images, labels = _check_data(images, labels)
     batch_size = _check_batch_size(batch_size)
@@ -293,6 +426,12 @@ def jas_comparison(
     sites = _sites(model, sites)
     device, n = _device(model), images.shape[0]
     table = {name: _as_paths(name, paths, n, sites.num_layers) for name, paths in paths_by_method.items()}
+    if "paper" in modes:
+        try:
+            check_paper_baseline(as_layer_baselines(layer_baselines))
+        except ValueError as error:
+            raise ValueError(f"modes: {error}; e.g. jas_comparison(..., modes=('gate',))") from None
+    base = _StudyBaselines(layer_baselines, sites, model, images)
     jig = JointNeuronIntegratedGradients(model, sites=sites)
     forward = as_logits_model(model)
     rows = torch.arange(n)
@@ -303,7 +442,8 @@ def jas_comparison(
             values = []
             if mode == "gate":
                 removed = _probabilities(forward, images, batch_size, device,
-                                         context=lambda part, paths=paths: scale_neurons(sites, paths[part], 0.0))
+                                         context=lambda part, paths=paths: scale_neurons(
+                                             sites, paths[part], 0.0, layer_baselines=base.rows(part)))
                 values.append(p_clean - removed[rows, labels])
             for start in range(0, n if mode == "paper" else 0, batch_size):
                 stop = min(start + batch_size, n)
@@ -314,9 +454,11 @@ def jas_comparison(
                 values.append(jas.detach().double().cpu())
             frames.append(pd.DataFrame({
                 "image": np.arange(n), "label": labels.numpy(), "method": name, "mode": mode,
-                "jas": torch.cat(values).numpy(),
+                "jas": torch.cat(values).numpy(), "ablation": base.name,
             }))
-    return pd.concat(frames, ignore_index=True)[list(JAS_COLUMNS)]
+    df = pd.concat(frames, ignore_index=True)[list(JAS_COLUMNS)]
+    df.attrs["layer_baselines"] = base.settings
+    return df
 
 
 # --------------------------------------------------------------------------- pruning
@@ -406,6 +548,7 @@ def pruning_study(
     n_steps: Optional[int] = None,
     sites: Optional[NeuronSites] = None,
     batch_size: int = 64,
+    layer_baselines: Any = None,
 ) -> pd.DataFrame:
     """Keep a class consensus path, prune the rest, evaluate on other images of the class.
 
@@ -430,14 +573,26 @@ def pruning_study(
         method (str, optional): Registered path method. Default: ``"neuron-path"``.
         seed (int, optional): Seed of the split and of the pruning masks. Default: 0.
         n_steps (int, optional): Quadrature steps of the path search.
+        layer_baselines (optional): What a removed unit becomes, in the path search of the
+            consensus images and for every pruned unit of the evaluation images, as in
+            :func:`probability_deviation`: ``None`` (zero), ``MeanBaseline(reference_images)``
+            (means ``{layer: (positions, units)}``), ``CounterfactualBaseline(images_aligned)``
+            ``(N, C, H, W)`` or ``(1, C, H, W)``, or ``{layer: tensor}``. Default: ``None``.
 
     Returns:
         DataFrame with columns :data:`PRUNING_COLUMNS`: ``k``, ``p``, ``depth``,
         ``label``, ``images`` (evaluation images), ``mean_prob`` (mean softmax
         probability of the label), ``accuracy`` (top-1), ``mean_prob_unpruned``,
-        ``accuracy_unpruned``. ``df.attrs["split"]`` holds the split
-        (``{label: {"consensus": [...], "evaluation": [...]}}``) and
-        ``df.attrs["consensus"]`` the consensus paths (``{k: {label: L x k list}}``).
+        ``accuracy_unpruned``, ``ablation`` (the baseline's name). ``df.attrs["split"]`` holds the split
+        (``{label: {"consensus": [...], "evaluation": [...]}}``),
+        ``df.attrs["consensus"]`` the consensus paths (``{k: {label: L x k list}}``) and
+        ``df.attrs["layer_baselines"]`` the baseline's settings.
+
+    Example::
+
+        >>> df = pruning_study(model, images, labels, ks=(3,), ps=(1.0,),
+        ...                    layer_baselines=MeanBaseline(reference_images))
+        >>> df[["k", "depth", "label", "mean_prob", "ablation"]]     # every pruned unit at its mean
     """
     images, labels = _check_data(images, labels)
     batch_size = _check_batch_size(batch_size)
@@ -451,6 +606,7 @@ def pruning_study(
     ):
         raise ValueError(f"ps must be a non-empty list of probabilities in [0, 1]; got {ps!r}")
     forward, device = as_logits_model(model), _device(model)
+    base = _StudyBaselines(layer_baselines, sites, model, images)
 
     split = split_by_class(labels, consensus_fraction, seed)
     if not split:
@@ -466,6 +622,7 @@ def pruning_study(
         part = consensus_idx[start:start + batch_size]
         result = search.attribute(
             images[part].to(device), target=labels[part].to(device), k=max(ks), n_steps=n_steps, mode="gate",
+            **({} if base.is_zero else {"layer_baselines": base.rows(part)}),
         )
         found.append(result.paths.cpu())
     consensus_paths = torch.cat(found)
@@ -490,7 +647,7 @@ def pruning_study(
                     probs = _probabilities(
                         forward, images, batch_size, device, index=index,
                         context=lambda part, keep=keep, p=p, depth=depth: prune_neurons(
-                            sites, keep, float(p), depth, seed=seed
+                            sites, keep, float(p), depth, seed=seed, layer_baselines=base.rows(part)
                         ),
                     )
                     rows.append({
@@ -499,12 +656,14 @@ def pruning_study(
                         "accuracy": float((probs.argmax(dim=1) == y).double().mean()),
                         "mean_prob_unpruned": base_prob,
                         "accuracy_unpruned": base_acc,
+                        "ablation": base.name,
                     })
     df = pd.DataFrame(rows, columns=list(PRUNING_COLUMNS))
     df.attrs["split"] = split
     df.attrs["consensus"] = {k: {label: c.tolist() for label, c in by_label.items()} for k, by_label in consensus.items()}
     df.attrs["method"] = method
     df.attrs["seed"] = seed
+    df.attrs["layer_baselines"] = base.settings
     return df
 
 

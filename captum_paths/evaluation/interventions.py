@@ -17,6 +17,17 @@ channels are scaled, removed or pruned together.
   with probability ``p`` in the first ``depth`` layers, with one seeded
   Bernoulli draw per context shared by every image.
 
+What a removed unit becomes is its neuron baseline ``b`` (``layer_baselines=``,
+:mod:`captum_paths.attribution.layer_baselines`): 0 by default, or its mean over
+reference images, its activation on a counterfactual image, or given values.
+Scaling is the gate of :class:`~captum_paths.attribution.JointNeuronIntegratedGradients`
+with ``g = scale``: ``a' = scale * a + (1 - scale) * b``, so ``scale = 0`` is exactly
+``b`` (removal), ``scale = 1`` exactly ``a``, and ``scale = 2`` doubles the unit's
+departure from its baseline (``b + 2 (a - b)``; ``2 a`` for the zero baseline). A
+baseline that needs forwards (the reference means, the counterfactual activations) is
+computed when the ``with`` block is entered, with the sites' model, before any hook is
+installed; inside the block every forward's activation is checked against it.
+
 Examples::
 
     >>> sites = NeuronSites.from_model(model)
@@ -26,6 +37,8 @@ Examples::
     ...     logits = model(images)
     >>> with prune_neurons(sites, keep=consensus, p=0.5, depth=6, seed=0) as zeroed:
     ...     logits = model(images)                   # zeroed[l]: (d_ff,) bool mask
+    >>> with remove_neurons(sites, result, layer_baselines=MeanBaseline(reference_images)):
+    ...     probs_mean_ablated = model(images).softmax(-1)
 """
 from __future__ import annotations
 
@@ -37,8 +50,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
+from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, LayerBaseline, MeanBaseline,
+                                                      SiteBaseline, SiteValues, ZeroBaseline, _shaped,
+                                                      as_layer_baselines)
 from captum_paths.attribution.neuron_sets import (NeuronSet, canonical_neurons, layer_widths, looks_like_pair,
                                                   parse_neurons)
+from captum_paths.model.outputs import as_logits_model
 from captum_paths.model.sites import NeuronSites
 
 __all__ = ["scale_neurons", "remove_neurons", "enhance_neurons", "prune_neurons"]
@@ -66,6 +83,95 @@ def _check_scale(scale: Any, argument: str = "scale") -> float:
     if not math.isfinite(scale):
         raise ValueError(f"{argument} must be finite; got {scale!r}")
     return scale
+
+
+def _model_forward(model: nn.Module) -> Callable[..., Any]:
+    """``model``'s logits forward, with tensor inputs moved to its device first."""
+    forward = as_logits_model(model)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+
+    def run(*inputs: Any) -> Any:
+        if device is not None:
+            inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+        return forward(*inputs)
+    return run
+
+
+class _Removal:
+    """What removed units become inside an intervention: ``layer_baselines`` prepared on
+    entry of the ``with`` block and shaped, layer by layer, against the activation each
+    forward produces.
+
+    ``values`` maps a layer to its baseline in any form :class:`SiteBaseline` accepts
+    (``(units,)``, ``(positions, units)``, ``(1, positions, units)`` or ``(count, positions,
+    units)``, one row per image); a layer without an entry is zero. Per-image values
+    need a batch of exactly ``count`` images inside the block.
+    """
+
+    def __init__(self, sites: NeuronSites, layer_baselines: Any, forward_func: Optional[Callable[..., Any]] = None
+                 ) -> None:
+        self.sites = sites
+        self.values: Dict[int, torch.Tensor] = {}
+        self.per_image: Optional[int] = None  # number of images the per-image values hold
+        self.what: Optional[str] = None  # how the per-image values are named in errors
+        if isinstance(layer_baselines, SiteValues):
+            self.name = "given"
+            self.values = dict(layer_baselines.values)
+            if layer_baselines.per_image and self.values:
+                self.per_image = int(next(iter(self.values.values())).shape[0])
+            return
+        baseline = as_layer_baselines(layer_baselines)
+        self.name = baseline.name
+        if isinstance(baseline, ZeroBaseline):
+            return
+        if isinstance(baseline, SiteBaseline):
+            self.values = dict(baseline.values)
+            counts = {v.shape[0] for v in self.values.values() if v.dim() == 3 and v.shape[0] > 1}
+            if len(counts) > 1:
+                raise ValueError(f"layer_baselines: the per-image values of the sites hold different numbers of "
+                                 f"images {sorted(counts)}; give one row per image of the batch at every site")
+            self.per_image = counts.pop() if counts else None
+            return
+        if isinstance(baseline, MeanBaseline):
+            forward = forward_func or _model_forward(sites.model)
+            self.values = dict(baseline.means(sites, forward))
+            return
+        if isinstance(baseline, CounterfactualBaseline):
+            forward = forward_func or _model_forward(sites.model)
+            with torch.no_grad(), sites.record() as acts:
+                forward(*baseline.counterfactual, *baseline.args)
+            self.values = dict(acts)
+            count = int(baseline.counterfactual[0].shape[0])
+            self.per_image = count if count > 1 else None
+            self.what = f"CounterfactualBaseline holds {count} counterfactual images"
+            return
+        raise TypeError(
+            f"layer_baselines: a {type(baseline).__name__} is resolved from the batch it explains, which an "
+            "intervention does not see before its forward; resolve it for the batch yourself "
+            "(baseline.resolve(sites, forward_func, inputs, args, clean) gives SiteValues) and pass that, or pass "
+            "a SiteBaseline, MeanBaseline, CounterfactualBaseline or ZeroBaseline"
+        )
+
+    @property
+    def is_zero(self) -> bool:
+        return not self.values
+
+    def value(self, layer: int, act: torch.Tensor) -> Optional[torch.Tensor]:
+        """The baseline of ``layer`` broadcastable to its selected activation ``act``
+        ``(batch, positions, units)``, in ``act``'s dtype and device; ``None`` for zero."""
+        value = self.values.get(layer)
+        if value is None:
+            return None
+        batch = act.shape[0]
+        if self.per_image is not None and value.dim() == 3 and value.shape[0] > 1 and value.shape[0] != batch:
+            what = self.what or f"the values of site {self.sites.names[layer]!r} hold {value.shape[0]} images"
+            raise ValueError(
+                f"layer_baselines: {what} (one per image) but the model ran a batch of {batch} images inside the "
+                f"intervention: run exactly those {value.shape[0]} images, in their order, inside the with block, "
+                "or give one baseline for every image"
+            )
+        return _shaped({layer: value}, {layer: act}, self.sites, batch, "layer_baselines").values[layer]
 
 
 class _SetMasks:
@@ -144,9 +250,13 @@ class _SetMasks:
 
 @contextlib.contextmanager
 def scale_neurons(
-    sites: Union[NeuronSites, nn.Module], neurons: Any, scale: float
+    sites: Union[NeuronSites, nn.Module], neurons: Any, scale: float, layer_baselines: Any = None
 ) -> Iterator[None]:
-    """Multiply a neuron set by ``scale`` at the selected tokens, inside a ``with`` block.
+    """Scale a neuron set by ``scale`` towards its baseline at the selected tokens, inside a ``with`` block:
+    ``a' = scale * a + (1 - scale) * b``.
+
+    With the zero baseline (the default) this multiplies the set by ``scale``, bit for bit
+    as before baselines existed.
 
     Args:
         sites (NeuronSites or nn.Module): Where the neurons live; a model is turned
@@ -156,60 +266,108 @@ def scale_neurons(
             path tensor; or a :class:`~captum_paths.search.PathResult`. Per-example
             sets require the model to be called with exactly that batch
             (``ValueError`` otherwise).
-        scale (float): ``0`` removes the neurons, ``2`` enhances them, any finite
-            float rescales them. Other neurons are left bit for bit unchanged.
+        scale (float): ``0`` removes the neurons (they become their baseline), ``1``
+            leaves them, ``2`` enhances them (``b + 2 (a - b)``), any finite float
+            rescales them. Other neurons are left bit for bit unchanged.
+        layer_baselines (optional): The baseline ``b`` (what a removed unit becomes):
+            ``None`` or 0 (zero, the default);
+            :class:`~captum_paths.attribution.layer_baselines.MeanBaseline` (reference
+            images ``(n, C, H, W)``; the means ``{layer: (positions, units)}`` are computed
+            on entry with ``sites.model``);
+            :class:`~captum_paths.attribution.layer_baselines.CounterfactualBaseline`
+            (counterfactual images ``(m, C, H, W)``, recorded on entry: with ``m > 1``
+            every forward inside the block must run exactly ``m`` images, image ``i``
+            patched from counterfactual ``i``; ``m = 1`` serves every image);
+            per-site values (``{layer: tensor}``, a list, a
+            :class:`~captum_paths.attribution.layer_baselines.SiteBaseline`: each
+            ``(units,)``, ``(positions, units)`` or ``(batch, positions, units)``); or
+            :class:`~captum_paths.attribution.layer_baselines.SiteValues` already resolved
+            for the batch. Default: ``None``.
 
     Returns:
         A context manager (its hooks are removed when the block ends, even by an error).
+
+    Raises:
+        TypeError: ``layer_baselines`` of a form not listed (the message names the argument).
+        ValueError: inside the block, a baseline whose positions, units or images do not
+            match the forward's activation (the message names both).
 
     Examples::
 
         >>> with scale_neurons(sites, result.paths, 0.0):
         ...     logits = model(images)
+        >>> with scale_neurons(sites, result.paths, 2.0, layer_baselines=MeanBaseline(reference)):
+        ...     logits = model(images)              # each path unit: mean + 2 (a - mean)
     """
     sites = _as_sites(sites)
     scale = _check_scale(scale)
     masks = _SetMasks(sites, neurons)
+    removal = _Removal(sites, layer_baselines)
 
     def editing(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def fn(act: torch.Tensor) -> torch.Tensor:
             mask = masks.get(layer, act)
             if mask is None:
                 return act
-            return torch.where(mask, act * scale, act)
+            base = removal.value(layer, act)
+            if base is None:
+                return torch.where(mask, act * scale, act)
+            if scale == 0.0:  # exactly the baseline
+                return torch.where(mask, base, act)
+            return torch.where(mask, act * scale + base * (1.0 - scale), act)
         return fn
 
     with sites.edit({layer: editing(layer) for layer in masks.layers()}):
         yield
 
 
-def remove_neurons(sites: Union[NeuronSites, nn.Module], neurons: Any) -> contextlib.AbstractContextManager:
-    """Set a neuron set to zero at the selected tokens (:func:`scale_neurons` with 0).
+def remove_neurons(sites: Union[NeuronSites, nn.Module], neurons: Any, layer_baselines: Any = None
+                   ) -> contextlib.AbstractContextManager:
+    """Set a neuron set to its baseline (zero by default) at the selected tokens
+    (:func:`scale_neurons` with 0).
 
     Args:
         sites (NeuronSites or nn.Module): Where the neurons live, as in :func:`scale_neurons`.
         neurons: The neuron set(s), as in :func:`scale_neurons`.
+        layer_baselines (optional): What the removed units become, as in :func:`scale_neurons`:
+            ``None`` (zero), a ``MeanBaseline(reference_images)``, a
+            ``CounterfactualBaseline(images)`` (one counterfactual per image of the batch run
+            inside the block, or one for all), or per-site values ``{layer: tensor}``, each
+            ``(units,)``, ``(positions, units)`` or ``(batch, positions, units)``. Default: ``None``.
 
     Returns:
         A context manager: the model's forwards inside it see the neurons removed.
+
+    Example::
+
+        >>> with remove_neurons(sites, result, layer_baselines=MeanBaseline(reference_images)):
+        ...     p_removed = model(images).softmax(-1)      # F(x; path set to its means)
     """
-    return scale_neurons(sites, neurons, 0.0)
+    return scale_neurons(sites, neurons, 0.0, layer_baselines=layer_baselines)
 
 
 def enhance_neurons(
-    sites: Union[NeuronSites, nn.Module], neurons: Any, factor: float = 2.0
+    sites: Union[NeuronSites, nn.Module], neurons: Any, factor: float = 2.0, layer_baselines: Any = None
 ) -> contextlib.AbstractContextManager:
-    """Multiply a neuron set by ``factor`` at the selected tokens, inside a ``with`` block.
+    """Amplify a neuron set by ``factor`` away from its baseline at the selected tokens, inside a
+    ``with`` block: ``a' = b + factor * (a - b)`` (``factor * a`` for the zero baseline).
 
     Args:
         sites (NeuronSites or nn.Module): Where the neurons live, as in :func:`scale_neurons`.
         neurons: The neuron set(s), as in :func:`scale_neurons`.
         factor (float, optional): The multiplier. Default: 2.
+        layer_baselines (optional): The baseline ``b``, as in :func:`scale_neurons`.
+            Default: ``None`` (zero: the neurons are multiplied by ``factor``).
 
     Returns:
         A context manager: the model's forwards inside it see the enhanced neurons.
+
+    Example::
+
+        >>> with enhance_neurons(sites, [(0, 12)], 2.0, layer_baselines={0: means_of_layer_0}):
+        ...     logits = model(images)           # (0, 12): m + 2 (a - m), m = means_of_layer_0[..., 12]
     """
-    return scale_neurons(sites, neurons, _check_scale(factor, "factor"))
+    return scale_neurons(sites, neurons, _check_scale(factor, "factor"), layer_baselines=layer_baselines)
 
 
 def _parse_keep(keep: Keep, num_layers: int) -> Dict[int, List[int]]:
@@ -263,8 +421,10 @@ def prune_neurons(
     p: float,
     depth: int,
     seed: int = 0,
+    layer_baselines: Any = None,
 ) -> Iterator[Dict[int, torch.Tensor]]:
-    """Zero, with probability ``p``, every neuron not in ``keep`` in the first ``depth`` layers.
+    """Zero (or set to its baseline), with probability ``p``, every neuron not in ``keep`` in the
+    first ``depth`` layers.
 
     The Bernoulli mask (per layer, per neuron) is drawn once per context from a
     ``torch.Generator`` seeded with ``seed``: the same call gives the same pruned
@@ -281,10 +441,21 @@ def prune_neurons(
         p (float): Probability in ``[0, 1]`` that a non-kept neuron is zeroed.
         depth (int): Prune layers ``0 .. depth-1``; ``1 <= depth <= L``.
         seed (int, optional): Seed of the Bernoulli draw. Default: 0.
+        layer_baselines (optional): What a pruned neuron becomes, as in :func:`scale_neurons`:
+            ``None`` (zero), a ``MeanBaseline(reference_images)`` (its mean ``(positions,
+            units)`` per site), a ``CounterfactualBaseline(images)``, or per-site values
+            ``{layer: tensor}``. The mask does not depend on it. Default: ``None``.
 
     Yields:
-        dict: ``{layer: (d_ff,) bool}``, True where the neuron is zeroed; filled on
-        entry, or at the first forward when the sites do not know their width.
+        dict: ``{layer: (d_ff,) bool}``, True where the neuron is pruned (zeroed, or set to
+        its baseline); filled on entry, or at the first forward when the sites do not know
+        their width.
+
+    Example::
+
+        >>> with prune_neurons(sites, consensus, p=1.0, depth=6,
+        ...                    layer_baselines=MeanBaseline(reference_images)) as pruned:
+        ...     logits = model(images)      # every non-consensus neuron at its mean
     """
     sites = _as_sites(sites)
     L = sites.num_layers
@@ -296,6 +467,7 @@ def prune_neurons(
         raise TypeError(f"seed must be an int; got {seed!r}")
     p = float(p)
     kept = _parse_keep(keep, L)
+    removal = _Removal(sites, layer_baselines)
     zeroed: Dict[int, torch.Tensor] = {}
 
     def draw(width: Union[int, List[int]]) -> None:
@@ -335,7 +507,10 @@ def prune_neurons(
             key = (layer, act.device)
             if key not in on_device:
                 on_device[key] = drop.to(act.device)
-            return torch.where(on_device[key], torch.zeros((), dtype=act.dtype, device=act.device), act)
+            base = removal.value(layer, act)
+            if base is None:
+                return torch.where(on_device[key], torch.zeros((), dtype=act.dtype, device=act.device), act)
+            return torch.where(on_device[key], base, act)
         return fn
 
     with sites.edit({layer: editing(layer) for layer in range(depth)}):
