@@ -627,6 +627,12 @@ class AnalysisFiles:
     LAYER_SUMMARY = "layer_summary.csv"
     SHARED_CONSENSUS_NEURONS = "shared_consensus_neurons.csv"
     PATH_GRAPH = "path_graph.graphml"
+    #: Causal edges: the consecutive path edges of each image drawn, their effects and noise floors.
+    CAUSAL_EDGES = "causal_edges.csv"
+    #: Causal edges: the share of consecutive path edges above the noise floor, against random pairs.
+    CAUSAL_EDGE_SUMMARY = "causal_edge_summary.csv"
+    #: The same per (source layer, target layer) pair, with its noise floor.
+    CAUSAL_EDGES_BY_LAYER = "causal_edges_by_layer.csv"
     #: The method analysed, the sharing statistics and the records' digest.
     SUMMARY = "summary.json"
 

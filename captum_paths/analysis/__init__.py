@@ -2,7 +2,8 @@
 
 See "Class-level analysis" in docs/method.md. Everything here reads path records
 (see "Records" there), never the model, except :func:`neuron_pixel_attribution`,
-which explains one path neuron in pixel space.
+which explains one path neuron in pixel space, and :class:`CausalEdges`, which removes
+path units to see which later ones they drive.
 
 - :class:`PathGraph`: the paths as a layered ``networkx.DiGraph`` of
   ``(layer, neuron)`` nodes, with GraphML and node-link JSON round trips.
@@ -11,12 +12,17 @@ which explains one path neuron in pixel space.
   :func:`typical_paths`, :func:`class_similarity`, :func:`nearest_classes`.
 - :func:`path_sharing`: within- vs between-class Jaccard of paths.
 - :func:`path_agreement`: two sets of records of the same images (two runs) side by side.
+- :class:`CausalEdges`: whether a path is a chain: the effect of each path unit on the
+  later ones by intervention, normalised, against a noise floor of random unit pairs
+  (:func:`class_causal_edges` per class; :meth:`PathGraph.with_causal_edges` puts them on
+  the graph). Like :func:`neuron_pixel_attribution`, it runs the model.
 - :class:`PathTable`: records as numpy arrays; build it once and pass it to any
   of the above to skip re-reading the records.
 
 Plots of all of these live in :mod:`captum_paths.plots.paths`.
 """
 from captum_paths.analysis.agreement import path_agreement
+from captum_paths.analysis.causal_edges import CausalEdgeResult, CausalEdges, class_causal_edges
 from captum_paths.analysis.classes import (
     PathSharing,
     class_similarity,
@@ -39,6 +45,9 @@ from captum_paths.analysis.pixels import (
 from captum_paths.analysis.table import PathTable, as_table
 
 __all__ = [
+    "CausalEdges",
+    "CausalEdgeResult",
+    "class_causal_edges",
     "PathGraph",
     "PathTable",
     "PathSharing",

@@ -66,6 +66,14 @@ class PathGraph:
     ``k``, ``method``, ``label_key``, ``classes`` and ``class_sizes``
     (paths per class, aligned with ``classes``).
 
+    :meth:`with_causal_edges` adds causal edge weights beside the co-occurrence counts
+    (:mod:`captum_paths.analysis.causal_edges`): on every edge ``causal_count`` (images whose
+    effect was measured), ``causal_effect`` (their mean normalised effect of the source on the
+    target), ``causal_share_above_floor`` (the share of them above the noise floor), and per
+    class, aligned with ``classes``, ``class_causal_counts``, ``class_causal_effects`` and
+    ``class_causal_shares`` (0 and NaN for a class without a measurement); the graph attributes
+    ``causal_images``, ``causal_ablation``, ``causal_scale`` and ``causal_noise_quantile`` say how.
+
     Build it with :meth:`from_records`; ``.graph`` is the ``networkx.DiGraph``, so
     every networkx algorithm applies (e.g. ``nx.dag_longest_path(pg.graph,
     weight="count")`` is the most travelled route).
@@ -79,6 +87,8 @@ class PathGraph:
         >>> pg.graph.nodes[(3, 17)]["count"]
         >>> pg.for_class(7).top_nodes(n=3)
         >>> pg.to_graphml("paths.graphml"); PathGraph.from_graphml("paths.graphml")
+        >>> pg = pg.with_causal_edges(edges.to_frame(labels=labels, consecutive_only=True))
+        >>> pg.graph.edges[(3, 17), (4, 2)]["causal_effect"]
     """
 
     def __init__(self, graph: nx.DiGraph) -> None:
@@ -199,6 +209,52 @@ class PathGraph:
             )
         return cls(g)
 
+    def with_causal_edges(self, edges: pd.DataFrame, settings: Optional[Dict[str, Any]] = None,
+                          label_key: str = "label") -> "PathGraph":
+        """A copy of the graph whose edges also carry causal edge weights, beside the co-occurrence
+        counts (which stay as they are).
+
+        Args:
+            edges (DataFrame): per-image causal edges with a class column
+                (:meth:`CausalEdgeResult.to_frame(labels=...)
+                <captum_paths.analysis.causal_edges.CausalEdgeResult.to_frame>`, or the analyze
+                stage's ``causal_edges.csv``); its ``image`` (or ``image_id``) column counts the
+                images measured (``causal_images``); the consecutive
+                ones are aggregated per class (:func:`~captum_paths.analysis.causal_edges.class_causal_edges`),
+                rows without a normalised effect left out. Rows of an edge or a class the graph
+                does not hold are passed over.
+            settings (dict, optional): how they were computed (``CausalEdgeResult.settings``):
+                its ``ablation``, ``scale`` and ``noise_quantile`` become the graph attributes
+                ``causal_ablation``, ``causal_scale`` and ``causal_noise_quantile``.
+            label_key (str, optional): the column of ``edges`` holding the class. Default: ``"label"``.
+
+        Returns:
+            PathGraph: a new graph; every edge has ``causal_count``, ``causal_effect``,
+            ``causal_share_above_floor`` and the per-class lists (see the class docstring).
+        """
+        from captum_paths.analysis.causal_edges import class_causal_edges
+
+        per_class = class_causal_edges(edges, label_key=label_key)
+        measured: Dict[Tuple[Node, Node], Dict[Hashable, Tuple[int, float, float]]] = {}
+        for row in per_class.itertuples(index=False):
+            key = ((int(row.source_layer), int(row.source_unit)), (int(row.target_layer), int(row.target_unit)))
+            measured.setdefault(key, {})[_native(row.label)] = (int(row.count), float(row.mean_normalised_effect),
+                                                                 float(row.share_above_floor))
+        g = self.graph.copy()
+        for u, v, data in g.edges(data=True):
+            found = measured.get((u, v), {})
+            values = [found.get(_native(c), (0, float("nan"), float("nan"))) for c in data["classes"]]
+            data["class_causal_counts"] = [c for c, _, _ in values]
+            data["class_causal_effects"] = [e for _, e, _ in values]
+            data["class_causal_shares"] = [s for _, _, s in values]
+            data.update(_causal_totals(data))
+        image = next((c for c in ("image", "image_id") if c in edges), None)
+        g.graph["causal_images"] = int(edges[image].nunique()) if image is not None else int(len(edges))
+        for name in ("ablation", "scale", "noise_quantile"):
+            if settings is not None and settings.get(name) is not None:
+                g.graph[f"causal_{name}"] = settings[name]
+        return PathGraph(g)
+
     # --------------------------------------------------------------- filtering
     def filter(
         self,
@@ -293,12 +349,17 @@ class PathGraph:
         return df.sort_values(["layer", "count", "neuron"], ascending=[True, False, True], ignore_index=True)
 
     def edges_frame(self) -> pd.DataFrame:
-        """One row per edge: layer, source, target (neuron of ``layer + 1``), count, frequency, num_classes, classes."""
+        """One row per edge: layer, source, target (neuron of ``layer + 1``), count, frequency, num_classes,
+        classes; and ``causal_count``, ``causal_effect``, ``causal_share_above_floor`` when the graph
+        has causal edge weights (:meth:`with_causal_edges`)."""
         rows = [
             (u[0], u[1], v[1], d["count"], d["frequency"], len(d["classes"]), d["classes"])
             for u, v, d in self.graph.edges(data=True)
         ]
         df = pd.DataFrame(rows, columns=["layer", "source", "target", "count", "frequency", "num_classes", "classes"])
+        if any("causal_count" in d for _, _, d in self.graph.edges(data=True)):
+            for name in _CAUSAL_TOTALS:
+                df[name] = [d.get(name, float("nan")) for _, _, d in self.graph.edges(data=True)]
         return df.sort_values(
             ["layer", "count", "source", "target"], ascending=[True, False, True, True], ignore_index=True
         )
@@ -375,6 +436,10 @@ def _restrict(data: Dict[str, Any], wanted: Optional[set], n_paths: int, node: b
     out["class_counts"] = [data["class_counts"][i] for i in keep]
     out["count"] = int(sum(out["class_counts"]))
     out["frequency"] = out["count"] / n_paths if n_paths else float("nan")
+    if "class_causal_counts" in data:
+        for name in _CAUSAL_LISTS:
+            out[name] = [data[name][i] for i in keep]
+        out.update(_causal_totals(out))
     if node:
         means = [data["class_mean_contributions"][i] for i in keep]
         out["class_mean_contributions"] = means
@@ -382,6 +447,28 @@ def _restrict(data: Dict[str, Any], wanted: Optional[set], n_paths: int, node: b
         total = sum(c for _, c in pairs)
         out["mean_contribution"] = sum(m * c for m, c in pairs) / total if total else float("nan")
     return out
+
+
+#: the per-class causal lists of an edge, aligned with its ``classes``, and the totals made from them
+_CAUSAL_LISTS = ("class_causal_counts", "class_causal_effects", "class_causal_shares")
+_CAUSAL_TOTALS = ("causal_count", "causal_effect", "causal_share_above_floor")
+
+
+def _causal_totals(data: Dict[str, Any]) -> Dict[str, Any]:
+    """An edge's causal totals from its per-class lists: images measured, and their mean normalised
+    effect and share above the floor (class values weighted by their counts; NaN without any)."""
+    counts, effects, shares = (data[name] for name in _CAUSAL_LISTS)
+    total = int(sum(counts))
+    if not total:
+        return {"causal_count": 0, "causal_effect": float("nan"), "causal_share_above_floor": float("nan")}
+    return {"causal_count": total,
+            "causal_effect": float(sum(c * e for c, e in zip(counts, effects) if c) / total),
+            "causal_share_above_floor": float(sum(c * s for c, s in zip(counts, shares) if c) / total)}
+
+
+def _native(value: Any) -> Any:
+    """numpy scalars as Python ones, so that classes compare as the graph holds them."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _encode(g: nx.DiGraph, json_values: bool) -> nx.DiGraph:

@@ -2,15 +2,17 @@
 
 Path sharing, class similarity, consensus paths, shared neurons, the per-layer
 summary and the path graph, from records only; with the run's model and images
-at hand, also the pixels behind one path neuron. Output: ``RUN/analysis/``.
+at hand, also the pixels behind one path neuron and the causal edges of the paths
+(are they chains?) on a seeded draw of images. Output: ``RUN/analysis/``.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from captum_paths.records import AnalysisFiles, PathRecord, as_path_records, write_json_atomic
 from captum_paths.search.registry import primary_method
@@ -23,8 +25,14 @@ __all__ = ["analyze"]
 logger = logging.getLogger(__name__)
 
 
+#: Images whose causal edges the analyze stage measures, by default.
+CAUSAL_IMAGES = 200
+#: Rows (image x removed unit) per forward of the causal edges.
+_CAUSAL_ROWS = 64
+
+
 def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, seed: int = 0,
-            pixels: bool = True) -> Path:
+            pixels: bool = True, causal_images: int = CAUSAL_IMAGES) -> Path:
     """Class-level path analysis of one method's records; writes ``RUN/analysis/`` and returns it.
 
     ``method`` defaults to the run's primary method
@@ -32,8 +40,28 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     (and the run's model and data folder at hand) it also draws which pixels
     drive the last-layer neuron of one image's path (Captum
     ``NeuronIntegratedGradients``); without them that figure is skipped with a warning.
+
+    With the run's model and images at hand it also measures the **causal edges** of the
+    paths of ``causal_images`` images (an even draw over the classes, seeded with ``seed``;
+    :class:`~captum_paths.analysis.CausalEdges` under the run's ablation): whether each path
+    unit drives the path's unit of the next layer, against a noise floor of random unit pairs.
+    It writes the per-image edges, the share of them above the floor against random pairs
+    (also per layer pair), and their per-class means on the path graph's edges; without the
+    model or the images they are skipped with a warning, and ``summary.json`` says why.
     The folder is replaced as a whole when the stage succeeds, under the run
     folder's writer lock.
+
+    Args:
+        run: the run folder.
+        method: the method analysed. Default: the run's primary method.
+        permutations: label permutations of the path-sharing test (0: none). Default: 1000.
+        seed: seed of the permutations and of the causal edges' draws. Default: 0.
+        pixels: draw the pixel figure (loads the model). Default: ``True``.
+        causal_images: images whose causal edges are measured (0: none, else at least 2).
+            Default: :data:`CAUSAL_IMAGES` (200).
+
+    Returns:
+        The analysis folder.
     """
     from captum_paths.analysis import (
         PathGraph,
@@ -49,6 +77,9 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
 
     if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
         raise ValueError(f"permutations must be a non-negative int (0: no permutation test); got {permutations!r}")
+    if isinstance(causal_images, bool) or not isinstance(causal_images, int) or causal_images < 0 \
+            or causal_images == 1:
+        raise ValueError(f"causal_images must be 0 (no causal edges) or an int >= 2; got {causal_images!r}")
     records = as_path_records(run.records())  # parsed once: the table below takes them as they are
     run.check_units(records)
     digest = run.records_digest(records)
@@ -71,6 +102,9 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     cons = consensus_paths(table)
     shared = shared_neurons(table, among="consensus")
     graph = PathGraph.from_table(table)
+    causal = _causal_edges(run, records, table, method, causal_images, seed)
+    if causal.edges is not None:
+        graph = graph.with_causal_edges(causal.edges, settings=causal.settings)
 
     with run.lock(), run.replacing(run.analysis_dir) as out:
         sharing.to_frame().to_csv(out / AnalysisFiles.PATH_SHARING, index=False)
@@ -83,6 +117,10 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
         graph.to_graphml(out / AnalysisFiles.PATH_GRAPH)
         write_json_atomic(out / AnalysisFiles.CONSENSUS_PATH_LISTS,
                           {str(k): v for k, v in consensus_path_lists(cons).items()})
+        if causal.edges is not None:
+            causal.edges.to_csv(out / AnalysisFiles.CAUSAL_EDGES, index=False)
+            causal.summary.to_csv(out / AnalysisFiles.CAUSAL_EDGE_SUMMARY, index=False)
+            causal.by_layer.to_csv(out / AnalysisFiles.CAUSAL_EDGES_BY_LAYER, index=False)
 
         per_class = sharing.per_class
         best = per_class["class"].iloc[int(np.nanargmax(per_class["within"].to_numpy()))]
@@ -102,9 +140,68 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
             "p_value": sharing.p_value, "permutations": sharing.permutations,
             "mean_consensus_support": float(cons["support"].mean()),
             "graph_nodes": graph.graph.number_of_nodes(), "graph_edges": graph.graph.number_of_edges(),
+            "causal_edges": causal.info,
             "records_sha256": digest,
         })
     return run.analysis_dir
+
+
+class _Causal:
+    """The causal edges of the analyze stage: the per-image consecutive edges, the share table, the
+    per-layer table (``None`` each when skipped), how they were computed and what ``summary.json`` says."""
+
+    def __init__(self, info: Dict[str, Any], edges: Optional[pd.DataFrame] = None,
+                 summary: Optional[pd.DataFrame] = None, by_layer: Optional[pd.DataFrame] = None,
+                 settings: Optional[Dict[str, Any]] = None) -> None:
+        self.info, self.edges, self.summary, self.by_layer, self.settings = info, edges, summary, by_layer, settings
+
+
+def _causal_edges(run: "Run", records: Sequence[PathRecord], table: Any, method: str, limit: int,
+                  seed: int) -> _Causal:
+    """The causal edges of the paths of at most ``limit`` images of ``records`` (an even, seeded draw
+    over the classes), or why not (no model, no images, ``limit`` 0)."""
+    import torch
+
+    from captum_paths.analysis import CausalEdges
+    from captum_paths.model.loading import ModelLoadError
+    from captum_paths.statistics import even_class_sample
+
+    if limit == 0:
+        return _Causal({"skipped": "causal_images=0"})
+    chosen = even_class_sample(table.class_codes, limit, np.random.default_rng(seed))
+    by_id = {str(r.image_id): r for r in records}
+    ids = [str(table.image_ids[i]) for i in chosen]
+    labels: List[Any] = [table.classes[int(table.class_codes[i])] for i in chosen]
+    try:
+        model = run.model()
+        sites = run.sites()
+        baseline = run.layer_baselines()
+        images, _ = run.images(ids)
+    except (ValueError, OSError, ModelLoadError) as exc:
+        logger.warning("causal edges skipped: %s", exc)
+        return _Causal({"skipped": str(exc)})
+    device = next(model.parameters()).device
+    paths = torch.tensor([by_id[i].path for i in ids], dtype=torch.long, device=device)
+    result = CausalEdges(model, sites=sites).attribute(images.to(device), paths, layer_baselines=baseline,
+                                                        internal_batch_size=_CAUSAL_ROWS, seed=seed)
+    edges = result.to_frame(image_ids=ids, labels=labels, consecutive_only=True)
+    edges = edges.rename(columns={"image": "image_id"})
+    edges.insert(0, "method", method)
+    head = {"method": method, "ablation": result.settings["ablation"]}
+    summary = pd.DataFrame([{**head, **result.summary().to_dict("records")[0]}])
+    by_layer = result.by_layer()
+    for position, (key, value) in enumerate(head.items()):
+        by_layer.insert(position, key, value)
+    row = summary.iloc[0]
+    info = {**result.settings, "images": len(ids), "edges": int(row["edges"]),
+            "share_above_floor": _number(row["share_above_floor"]),
+            "random_share_above_floor": _number(row["random_share_above_floor"])}
+    return _Causal(info, edges, summary, by_layer, result.settings)
+
+
+def _number(value: Any) -> Optional[float]:
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def _pixel_figure(run: "Run", record: PathRecord) -> Dict[str, Any]:

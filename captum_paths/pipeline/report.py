@@ -103,6 +103,14 @@ _SECTIONS = (
     ("Consensus paths", "Most frequent neuron per layer and class, with its support.", "analyze",
      AnalysisFiles.CONSENSUS_PATHS),
     ("Neurons shared by several classes' consensus paths", "", "analyze", AnalysisFiles.SHARED_CONSENSUS_NEURONS),
+    ("Are paths chains? Causal edges between consecutive path units", "Each path unit of the drawn images is "
+     "replaced by its baseline (the run's ablation) and the path's unit of the next layer read again, everything "
+     "between recomputed; the change, divided by that unit's standard deviation over the images, is the "
+     "normalised effect. An edge is above the noise floor when its |normalised effect| exceeds the 95% quantile "
+     "of random unit pairs of the same layers (seeded); random pairs, held out, sit above it about 5% of the "
+     f"time. Per image: {RunFiles.ANALYSIS}/{AnalysisFiles.CAUSAL_EDGES}.", "analyze",
+     AnalysisFiles.CAUSAL_EDGE_SUMMARY),
+    ("Causal edges per layer pair", "", "analyze", AnalysisFiles.CAUSAL_EDGES_BY_LAYER),
 )
 
 Section = Tuple[str, str, Optional[pd.DataFrame]]
