@@ -328,3 +328,71 @@ def test_an_imagenet_size_run_stays_under_30_mb_and_opens(browser, tmp_path):
     assert int(page.get_attribute("#class-body", "data-drawn")) == len(payload["graphs"]["neuron-path"][999]["nodes"])
     context.close()
     assert errors == []
+
+
+# ------------------------------------------------------------------ causal edges (issue 28)
+
+
+def test_the_class_graphs_of_the_analysed_method_carry_its_causal_edges(demo):
+    from captum_paths.analysis import class_causal_edges
+
+    run, records, _ = demo
+    payload = explorer_payload(records, evaluation_dir=run.evaluation_dir, analysis_dir=run.analysis_dir)
+    edges = pd.read_csv(run.analysis_dir / "causal_edges.csv", dtype={"image_id": str})
+    per_class = class_causal_edges(edges).set_index(["label", "source_layer", "source_unit", "target_layer",
+                                                     "target_unit"])
+    labels = payload["classes"]["labels"]
+    found = 0
+    for c, graph in enumerate(payload["graphs"]["neuron-path"]):
+        drawn = {(e[0], e[1]) for e in graph["edges"]}
+        for src, dst, effect, share, count in graph["causal"]:
+            assert (src, dst) in drawn
+            a, b = graph["nodes"][src], graph["nodes"][dst]
+            row = per_class.loc[(labels[c], a[0], a[1], b[0], b[1])]
+            assert effect == pytest.approx(row["mean_normalised_effect"], rel=1e-3, abs=1e-9)
+            assert share == pytest.approx(row["share_above_floor"], rel=1e-3) and count == row["count"]
+            found += 1
+    assert found == len(per_class)  # the demo's graphs draw every edge
+    assert all("causal" not in g for m in payload["graphs"] if m != "neuron-path" for g in payload["graphs"][m])
+    summary = pd.read_csv(run.analysis_dir / "causal_edge_summary.csv")
+    meta = payload["meta"]["causal"]
+    assert meta["method"] == "neuron-path" and meta["images"] == summary["images"].item()
+    assert meta["share_above_floor"] == pytest.approx(summary["share_above_floor"].item(), rel=1e-3)
+    assert {"Are paths chains? Causal edges", "Causal edges per layer pair"} <= {t["title"] for t in payload["tables"]}
+    assert any("rise above the noise floor" in claim for claim in payload["claims"])
+    # without the analysis: no causal edges anywhere
+    bare = explorer_payload(records)
+    assert bare["meta"]["causal"] is None and all("causal" not in g for g in bare["graphs"]["neuron-path"])
+
+
+def test_the_class_view_draws_the_causal_edges_and_toggles_them(demo, page):
+    _, _, report = demo
+    payload = read_payload(report.read_text())
+    graphs = payload["graphs"]["neuron-path"]
+    c = max(range(len(graphs)), key=lambda k: len(graphs[k]["causal"]))
+    expected = len(graphs[c]["causal"])
+    assert expected > 0
+    _open(page, report, f"#class/{c}")
+    page.wait_for_selector(f"#class-body[data-class='{c}'][data-drawn]")
+    assert int(page.get_attribute("#class-body", "data-causal")) == expected
+    traces = page.locator("#class-graph .scatterlayer .trace").count()
+    assert page.locator("#class-causal-legend").count() == 1
+    assert page.locator("#class-causal-edges tbody tr").count() == expected
+    effects = [abs(e[2]) for e in graphs[c]["causal"]]
+    cells = page.eval_on_selector_all("#class-causal-edges tbody tr td:nth-child(2)",
+                                      "tds => tds.map(t => t.textContent)")
+    assert len(cells) == expected and abs(float(cells[0])) == pytest.approx(max(effects), rel=1e-2)  # largest first
+    # the nodes are still the last trace: a click still opens a neuron
+    points = page.locator("#class-graph .scatterlayer .trace:last-child .point")
+    assert points.count() == int(page.get_attribute("#class-body", "data-drawn"))
+    page.uncheck("#class-causal-toggle")
+    page.wait_for_selector("#class-body[data-causal='0']")
+    assert page.locator("#class-graph .scatterlayer .trace").count() < traces
+    page.check("#class-causal-toggle")
+    page.wait_for_selector(f"#class-body[data-causal='{expected}']")
+    # another method's class view has no causal edges and no toggle
+    _open(page, report, f"#class/{c}/random")
+    page.wait_for_selector("#class-body[data-method='random'][data-drawn]")
+    assert page.get_attribute("#class-body", "data-causal") == "0"
+    assert page.locator("#class-causal-toggle").count() == 0
+    assert page.errors == []

@@ -341,3 +341,37 @@ def test_a_name_from_object_prototype_typed_in_the_class_search_is_no_class(host
         assert page.locator("#class-missing").is_visible()
         assert page.evaluate("location.hash") == "#class/2"
     assert page.errors == []
+
+
+def test_causal_edges_of_a_method_named_in_markup_draw_as_literal_text(hostile, tmp_path, page):
+    """The class view's causal edges, legend and table, and the overview's claim about them, when the
+    analysed method (records and the analysis' causal tables) is named in markup."""
+    run, records, _, _ = hostile
+    renamed = [dict(r, method=METHOD) if r["method"] == "neuron-path" else r for r in records]
+    analysis = tmp_path / "analysis"
+    shutil.copytree(run.analysis_dir, analysis)
+    for csv in analysis.glob("causal_*.csv"):
+        table = pd.read_csv(csv, dtype={"image_id": str})
+        table["method"] = METHOD
+        table.to_csv(csv, index=False)
+    class_names, _ = _folder_access(run)
+    payload = explorer_payload(renamed, settings=run.settings, analysis_dir=analysis, class_names=class_names,
+                               run_name=str(run.folder))
+    assert payload["meta"]["causal"]["method"] == METHOD
+    report = tmp_path / "report-causal.html"
+    report.write_text(render_page(payload))
+    graphs = payload["graphs"][METHOD]
+    c = max(range(len(graphs)), key=lambda k: len(graphs[k]["causal"]))
+    assert graphs[c]["causal"]
+    _open(page, report, f"#class/{c}/" + quote(METHOD, safe=""))
+    page.wait_for_selector(f"#class-body[data-class='{c}'][data-drawn]")
+    assert page.get_attribute("#class-body", "data-method") == METHOD
+    assert int(page.get_attribute("#class-body", "data-causal")) == len(graphs[c]["causal"])
+    assert page.locator("#class-causal-edges tbody tr").count() == len(graphs[c]["causal"])
+    assert page.evaluate(_MARKUP_FROM_NAMES) == []
+    _open(page, report)
+    page.wait_for_selector("body[data-ready=overview]", timeout=20_000)
+    claim = [t for t in page.locator("#claims li").all_inner_texts() if "noise floor" in t]
+    assert len(claim) == 1 and METHOD in claim[0]
+    assert page.evaluate(_MARKUP_FROM_NAMES) == []
+    assert page.errors == []

@@ -6,6 +6,7 @@
   var PLOT = {displaylogo: false, responsive: true};
   var primary = D.meta.primary;
   var method = primary;  // the method the class and neuron views show (set by the address)
+  var showCausal = true;  // the class view draws causal edges where the page holds them (a checkbox hides them)
   // Dictionaries of the data are read by own property only: a key from the address or a name
   // ('constructor', '__proto__') never reaches Object.prototype.
   function own(dict, key) {
@@ -244,8 +245,19 @@
     root.appendChild(el('h2', {text: 'Class ' + className(c)}));
     var picker = methodPicker(function (m) { return classHref(c, m); });
     if (picker) root.appendChild(picker);
+    // causal edges (the analysis measured them for this method): a checkbox shows or hides them
+    var causal = g.causal || [];
+    var measured = g.causal !== undefined, drawCausal = measured && showCausal && causal.length > 0;
+    if (measured) {
+      var box = el('input', {type: 'checkbox', id: 'class-causal-toggle'});
+      box.checked = showCausal;
+      box.addEventListener('change', function () { showCausal = box.checked; renderClass(c); });
+      root.appendChild(el('label', {class: 'method-picker', title: 'draw how strongly each path unit drives the ' +
+        'path\'s unit of the next layer (measured by removing it)'}, box, ' causal edges'));
+    }
     root.appendChild(el('p', {}, D.classes.sizes[c] + ' images; paths of ' + method + '. Nodes: neurons (layer, index) sized by how many of ' +
       'the class\'s paths use them, coloured by their mean contribution; grey lines: neurons used together; ' +
+      (drawCausal ? 'red and blue lines: causal edges (see below); ' : '') +
       'orange: the consensus path. Click a neuron to open it.'));
     var plot = el('div', {id: 'class-graph', class: 'plot wide'});
     root.appendChild(plot);
@@ -269,6 +281,37 @@
       if (x.length) traces.push({type: 'scatter', mode: 'lines', x: x, y: y, hoverinfo: 'skip', showlegend: false,
                                  line: {color: 'rgba(120,120,120,0.45)', width: bucket[2]}});
     });
+    var drawn = 0;
+    if (drawCausal) {  // colour: sign of the mean normalised effect; width: its size; dotted: mostly below the floor
+      var maxEffect = Math.max.apply(null, causal.map(function (e) { return Math.abs(e[2] || 0); }).concat([1e-12]));
+      var groups = Object.create(null), mx = [], my = [], tips = [];
+      causal.forEach(function (e) {
+        if (e[2] === null || e[2] === undefined) return;
+        var f = Math.abs(e[2]) / maxEffect;
+        var width = f < 0.34 ? 1.5 : f < 0.67 ? 3.5 : 6;
+        var up = e[2] >= 0, solid = e[3] !== null && e[3] >= 0.5;
+        var key = (up ? 'up' : 'down') + width + (solid ? 'solid' : 'dot');
+        var t = groups[key] || (groups[key] = {x: [], y: [], up: up, width: width, solid: solid});
+        t.x.push(pos[e[0]][0], pos[e[1]][0], null);
+        t.y.push(pos[e[0]][1], pos[e[1]][1], null);
+        mx.push((pos[e[0]][0] + pos[e[1]][0]) / 2);
+        my.push((pos[e[0]][1] + pos[e[1]][1]) / 2);
+        var a = g.nodes[e[0]], b = g.nodes[e[1]];
+        tips.push(layerLabel(a[0]) + ' ' + unitName(a[0]) + ' ' + a[1] + ' \u2192 ' + layerLabel(b[0]) + ' ' +
+                  unitName(b[0]) + ' ' + b[1] + '<br>mean normalised effect ' + num(e[2]) + '<br>' +
+                  (e[3] === null ? '–' : Math.round(100 * e[3])) + '% of ' + e[4] + ' image(s) above the noise floor');
+        drawn++;
+      });
+      Object.keys(groups).forEach(function (k) {
+        var t = groups[k];
+        traces.push({type: 'scatter', mode: 'lines', x: t.x, y: t.y, hoverinfo: 'skip', showlegend: false,
+                     name: 'causal', line: {color: t.up ? 'rgba(192,57,43,0.85)' : 'rgba(36,113,163,0.85)',
+                                            width: t.width, dash: t.solid ? 'solid' : 'dot'}});
+      });
+      traces.push({type: 'scatter', mode: 'markers', x: mx, y: my, hovertext: tips, hoverinfo: 'text',
+                   showlegend: false, name: 'causal effects', marker: {size: 9, color: 'rgba(0,0,0,0)'}});
+    }
+    root.setAttribute('data-causal', String(drawn));
     var where = Object.create(null);
     g.nodes.forEach(function (n, i) { where[nodeKey(n[0], n[1])] = i; });
     var cx = [], cy = [];
@@ -319,6 +362,7 @@
     });
     root.appendChild(el('details', {}, el('summary', {text: 'Neurons of the graph, per layer (paths using each)'}),
                         list));
+    if (measured) renderCausal(root, g, causal, drawCausal);
 
     root.appendChild(el('h3', {text: 'Consensus path'}));
     root.appendChild(el.apply(null, ['p', {id: 'class-consensus'}].concat(g.consensus.map(function (n) {
@@ -339,6 +383,36 @@
                           el('td', {text: num(pair[1])}), cell));
     });
     root.appendChild(near);
+  }
+
+  // The causal edges of a class graph: a legend and the table of the measured edges.
+  function renderCausal(root, g, causal, drawn) {
+    var info = D.meta.causal || {};
+    root.appendChild(el('h3', {text: 'Causal edges'}));
+    root.appendChild(el('p', {class: 'hint', id: 'class-causal-legend', text: 'Each path unit was replaced by its ' +
+      'baseline (' + (info.ablation || 'the run\'s') + ' ablation) and the path\'s unit of the next layer read ' +
+      'again, on ' + (info.images === undefined ? 'a draw of' : info.images) + ' images of the run. Mean ' +
+      'normalised effect: the change, in standard deviations of the target unit, averaged over the class\'s ' +
+      'images. ' + (drawn ? 'In the graph: red, the source raises the target (removing it lowers the target); ' +
+      'blue, it lowers it; wider: a larger effect; solid: most of the images above the noise floor (95% of random ' +
+      'unit pairs of the same layers), dotted: not. ' : '') +
+      (typeof info.share_above_floor !== 'number' || typeof info.random_share_above_floor !== 'number' ? '' :
+        'Over the run: ' + Math.round(100 * info.share_above_floor) + '% of path edges above the floor, against ' +
+        Math.round(100 * info.random_share_above_floor) + '% of random pairs.')}));
+    if (!causal.length) {
+      root.appendChild(el('p', {class: 'hint', id: 'class-causal-none', text: 'No causal edge of this class ' +
+        'among the edges drawn (its images were not among those measured).'}));
+      return;
+    }
+    var rows = causal.map(function (e) {
+      var a = g.nodes[e[0]], b = g.nodes[e[1]];
+      return {edge: nodeKey(a[0], a[1]) + ' \u2192 ' + nodeKey(b[0], b[1]), causal_effect: e[2],
+              share_above_floor: e[3], causal_images: e[4]};
+    });
+    rows.sort(function (x, y) { return Math.abs(y.causal_effect || 0) - Math.abs(x.causal_effect || 0); });
+    root.appendChild(el('details', {open: !drawn}, el('summary', {text: 'The ' + rows.length + ' causal edges ' +
+      'of the graph, largest effect first'}), sortableTable(['edge', 'causal_effect', 'share_above_floor',
+                                                             'causal_images'], rows, 'class-causal-edges', true)));
   }
 
   // ------------------------------------------------------------------ neuron

@@ -6,7 +6,9 @@ run (1,000 classes, 50,000 images) stays a page a browser opens in seconds:
 :class:`ExplorerLimits` holds the caps, and the page states each one it applied.
 The class and neuron views show one method at a time (the searched paths first;
 the others as long as :attr:`ExplorerLimits.graph_nodes` allows); the image view
-shows every method.
+shows every method. Where the analysis measured causal edges (``causal_edges.csv``), the
+class graphs of its method also carry them: per drawn edge the mean normalised effect of
+the source on the target, the share of images above the noise floor and their number.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 import numpy as np
 import pandas as pd
 
-from captum_paths.analysis import PathTable, class_similarity, consensus_paths
+from captum_paths.analysis import PathTable, class_causal_edges, class_similarity, consensus_paths
 from captum_paths.records import (
     AnalysisFiles,
     EvaluationFiles,
@@ -132,6 +134,14 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "depth": ("Depth", "layers", "pruning applies to the first layers"),
     "k": ("k", "neurons per layer", "consensus neurons kept per layer"),
     "p": ("p", "probability", "probability of zeroing each other neuron"),
+    "edge": ("Edge", "layer:unit", "a path unit and the path's unit of the next layer"),
+    "causal_effect": ("Mean normalised effect", "std of the target", "mean over the class's images of the change "
+                      "of the target unit when the source unit is removed, in standard deviations of the target"),
+    "share_above_floor": ("Above the noise floor", "fraction", "share of the edges (one per image) whose "
+                          "|normalised effect| exceeds the noise floor (95% of random unit pairs of the same layers)"),
+    "random_share_above_floor": ("Random pairs above it", "fraction", "the same share for random unit pairs of "
+                                 "the same layers, held out (about 5% by construction)"),
+    "causal_images": ("Images", "count", "images of the class whose effect was measured"),
     "mean_prob": ("Mean p(y), pruned", "probability", ""),
     "mean_prob_unpruned": ("Mean p(y), unpruned", "probability", ""),
 }
@@ -158,6 +168,11 @@ _TABLES = (  # (folder, file, title, note)
     (RunFiles.ANALYSIS, AnalysisFiles.LAYER_SUMMARY, "Paths per layer", ""),
     (RunFiles.ANALYSIS, AnalysisFiles.SHARED_CONSENSUS_NEURONS, "Neurons shared by several classes' consensus paths",
      ""),
+    (RunFiles.ANALYSIS, AnalysisFiles.CAUSAL_EDGE_SUMMARY, "Are paths chains? Causal edges",
+     "Each path unit is replaced by its baseline and the path's unit of the next layer read again (everything "
+     "between recomputed): the share of these edges whose normalised effect exceeds the noise floor (the 95% "
+     "quantile of random unit pairs of the same layers), against held-out random pairs (about 5% by construction)."),
+    (RunFiles.ANALYSIS, AnalysisFiles.CAUSAL_EDGES_BY_LAYER, "Causal edges per layer pair", ""),
 )
 
 
@@ -215,10 +230,13 @@ def explorer_payload(
     fewest = _read(evaluation_dir, EvaluationFiles.FAITHFULNESS_FEWEST)
     comparisons = _read(evaluation_dir, EvaluationFiles.COMPARISONS)
     layer_summary = _read(analysis_dir, AnalysisFiles.LAYER_SUMMARY)
+    causal = _causal(analysis_dir, by_method)
+    causal_summary = _read(analysis_dir, AnalysisFiles.CAUSAL_EDGE_SUMMARY)
 
     images = _images(records, methods, table, deviation, (eval_summary or {}).get("images"), limits, rng,
                      image_loader, notes)
-    graphs, neurons, nearest = _per_method_views(by_method, methods, primary, table, images, limits, notes)
+    graphs, neurons, nearest = _per_method_views(by_method, methods, primary, table, images, limits, notes,
+                                                 causal)
     heat = (_heatmaps(images, neurons[primary], primary, table.kinds, heatmap, limits, notes)
             if heatmap is not None else {})
 
@@ -234,10 +252,12 @@ def explorer_payload(
             "primary": primary, "settings": {k: v for k, v in (settings or {}).items()
                                              if isinstance(v, (str, int, float, bool)) and v is not None},
             "factor": (eval_summary or {}).get("factor"), "limits": asdict(limits), "notes": notes,
+            "causal": _causal_meta(causal_summary, causal),
         },
         "columns": {k: list(v) for k, v in COLUMNS.items()},
         "overview": overview,
-        "claims": _claims(overview, methods_summary, sharing, layer_summary, primary, fewest, comparisons),
+        "claims": _claims(overview, methods_summary, sharing, layer_summary, primary, fewest, comparisons,
+                          causal_summary),
         "faithfulness": [] if faithfulness is None else [
             {k: _cell(v) for k, v in row.items()} for row in faithfulness[
                 ["method", "ablation", "n", "units_kept", "mean_prob", "accuracy", "mean_prob_full",
@@ -270,11 +290,13 @@ def _class_name(label: Hashable, class_names: Optional[Sequence[str]]) -> str:
 
 
 def _per_method_views(by_method: Mapping[str, List[PathRecord]], methods: List[str], primary: str, table: PathTable,
-                      images, limits: ExplorerLimits, notes: List[str]
+                      images, limits: ExplorerLimits, notes: List[str],
+                      causal: Optional[Tuple[str, pd.DataFrame]] = None
                       ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
     """Per method (``primary`` first, then the others in order while the class graphs' nodes stay
     within ``limits.graph_nodes``): class graphs and nearest classes, indexed like ``table``'s classes,
-    and the neurons the page can show."""
+    and the neurons the page can show; the class graphs of the method of ``causal`` (``(method, per-class
+    causal edges)``) carry its causal edges."""
     graphs: Dict[str, Any] = {}
     neurons: Dict[str, Any] = {}
     nearest: Dict[str, Any] = {}
@@ -284,7 +306,7 @@ def _per_method_views(by_method: Mapping[str, List[PathRecord]], methods: List[s
     for m in [primary] + [m for m in methods if m != primary]:
         mine = table if m == primary else PathTable.from_records(by_method[m], method=m)
         own_notes: List[str] = []
-        graph = _class_graphs(mine, limits, own_notes)
+        graph = _class_graphs(mine, limits, own_notes, causal[1] if causal is not None and causal[0] == m else None)
         size = sum(len(g["nodes"]) for g in graph)
         if m != primary and nodes + size > limits.graph_nodes:
             left_out.append(m)
@@ -308,10 +330,13 @@ def _per_method_views(by_method: Mapping[str, List[PathRecord]], methods: List[s
     return graphs, neurons, nearest
 
 
-def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str]) -> List[Dict[str, Any]]:
+def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str],
+                  causal: Optional[pd.DataFrame] = None) -> List[Dict[str, Any]]:
     """Per class: its most used neurons per layer ``[layer, neuron, paths, mean contribution]``,
     the co-uses between them ``[source node, target node, paths]`` and its consensus path
-    ``[layer, neuron, support]``."""
+    ``[layer, neuron, support]``; with ``causal`` (:func:`~captum_paths.analysis.class_causal_edges`),
+    also the causal edges of the drawn co-uses ``[source node, target node, mean normalised effect,
+    share above the noise floor, images]`` (``"causal"``)."""
     cls, code, count, csum, cn = table.class_node_counts()
     layer, neuron = table.decode(code)
     mean = np.where(cn > 0, csum / np.maximum(cn, 1), np.nan)
@@ -330,6 +355,13 @@ def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str]) ->
     consensus = consensus_paths(table)
     cons_groups = {c: g for c, g in consensus.groupby("class", sort=False)}
 
+    causal_by_class: Optional[Dict[str, Dict[Tuple[int, int, int, int], Tuple[float, float, int]]]] = None
+    if causal is not None:
+        causal_by_class = {}
+        for row in causal.itertuples(index=False):
+            causal_by_class.setdefault(str(row.label), {})[
+                (int(row.source_layer), int(row.source_unit), int(row.target_layer), int(row.target_unit))] = (
+                float(row.mean_normalised_effect), float(row.share_above_floor), int(row.count))
     graphs: List[Dict[str, Any]] = []
     cls_bounds = np.searchsorted(cls, np.arange(len(table.classes) + 1))
     ecls_bounds = np.searchsorted(ecls, np.arange(len(table.classes) + 1))
@@ -351,12 +383,19 @@ def _class_graphs(table: PathTable, limits: ExplorerLimits, notes: List[str]) ->
             dropped_edges += max(0, len(rows) - limits.edges_per_layer)
             edges += rows[: limits.edges_per_layer]
         cons = cons_groups.get(table.classes[c])
-        graphs.append({
+        graph = {
             "nodes": [[int(a), int(b), int(n), _round(m)] for a, b, n, m in zip(nl, nn, ncount, nmean)],
             "edges": [list(e) for e in edges],
             "consensus": [] if cons is None else [[int(r.layer), int(r.neuron), _round(r.support)]
                                                   for r in cons.itertuples()],
-        })
+        }
+        if causal_by_class is not None:
+            nodes = graph["nodes"]
+            measured = causal_by_class.get(str(table.classes[c]), {})
+            graph["causal"] = [[a, b, _round(v[0]), _round(v[1]), v[2]] for a, b, _ in edges
+                               for v in [measured.get((nodes[a][0], nodes[a][1], nodes[b][0], nodes[b][1]))]
+                               if v is not None]
+        graphs.append(graph)
     if dropped_edges:
         notes.append(f"Class graphs draw the {limits.edges_per_layer} most frequent co-uses between two layers "
                      f"({dropped_edges:,} rarer ones left out).")
@@ -558,8 +597,8 @@ def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -
     return rows
 
 
-def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=None, comparisons=None
-            ) -> List[str]:
+def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=None, comparisons=None,
+            causal_summary=None) -> List[str]:
     """The headline findings, each a sentence with its numbers."""
     claims: List[str] = []
     by_method = {r["method"]: r for r in overview}
@@ -598,11 +637,43 @@ def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=N
         if parts:
             claims.append("Fewest units kept per layer (the rest set to 0) for 80% of the target probability on "
                           "held-out images: " + ", ".join(parts) + ".")
+    if causal_summary is not None and not causal_summary.empty:
+        row = causal_summary.iloc[0]
+        if pd.notna(row["share_above_floor"]) and pd.notna(row["random_share_above_floor"]):
+            claims.append(f"{100 * row['share_above_floor']:.0f}% of the edges between consecutive units of "
+                          f"{row['method']}'s paths rise above the noise floor (removing the unit moves the next "
+                          f"one more than 95% of random unit pairs of those layers move each other), against "
+                          f"{100 * row['random_share_above_floor']:.0f}% of random pairs ({int(row['images'])} "
+                          f"images, {row['ablation']} ablation).")
     if layer_summary is not None and "share_of_jas" in layer_summary and layer_summary["share_of_jas"].notna().any():
         top = layer_summary.loc[layer_summary["share_of_jas"].idxmax()]
         claims.append(f"Layer {int(top['layer'])} carries the largest share of the JAS "
                       f"({100 * top['share_of_jas']:.0f}% on average).")
     return claims
+
+
+def _causal(analysis_dir: Optional[Path], by_method: Mapping[str, List[PathRecord]]
+            ) -> Optional[Tuple[str, pd.DataFrame]]:
+    """``(method, per-class causal edges)`` from the analysis' ``causal_edges.csv``, or ``None`` (no
+    file, or a method the records do not hold)."""
+    edges = _read(analysis_dir, AnalysisFiles.CAUSAL_EDGES)
+    if edges is None or edges.empty or edges["method"].nunique() != 1:
+        return None
+    method = str(edges["method"].iloc[0])
+    if method not in by_method:
+        return None
+    return method, class_causal_edges(edges)
+
+
+def _causal_meta(summary: Optional[pd.DataFrame], causal: Optional[Tuple[str, pd.DataFrame]]
+                 ) -> Optional[Dict[str, Any]]:
+    """What the page says about the causal edges: their method, images, ablation and shares."""
+    if causal is None or summary is None or summary.empty:
+        return None
+    row = summary.iloc[0]
+    return {"method": causal[0], "images": int(row["images"]), "ablation": str(row["ablation"]),
+            "share_above_floor": _round(row["share_above_floor"]),
+            "random_share_above_floor": _round(row["random_share_above_floor"])}
 
 
 def _effects(deviation: Optional[pd.DataFrame], limits: ExplorerLimits, rng) -> Dict[str, Dict[str, List[float]]]:
