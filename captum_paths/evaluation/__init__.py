@@ -6,6 +6,12 @@
 - ``faithfulness.py``: faithfulness against sparsity (keep the top N units per layer,
   ablate the rest).
 
+What a removed unit becomes is its neuron baseline: every function that removes,
+prunes or ablates units takes ``layer_baselines=`` (zero by default; a
+``MeanBaseline``, ``CounterfactualBaseline`` or per-site values, see
+:mod:`captum_paths.attribution.layer_baselines`), and every table records it in an
+``ablation`` column.
+
 Uncertainty (bootstrap intervals, paired comparisons) is :mod:`captum_paths.statistics`.
 """
 from importlib import import_module
