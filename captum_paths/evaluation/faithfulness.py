@@ -341,7 +341,8 @@ def faithfulness_study(
                              "accuracy": float((p.argmax(1) == label).double().mean()),
                              "mean_prob_full": full_prob, "accuracy_full": full_acc})
     df = pd.DataFrame(rows, columns=list(FAITHFULNESS_COLUMNS))
-    df.attrs.update(split=split, ns=list(ns), widths=widths, tokens=tokens, kinds=list(getattr(sites, "kinds", ["neuron"] * len(widths))),
+    df.attrs.update(split=split, ns=list(ns), widths=widths, tokens=tokens,
+                    kinds=list(getattr(sites, "kinds", ["neuron"] * len(widths))),
                     layer_baselines={a: b.settings for a, b in baselines.items()})
     return df
 

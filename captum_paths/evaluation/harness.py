@@ -42,7 +42,7 @@ from torch import nn
 
 from captum_paths.attribution.joint_integrated_gradients import (MODES, JointNeuronIntegratedGradients,
                                                                  check_paper_baseline)
-from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, LayerBaseline, MeanBaseline,
+from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, MeanBaseline,
                                                       SiteBaseline, ZeroBaseline, as_layer_baselines)
 from captum_paths.attribution.output import select_rows
 from captum_paths.analysis.consensus import consensus_path

@@ -26,7 +26,10 @@ with ``g = scale``: ``a' = scale * a + (1 - scale) * b``, so ``scale = 0`` is ex
 departure from its baseline (``b + 2 (a - b)``; ``2 a`` for the zero baseline). A
 baseline that needs forwards (the reference means, the counterfactual activations) is
 computed when the ``with`` block is entered, with the sites' model, before any hook is
-installed; inside the block every forward's activation is checked against it.
+installed (entered inside another intervention, that forward sees the outer one: give the
+values, e.g. ``SiteBaseline(mean_baseline.means(sites, model))``, or enter it first; a
+``MeanBaseline`` keeps the means it computed); inside the block every forward's activation
+is checked against it.
 
 Examples::
 
@@ -50,7 +53,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, LayerBaseline, MeanBaseline,
+from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, MeanBaseline,
                                                       SiteBaseline, SiteValues, ZeroBaseline, _shaped,
                                                       as_layer_baselines)
 from captum_paths.attribution.neuron_sets import (NeuronSet, canonical_neurons, layer_widths, looks_like_pair,
@@ -109,8 +112,7 @@ class _Removal:
     need a batch of exactly ``count`` images inside the block.
     """
 
-    def __init__(self, sites: NeuronSites, layer_baselines: Any, forward_func: Optional[Callable[..., Any]] = None
-                 ) -> None:
+    def __init__(self, sites: NeuronSites, layer_baselines: Any) -> None:
         self.sites = sites
         self.values: Dict[int, torch.Tensor] = {}
         self.per_image: Optional[int] = None  # number of images the per-image values hold
@@ -134,13 +136,11 @@ class _Removal:
             self.per_image = counts.pop() if counts else None
             return
         if isinstance(baseline, MeanBaseline):
-            forward = forward_func or _model_forward(sites.model)
-            self.values = dict(baseline.means(sites, forward))
+            self.values = dict(baseline.means(sites, _model_forward(sites.model)))
             return
         if isinstance(baseline, CounterfactualBaseline):
-            forward = forward_func or _model_forward(sites.model)
             with torch.no_grad(), sites.record() as acts:
-                forward(*baseline.counterfactual, *baseline.args)
+                _model_forward(sites.model)(*baseline.counterfactual, *baseline.args)
             self.values = dict(acts)
             count = int(baseline.counterfactual[0].shape[0])
             self.per_image = count if count > 1 else None
