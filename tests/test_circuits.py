@@ -101,8 +101,9 @@ def test_a_planted_sparse_circuit_is_recovered():
 def test_larger_strengths_keep_fewer_units_and_training_is_seeded(tiny):
     model, x = tiny
     label = int(model(x).argmax(1).mode().values)
-    first = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1)
-    again = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1)
+    mean = MeanBaseline(x)
+    first = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1, layer_baselines=mean)
+    again = learn_circuits(model, x, label, strengths=(0.1, 4.0), steps=40, batch_size=6, seed=1, layer_baselines=mean)
     for a, b in zip(first, again):
         assert all(torch.equal(u, v) for u, v in zip(a.log_alpha, b.log_alpha))
         assert a.losses == b.losses
@@ -125,7 +126,7 @@ def test_hard_concrete_gates():
 def test_attribution_patching_is_activation_gap_times_gradient(tiny):
     model, x = tiny
     label = 1
-    scores = attribution_patching(model, x, label, batch_size=5)
+    scores = attribution_patching(model, x, label, layer_baselines=MeanBaseline(x), batch_size=5)
     means = _literal_means(model, x)
     seen = {}
 
@@ -161,6 +162,8 @@ def test_bad_arguments_name_what_was_given(tiny):
         learn_circuits(model, x[0], 0, steps=1)
     with pytest.raises(ValueError, match="keeps\\[0\\] holds 2 layer masks"):
         circuit_probabilities(model, x, [[torch.ones(64, dtype=torch.bool)] * 2])
+    with pytest.raises(TypeError, match="reference images of every class"):
+        learn_circuits(model, x, 0, layer_baselines="mean", steps=1)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         learn_circuits(model, x, 0, steps=0)
 

@@ -265,27 +265,27 @@ class MeanBaseline(LayerBaseline):
 
     def means(self, sites: NeuronSites, forward_func: Callable[..., Any]) -> Dict[int, torch.Tensor]:
         """The mean activation of every site ``{layer: (positions, units)}`` over the reference images."""
-        names = tuple(sites.names)
+        # the same modules read at other tokens (or of another kind) have other means
+        key = (tuple(sites.names), sites.tokens, tuple(sites.captures), tuple(sites.unit_sizes))
         for model, seen, means in self._means:
-            if model is sites.model and seen == names:
+            if model is sites.model and seen == key:
                 return means
-        if True:
-            n = self.count
-            sums: Dict[int, torch.Tensor] = {}
-            dtypes: Dict[int, torch.dtype] = {}
-            for rows in torch.arange(n).split(self.batch_size):
-                inputs = tuple(x[rows.to(x.device)] for x in self.reference)
-                acts = _record(sites, forward_func, inputs, select_rows(self.args, rows, n))
-                for l, a in acts.items():
-                    total = a.double().sum(dim=0)
-                    if l in sums and sums[l].shape != total.shape:
-                        raise ValueError(f"MeanBaseline: site {sites.names[l]!r} holds {tuple(total.shape)} "
-                                         f"positions x units in one reference batch and {tuple(sums[l].shape)} in "
-                                         "another: give reference images of one size")
-                    sums[l] = total if l not in sums else sums[l] + total
-                    dtypes[l] = a.dtype
-            means = {l: (s / n).to(dtypes[l]) for l, s in sums.items()}
-            self._means.append((sites.model, names, means))
+        n = self.count
+        sums: Dict[int, torch.Tensor] = {}
+        dtypes: Dict[int, torch.dtype] = {}
+        for rows in torch.arange(n).split(self.batch_size):
+            inputs = tuple(x[rows.to(x.device)] for x in self.reference)
+            acts = _record(sites, forward_func, inputs, select_rows(self.args, rows, n))
+            for l, a in acts.items():
+                total = a.double().sum(dim=0)
+                if l in sums and sums[l].shape != total.shape:
+                    raise ValueError(f"MeanBaseline: site {sites.names[l]!r} holds {tuple(total.shape)} "
+                                     f"positions x units in one reference batch and {tuple(sums[l].shape)} in "
+                                     "another: give reference images of one size")
+                sums[l] = total if l not in sums else sums[l] + total
+                dtypes[l] = a.dtype
+        means = {l: (s / n).to(dtypes[l]) for l, s in sums.items()}
+        self._means.append((sites.model, key, means))
         return means
 
     def resolve(self, sites, forward_func, inputs, args, clean) -> SiteValues:

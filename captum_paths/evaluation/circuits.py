@@ -4,8 +4,10 @@ ranking they are compared with.
 
 A circuit of class ``c`` is a keep mask over the units of the sites (FFN neurons,
 attention heads, or both): kept units run as they are, every other unit takes its
-baseline at every token (mean ablation by default: its mean activation over the
-class's training images). :func:`learn_circuits` learns one mask per sparsity
+baseline at every token: zero, or (mean ablation) its mean activation over reference
+images of *every* class. A mean over the class's own images would carry the class: on
+the pretrained DINOv2 ViT-S/14 two heads kept with everything else at the class-3
+mean keep 99.8% of class 3's probability on held-out images, whatever those heads do. :func:`learn_circuits` learns one mask per sparsity
 strength ``lambda`` on the class's training images by minimising
 
 ``loss = -mean log p_c(x; masked) + lambda * E[units kept] / units``
@@ -202,7 +204,7 @@ def learn_circuits(
     label: int,
     sites: Any = None,
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
-    layer_baselines: Any = "mean",
+    layer_baselines: Any = None,
     objective: str = "logprob",
     steps: int = 200,
     lr: float = 0.1,
@@ -221,9 +223,10 @@ def learn_circuits(
         sites (NeuronSites, module or list, optional): the units masked (default: FFN neurons;
             ``NeuronSites.mixed(heads, neurons)`` for heads and neurons).
         strengths (sequence of float): sparsity strengths ``lambda`` (one circuit each).
-        layer_baselines: what masked-out units become: ``"mean"`` (default: their mean over
-            ``images``, at every token), ``None`` or ``"zero"``, or any ``layer_baselines`` value
-            (:class:`~captum_paths.attribution.layer_baselines.MeanBaseline` of other images ...).
+        layer_baselines: what masked-out units become: ``None`` or ``"zero"`` (default: 0), or any
+            ``layer_baselines`` value; for mean ablation a
+            :class:`~captum_paths.attribution.layer_baselines.MeanBaseline` of reference images of
+            every class (not the class's own: their mean carries the class).
         objective (str): ``"logprob"`` (keep ``log p_label``) or ``"kl"`` (KL from the full
             model's prediction to the masked one's).
         steps (int): optimisation steps (Adam on the gate logits).
@@ -239,7 +242,8 @@ def learn_circuits(
 
     Example::
 
-        >>> circuits = learn_circuits(model, images[labels == 3], 3, strengths=(0.5, 2.0))
+        >>> mean = MeanBaseline(reference_images_of_every_class)
+        >>> circuits = learn_circuits(model, images[labels == 3], 3, strengths=(2.0, 8.0), layer_baselines=mean)
         >>> [c.units_kept for c in circuits]          # fewer with a larger strength
     """
     images = _check_images(images)
@@ -255,8 +259,7 @@ def learn_circuits(
     forward = as_logits_model(model)
     device = next(model.parameters()).device
     images = images.to(device)
-    baseline = _baseline(layer_baselines, images)
-    base = _resolve(baseline, sites, forward, images)
+    base = _resolve(_baseline(layer_baselines), sites, forward, images)
     with torch.no_grad(), sites.record() as acts:
         full_logits = forward(images[:1])
     widths = [acts[l].shape[-1] for l in range(sites.num_layers)]
@@ -309,12 +312,13 @@ def learn_circuits(
     return circuits
 
 
-def _baseline(layer_baselines: Any, images: torch.Tensor) -> LayerBaseline:
-    if isinstance(layer_baselines, str):
-        if layer_baselines == "mean":
-            return MeanBaseline(images)
-        if layer_baselines == "zero":
-            return as_layer_baselines(None)
+def _baseline(layer_baselines: Any) -> LayerBaseline:
+    """``layer_baselines`` with ``"zero"`` for 0 (``"mean"`` needs reference images: an error saying so)."""
+    if isinstance(layer_baselines, str) and layer_baselines == "zero":
+        return as_layer_baselines(None)
+    if isinstance(layer_baselines, str) and layer_baselines == "mean":
+        raise TypeError("layer_baselines='mean' needs reference images of every class: give "
+                        "MeanBaseline(reference_images) (a mean over the class's own images carries the class)")
     return as_layer_baselines(layer_baselines)
 
 
@@ -378,7 +382,7 @@ def attribution_patching(
     images: torch.Tensor,
     label: int,
     sites: Any = None,
-    layer_baselines: Any = "mean",
+    layer_baselines: Any = None,
     tokens: str = "all",
     batch_size: int = 32,
 ) -> List[torch.Tensor]:
@@ -391,8 +395,8 @@ def attribution_patching(
         images (Tensor): ``(N, C, H, W)`` images of the class.
         label (int): the class.
         sites (optional): the units (default: FFN neurons).
-        layer_baselines: ``"mean"`` (default: the units' mean over ``images``), ``"zero"`` or any
-            ``layer_baselines`` value.
+        layer_baselines: what a unit is patched to: ``None`` or ``"zero"`` (default), or any
+            ``layer_baselines`` value (a ``MeanBaseline`` of reference images of every class).
         tokens (str): ``"all"`` (every token, the default) or ``"selected"``.
         batch_size (int): images per forward and backward.
 
@@ -401,7 +405,7 @@ def attribution_patching(
 
     Example::
 
-        >>> scores = attribution_patching(model, images[labels == 3], 3)
+        >>> scores = attribution_patching(model, images[labels == 3], 3, layer_baselines=MeanBaseline(reference))
         >>> ranking = [s.argsort(descending=True) for s in scores]   # per layer, best first
     """
     images = _check_images(images)
@@ -410,7 +414,7 @@ def attribution_patching(
     forward = as_logits_model(model)
     device = next(model.parameters()).device
     images = images.to(device)
-    base = _resolve(_baseline(layer_baselines, images), sites, forward, images)
+    base = _resolve(_baseline(layer_baselines), sites, forward, images)
     totals: Optional[List[torch.Tensor]] = None
     for rows in torch.arange(images.shape[0]).split(batch_size):
         with torch.enable_grad(), sites.record(detach=False) as acts:
