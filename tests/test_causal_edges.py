@@ -300,6 +300,8 @@ def test_tables_and_above_floor_agree(vit, images, paths):
     summary = result.summary().iloc[0]
     assert summary["edges"] == len(consecutive) and summary["images"] == 4
     assert summary["share_above_floor"] == pytest.approx(consecutive["above_floor"].mean())
+    whole = [all(consecutive[consecutive["image"] == i]["above_floor"]) for i in range(4)]
+    assert summary["whole_chains"] == pytest.approx(np.mean(whole))
     by_layer = result.by_layer()
     assert by_layer[["source_layer", "target_layer"]].values.tolist() == [[0, 1], [1, 2]]
     assert by_layer["edges"].sum() == len(consecutive)

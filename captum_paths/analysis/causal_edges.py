@@ -174,10 +174,14 @@ class CausalEdgeResult:
             DataFrame with ``images``, ``edges``, ``share_above_floor``,
             ``mean_normalised_effect``, ``mean_abs_normalised_effect``,
             ``median_abs_normalised_effect``, ``random_pairs``, ``random_share_above_floor``,
-            ``random_mean_abs_normalised_effect``.
+            ``random_mean_abs_normalised_effect``, and ``whole_chains``: the share of images
+            whose every consecutive edge is above the floor (of those with any).
         """
-        return pd.DataFrame([_share_row(self.to_frame(consecutive_only=True), self.noise,
-                                        images=int(self.layers.shape[0]))])
+        edges = self.to_frame(consecutive_only=True)
+        row = _share_row(edges, self.noise, images=int(self.layers.shape[0]))
+        row["whole_chains"] = float(edges.groupby("image")["above_floor"].all().mean()) if len(edges) \
+            else float("nan")
+        return pd.DataFrame([row])
 
     def by_layer(self) -> pd.DataFrame:
         """:meth:`summary` per (source layer, target layer) pair of the consecutive edges, with the
@@ -651,7 +655,8 @@ def class_causal_edges(edges: pd.DataFrame, label_key: str = "label") -> pd.Data
 
     Returns:
         DataFrame with ``label, source_layer, source_unit, target_layer, target_unit, count,
-        mean_normalised_effect`` (NaN effects left out), ``share_above_floor``, ``mean_effect``; sorted.
+        mean_normalised_effect, share_above_floor, mean_effect``, sorted; rows without a normalised
+        effect (a target constant over the images) are left out.
 
     Example::
 
@@ -662,6 +667,7 @@ def class_causal_edges(edges: pd.DataFrame, label_key: str = "label") -> pd.Data
         raise ValueError(f"edges has no {label_key!r} column; build it with to_frame(labels=...)")
     if "consecutive" in edges:
         edges = edges[edges["consecutive"].astype(bool)]
+    edges = edges[np.isfinite(edges["normalised_effect"].to_numpy(dtype=float))]  # a target constant over images
     keys = [label_key, "source_layer", "source_unit", "target_layer", "target_unit"]
     if not len(edges):
         return pd.DataFrame(columns=list(CLASS_EDGE_COLUMNS))

