@@ -307,3 +307,20 @@ def test_non_numeric_and_negative_counts() -> None:
     pr["images"] = 0
     with pytest.raises(ValueError, match="no grid point"):
         plot_pruning(pr)
+
+
+def test_titles_say_what_removed_units_became():
+    import pandas as pd
+
+    from captum_paths.plots.evaluation import plot_deviation, plot_jas
+
+    rows = {"image": [0, 0, 1, 1], "label": [0, 0, 1, 1], "method": ["a"] * 4, "operation": ["remove", "enhance"] * 2,
+            "p_before": [.5] * 4, "p_after": [.4, .6, .3, .7], "prob_deviation": [-.2, .2, -.4, .4],
+            "correct_before": [1] * 4, "correct_after": [1] * 4}
+    for ablation, words in ((None, "set to 0"), ("zero", "set to 0"), ("mean", "set to their mean")):
+        table = pd.DataFrame(rows if ablation is None else {**rows, "ablation": [ablation] * 4})
+        assert words in plot_deviation(table).axes[0].get_title()
+    jas = pd.DataFrame({"image": [0, 1], "label": [0, 1], "method": ["a", "a"], "mode": ["gate"] * 2,
+                        "jas": [.1, .2], "ablation": ["mean"] * 2})
+    assert "path set to its mean" in plot_jas(jas).axes[0].get_title()
+    assert "path zeroed" in plot_jas(jas.drop(columns="ablation")).axes[0].get_title()

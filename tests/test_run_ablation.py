@@ -118,3 +118,20 @@ def test_runs_from_before_baselines_read_as_zero_ablation():
         RunSettings.create(model="demo", data=None, ablation_images=3, ablation_seed=1)
     mean = RunSettings.create(model="demo", data=None, ablation="mean")
     assert (mean.ablation_images, mean.ablation_seed) == (64, 0)
+
+
+def test_evaluate_removes_units_the_way_the_run_scored_them(mean_run):
+    import pandas as pd
+
+    out = Run(mean_run, device="cpu").evaluate(pruning=False, faithfulness=False, batch_size=3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ablation"] == "mean" and summary["jas_modes"] == ["gate"]
+    deviation = pd.read_csv(out / "deviation.csv")
+    assert set(deviation["ablation"]) == {"mean"}
+    remove = deviation[deviation["operation"] == "remove"]
+    records = {(r["method"], r["image_id"]): r["jas"] for r in read_records(mean_run / "records.jsonl")}
+    effect = remove["p_before"] - remove["p_after"]
+    expected = [records[(m, i)] for m, i in zip(remove["method"], remove["image_id"])]
+    assert effect.to_numpy() == pytest.approx(expected, abs=2e-6)
+    jas = pd.read_csv(out / "jas.csv")
+    assert set(jas["mode"]) == {"gate"}

@@ -99,6 +99,7 @@ def evaluate_paths(
     faithfulness_classes: Optional[int] = 10,
     sites: Optional["NeuronSites"] = None,
     image_ids: Optional[Sequence[str]] = None,
+    layer_baselines: Any = None,
 ) -> Dict[str, Any]:
     """The paper's experiments on ``paths`` (one :class:`PathResult` per method, rows
     aligned with ``images`` ``(N, C, H, W)`` and ``labels`` ``(N,)``); tables and figures go to ``out``.
@@ -121,6 +122,10 @@ def evaluate_paths(
     ``sites`` are the sites the paths index (default: the model's FFN neurons); the
     released scripts' score (JAS mode ``paper``) is left out for heads. ``image_ids``
     (one per image) add an ``image_id`` column to the ``deviation`` and ``jas`` tables.
+    ``layer_baselines`` is what removed units become in the deviation, the JAS and the
+    pruning study (default zero; see :mod:`captum_paths.attribution.layer_baselines`); the
+    released scripts' score is left out under any other (it is defined against zero). The
+    faithfulness curves run zero and mean ablation both, as always.
 
     Returns:
         ``{"deviation", "jas", "methods", "intervals", "comparisons", "pruning", "faithfulness", "timings",
@@ -137,8 +142,11 @@ def evaluate_paths(
     if sites is not None and sites.has_heads and "paper" in jas_modes:
         logger.info("evaluate: JAS mode 'paper' is defined on FFN neurons only; left out for these heads")
         jas_modes = [m for m in jas_modes if m != "paper"]
+    if layer_baselines is not None and "paper" in jas_modes:
+        logger.info("evaluate: JAS mode 'paper' is defined against zero; left out under %r", layer_baselines)
+        jas_modes = [m for m in jas_modes if m != "paper"] or ["gate"]
     timings: Dict[str, float] = {}
-    common = dict(sites=sites, batch_size=batch_size)
+    common = dict(sites=sites, batch_size=batch_size, layer_baselines=layer_baselines)
     with _timed(timings, "deviation_s"):
         deviation = _deviation(model, images, labels, paths, out, factor, image_ids, **common)
     with _timed(timings, "jas_s"):
@@ -157,7 +165,7 @@ def evaluate_paths(
     if faithfulness and (counts >= 2).any():
         with _timed(timings, "faithfulness_s"):
             faithful = _faithfulness(model, images, labels, paths, out, counts, faithfulness_classes, seed,
-                                     **common)
+                                     sites=sites, batch_size=batch_size)
     elif faithfulness:
         logger.warning("evaluate: faithfulness curves skipped (they need at least 2 images of a class)")
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
@@ -181,15 +189,15 @@ def _timed(timings: Dict[str, float], key: str) -> Iterator[None]:
     timings[key] = time.perf_counter() - start
 
 
-def _deviation(model, images, labels, paths, out: Path, factor: float, image_ids, sites, batch_size
-               ) -> pd.DataFrame:
+def _deviation(model, images, labels, paths, out: Path, factor: float, image_ids, sites, batch_size,
+               layer_baselines) -> pd.DataFrame:
     """Remove / enhance every path at once: the ``deviation`` tables and figure."""
     from captum_paths.evaluation.harness import probability_deviation, summarize_deviation
     from captum_paths.plots import plot_deviation, save_figure
 
     logger.info("evaluate: remove / enhance deviation on %d images, %d methods", len(images), len(paths))
     deviation = probability_deviation(model, images, labels, paths, factor=factor, sites=sites,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, layer_baselines=layer_baselines)
     _name_images(deviation, image_ids)
     _save(deviation, out, EvaluationFiles.DEVIATION)
     _save(summarize_deviation(deviation), out, EvaluationFiles.DEVIATION_BY_METHOD)
@@ -197,15 +205,15 @@ def _deviation(model, images, labels, paths, out: Path, factor: float, image_ids
     return deviation
 
 
-def _jas(model, images, labels, paths, out: Path, jas_modes, n_steps, image_ids, sites, batch_size
-         ) -> pd.DataFrame:
+def _jas(model, images, labels, paths, out: Path, jas_modes, n_steps, image_ids, sites, batch_size,
+         layer_baselines) -> pd.DataFrame:
     """The JAS of every method's paths in each semantics: the ``jas`` table and figure."""
     from captum_paths.evaluation.harness import jas_comparison
     from captum_paths.plots import plot_jas, save_figure
 
     logger.info("evaluate: JAS comparison (%s)", ", ".join(jas_modes))
     jas = jas_comparison(model, images, labels, paths, modes=tuple(jas_modes), n_steps=n_steps, sites=sites,
-                         batch_size=batch_size)
+                         batch_size=batch_size, layer_baselines=layer_baselines)
     _name_images(jas, image_ids)
     _save(jas, out, EvaluationFiles.JAS)
     save_figure(plot_jas(jas), out / "jas")
@@ -225,14 +233,15 @@ def _uncertainty(deviation: pd.DataFrame, jas: pd.DataFrame, reference: str, out
     return intervals, comparisons
 
 
-def _pruning(model, images, labels, out: Path, ks, ps, n_steps, seed: int, sites, batch_size) -> pd.DataFrame:
+def _pruning(model, images, labels, out: Path, ks, ps, n_steps, seed: int, sites, batch_size,
+             layer_baselines) -> pd.DataFrame:
     """The pruning study with class-consensus paths: its tables and figure."""
     from captum_paths.evaluation.harness import pruning_study
     from captum_paths.plots import plot_pruning, save_figure
 
     logger.info("evaluate: pruning study")
     study = pruning_study(model, images, labels, ks=ks, ps=ps, seed=seed, n_steps=n_steps, sites=sites,
-                          batch_size=batch_size)
+                          batch_size=batch_size, layer_baselines=layer_baselines)
     _save(study, out, EvaluationFiles.PRUNING)
     _save(pruning_table(study), out, EvaluationFiles.PRUNING_GRID)
     save_figure(plot_pruning(study), out / "pruning")
@@ -318,16 +327,21 @@ def evaluate(
     sites = run.sites()
     images, labels = run.images(image_ids)
     paths = {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
+    baseline = run.layer_baselines()  # the run's ablation: the records were scored against it
+    if baseline is not None and "paper" in jas_modes:
+        jas_modes = [m for m in jas_modes if m != "paper"] or ["gate"]
     with run.lock(), run.replacing(run.evaluation_dir) as out:
         result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
                                 n_steps=n_steps, seed=seed, faithfulness=faithfulness,
-                                faithfulness_classes=faithfulness_classes, sites=sites, image_ids=image_ids)
+                                faithfulness_classes=faithfulness_classes, sites=sites, image_ids=image_ids,
+                                layer_baselines=baseline)
         write_json_atomic(out / EvaluationFiles.SUMMARY, {
             "images": len(image_ids), "images_recorded": recorded, "max_images": max_images, "seed": seed,
             "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
             "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
             "model": run.settings["model"], "records_sha256": digest,
+            "ablation": run.run_settings.ablation,
         })
     return run.evaluation_dir

@@ -65,6 +65,23 @@ _OPERATION_TITLES = {
     "remove": "remove (path neurons set to 0)",
     "enhance": "enhance (path neurons amplified)",
 }
+def _replaced_by(ablation: Optional[str], plural: bool = False) -> str:
+    """How removed units end up, from a table's ``ablation`` value (``None``/``"zero"``: 0)."""
+    if ablation in (None, "zero"):
+        return "set to 0"
+    if ablation == "mean":
+        return "set to their mean" if plural else "set to its mean"
+    return f"set to {'their' if plural else 'its'} {ablation} baseline"
+
+
+def _table_ablation(df: pd.DataFrame) -> Optional[str]:
+    """The one ablation of a table's ``ablation`` column (``None`` without one, or several)."""
+    if "ablation" not in df.columns:
+        return None
+    values = list(dict.fromkeys(df["ablation"].astype(str)))
+    return values[0] if len(values) == 1 else None
+
+
 _MODE_ORDER = ("gate", "paper")
 _MODE_TITLES = {
     "gate": "mode \"gate\" (exact removal effect: F(x) − F(x; path zeroed))",
@@ -283,8 +300,10 @@ def plot_deviation(
         _style_method_axis(ax, order, extra)
         ax.set_ylabel(_DEVIATION_YLABEL)
         n_images = sub["image"].nunique()
-        ax.set_title(f"{_OPERATION_TITLES.get(operation, operation)}\n"
-                     f"{n_images} image{'s' if n_images != 1 else ''}")
+        heading = _OPERATION_TITLES.get(operation, operation)
+        if operation == "remove":
+            heading = f"remove (path neurons {_replaced_by(_table_ablation(df), plural=True)})"
+        ax.set_title(f"{heading}\n{n_images} image{'s' if n_images != 1 else ''}")
     fig.suptitle(title)
     return fig
 
@@ -364,8 +383,11 @@ def plot_jas(
         _style_method_axis(ax, order)
         ax.set_ylabel("JAS of the path (units of F)")
         n_images = sub["image"].nunique()
-        ax.set_title(f"{_MODE_TITLES.get(mode, f'mode {mode!r}')}\n"
-                     f"{n_images} image{'s' if n_images != 1 else ''}")
+        heading = _MODE_TITLES.get(mode, f'mode {mode!r}')
+        ablation = _table_ablation(df)
+        if mode == "gate" and ablation not in (None, "zero"):
+            heading = f"mode \"gate\" (exact removal effect: F(x) − F(x; path {_replaced_by(ablation)}))"
+        ax.set_title(f"{heading}\n{n_images} image{'s' if n_images != 1 else ''}")
     fig.suptitle(title)
     return fig
 
@@ -513,7 +535,7 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
             ax.set_xscale("symlog", linthresh=1)
             ax.grid(alpha=0.3)
             if row == 0:
-                ax.set_title(f"every other unit {'set to 0' if ablation == 'zero' else 'set to its mean'}")
+                ax.set_title(f"every other unit {_replaced_by(ablation)}")
             if row == 1:
                 ax.set_xlabel("units kept per layer (N)")
             if col == 0:
