@@ -66,7 +66,7 @@ from captum_paths.model.sites import NeuronSites, resolve_sites
 if TYPE_CHECKING:  # pragma: no cover
     from captum_paths.attribution.layer_baselines import SiteValues
 
-__all__ = ["CausalEdges", "CausalEdgeResult", "class_causal_edges", "EDGE_COLUMNS"]
+__all__ = ["CausalEdges", "CausalEdgeResult", "class_causal_edges", "EDGE_COLUMNS", "CLASS_EDGE_COLUMNS"]
 
 #: The columns of :meth:`CausalEdgeResult.to_frame`, in order (``label`` only when labels are given).
 EDGE_COLUMNS = ("image", "label", "source_layer", "source_unit", "target_layer", "target_unit", "consecutive",
