@@ -38,9 +38,9 @@ _LAZY = {
         "CounterfactualBaseline", "LayerBaseline", "MeanBaseline", "SiteBaseline", "ZeroBaseline",
     )},
     **{name: "captum_paths.analysis" for name in (
-        "PathGraph", "PathSharing", "PathTable", "class_similarity", "consensus_paths", "nearest_classes",
-        "neuron_frequencies", "neuron_pixel_attribution", "path_sharing", "shared_edges", "shared_neurons",
-        "typical_paths",
+        "CausalEdges", "PathGraph", "PathSharing", "PathTable", "class_causal_edges", "class_similarity",
+        "consensus_paths", "nearest_classes", "neuron_frequencies", "neuron_pixel_attribution", "path_sharing",
+        "shared_edges", "shared_neurons", "typical_paths",
     )},
     **{name: "captum_paths.evaluation.harness" for name in (
         "class_consensus", "jas_comparison", "probability_deviation", "pruning_study", "summarize_deviation",
@@ -79,7 +79,7 @@ def __dir__():
 
 if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from captum_paths.analysis import (  # noqa: F401
-        PathGraph, PathSharing, PathTable, class_similarity, consensus_paths, nearest_classes,
+        CausalEdges, class_causal_edges, PathGraph, PathSharing, PathTable, class_similarity, consensus_paths, nearest_classes,
         neuron_frequencies, neuron_pixel_attribution, path_sharing, shared_edges, shared_neurons,
         typical_paths,
     )
@@ -135,6 +135,8 @@ __all__ = [
     "prune_neurons",
     "remove_neurons",
     "scale_neurons",
+    "CausalEdges",
+    "class_causal_edges",
     "PathGraph",
     "PathSharing",
     "PathTable",

@@ -182,6 +182,9 @@ def _add_analyze(commands) -> None:
                                              "run's records", _run_analyze)
     sub.add_argument("--method", default=None, help="method to analyze (default: neuron-path if present)")
     sub.add_argument("--permutations", type=int, default=1000)
+    sub.add_argument("--causal-images", type=int, default=200, metavar="N",
+                     help="images (an even seeded draw over the classes) whose path edges are measured causally: "
+                          "one forward per path unit with a later unit, plus the noise floor (default: 200; 0: none)")
     sub.add_argument("--no-pixels", action="store_true",
                      help="skip the pixel figure (one image's pixel attribution; the model is still loaded to "
                           "check the records' units)")
@@ -386,8 +389,11 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _run_analyze(args: argparse.Namespace) -> int:
     from captum_paths.pipeline import Run
 
+    if args.causal_images < 0 or args.causal_images == 1:
+        raise _UsageError(f"--causal-images must be 0 (none) or at least 2 (the effects are scaled by their spread "
+                          f"over the images); got {args.causal_images}")
     summary = Run(args.run, device=args.device).analyze(method=args.method, permutations=args.permutations,
-                                                        pixels=not args.no_pixels)
+                                                        pixels=not args.no_pixels, causal_images=args.causal_images)
     print(f"analysis: {summary}")
     return 0
 

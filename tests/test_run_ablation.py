@@ -135,3 +135,12 @@ def test_evaluate_removes_units_the_way_the_run_scored_them(mean_run):
     assert effect.to_numpy() == pytest.approx(expected, abs=2e-6)
     jas = pd.read_csv(out / "jas.csv")
     assert set(jas["mode"]) == {"gate"}
+
+
+def test_analyze_takes_the_number_of_causal_images(mean_run, capsys):
+    code, _, err = run_main(capsys, "analyze", "--run", mean_run, "--causal-images", "1", "--quiet")
+    assert code == 2 and "--causal-images must be 0 (none) or at least 2" in err
+    code, _, err = run_main(capsys, "analyze", "--run", mean_run, "--causal-images", "0", "--no-pixels", "--quiet")
+    assert code == 0, err
+    summary = json.loads((mean_run / "analysis" / "summary.json").read_text())
+    assert "causal_edges" in summary and not (mean_run / "analysis" / "causal_edges.csv").exists()

@@ -4,7 +4,9 @@
   path, JAS comparison, class consensus and pruning);
 - ``interventions.py``: remove, enhance, scale and prune units, as context managers;
 - ``faithfulness.py``: faithfulness against sparsity (keep the top N units per layer,
-  ablate the rest).
+  ablate the rest);
+- ``circuits.py``: class circuits learned with hard-concrete masks, and attribution
+  patching, the cheap ranking they are compared with.
 
 What a removed unit becomes is its neuron baseline: every function that removes,
 prunes or ablates units takes ``layer_baselines=`` (zero by default; a
@@ -24,6 +26,8 @@ _WHERE = {
         "save_table")},
     **{name: "interventions" for name in ("remove_neurons", "enhance_neurons", "scale_neurons", "prune_neurons")},
     **{name: "faithfulness" for name in ("faithfulness_study",)},
+    **{name: "circuits" for name in ("learn_circuits", "circuit_probabilities", "attribution_patching",
+                                     "LearnedCircuit")},
 }
 __all__ = list(_WHERE)
 
