@@ -175,3 +175,25 @@ def test_heads_and_neurons_together(tiny):
     assert circuit.kinds == ["head", "neuron"] * 3 and circuit.total_units == 3 * (2 + 64)
     probs = circuit_probabilities(model, x, [circuit.keep], sites=sites, layer_baselines=MeanBaseline(x))
     assert probs.shape == (1, 12, 5)
+
+
+def test_circuit_study_compares_learned_circuits_with_rankings(tiny):
+    from captum_paths.evaluation.circuits import CIRCUIT_COLUMNS, circuit_study, circuit_summary, fewest_circuit_units
+
+    model, x = tiny
+    x = torch.cat([x, x.flip(0)])  # 24 images
+    labels = torch.arange(24) % 2
+    paths = torch.randint(0, 64, (24, 3, 1), generator=torch.Generator().manual_seed(0))
+    table, circuits = circuit_study(model, x, labels, {"toy": paths}, strengths=(0.5, 8.0), fractions=(0.0, 0.1, 1.0),
+                                    steps=5, batch_size=4)
+    assert list(table.columns) == list(CIRCUIT_COLUMNS) and set(circuits) == {0, 1}
+    assert set(table["method"]) == {"learned circuit", "attribution patching", "toy", "random ranking"}
+    everything = table[table["fraction_kept"] == 1.0]
+    assert (everything["mean_prob"] - everything["mean_prob_full"]).abs().max() < 1e-6  # all kept: the model
+    nothing = table[table["units_kept"] == 0]
+    assert nothing["mean_prob"].nunique() == 2  # all ablated: one value per class, whatever the ranking
+    # the toy method's 10% budget holds every unit its training paths use (at most 12 per class x 3 layers)
+    summary = circuit_summary(table)
+    assert set(summary["method"]) == set(table["method"]) and summary["reaches"].any()
+    fewest = fewest_circuit_units(table)
+    assert fewest.set_index("method").loc["random ranking", "fraction_kept"] <= 1.0

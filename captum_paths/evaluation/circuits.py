@@ -52,7 +52,8 @@ from captum_paths.model.sites import NeuronSites, resolve_sites
 from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["HardConcrete", "LearnedCircuit", "learn_circuits", "attribution_patching", "circuit_probabilities",
-           "circuit_sites", "DEFAULT_STRENGTHS", "OBJECTIVES"]
+           "circuit_sites", "circuit_study", "circuit_summary", "fewest_circuit_units", "DEFAULT_STRENGTHS",
+           "DEFAULT_FRACTIONS", "CIRCUIT_COLUMNS", "OBJECTIVES"]
 
 logger = logging.getLogger(__name__)
 
@@ -430,3 +431,230 @@ def attribution_patching(
             scores.append((gap * g.double()).sum(dim=1).abs().sum(dim=0).cpu())  # (width,)
         totals = scores if totals is None else [t + s for t, s in zip(totals, scores)]
     return [t / images.shape[0] for t in totals]
+
+
+#: the columns of :func:`circuit_study`'s table
+CIRCUIT_COLUMNS = ("method", "ablation", "label", "strength", "units_kept", "fraction_kept", "images", "mean_prob",
+                   "accuracy", "mean_prob_full", "accuracy_full")
+#: learned circuits and attribution patching in the study's tables
+LEARNED, PATCHING, RANDOM = "learned circuit", "attribution patching", "random ranking"
+#: shares of all units kept by the rankings' circuits when no budgets are given
+DEFAULT_FRACTIONS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def _global_keep(scores: Sequence[torch.Tensor], budget: int, seed: int) -> List[torch.Tensor]:
+    """Keep masks of the ``budget`` best units over all layers by ``scores`` (ties: a seeded order)."""
+    flat = torch.cat([s.double().reshape(-1) for s in scores])
+    tie = torch.from_numpy(np.random.default_rng([seed, 7]).permutation(flat.numel())).double()
+    order = np.lexsort((tie.numpy(), -flat.numpy()))[:budget]
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[torch.from_numpy(order).long()] = True
+    return list(keep.split([s.numel() for s in scores]))
+
+
+def _path_use(paths: torch.Tensor, widths: Sequence[int], where: Sequence[int],
+              contributions: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Per circuit layer, how many paths hold each unit (path layer ``l`` is circuit layer
+    ``where[l]``; other layers score 0), plus a tie-break below one path by the summed contribution."""
+    scores = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    for layer, target in enumerate(where):
+        width = widths[target]
+        units = paths[:, layer].reshape(-1).long().cpu()
+        count = torch.bincount(units, minlength=width).double()
+        if contributions is not None:
+            total = torch.zeros(width, dtype=torch.float64).index_add_(
+                0, units, torch.nan_to_num(contributions[:, layer].reshape(-1).double().cpu()))
+            count = count + 0.5 * torch.sigmoid(total)  # < 1: never above one more path
+        scores[target] = count
+    return scores
+
+
+def circuit_study(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    paths_by_method: Optional[Dict[str, Any]] = None,
+    sites: Any = None,
+    path_sites: Any = None,
+    classes: Optional[Sequence[int]] = None,
+    layer_baselines: Any = "mean",
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    train_fraction: float = 0.5,
+    split: Optional[Dict[int, Dict[str, List[int]]]] = None,
+    steps: int = 200,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> Tuple["pd.DataFrame", Dict[int, List[LearnedCircuit]]]:
+    """Class circuits against rankings, on held-out images: per class, learned circuits (one per
+    strength), and the circuits of the best units over all layers by attribution patching, by
+    path use (each method of ``paths_by_method``) and at random, at each share of all units.
+
+    Each class's images are split (seeded, :func:`~captum_paths.evaluation.harness.split_by_class`)
+    into training images, which learn the masks and rank the units, and held-out images, on
+    which every circuit runs with every other unit at its baseline, at every token.
+
+    Args:
+        model (nn.Module): the model (logits out).
+        images (Tensor): ``(N, C, H, W)``; ``labels`` ``(N,)`` their classes (the target).
+        paths_by_method (dict, optional): ``{method: PathResult or (N, L, k) paths}`` aligned with
+            ``images``, indexing ``path_sites``: their units ranked by path use (units of layers the
+            paths do not hold rank last).
+        sites (optional): the units (default: every attention head and FFN neuron,
+            ``NeuronSites.for_units(model, "mixed")``, or the FFN neurons where heads are unknown).
+        path_sites (optional): the sites the paths index, each layer one of ``sites`` (same module
+            name); default: the model's FFN neurons.
+        classes (sequence of int, optional): the classes studied (default: every class with 2 images).
+        layer_baselines: ``"mean"`` (default: the units' mean over the training images of every
+            class), ``None``/``"zero"``, or any ``layer_baselines`` value shared by the images.
+        strengths, steps, lr, batch_size: the learned circuits' (see :func:`learn_circuits`).
+        fractions (sequence of float): shares of all units kept by the rankings' circuits.
+        train_fraction (float): share of each class's images that train and rank.
+        split (dict, optional): the split itself, ``{label: {"consensus": training rows, "evaluation":
+            held-out rows}}`` (default: :func:`~captum_paths.evaluation.harness.split_by_class`).
+        seed (int): the splits, the training, the tie-breaks and the random ranking.
+        progress (bool): progress bars.
+
+    Returns:
+        ``(table, circuits)``: a DataFrame with :data:`CIRCUIT_COLUMNS` (one row per method, class and
+        circuit; ``strength`` is NaN for rankings) and ``{label: [LearnedCircuit per strength]}``.
+
+    Example::
+
+        >>> table, circuits = circuit_study(model, images, labels, {"neuron-path": result}, classes=[0, 3])
+        >>> circuit_summary(table)                   # mean over classes, fewest units for 80%
+    """
+    import pandas as pd
+
+    from captum_paths.evaluation.harness import split_by_class
+
+    images = _check_images(images)
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    if len(labels) != len(images):
+        raise ValueError(f"labels must hold one class per image: {len(labels)} labels for {len(images)} images")
+    if sites is None:
+        try:
+            sites = NeuronSites.for_units(model, "mixed")
+        except ValueError:
+            sites = NeuronSites.from_model(model)
+    sites = circuit_sites(model, sites, "all")
+    where: List[int] = []
+    if paths_by_method:
+        path_sites = resolve_sites(model, path_sites)
+        missing = [name for name in path_sites.names if name not in sites.names]
+        if missing:
+            raise ValueError(f"path_sites: layers {missing} of the paths are not among the circuit's sites "
+                             f"{list(sites.names)}")
+        where = [list(sites.names).index(name) for name in path_sites.names]
+    if split is None:
+        split = split_by_class(labels, train_fraction, seed)
+    else:
+        split = {int(c): {"consensus": list(p["consensus"]), "evaluation": list(p["evaluation"])}
+                 for c, p in split.items()}
+        for c, p in split.items():
+            rows = p["consensus"] + p["evaluation"]
+            if not p["consensus"] or not p["evaluation"] or set(p["consensus"]) & set(p["evaluation"]) or any(
+                    int(labels[r]) != c for r in rows):
+                raise ValueError(f"split: class {c} needs training and held-out rows of that class, apart")
+    if classes is not None:
+        missing = [c for c in classes if int(c) not in split]
+        if missing:
+            raise ValueError(f"classes {missing} have fewer than 2 images (or none); studied can be: {sorted(split)}")
+        split = {int(c): split[int(c)] for c in classes}
+    if not split:
+        raise ValueError("no class has at least 2 images: nothing to split into training and held-out images")
+    train_all = torch.tensor(sorted(i for s in split.values() for i in s["consensus"]), dtype=torch.long)
+    if isinstance(layer_baselines, str) and layer_baselines == "mean":
+        baseline: Any = MeanBaseline(images[train_all])
+        ablation = "mean"
+    else:
+        baseline = _baseline(layer_baselines)
+        ablation = baseline.name
+    widths = list(sites.widths) if sites.widths is not None else None
+    rows, circuits = [], {}
+    for label, parts in split.items():
+        train, held = torch.tensor(parts["consensus"]), torch.tensor(parts["evaluation"])
+        learned = learn_circuits(model, images[train], label, sites=sites, strengths=strengths,
+                                 layer_baselines=baseline, steps=steps, lr=lr, batch_size=batch_size,
+                                 seed=seed + label, progress=progress)
+        circuits[label] = learned
+        if widths is None:
+            widths = [k.numel() for k in learned[0].keep]
+        total = sum(widths)
+        configs: List[Tuple[str, float, List[torch.Tensor]]] = [(LEARNED, c.strength, c.keep) for c in learned]
+        rankings = {PATCHING: attribution_patching(model, images[train], label, sites=sites,
+                                                   layer_baselines=baseline, batch_size=batch_size)}
+        for name, paths in (paths_by_method or {}).items():
+            tensor = paths[0] if isinstance(paths, tuple) else getattr(paths, "paths", paths)
+            contrib = paths[1] if isinstance(paths, tuple) else getattr(paths, "contributions", None)
+            rankings[name] = _path_use(tensor[train], widths, where, None if contrib is None else contrib[train])
+        rng = np.random.default_rng([seed, label, 3])
+        rankings[RANDOM] = [torch.from_numpy(rng.random(w)) for w in widths]
+        budgets = sorted({max(0, min(total, int(round(f * total)))) for f in fractions})
+        for name, scores in rankings.items():
+            configs += [(name, float("nan"), _global_keep(scores, b, seed + label)) for b in budgets]
+        x = images[held]
+        probs = circuit_probabilities(model, x, [keep for _, _, keep in configs], sites=sites,
+                                      layer_baselines=baseline, batch_size=max(batch_size, 32))
+        with torch.no_grad():
+            full = as_logits_model(model)(x.to(next(model.parameters()).device)).double().softmax(-1).cpu()
+        full_prob, full_acc = float(full[:, label].mean()), float((full.argmax(1) == label).double().mean())
+        for (name, strength, keep), p in zip(configs, probs):
+            kept = int(sum(int(k.sum()) for k in keep))
+            rows.append({"method": name, "ablation": ablation, "label": label, "strength": strength,
+                         "units_kept": kept, "fraction_kept": kept / total, "images": len(held),
+                         "mean_prob": float(p[:, label].mean()), "accuracy": float((p.argmax(1) == label).double().mean()),
+                         "mean_prob_full": full_prob, "accuracy_full": full_acc})
+    table = pd.DataFrame(rows, columns=list(CIRCUIT_COLUMNS))
+    table.attrs.update(split=split, widths=widths, kinds=list(sites.kinds), fractions=list(fractions))
+    return table, circuits
+
+
+def circuit_summary(table: "pd.DataFrame", fraction: float = 0.8) -> "pd.DataFrame":
+    """Per method (and strength for learned circuits), the mean over classes of the units kept and the
+    target probability, its share of the unablated one, and whether it reaches ``fraction``.
+
+    Args:
+        table (DataFrame): :func:`circuit_study`'s table.
+        fraction (float): the share of the unablated target probability asked for.
+
+    Returns:
+        DataFrame: ``method, strength, fraction_kept, units_kept, mean_prob, mean_prob_full,
+        fraction_of_full, accuracy, reaches``, one row per learned strength and per ranking budget
+        (the budget's share of all units in ``fraction_kept``).
+    """
+    table = table.copy()
+    table["budget"] = np.where(table["strength"].isna(), table["fraction_kept"], np.nan)
+    keys = ["method", "strength", "budget"]
+    summary = (table.groupby(keys, dropna=False, sort=False)[
+        ["fraction_kept", "units_kept", "mean_prob", "mean_prob_full", "accuracy"]].mean().reset_index())
+    summary["fraction_of_full"] = summary["mean_prob"] / summary["mean_prob_full"]
+    summary["reaches"] = summary["fraction_of_full"] >= fraction
+    return summary.drop(columns="budget").sort_values(["method", "fraction_kept"]).reset_index(drop=True)
+
+
+def fewest_circuit_units(table: "pd.DataFrame", fraction: float = 0.8) -> "pd.DataFrame":
+    """Per method, the smallest mean share of all units whose circuits keep ``fraction`` of the
+    unablated target probability on held-out images (NaN when none does).
+
+    Args:
+        table (DataFrame): :func:`circuit_study`'s table.
+        fraction (float): the share of the unablated target probability asked for.
+
+    Returns:
+        DataFrame: ``method, fraction, fraction_kept, units_kept, fraction_of_full``.
+    """
+    import pandas as pd
+
+    summary = circuit_summary(table, fraction)
+    rows = []
+    for method, group in summary.groupby("method", sort=False):
+        hit = group[group["reaches"]].sort_values("fraction_kept")
+        first = hit.iloc[0] if len(hit) else None
+        rows.append({"method": method, "fraction": fraction,
+                     "fraction_kept": float("nan") if first is None else float(first["fraction_kept"]),
+                     "units_kept": float("nan") if first is None else float(first["units_kept"]),
+                     "fraction_of_full": float("nan") if first is None else float(first["fraction_of_full"])})
+    return pd.DataFrame(rows)
