@@ -144,3 +144,10 @@ def test_analyze_takes_the_number_of_causal_images(mean_run, capsys):
     assert code == 0, err
     summary = json.loads((mean_run / "analysis" / "summary.json").read_text())
     assert "causal_edges" in summary and not (mean_run / "analysis" / "causal_edges.csv").exists()
+
+
+def test_the_report_states_the_ablation(mean_run, capsys):
+    code, _, err = run_main(capsys, "report", "--run", mean_run, "--heatmaps", "0", "--quiet")
+    assert code == 0, err
+    text = (mean_run / "summary.md").read_text()
+    assert "ablation = mean, ablation_images = 6, ablation_seed = 3" in text

@@ -197,7 +197,7 @@ def _summary_markdown(run: "Run", records: Sequence[PathRecord], folders: Dict[s
     settings = run.settings
     methods = list(dict.fromkeys(r.method for r in records))
     shown = {k: settings.get(k) for k in ("model", "checkpoint", "mode", "n_steps", "approximation", "k", "target",
-                                          "data")}
+                                          "ablation", "ablation_images", "ablation_seed", "data")}
     settings_md = ", ".join(f"{k} = {v}" for k, v in shown.items() if v is not None)
     lines = ["# captum-paths report", "", f"Run `{run.folder}`: {len(records)} records, methods {', '.join(methods)}.",
              "", f"Settings: {settings_md}.", ""]
