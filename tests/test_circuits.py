@@ -11,6 +11,7 @@ from captum_paths.evaluation.circuits import (
     circuit_probabilities,
     learn_circuits,
 )
+from _literal import logits_with_outputs_replaced, module_outputs
 from _models import tiny_vit
 
 
@@ -27,27 +28,11 @@ def _site_outputs(model):
 
 def _literal_probs(model, x, replace):
     """Softmax with each FFN activation (every token) passed through ``replace[layer](out)``."""
-    handles = [m.register_forward_hook(lambda _m, _a, out, l=l: replace[l](out))
-               for l, m in enumerate(_site_outputs(model))]
-    try:
-        with torch.no_grad():
-            return model(x).double().softmax(-1)
-    finally:
-        for h in handles:
-            h.remove()
+    return logits_with_outputs_replaced(model, _site_outputs(model), x, replace).double().softmax(-1)
 
 
 def _literal_means(model, x):
-    seen = {}
-    handles = [m.register_forward_hook(lambda _m, _a, out, l=l: seen.__setitem__(l, out.detach()))
-               for l, m in enumerate(_site_outputs(model))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return {l: a.double().mean(0).float() for l, a in seen.items()}
+    return {l: a.double().mean(0).float() for l, a in module_outputs(model, _site_outputs(model), x).items()}
 
 
 def test_masks_fully_on_and_off_are_the_model_and_the_fully_ablated_model(tiny):

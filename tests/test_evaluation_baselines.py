@@ -37,6 +37,7 @@ from captum_paths.evaluation import faithfulness
 from captum_paths.evaluation.faithfulness import faithfulness_study, keep_units, random_ranking, unit_means, unit_ranking
 from captum_paths.evaluation.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
 from captum_paths.search import create_path_method
+from _literal import logits_with_outputs_replaced, module_outputs
 from _models import tiny_vit
 
 CLS = slice(0, 1)  # the demo model's sites read the class token
@@ -63,16 +64,8 @@ def _random_paths(n, L, k, width, seed=0):
 
 def _record_literal(model, images, tokens=CLS):
     """``{layer: (batch, positions, d_ff)}`` of every block's ``mlp.act`` at ``tokens``, one forward."""
-    seen = {}
-    handles = [block.mlp.act.register_forward_hook(lambda _m, _a, out, l=l: seen.__setitem__(l, out[:, tokens]))
-               for l, block in enumerate(model.blocks)]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    outputs = module_outputs(model, [block.mlp.act for block in model.blocks], images)
+    return {l: out[:, tokens] for l, out in outputs.items()}
 
 
 def _literal_means(model, reference, tokens=CLS):
@@ -83,19 +76,16 @@ def _literal_means(model, reference, tokens=CLS):
 
 def _literal_probs(model, images, edit, tokens=CLS):
     """Softmax (float64) with every block's ``mlp.act`` at ``tokens`` replaced by ``edit(layer, act)``."""
-    def hook(_m, _a, out, layer):
-        out = out.clone()
-        out[:, tokens] = edit(layer, out[:, tokens])
-        return out
+    def replaced(layer):
+        def fn(out):
+            out = out.clone()
+            out[:, tokens] = edit(layer, out[:, tokens])
+            return out
+        return fn
 
-    handles = [block.mlp.act.register_forward_hook(lambda m, a, out, l=l: hook(m, a, out, l))
-               for l, block in enumerate(model.blocks)]
-    try:
-        with torch.no_grad():
-            return model(images).double().softmax(1)
-    finally:
-        for h in handles:
-            h.remove()
+    modules = [block.mlp.act for block in model.blocks]
+    replace = {l: replaced(l) for l in range(len(modules))}
+    return logits_with_outputs_replaced(model, modules, images, replace).double().softmax(1)
 
 
 def _masks(paths, L, width):

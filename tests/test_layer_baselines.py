@@ -15,6 +15,7 @@ from captum_paths.attribution.layer_baselines import (
     as_layer_baselines,
 )
 from captum_paths.search.baselines import KnowledgeNeuronPath
+from _literal import logits_with_outputs_replaced, module_outputs
 from _models import tiny_vit
 
 
@@ -32,22 +33,8 @@ def tiny():
 def _literal_values(model, sites, kind, x, reference, counterfactual):
     """Per layer, the values a removed unit takes for each image ``(batch, tokens, d_ff)``, from
     forward hooks on the site modules written here (no library recording)."""
-    seen = {}
-
-    def recorder(layer):
-        def hook(_module, _args, output):
-            seen[layer] = output.detach().clone()
-        return hook
-
     def run(images):
-        handles = [m.register_forward_hook(recorder(l)) for l, m in enumerate(sites.modules)]
-        try:
-            with torch.no_grad():
-                model(images)
-        finally:
-            for h in handles:
-                h.remove()
-        return dict(seen)
+        return module_outputs(model, sites.modules, images)
 
     batch = len(x)
     if kind == "zero":
@@ -61,22 +48,17 @@ def _literal_removed(model, sites, x, y, sets, values):
     """``F(x; each image's set replaced by its values)`` by forward hooks that write the values
     into the site modules' outputs, every token (the sites read every token)."""
     def patch(layer):
-        def hook(_module, _args, output):
+        def fn(output):
             out = output.clone()
             for i, s in enumerate(sets):
                 for (l, u) in s:
                     if l == layer:
                         out[i, :, u] = values[layer][i, :, u]
             return out
-        return hook
+        return fn
 
-    handles = [m.register_forward_hook(patch(l)) for l, m in enumerate(sites.modules)]
-    try:
-        with torch.no_grad():
-            return model(x).softmax(-1).gather(1, y[:, None])[:, 0]
-    finally:
-        for h in handles:
-            h.remove()
+    replace = {l: patch(l) for l in range(len(sites.modules))}
+    return logits_with_outputs_replaced(model, sites.modules, x, replace).softmax(-1).gather(1, y[:, None])[:, 0]
 
 
 def _baseline(kind, reference, counterfactual):

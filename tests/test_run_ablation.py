@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from _cli import extract_args, run_main
+from _literal import module_outputs
 from captum_paths.demo import load_demo_model, save_demo_image_folder
 from captum_paths.model.sites import NeuronSites
 from captum_paths.pipeline import Run
@@ -32,17 +33,9 @@ def mean_run(data, tmp_path_factory):
 
 
 def _literal_means(model, sites, images):
-    seen = {l: [] for l in range(sites.num_layers)}
-    handles = [m.register_forward_hook(lambda _m, _a, out, l=l: seen[l].append(out.detach()))
-               for l, m in enumerate(sites.modules)]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    index = sites.tokens.index(seen[0][0].shape[1])
-    return {l: torch.cat(v)[:, index].double().mean(0).float() for l, v in seen.items()}
+    seen = module_outputs(model, sites.modules, images)
+    index = sites.tokens.index(seen[0].shape[1])
+    return {l: v[:, index].double().mean(0).float() for l, v in seen.items()}
 
 
 def test_records_are_scored_against_the_mean_of_seeded_reference_images(mean_run, data):
