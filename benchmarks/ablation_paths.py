@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
-from benchmarks.common import emit, markdown_table
+from benchmarks.common import emit, markdown_table, reference_cases
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.attribution.layer_baselines import MeanBaseline
 
@@ -95,26 +95,6 @@ def compare(name: str, model, images, labels, reference) -> Dict[str, object]:
     return {"row": row, "per_layer": per_layer}
 
 
-def _real_case(per_class: int, reference: int, seed: int):
-    from benchmarks.real_model import build_real_classifier, select_test_images
-
-    case = build_real_classifier(img_size=112)
-    images, labels = select_test_images(case, per_class=per_class)
-    drawn = torch.randperm(len(case.train_images), generator=torch.Generator().manual_seed(seed))[:reference]
-    return case.model.eval(), images, labels, case.train_images[drawn]
-
-
-def _demo_case(per_class: int, reference: int, seed: int):
-    from captum_paths.demo import load_demo_data, load_demo_model
-
-    model = load_demo_model().eval()
-    x, y = load_demo_data("test")
-    index = torch.cat([(y == c).nonzero().flatten()[:per_class] for c in range(10)])
-    train, _ = load_demo_data("train")
-    drawn = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:reference]
-    return model, x[index], y[index], train[drawn]
-
-
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=2, help="images per class (default 2)")
@@ -126,9 +106,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cases = [("demo digits ViT", _demo_case)]
-    if not args.skip_real:
-        cases.insert(0, ("DINOv2 ViT-S/14 + digits probe", _real_case))
+    cases = reference_cases(args.skip_real)
     rows, layers = [], []
     for name, build in cases:
         model, images, labels, reference = build(args.per_class, args.reference, args.seed)

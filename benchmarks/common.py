@@ -178,3 +178,36 @@ def emit(text: str, out=None) -> None:
     print(text, flush=True)
     if out:
         write_text_atomic(out, text + "\n")
+
+
+def real_case_with_reference(per_class: int, reference: int, seed: int):
+    """The DINOv2 digits classifier, ``per_class`` correctly classified held-out digits per class
+    and ``reference`` training digits drawn with ``seed``: ``(model, images, labels, reference)``."""
+    from benchmarks.real_model import build_real_classifier, select_test_images
+
+    case = build_real_classifier(img_size=112)
+    images, labels = select_test_images(case, per_class=per_class)
+    drawn = torch.randperm(len(case.train_images), generator=torch.Generator().manual_seed(seed))[:reference]
+    return case.model.eval(), images, labels, case.train_images[drawn]
+
+
+def demo_case_with_reference(per_class: int, reference: int, seed: int):
+    """The demo model, the first ``per_class`` test digits per class and ``reference`` training
+    digits drawn with ``seed``: ``(model, images, labels, reference)``."""
+    from captum_paths.demo import load_demo_data, load_demo_model
+
+    model = load_demo_model().eval()
+    x, y = load_demo_data("test")
+    index = torch.cat([(y == c).nonzero().flatten()[:per_class] for c in range(10)])
+    train, _ = load_demo_data("train")
+    drawn = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:reference]
+    return model, x[index], y[index], train[drawn]
+
+
+def reference_cases(skip_real: bool) -> List[Tuple[str, Callable[[int, int, int], Tuple]]]:
+    """``(name, builder)`` of the real DINOv2 case (unless ``skip_real``) and the demo case."""
+    cases: List[Tuple[str, Callable[[int, int, int], Tuple]]] = [("demo digits ViT", demo_case_with_reference)]
+    if not skip_real:
+        cases.insert(0, ("DINOv2 ViT-S/14 + digits probe", real_case_with_reference))
+    return cases
+
