@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
-from benchmarks.common import emit, markdown_table, reference_cases
+from benchmarks.common import add_reference_case_arguments, emit, markdown_table, reference_cases
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.attribution.layer_baselines import MeanBaseline
 
@@ -97,12 +97,7 @@ def compare(name: str, model, images, labels, reference) -> Dict[str, object]:
 
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=2, help="images per class (default 2)")
-    parser.add_argument("--reference", type=int, default=64, help="reference images of the mean (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reference draw (default 0)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--skip-real", action="store_true", help="the demo model only")
-    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables here")
+    add_reference_case_arguments(parser, threads=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
-from benchmarks.common import emit, reference_cases
+from benchmarks.common import add_reference_case_arguments, emit, reference_cases
 from captum_paths import LayerProgressiveNeuronPath, MeanBaseline, NeuronSites
 from captum_paths.analysis import CausalEdges
 
@@ -78,12 +78,7 @@ _LAYER_SHOWN = ["case", "ablation", "source_layer", "target_layer", "noise_floor
 
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=2, help="images per class (default 2)")
-    parser.add_argument("--reference", type=int, default=64, help="reference images of the mean (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reference draw (default 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--skip-real", action="store_true", help="the demo model only")
-    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables here")
+    add_reference_case_arguments(parser, threads=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

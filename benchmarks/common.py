@@ -211,3 +211,16 @@ def reference_cases(skip_real: bool) -> List[Tuple[str, Callable[[int, int, int]
         cases.insert(0, ("DINOv2 ViT-S/14 + digits probe", real_case_with_reference))
     return cases
 
+
+def add_reference_case_arguments(parser, threads: int) -> None:
+    """The options of the benchmarks over :func:`reference_cases`: ``--per-class``, ``--reference``,
+    ``--seed``, ``--threads`` (default ``threads``), ``--skip-real`` and ``--out``."""
+    from pathlib import Path
+
+    parser.add_argument("--per-class", type=int, default=2, help="images per class (default 2)")
+    parser.add_argument("--reference", type=int, default=64, help="reference images of the mean (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reference draw (default 0)")
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    parser.add_argument("--skip-real", action="store_true", help="the demo model only")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables here")
+

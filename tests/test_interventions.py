@@ -10,6 +10,7 @@ from torch import nn
 from captum_paths import NeuronSites, PathResult
 from captum_paths.demo import load_demo_data, load_demo_model
 from captum_paths.evaluation.interventions import enhance_neurons, prune_neurons, remove_neurons, scale_neurons
+from _literal import module_outputs
 from _models import tiny_vit as _tiny_vit
 
 
@@ -45,16 +46,7 @@ def _no_hooks(model: nn.Module) -> bool:
 
 def _full_site_outputs(model, x):
     """Outputs of every ``blocks[l].mlp.act`` over all tokens, seen after any edit hooks."""
-    store, handles = {}, []
-    try:
-        for l, blk in enumerate(model.blocks):
-            handles.append(blk.mlp.act.register_forward_hook(lambda m, a, o, l=l: store.__setitem__(l, o.detach().clone())))
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return store
+    return module_outputs(model, [blk.mlp.act for blk in model.blocks], x)
 
 
 # ------------------------------------------------------------------------- identities
