@@ -7,9 +7,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from captum.log import log_usage
 
-from captum_paths.attribution._machinery import APPROXIMATIONS, StepRows, edited_output, warn_if_constant_output
+from captum_paths.attribution._machinery import (
+    APPROXIMATIONS,
+    StepRows,
+    edited_output,
+    gate,
+    gating,
+    warn_if_constant_output,
+)
 from captum_paths.attribution.base import SiteAttribution
-from captum_paths.attribution.layer_baselines import LayerBaseline, SiteValues, as_layer_baselines, blend
+from captum_paths.attribution.layer_baselines import LayerBaseline, SiteValues, as_layer_baselines
 from captum_paths.attribution.neuron_sets import NeuronSet, parse_neurons
 from captum_paths.attribution.output import (
     check_finite_output,
@@ -354,17 +361,15 @@ class _Runner:
         edits: Dict[int, Callable] = {}
         if self.mode == "gate":
             for l in self.set_layers:
-                gate = 1.0 + self.masks[l][ex] * (alpha[:, None] - 1.0)  # (rows, d_ff)
-                gate = gate.requires_grad_(grad)
-                leaves[l] = gate
-                edits[l] = lambda act, g=gate, b=self.base.rows(l, ex): blend(act, g, b)
+                gates = gate(self.masks[l][ex], alpha).requires_grad_(grad)  # (rows, d_ff)
+                leaves[l] = gates
+                edits[l] = gating(gates, self.base.rows(l, ex))
             return edits, leaves
         frozen_rows = self.deepest[ex]
         for l in range(int(frozen_rows.max()) + 1):
             value = self.clean[l][ex]  # (rows, n_tokens, d_ff)
             if l in self.masks:
-                scale = 1.0 + self.masks[l][ex] * (alpha[:, None] - 1.0)
-                value = (value * scale[:, None, :]).requires_grad_(grad)
+                value = (value * gate(self.masks[l][ex], alpha)[:, None, :]).requires_grad_(grad)
                 leaves[l] = value
             frozen = (frozen_rows >= l)[:, None, None]
             edits[l] = lambda act, v=value, f=frozen: torch.where(f, v.to(act.dtype), act)
