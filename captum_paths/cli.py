@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_extract, _add_merge, _add_evaluate, _add_analyze, _add_report, _add_compare):
+    for add in (_add_demo, _add_extract, _add_merge, _add_evaluate, _add_analyze, _add_circuits, _add_report,
+                _add_compare):
         add(commands)
     return parser
 
@@ -189,6 +190,35 @@ def _add_analyze(commands) -> None:
                      help="skip the pixel figure (one image's pixel attribution; the model is still loaded to "
                           "check the records' units)")
     sub.add_argument("--device", default=None)
+
+
+def _add_circuits(commands) -> None:
+    sub = _stage_parser(commands, "circuits", "learned class circuits of a run's classes against attribution "
+                                              "patching, path use and random rankings (needs its model)",
+                        _run_circuits)
+    sub.add_argument("--classes", type=int, default=10,
+                     help="classes studied, a seeded draw of those with 2 recorded images or more (default: 10; "
+                          "0: every one)")
+    sub.add_argument("--units", choices=("mixed", "neurons", "heads"), default="mixed",
+                     help="what a circuit is made of (default: mixed, every attention head and FFN neuron)")
+    sub.add_argument("--ablation", choices=("mean", "zero"), default="mean",
+                     help="what units outside a circuit become at every token: their mean over the training "
+                          "images of every studied class, or 0 (default: mean)")
+    sub.add_argument("--strengths", type=float, nargs="+", default=None,
+                     help="sparsity strengths, one circuit each (default: 0.25 0.5 1 2 4)")
+    sub.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
+    sub.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate on the gate logits (default: 0.1)")
+    sub.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
+    sub.add_argument("--train-fraction", type=float, default=0.5,
+                     help="share of each class's images that train; the rest are held out (default: 0.5)")
+    sub.add_argument("--max-per-class", type=int, default=64,
+                     help="images per class at most, a seeded draw (default: 64; 0: all)")
+    sub.add_argument("--edge-units", type=int, default=2,
+                     help="per layer, the circuit's strongest units whose causal edges are measured (default: 2; "
+                          "0: none)")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--device", default=None)
+    sub.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
 
 
 def _add_report(commands) -> None:
@@ -395,6 +425,33 @@ def _run_analyze(args: argparse.Namespace) -> int:
     summary = Run(args.run, device=args.device).analyze(method=args.method, permutations=args.permutations,
                                                         pixels=not args.no_pixels, causal_images=args.causal_images)
     print(f"analysis: {summary}")
+    return 0
+
+
+def _run_circuits(args: argparse.Namespace) -> int:
+    from captum_paths.pipeline import Run
+
+    for name, value in (("--classes", args.classes), ("--max-per-class", args.max_per_class),
+                        ("--edge-units", args.edge_units)):
+        if value < 0:
+            raise _UsageError(f"{name} must be 0 or a positive number; got {value}")
+    _positive("--steps", args.steps)
+    _positive("--batch-size", args.batch_size)
+    if not 0 < args.train_fraction < 1:
+        raise _UsageError(f"--train-fraction must be between 0 and 1; got {args.train_fraction}")
+    if args.lr <= 0:
+        raise _UsageError(f"--lr must be positive; got {args.lr}")
+    if args.strengths is not None and any(s < 0 for s in args.strengths):
+        raise _UsageError(f"--strengths must be non-negative; got {args.strengths}")
+    if not args.run.is_dir():
+        raise _UsageError(f"run folder {str(args.run)!r} does not exist")
+    _set_threads(args.threads)
+    folder = Run(args.run, device=args.device).circuits(
+        classes=args.classes or None, units=args.units, ablation=args.ablation, strengths=args.strengths,
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_fraction=args.train_fraction,
+        max_per_class=args.max_per_class or None, edge_units=args.edge_units, seed=args.seed,
+        progress=not args.quiet)
+    print(f"circuits: {folder}")
     return 0
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = ["complete_images", "SCHEMA_VERSION", "REQUIRED_KEYS", "PathRecord", "RecordArrays", "RecordLike", "as_path_records",
            "stack_records", "append_records", "read_records", "record_key", "record_json", "unique_records",
-           "upgrade_record", "write_text_atomic", "write_json_atomic", "UNIT_KINDS", "unit_kinds", "StackedPaths",
+           "upgrade_record", "write_text_atomic", "write_json_atomic", "CircuitFiles", "UNIT_KINDS", "unit_kinds", "StackedPaths",
            "RunFiles", "EvaluationFiles", "AnalysisFiles"]
 
 PathLike = Union[str, os.PathLike]
@@ -589,6 +589,8 @@ class RunFiles:
     EVALUATION = "evaluation"
     #: The analyze stage's folder (:class:`AnalysisFiles`).
     ANALYSIS = "analysis"
+    #: The circuits stage's folder (:class:`CircuitFiles`).
+    CIRCUITS = "circuits"
     #: The path explorer.
     REPORT = "report.html"
     #: The Markdown summary.
@@ -634,6 +636,28 @@ class AnalysisFiles:
     #: The same per (source layer, target layer) pair, with its noise floor.
     CAUSAL_EDGES_BY_LAYER = "causal_edges_by_layer.csv"
     #: The method analysed, the sharing statistics and the records' digest.
+    SUMMARY = "summary.json"
+
+
+class CircuitFiles:
+    """The names of the files in a run's ``circuits/`` folder (figure ``circuits.png`` and ``.svg``)."""
+
+    #: Per class, method and circuit (learned strengths, rankings' budgets): units kept and the held-out
+    #: target probability and accuracy, with the unablated model's.
+    STUDY = "circuit_study.csv"
+    #: The same averaged over the classes, per method and strength or budget.
+    SUMMARY_TABLE = "circuit_summary.csv"
+    #: Per method, the fewest units (share of all) whose circuits keep 80% of the target probability.
+    FEWEST = "circuit_fewest.csv"
+    #: Units kept per class, strength and layer (and which circuit is shown per class).
+    UNITS = "circuit_units.csv"
+    #: Per class and method, the share of the class's path units inside its circuit shown.
+    OVERLAP = "circuit_overlap.csv"
+    #: Per class, causal edges between the strongest units of its circuit shown.
+    EDGES = "circuit_edges.csv"
+    #: The learned circuits: per class every strength's units and gate logits, and the one shown.
+    CIRCUITS = "circuits.json"
+    #: Settings, classes, split, timings and the records' digest.
     SUMMARY = "summary.json"
 
 

@@ -27,7 +27,8 @@ _WHERE = {
     **{name: "interventions" for name in ("remove_neurons", "enhance_neurons", "scale_neurons", "prune_neurons")},
     **{name: "faithfulness" for name in ("faithfulness_study",)},
     **{name: "circuits" for name in ("learn_circuits", "circuit_probabilities", "attribution_patching",
-                                     "LearnedCircuit")},
+                                     "LearnedCircuit", "circuit_study", "circuit_summary", "fewest_circuit_units",
+                                     "circuit_path_overlap")},
 }
 __all__ = list(_WHERE)
 

@@ -52,6 +52,7 @@ from captum_paths.model.sites import NeuronSites, resolve_sites
 from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["HardConcrete", "LearnedCircuit", "learn_circuits", "attribution_patching", "circuit_probabilities",
+           "circuit_path_overlap",
            "circuit_sites", "circuit_study", "circuit_summary", "fewest_circuit_units", "DEFAULT_STRENGTHS",
            "DEFAULT_FRACTIONS", "CIRCUIT_COLUMNS", "OBJECTIVES"]
 
@@ -105,6 +106,7 @@ class LearnedCircuit:
             units' ranking: larger is kept longer).
         losses (list of float): the training loss per step (faithfulness + sparsity).
         kinds (list of str): the kind of unit of each layer (``"neuron"``, ``"head"``).
+        names (list of str): the module name of each layer's site.
     """
 
     label: int
@@ -113,6 +115,7 @@ class LearnedCircuit:
     log_alpha: List[torch.Tensor]
     losses: List[float] = field(default_factory=list)
     kinds: List[str] = field(default_factory=list)
+    names: List[str] = field(default_factory=list)
 
     @property
     def units_kept(self) -> int:
@@ -131,11 +134,85 @@ class LearnedCircuit:
     def to_json(self) -> Dict[str, Any]:
         """A JSON-able dict: label, strength, units kept per layer, their indices and mask logits."""
         return {"label": int(self.label), "strength": float(self.strength), "units_kept": self.units_kept,
-                "total_units": self.total_units, "kinds": list(self.kinds),
+                "total_units": self.total_units, "kinds": list(self.kinds), "names": list(self.names),
                 "kept_per_layer": [int(k.sum()) for k in self.keep],
                 "units": [k.nonzero().flatten().tolist() for k in self.keep],
                 "log_alpha": [[round(float(v), 5) for v in a.tolist()] for a in self.log_alpha],
                 "final_loss": self.losses[-1] if self.losses else None}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "LearnedCircuit":
+        """The circuit :meth:`to_json` wrote (the losses keep only the final one).
+
+        Example::
+
+            >>> LearnedCircuit.from_json(circuit.to_json()).units() == circuit.units()
+            True
+        """
+        log_alpha = [torch.tensor(a, dtype=torch.float32) for a in data["log_alpha"]]
+        keep = []
+        for units, alpha in zip(data["units"], log_alpha):
+            mask = torch.zeros(alpha.numel(), dtype=torch.bool)
+            mask[torch.tensor(units, dtype=torch.long)] = True
+            keep.append(mask)
+        losses = [] if data.get("final_loss") is None else [float(data["final_loss"])]
+        return cls(int(data["label"]), float(data["strength"]), keep, log_alpha, losses,
+                   list(data.get("kinds", [])), list(data.get("names", [])))
+
+
+def circuit_path_overlap(circuit: LearnedCircuit, paths: Any, path_layers: Sequence[Any]) -> Dict[str, float]:
+    """How much of a set of paths lies inside a circuit.
+
+    Args:
+        circuit (LearnedCircuit): the circuit.
+        paths (Tensor or PathResult): ``(N, L, k)`` unit indices of the paths (``-1`` for none).
+        path_layers (sequence of int or str): the circuit layer of each path layer, by index or by
+            site name (``circuit.names``), ``L`` of them.
+
+    Returns:
+        dict: ``path_units`` (distinct ``(layer, unit)`` pairs of the paths), ``inside`` (those in the
+        circuit), ``share`` (``inside / path_units``), ``occurrence_share`` (share of the paths'
+        entries, an entry per image, layer and slot, that the circuit keeps) and ``chance`` (the share
+        of all units of the path layers that the circuit keeps: the share a random unit has).
+
+    Example::
+
+        >>> circuit_path_overlap(circuits[3][-1], result.paths[labels == 3], sites.names)["share"]
+    """
+    tensor = getattr(paths, "paths", paths)
+    tensor = torch.as_tensor(tensor).long().cpu()
+    if tensor.dim() != 3:
+        raise ValueError(f"paths must be (N, L, k) unit indices; got shape {tuple(tensor.shape)}")
+    if len(path_layers) != tensor.shape[1]:
+        raise ValueError(f"path_layers must name the circuit layer of each of the paths' {tensor.shape[1]} layers; "
+                         f"got {len(path_layers)}")
+    layers = []
+    for layer in path_layers:
+        if isinstance(layer, str):
+            if layer not in circuit.names:
+                raise ValueError(f"path_layers: {layer!r} is not a layer of the circuit {list(circuit.names)}")
+            layer = list(circuit.names).index(layer)
+        if not 0 <= int(layer) < len(circuit.keep):
+            raise ValueError(f"path_layers: layer {layer!r} is not one of the circuit's {len(circuit.keep)} layers")
+        layers.append(int(layer))
+    distinct, inside, entries, kept_entries = set(), 0, 0, 0
+    for p, layer in enumerate(layers):
+        keep = circuit.keep[layer]
+        units = tensor[:, p].reshape(-1)
+        units = units[units >= 0]
+        if len(units) and int(units.max()) >= keep.numel():
+            raise ValueError(f"paths: unit {int(units.max())} at path layer {p} is outside the circuit layer "
+                             f"{layer} of {keep.numel()} units")
+        entries += len(units)
+        kept_entries += int(keep[units].sum())
+        for u in units.unique().tolist():
+            distinct.add((layer, u))
+            inside += bool(keep[u])
+    chance_layers = sorted(set(layers))
+    chance = sum(int(circuit.keep[l].sum()) for l in chance_layers) / max(1, sum(circuit.keep[l].numel()
+                                                                                  for l in chance_layers))
+    return {"path_units": len(distinct), "inside": inside, "share": inside / len(distinct) if distinct else float("nan"),
+            "occurrence_share": kept_entries / entries if entries else float("nan"), "chance": chance}
 
 
 def circuit_sites(model: nn.Module, sites: Any = None, tokens: str = "all") -> NeuronSites:
@@ -309,7 +386,7 @@ def learn_circuits(
     for i, strength in enumerate(strengths):
         final = [a[i].detach().cpu() for a in log_alpha]
         keep = [hc.deterministic(a) > 0.5 for a in final]
-        circuits.append(LearnedCircuit(int(label), strength, keep, final, losses[i], kinds))
+        circuits.append(LearnedCircuit(int(label), strength, keep, final, losses[i], kinds, list(sites.names)))
     return circuits
 
 

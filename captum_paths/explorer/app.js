@@ -323,6 +323,10 @@
                                 line: {color: '#e67e22', width: 3}});
     var contrib = g.nodes.map(function (n) { return n[3] === null ? 0 : n[3]; });
     var span = Math.max.apply(null, contrib.map(Math.abs).concat([1e-12]));
+    // nodes inside the class's learned circuit (the circuits stage studied it): a thick black ring
+    var circuit = (D.circuits || [])[c] || null;
+    var ringed = Object.create(null);
+    ((circuit && own(circuit.nodes_inside, method)) || []).forEach(function (i) { ringed[i] = true; });
     traces.push({
       type: 'scatter', mode: 'markers+text', name: 'neurons',
       x: g.nodes.map(function (n, i) { return pos[i][0]; }), y: g.nodes.map(function (n, i) { return pos[i][1]; }),
@@ -335,7 +339,9 @@
       }),
       hoverinfo: 'text',
       marker: {size: g.nodes.map(function (n) { return 8 + 22 * Math.sqrt(n[2] / maxCount); }), color: contrib,
-               colorscale: 'RdBu', cmin: -span, cmax: span, line: {width: 1, color: '#333'},
+               colorscale: 'RdBu', cmin: -span, cmax: span,
+               line: {width: g.nodes.map(function (n, i) { return ringed[i] ? 3.5 : 1; }),
+                      color: g.nodes.map(function (n, i) { return ringed[i] ? '#000' : '#333'; })},
                colorbar: {title: {text: 'mean<br>contribution'}, thickness: 12}}
     });
     Plotly.newPlot(plot, traces, {
@@ -363,6 +369,7 @@
     root.appendChild(el('details', {}, el('summary', {text: 'Neurons of the graph, per layer (paths using each)'}),
                         list));
     if (measured) renderCausal(root, g, causal, drawCausal);
+    if (circuit) renderCircuit(root, circuit);
 
     root.appendChild(el('h3', {text: 'Consensus path'}));
     root.appendChild(el.apply(null, ['p', {id: 'class-consensus'}].concat(g.consensus.map(function (n) {
@@ -383,6 +390,83 @@
                           el('td', {text: num(pair[1])}), cell));
     });
     root.appendChild(near);
+  }
+
+  // The class's learned circuit: its size and faithfulness, units kept per layer, and the causal edges
+  // between its strongest units.
+  function renderCircuit(root, cc) {
+    var info = D.meta.circuits || {};
+    var ck = info.kinds || [];
+    function pct(v) { return (v === null || v === undefined) ? '–' : (Math.round(1000 * v) / 10) + '%'; }
+    var seen = {};
+    var short = ck.map(function (kind) {
+      seen[kind] = (seen[kind] || 0) + 1;
+      return (kind === 'head' ? 'heads ' : 'FFN ') + (seen[kind] - 1);
+    });
+    function unitLabel(l, u) { return (short[l] || ('layer ' + l)) + (ck[l] === 'head' ? ', head ' : ', neuron ') + u; }
+    root.appendChild(el('h3', {text: 'Class circuit'}));
+    var kept = cc.mean_prob === null || !cc.mean_prob_full ? null : cc.mean_prob / cc.mean_prob_full;
+    var inside = own(cc.inside, method) ? cc.inside[method] : null;
+    root.appendChild(el('p', {id: 'class-circuit-summary', text: 'A learned circuit (sparsity strength \u03bb = ' +
+      cc.strength + '): ' + cc.units_kept.toLocaleString() + ' of ' + cc.total_units.toLocaleString() + ' units (' +
+      pct(cc.units_kept / cc.total_units) + ', ' + cc.heads + ' of them heads), every other unit ' +
+      (info.ablation === 'zero' ? 'set to 0' : 'set to its mean') + ' at every token' + (kept === null ? '.' :
+      '; it keeps ' + pct(kept) + ' of the unablated target probability on ' + cc.held_out + ' held-out images.') +
+      (inside ? ' ' + pct(inside[0]) + ' of the ' + inside[2] + ' path units of ' + method + ' lie inside it (a ' +
+      'random unit of those layers: ' + pct(inside[1]) + '); they have black rings in the graph above.' : '')}));
+    var bars = el('div', {id: 'class-circuit-layers', class: 'plot wide'});
+    root.appendChild(bars);
+    var layers = cc.kept_per_layer.map(function (v, l) { return l; });
+    var traces = ['head', 'neuron'].map(function (kind) {
+      var mine = layers.filter(function (l) { return (ck[l] || 'neuron') === kind; });
+      return {type: 'bar', name: kind === 'head' ? 'heads' : 'FFN neurons', x: mine.map(function (l) { return short[l] || String(l); }),
+              y: mine.map(function (l) { return cc.kept_per_layer[l] / cc.widths[l]; }),
+              hovertext: mine.map(function (l) { return cc.kept_per_layer[l] + ' of ' + cc.widths[l]; }),
+              hoverinfo: 'text+x', marker: {color: kind === 'head' ? '#8e44ad' : '#16a085'}};
+    }).filter(function (t) { return t.x.length; });
+    Plotly.newPlot(bars, traces, {height: 260, margin: {t: 30, l: 50, r: 20, b: 60}, title: {text: 'share of each layer\'s units in the circuit', font: {size: 13}},
+                                  yaxis: {tickformat: '.0%'}, xaxis: {type: 'category', categoryorder: 'array',
+                                  categoryarray: layers.map(function (l) { return short[l] || String(l); })}}, PLOT);
+    root.setAttribute('data-circuit-units', String(cc.units_kept));
+    root.setAttribute('data-circuit-edges', String(cc.edges.length));
+    if (!cc.units.length) return;
+    root.appendChild(el('p', {class: 'hint', id: 'class-circuit-legend', text: 'Below: the ' +
+      (info.edge_units || '') + ' strongest units of each layer of the circuit (largest gate logits) and the causal ' +
+      'edges between consecutive ones, measured on the class\'s images by replacing the source by its baseline: ' +
+      'red, the source raises the target; blue, it lowers it; wider, a larger mean normalised effect; solid, most ' +
+      'images above the noise floor (95% of random unit pairs of the same layers).'}));
+    var graph = el('div', {id: 'class-circuit-graph', class: 'plot wide'});
+    root.appendChild(graph);
+    var rank = {}, pos = cc.units.map(function (u) {
+      rank[u[0]] = (rank[u[0]] || 0) + 1;
+      return [u[0], -(rank[u[0]] - 1)];
+    });
+    var maxEffect = Math.max.apply(null, cc.edges.map(function (e) { return Math.abs(e[2] || 0); }).concat([1e-12]));
+    var lines = [], mx = [], my = [], tips = [];
+    cc.edges.forEach(function (e) {
+      if (e[2] === null) return;
+      var f = Math.abs(e[2]) / maxEffect;
+      lines.push({type: 'scatter', mode: 'lines', x: [pos[e[0]][0], pos[e[1]][0]], y: [pos[e[0]][1], pos[e[1]][1]],
+                  hoverinfo: 'skip', showlegend: false,
+                  line: {color: e[2] >= 0 ? 'rgba(192,57,43,0.8)' : 'rgba(36,113,163,0.8)', width: 1 + 5 * f,
+                         dash: e[3] !== null && e[3] >= 0.5 ? 'solid' : 'dot'}});
+      mx.push((pos[e[0]][0] + pos[e[1]][0]) / 2);
+      my.push((pos[e[0]][1] + pos[e[1]][1]) / 2);
+      tips.push(unitLabel(cc.units[e[0]][0], cc.units[e[0]][1]) + ' \u2192 ' + unitLabel(cc.units[e[1]][0], cc.units[e[1]][1]) +
+                '<br>mean normalised effect ' + num(e[2]) + '<br>' + (e[3] === null ? '–' : Math.round(100 * e[3])) +
+                '% of ' + e[4] + ' image(s) above the noise floor');
+    });
+    lines.push({type: 'scatter', mode: 'markers', x: mx, y: my, hovertext: tips, hoverinfo: 'text', showlegend: false,
+                marker: {size: 9, color: 'rgba(0,0,0,0)'}});
+    lines.push({type: 'scatter', mode: 'markers+text', showlegend: false, x: pos.map(function (p) { return p[0]; }),
+                y: pos.map(function (p) { return p[1]; }), text: cc.units.map(function (u) { return String(u[1]); }),
+                textposition: 'middle right', textfont: {size: 9},
+                hovertext: cc.units.map(function (u) { return unitLabel(u[0], u[1]) + '<br>gate logit ' + num(u[2]); }),
+                hoverinfo: 'text', marker: {size: 12, color: cc.units.map(function (u) { return (ck[u[0]] || 'neuron') === 'head' ? '#8e44ad' : '#16a085'; }),
+                                            line: {width: 1, color: '#333'}}});
+    Plotly.newPlot(graph, lines, {height: 300, margin: {t: 20, l: 40, r: 20, b: 60}, hovermode: 'closest', showlegend: false,
+                                  xaxis: {tickvals: layers, ticktext: layers.map(function (l) { return short[l] || String(l); })},
+                                  yaxis: {visible: false}}, PLOT);
   }
 
   // The causal edges of a class graph: a legend and the table of the measured edges.

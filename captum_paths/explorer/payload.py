@@ -26,6 +26,7 @@ import pandas as pd
 from captum_paths.analysis import PathTable, class_causal_edges, class_similarity, consensus_paths
 from captum_paths.records import (
     AnalysisFiles,
+    CircuitFiles,
     EvaluationFiles,
     PathRecord,
     RecordLike,
@@ -33,6 +34,7 @@ from captum_paths.records import (
     as_path_records,
     complete_images,
 )
+from captum_paths.evaluation.circuits import LEARNED
 from captum_paths.statistics import even_class_sample
 from captum_paths.search.registry import PATH_METHODS, primary_method
 
@@ -173,6 +175,13 @@ _TABLES = (  # (folder, file, title, note)
      "between recomputed): the share of these edges whose normalised effect exceeds the noise floor (the 95% "
      "quantile of random unit pairs of the same layers), against held-out random pairs (about 5% by construction)."),
     (RunFiles.ANALYSIS, AnalysisFiles.CAUSAL_EDGES_BY_LAYER, "Causal edges per layer pair", ""),
+    (RunFiles.CIRCUITS, CircuitFiles.FEWEST, "Class circuits: fewest units for 80% of the target probability",
+     "Per method, the smallest share of all units (heads and neurons) whose circuits keep 80% of the unablated "
+     "target probability on held-out images, every other unit ablated at every token: learned circuits against "
+     "the best units by attribution patching, by path use and at random."),
+    (RunFiles.CIRCUITS, CircuitFiles.OVERLAP, "Path units inside the class circuits",
+     "Per class and method, the share of the class's path units inside its circuit (share), of its paths' "
+     "entries (occurrence_share), and the share a random unit of those layers has (chance)."),
 )
 
 
@@ -186,6 +195,7 @@ def explorer_payload(
     heatmap: Optional[HeatmapFn] = None,
     limits: ExplorerLimits = ExplorerLimits(),
     run_name: str = "",
+    circuits_dir: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """The explorer's JSON object for ``records`` (one per image and method).
 
@@ -201,6 +211,9 @@ def explorer_payload(
         image_loader: reads an image for its thumbnail; ``None``: no thumbnails.
         heatmap: the pixel attribution of a neuron on an image; ``None``: no heatmaps.
         limits: the caps (:class:`ExplorerLimits`).
+        run_name: the run's name on the page.
+        circuits_dir: the folder the circuits stage wrote (optional): each studied class's view shows
+            its circuit, the circuit's edges and the path units inside it.
     """
     if not isinstance(limits, ExplorerLimits):
         raise TypeError(f"limits must be an ExplorerLimits; got {type(limits).__name__}")
@@ -239,6 +252,7 @@ def explorer_payload(
                                                  causal)
     heat = (_heatmaps(images, neurons[primary], primary, table.kinds, heatmap, limits, notes)
             if heatmap is not None else {})
+    circuits, circuits_meta = _circuits(circuits_dir, classes, graphs)
 
     overview = _overview_table(records, methods, methods_summary)
     for row in overview:  # the medians stay in the evaluation's table and summary.md
@@ -253,6 +267,7 @@ def explorer_payload(
                                              if isinstance(v, (str, int, float, bool)) and v is not None},
             "factor": (eval_summary or {}).get("factor"), "limits": asdict(limits), "notes": notes,
             "causal": _causal_meta(causal_summary, causal),
+            "circuits": circuits_meta,
         },
         "columns": {k: list(v) for k, v in COLUMNS.items()},
         "overview": overview,
@@ -271,7 +286,9 @@ def explorer_payload(
         "neurons": neurons,
         "heat": heat,
         "images": images,
-        "tables": _tables(evaluation_dir, analysis_dir, limits, notes, primary),
+        "tables": _tables({RunFiles.EVALUATION: evaluation_dir, RunFiles.ANALYSIS: analysis_dir,
+                           RunFiles.CIRCUITS: circuits_dir}, limits, notes, primary),
+        "circuits": circuits,
     }
     return payload
 
@@ -676,6 +693,75 @@ def _causal_meta(summary: Optional[pd.DataFrame], causal: Optional[Tuple[str, pd
             "random_share_above_floor": _round(row["random_share_above_floor"])}
 
 
+def _circuits(folder: Optional[Path], classes: Sequence[Any], graphs: Mapping[str, List[Dict[str, Any]]]
+              ) -> Tuple[List[Optional[Dict[str, Any]]], Optional[Dict[str, Any]]]:
+    """Per page class (``None`` for a class not studied) its circuit shown, from the circuits stage's
+    folder: size, held-out faithfulness, units per layer, strongest units and their causal edges
+    ``[source index, target index, mean normalised effect, share above the noise floor, images]``, the
+    share of each method's path units inside it and, per method, the indices of its class-graph nodes
+    inside it; and what the page says about the stage (``None`` without one)."""
+    summary = _read_json(folder, CircuitFiles.SUMMARY)
+    learned = _read_json(folder, CircuitFiles.CIRCUITS)
+    study = _read(folder, CircuitFiles.STUDY)
+    if summary is None or learned is None or study is None:
+        return [None] * len(classes), None
+    overlap = _read(folder, CircuitFiles.OVERLAP)
+    edges = _read(folder, CircuitFiles.EDGES)
+    names = {str(k): str(v) for k, v in summary.get("class_names", {}).items()}
+    by_name = {names.get(label, label): label for label in learned}
+    path_layers = summary.get("path_layers") or []
+    kinds = summary.get("kinds") or []
+    out: List[Optional[Dict[str, Any]]] = []
+    for c, page_class in enumerate(classes):
+        label = by_name.get(str(page_class))
+        if label is None:
+            out.append(None)
+            continue
+        entry = learned[label]
+        circuit = entry["circuits"][entry["shown"]]
+        units = [set(u) for u in circuit["units"]]
+        rows = study[(study["method"] == LEARNED) & (study["label"].astype(str) == label)
+                     & np.isclose(study["strength"], circuit["strength"])]
+        row = rows.iloc[0] if len(rows) else None
+        strongest: List[List[Any]] = []
+        index: Dict[Tuple[int, int], int] = {}
+        links: List[List[Any]] = []
+        if edges is not None:
+            mine = edges[edges["label"].astype(str) == label]
+            for r in mine.itertuples(index=False):
+                for layer, unit in ((int(r.source_layer), int(r.source_unit)), (int(r.target_layer), int(r.target_unit))):
+                    if (layer, unit) not in index:
+                        index[(layer, unit)] = len(strongest)
+                        strongest.append([layer, unit, _round(circuit["log_alpha"][layer][unit])])
+                links.append([index[(int(r.source_layer), int(r.source_unit))],
+                              index[(int(r.target_layer), int(r.target_unit))], _round(r.mean_normalised_effect),
+                              _round(r.share_above_floor), int(r.count)])
+        inside = {}
+        if overlap is not None:
+            for r in overlap[overlap["label"].astype(str) == label].itertuples(index=False):
+                inside[str(r.method)] = [_round(r.share), _round(r.chance), int(r.path_units)]
+        nodes_inside = {}
+        if len(path_layers):
+            for method, per_class in graphs.items():
+                nodes = per_class[c]["nodes"] if c < len(per_class) else []
+                nodes_inside[method] = [i for i, n in enumerate(nodes)
+                                        if n[0] < len(path_layers) and n[1] in units[path_layers[n[0]]]]
+        out.append({
+            "label": label, "strength": circuit["strength"], "units_kept": circuit["units_kept"],
+            "total_units": circuit["total_units"], "kept_per_layer": circuit["kept_per_layer"],
+            "widths": [len(a) for a in circuit["log_alpha"]],
+            "heads": int(sum(k for k, kind in zip(circuit["kept_per_layer"], kinds) if kind == "head")),
+            "mean_prob": None if row is None else _round(row["mean_prob"]),
+            "mean_prob_full": None if row is None else _round(row["mean_prob_full"]),
+            "held_out": None if row is None else int(row["images"]),
+            "units": strongest, "edges": links, "inside": inside, "nodes_inside": nodes_inside,
+        })
+    meta = {"ablation": summary.get("ablation"), "kinds": kinds, "layer_names": summary.get("layer_names"),
+            "classes": len(learned), "strengths": summary.get("strengths"), "fraction": summary.get("fraction"),
+            "edge_units": summary.get("edge_units")}
+    return out, meta
+
+
 def _effects(deviation: Optional[pd.DataFrame], limits: ExplorerLimits, rng) -> Dict[str, Dict[str, List[float]]]:
     if deviation is None or deviation.empty:
         return {}
@@ -685,12 +771,12 @@ def _effects(deviation: Optional[pd.DataFrame], limits: ExplorerLimits, rng) -> 
     return out
 
 
-def _tables(evaluation_dir, analysis_dir, limits: ExplorerLimits, notes: List[str], primary: str
+def _tables(folders: Mapping[str, Optional[Path]], limits: ExplorerLimits, notes: List[str], primary: str
             ) -> List[Dict[str, Any]]:
     out = []
     for folder, file, title, note in _TABLES:
         note = note.replace(_PRIMARY, primary)
-        df = _read(evaluation_dir if folder == RunFiles.EVALUATION else analysis_dir, file)
+        df = _read(folders.get(folder), file)
         if df is None or df.empty:
             continue
         if len(df) > limits.table_rows:

@@ -8,8 +8,9 @@ Imports run one way, from the folder up to the stages and on to :class:`Run`:
   outputs) and loads the run's model and images once; it imports no stage;
 - the stages, one module each, take a :class:`RunFolder`: ``extract.py`` (path records;
   :func:`extract_paths` for tensors in memory), ``evaluate.py`` (the paper's experiments;
-  :func:`evaluate_paths` in memory), ``analyze.py`` (class-level analysis), ``report.py``
-  (HTML page and Markdown summary);
+  :func:`evaluate_paths` in memory), ``analyze.py`` (class-level analysis), ``circuits.py``
+  (learned class circuits against rankings of units), ``report.py`` (HTML page and Markdown
+  summary);
 - :class:`Run` (here): a :class:`RunFolder` with the stages as methods;
 - ``demo.py``: :func:`run_demo`, every stage on the embedded demo model.
 
@@ -108,6 +109,12 @@ class Run(RunFolder):
         from captum_paths.pipeline.analyze import analyze
 
         return analyze(self, **kwargs)
+
+    def circuits(self, **kwargs: Any) -> Path:
+        """Learned class circuits against rankings of units; see :func:`captum_paths.pipeline.circuits.circuits`."""
+        from captum_paths.pipeline.circuits import circuits
+
+        return circuits(self, **kwargs)
 
     def report(self, limits: Optional["ExplorerLimits"] = None, heatmaps: bool = True) -> Tuple[Path, Path]:
         """Write ``report.html`` (the path explorer) and ``summary.md``; see

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import pandas as pd
 
-from captum_paths.records import (AnalysisFiles, EvaluationFiles, PathRecord, RunFiles, as_path_records,
-                                  write_text_atomic)
+from captum_paths.records import (AnalysisFiles, CircuitFiles, EvaluationFiles, PathRecord, RunFiles,
+                                  as_path_records, write_text_atomic)
 from captum_paths.search.registry import primary_method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +111,16 @@ _SECTIONS = (
      f"time. Per image: {RunFiles.ANALYSIS}/{AnalysisFiles.CAUSAL_EDGES}.", "analyze",
      AnalysisFiles.CAUSAL_EDGE_SUMMARY),
     ("Causal edges per layer pair", "", "analyze", AnalysisFiles.CAUSAL_EDGES_BY_LAYER),
+    ("Class circuits: fewest units for 80% of the target probability", "Per class, learned circuits "
+     "(hard-concrete masks over heads and neurons, one per sparsity strength) and the best units over all layers "
+     "by attribution patching, by path use of each method and at random are kept, every other unit ablated at "
+     "every token; the smallest share of all units (mean over the classes) whose mean target probability on "
+     "held-out images reaches 80% of the unablated model's. Every circuit: "
+     f"{RunFiles.CIRCUITS}/{CircuitFiles.SUMMARY_TABLE}; units per layer: {RunFiles.CIRCUITS}/{CircuitFiles.UNITS}.",
+     "circuits", CircuitFiles.FEWEST),
+    ("Path units inside the class circuits", "Per class and method, the share of the class's distinct path units "
+     "inside its circuit shown (the sparsest keeping 80%), of its paths' entries, and the share a random unit "
+     "of those layers has (chance).", "circuits", CircuitFiles.OVERLAP),
 )
 
 Section = Tuple[str, str, Optional[pd.DataFrame]]
@@ -145,10 +155,11 @@ def write_report(run: "Run", limits: Optional["ExplorerLimits"] = None, heatmaps
 
 
 def _current_outputs(run: "Run", records: Sequence[PathRecord]) -> Dict[str, Optional[Path]]:
-    """``{"evaluate": folder, "analyze": folder}``: each stage's output folder, or ``None`` when
+    """``{"evaluate": folder, "analyze": folder, "circuits": folder}``: each stage's output folder, or ``None`` when
     it was made from other records than the run holds now (a ``--restart``, more images since;
     left out, with a warning, rather than shown as this run's)."""
-    folders: Dict[str, Optional[Path]] = {"evaluate": run.evaluation_dir, "analyze": run.analysis_dir}
+    folders: Dict[str, Optional[Path]] = {"evaluate": run.evaluation_dir, "analyze": run.analysis_dir,
+                                          "circuits": run.circuits_dir}
     digest = run.records_digest(records)  # once for both stages
     for stage, folder in folders.items():
         if run.stale(folder, records, digest):
@@ -206,6 +217,9 @@ def _summary_markdown(run: "Run", records: Sequence[PathRecord], folders: Dict[s
     figures = [p for folder in folders.values() if folder is not None for p in sorted(folder.glob("*.png"))]
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(run.folder)}` (and `.svg`)" for p in figures] + [""]
+    if folders["circuits"] is None:
+        lines += ["(The class circuits were made from other records than the run holds now and are left out: run "
+                  "`captum-paths circuits --run RUN`.)", ""]
     for stage, what, name in (("evaluate", "evaluation", EvaluationFiles.METHODS_SUMMARY),
                               ("analyze", "analysis", AnalysisFiles.PATH_SHARING)):
         if folders[stage] is None:
@@ -225,7 +239,8 @@ def _page(run: "Run", records: Sequence[PathRecord], folders: Dict[str, Optional
     heatmap = _heatmap_fn(run, limits, image_loader) if heatmaps and image_loader is not None else None
     payload = explorer_payload(records, settings=run.settings, evaluation_dir=folders["evaluate"],
                                analysis_dir=folders["analyze"], class_names=class_names, image_loader=image_loader,
-                               heatmap=heatmap, limits=limits, run_name=str(run.folder))
+                               heatmap=heatmap, limits=limits, run_name=str(run.folder),
+                               circuits_dir=folders["circuits"])
     if image_loader is not None and image_loader.refused:
         refused = sorted(image_loader.refused)
         logger.warning("report: %d recorded image ids lead outside the data folder %s (e.g. %r); the page shows "

@@ -62,7 +62,8 @@ LOCK_FILE = RunFiles.LOCK
 #: What a run writes in its folder besides its records: a folder without ``run.json`` that holds
 #: one of these is not made a run folder (its files would be replaced). Records without ``run.json``
 #: are refused by :meth:`RunFolder.check` (``--restart`` deletes them).
-RUN_OUTPUTS = (UNREADABLE_FILE, RunFiles.EVALUATION, RunFiles.ANALYSIS, RunFiles.REPORT, RunFiles.SUMMARY)
+RUN_OUTPUTS = (UNREADABLE_FILE, RunFiles.EVALUATION, RunFiles.ANALYSIS, RunFiles.CIRCUITS, RunFiles.REPORT,
+               RunFiles.SUMMARY)
 
 
 class RunMismatchError(ValueError):
@@ -178,6 +179,10 @@ class RunFolder:
         return self.folder / RunFiles.ANALYSIS
 
     @property
+    def circuits_dir(self) -> Path:
+        return self.folder / RunFiles.CIRCUITS
+
+    @property
     def report_file(self) -> Path:
         return self.folder / RunFiles.REPORT
 
@@ -270,11 +275,11 @@ class RunFolder:
 
     def clear(self) -> None:
         """Delete the folder's records and settings, and the stage outputs made from them
-        (``evaluation/``, ``analysis/``, ``report.html``, ``summary.md``); other files stay."""
+        (``evaluation/``, ``analysis/``, ``circuits/``, ``report.html``, ``summary.md``); other files stay."""
         for file in self.record_files() + [self.run_file, self.unreadable_file, self.report_file, self.summary_file]:
             if file.exists():
                 file.unlink()
-        for folder in (self.evaluation_dir, self.analysis_dir):
+        for folder in self._stage_dirs():
             if folder.is_dir():
                 shutil.rmtree(folder)
         self._settings = self._settings_json = None
@@ -627,11 +632,11 @@ class RunFolder:
 
     def _tidy(self) -> None:
         """Remove what a killed writer left (the lock is held): temporary files, half-swapped folders."""
-        for folder in (self.folder, self.evaluation_dir, self.analysis_dir):
+        for folder in (self.folder, *self._stage_dirs()):
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink()
-        for final in (self.evaluation_dir, self.analysis_dir):
+        for final in self._stage_dirs():
             new, old = _swap_names(final)
             if new.exists():
                 shutil.rmtree(new)
@@ -640,6 +645,10 @@ class RunFolder:
                     shutil.rmtree(old)
                 else:  # killed between the two renames of a swap: the old outputs come back
                     os.replace(old, final)
+
+    def _stage_dirs(self) -> Tuple[Path, ...]:
+        """The folders the stages replace as a whole."""
+        return self.evaluation_dir, self.analysis_dir, self.circuits_dir
 
     @contextlib.contextmanager
     def replacing(self, final: Path) -> Iterator[Path]:

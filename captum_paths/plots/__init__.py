@@ -2,6 +2,7 @@
 from captum_paths.plots.evaluation import (
     METHOD_COLOURS,
     method_palette,
+    plot_circuits,
     plot_deviation,
     plot_faithfulness,
     plot_jas,
@@ -21,6 +22,7 @@ __all__ = [
     "METHOD_COLOURS",
     "draw_neuron_pixels",
     "method_palette",
+    "plot_circuits",
     "plot_class_similarity",
     "plot_deviation",
     "plot_faithfulness",

@@ -547,3 +547,52 @@ def plot_faithfulness(summary: pd.DataFrame, *, title: str = "Faithfulness again
     fig.suptitle(f"{title}\n(per class the units its paths use most are kept; held-out images; classes averaged"
                  f"{shaded})")
     return fig
+
+
+def plot_circuits(table: pd.DataFrame, fraction: float = 0.8, *,
+                  title: str = "Class circuits against rankings of units") -> Figure:
+    """Faithfulness against sparsity of class circuits: the share of the unablated target probability
+    kept on held-out images against the share of all units kept, averaged over the classes; a line
+    per ranking (the random ranking dashed) and a star per learned circuit strength.
+
+    ``table``: :func:`captum_paths.evaluation.circuits.circuit_study`'s (columns ``method, ablation,
+    label, strength, fraction_kept, mean_prob, mean_prob_full``). The dotted line is ``fraction``.
+
+    Example::
+
+        >>> table, _ = circuit_study(model, images, labels, {"neuron-path": result})
+        >>> save_figure(plot_circuits(table), "circuits")
+    """
+    from captum_paths.evaluation.circuits import LEARNED, RANDOM, circuit_summary
+
+    needed = ("method", "ablation", "label", "strength", "fraction_kept", "mean_prob", "mean_prob_full")
+    _validate(table, needed, "plot_circuits")
+    summary = circuit_summary(table, fraction)
+    methods = [m for m in dict.fromkeys(summary["method"]) if m not in (LEARNED, RANDOM)]
+    palette = method_palette(methods)
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), layout="constrained")
+    for method in methods + [RANDOM]:
+        line = summary[summary["method"] == method].sort_values("fraction_kept")
+        if not len(line):
+            continue
+        control = method == RANDOM
+        ax.plot(line["fraction_kept"], line["fraction_of_full"], marker="o", ms=3, lw=1.6, label=method,
+                color="0.45" if control else palette[method], ls="--" if control else "-")
+    learned = summary[summary["method"] == LEARNED].sort_values("fraction_kept")
+    if len(learned):
+        ax.plot(learned["fraction_kept"], learned["fraction_of_full"], marker="*", ms=13, ls="none", color="black",
+                label="learned circuit")
+        for row in learned.itertuples(index=False):
+            ax.annotate(f"λ={row.strength:g}", (row.fraction_kept, row.fraction_of_full), textcoords="offset points",
+                        xytext=(6, -10), fontsize="x-small")
+    ax.axhline(fraction, color="0.6", ls=":", lw=1.2, label=f"{fraction:.0%} of the unablated model")
+    ax.set_xscale("log")
+    ax.set_xlabel("share of all units kept")
+    ax.set_ylabel("target probability / unablated")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    ablation = _table_ablation(table)
+    classes = table["label"].nunique()
+    ax.set_title(f"{title}\n(every other unit {_replaced_by(ablation)}; held-out images; {classes} classes averaged)",
+                 fontsize="medium")
+    return fig
