@@ -182,3 +182,56 @@ def test_circuit_study_compares_learned_circuits_with_rankings(tiny):
     assert set(summary["method"]) == set(table["method"]) and summary["reaches"].any()
     fewest = fewest_circuit_units(table)
     assert fewest.set_index("method").loc["random ranking", "fraction_kept"] <= 1.0
+
+
+def _circuit(keep_units, widths, names=None):
+    from captum_paths.evaluation.circuits import LearnedCircuit
+
+    keep = []
+    for units, w in zip(keep_units, widths):
+        mask = torch.zeros(w, dtype=torch.bool)
+        mask[list(units)] = True
+        keep.append(mask)
+    alpha = [torch.linspace(-1, 1, w) for w in widths]
+    return LearnedCircuit(3, 2.0, keep, alpha, [0.5, 0.25], ["head", "neuron"] * (len(widths) // 2),
+                          names or [f"s{l}" for l in range(len(widths))])
+
+
+def test_path_overlap_is_the_literal_count():
+    from captum_paths.evaluation.circuits import circuit_path_overlap
+
+    # circuit layers: 0 heads(4), 1 neurons(10), 2 heads(4), 3 neurons(10); paths index layers 1 and 3
+    circuit = _circuit([{0}, {1, 2, 7}, {3}, {0, 9}], [4, 10, 4, 10])
+    paths = torch.tensor([[[1, 5], [9, -1]],
+                          [[1, 2], [4, 9]],
+                          [[7, 7], [0, 3]]])  # (N=3, L=2, k=2), -1: no unit
+    out = circuit_path_overlap(circuit, paths, [1, 3])
+    # distinct (layer, unit): layer 1 {1, 5, 2, 7}, layer 3 {9, 4, 0, 3}; inside: 1, 2, 7 and 9, 0
+    assert out["path_units"] == 8 and out["inside"] == 5 and out["share"] == pytest.approx(5 / 8)
+    # entries: layer 1 -> 1,5,1,2,7,7 (5 inside); layer 3 -> 9,4,9,0,3 (3 inside)
+    assert out["occurrence_share"] == pytest.approx(8 / 11)
+    assert out["chance"] == pytest.approx(5 / 20)
+    assert circuit_path_overlap(circuit, paths, ["s1", "s3"]) == out  # by site name
+    with pytest.raises(ValueError, match="path_layers"):
+        circuit_path_overlap(circuit, paths, [1])
+    with pytest.raises(ValueError, match="'nope' is not a layer"):
+        circuit_path_overlap(circuit, paths, ["s1", "nope"])
+    with pytest.raises(ValueError, match="outside the circuit layer"):
+        circuit_path_overlap(circuit, paths, [0, 3])  # unit 5, 7 on a 4-head layer
+    with pytest.raises(ValueError, match=r"\(N, L, k\)"):
+        circuit_path_overlap(circuit, paths[0], [1, 3])
+
+
+def test_a_circuit_reads_back_from_its_json():
+    import json
+
+    from captum_paths.evaluation.circuits import LearnedCircuit
+
+    circuit = _circuit([{0}, {1, 2, 7}, {3}, {0, 9}], [4, 10, 4, 10])
+    back = LearnedCircuit.from_json(json.loads(json.dumps(circuit.to_json())))
+    assert back.units() == circuit.units() and back.units_kept == 7 and back.total_units == 28
+    assert [k.tolist() for k in back.keep] == [k.tolist() for k in circuit.keep]
+    for a, b in zip(back.log_alpha, circuit.log_alpha):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert (back.label, back.strength, back.kinds, back.names, back.losses) == (3, 2.0, circuit.kinds,
+                                                                                 circuit.names, [0.25])

@@ -171,7 +171,8 @@ def circuits(
             "path_layers": [list(sites.names).index(name) for name in path_sites.names], "strengths": list(strengths),
             "steps": steps, "lr": lr, "batch_size": batch_size, "train_fraction": train_fraction,
             "max_per_class": max_per_class, "edge_units": edge_units, "seed": seed, "fraction": SHOWN_FRACTION,
-            "methods": list(paths), "split": {str(k): v for k, v in split.items()},
+            "methods": list(paths), "image_ids": ids,
+            "split": {str(k): v for k, v in split.items()},
             "model": run.settings["model"], "records_sha256": digest,
             "timings": {"study_s": study_s, "total_s": time.perf_counter() - start},
         })

@@ -1,9 +1,9 @@
-"""The main job on the embedded demo, end to end: paths, evaluation, analysis, report.
+"""The main job on the embedded demo, end to end: paths, evaluation, analysis, circuits, report.
 
 The demo's test images are written as an image folder (``OUT/data``), so the demo
 runs exactly what a user runs on their own data: the stages of one
 :class:`~captum_paths.pipeline.Run` (extract with every path method,
-evaluate, analyze, report), which loads the model and the images once.
+evaluate, analyze, circuits, report), which loads the model and the images once.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 #: Test images per class by default: 40 of the 360 keep the whole job under 2 minutes on 2 CPU cores.
 DEMO_PER_CLASS = 4
+
+#: Classes whose circuits the demo learns (a seeded draw).
+DEMO_CIRCUIT_CLASSES = 3
 
 #: Intra-op threads of torch during the demo. The demo model is tiny, so a second thread buys little,
 #: and when another process keeps a core busy each of the demo's many small ops waits at an
@@ -64,7 +67,7 @@ def run_demo(
 
     Args:
         out: run folder (``data/``, ``run.json``, ``records.jsonl``, ``evaluation/``,
-            ``analysis/``, ``report.html``, ``summary.md``, ``settings.json``).
+            ``analysis/``, ``circuits/``, ``report.html``, ``summary.md``, ``settings.json``).
         limit: use only the first ``limit`` images (sorted by id) of the image folder.
         per_class: test images per class written to ``OUT/data`` (``None`` or 0: all 360).
         n_steps: integration steps of the path search, the JAS comparison and the pruning
@@ -73,7 +76,7 @@ def run_demo(
             own setting). Default: :data:`DEMO_THREADS` (1).
         restart: replace a demo run of other settings (``per_class``) in ``out``.
 
-    Rerunning resumes the path search; evaluation, analysis and report are redone. Only
+    Rerunning resumes the path search; evaluation, analysis, circuits and report are redone. Only
     what the demo wrote is ever replaced: a folder that holds another run, files a run
     would replace without its ``run.json``, or an ``out/data`` the demo did not write is
     refused (``ValueError``), and so is a demo run of other settings unless ``restart``.
@@ -98,7 +101,7 @@ def _run_demo(out: Path, limit: Optional[int], progress: bool, per_class: Option
         _write_images(data, per_class)
         summary = run.extract("demo", data, methods=methods, batch_size=64, limit=limit, progress=progress,
                               n_steps=n_steps, restart=restart)
-        return _finish(run, out, summary, methods, per_class, n_steps, threads, start)
+        return _finish(run, out, summary, methods, per_class, n_steps, threads, start, progress)
 
 
 def _demo_marker(data: Path) -> Optional[dict]:
@@ -148,7 +151,8 @@ def _write_images(data: Path, per_class: Optional[int]) -> bool:
     return True
 
 
-def _finish(run: Run, out: Path, summary, methods, per_class, n_steps, threads, start: float) -> Path:
+def _finish(run: Run, out: Path, summary, methods, per_class, n_steps, threads, start: float, progress: bool
+            ) -> Path:
     timings = {"extract_s": time.perf_counter() - start}
     t = time.perf_counter()
     run.evaluate(jas_modes=("gate",), n_steps=n_steps or 16, pruning_ks=(1, 3), pruning_ps=(0.5, 1.0))
@@ -159,6 +163,12 @@ def _finish(run: Run, out: Path, summary, methods, per_class, n_steps, threads, 
     except ValueError as exc:  # e.g. a --limit that leaves a single class
         logger.warning("analysis skipped: %s", exc)
     timings["analyze_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    try:  # 3 classes: the circuits' size and faithfulness on the demo's held-out images
+        run.circuits(classes=DEMO_CIRCUIT_CLASSES, strengths=(0.5, 2.0, 8.0), steps=100, progress=progress)
+    except ValueError as exc:  # one image per class: nothing to hold out
+        logger.warning("circuits skipped: %s", exc)
+    timings["circuits_s"] = time.perf_counter() - t
     t = time.perf_counter()
     from captum_paths.explorer import ExplorerLimits
 
