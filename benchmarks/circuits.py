@@ -85,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     t0 = time.perf_counter()
     result = LayerProgressiveNeuronPath(model, sites=neurons).attribute(x[searched], target=y[searched])
     search_s = time.perf_counter() - t0
-    knowledge = KnowledgeNeuronPath(model, sites=neurons).attribute(x[searched], target=y[searched])
+    knowledge = KnowledgeNeuronPath(model, sites=neurons).attribute(x[searched], target=y[searched],
+                                                                   internal_batch_size=32)
     paths_by_method = {}
     for name, found in (("neuron-path", result), ("knowledge-neurons", knowledge)):
         paths = torch.full((len(x),) + tuple(found.paths.shape[1:]), -1, dtype=torch.long)

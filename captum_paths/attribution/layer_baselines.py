@@ -93,6 +93,25 @@ class SiteValues:
         self.values = dict(values)
         self.per_image = per_image
 
+    @classmethod
+    def checked(cls, values: Mapping[int, torch.Tensor], acts: Mapping[int, torch.Tensor], sites: NeuronSites,
+                batch: int, what: str = "layer_baselines") -> "SiteValues":
+        """Values given per site, checked against recorded activations ``acts`` ``{layer: (rows,
+        positions, units)}`` and shaped ``(1, positions, units)`` (shared: the value was ``(units,)``,
+        ``(positions, units)`` or ``(1, positions, units)``) or ``(batch, positions, units)`` (per image).
+
+        Raises:
+            ValueError: a site that did not run, or a value of another shape (the message, led by
+                ``what``, names the site and the shapes allowed).
+
+        Example::
+
+            >>> with sites.record() as acts:
+            ...     model(images)                      # 8 images
+            >>> SiteValues.checked({0: torch.zeros(256)}, dict(acts), sites, batch=8).rows(0, torch.arange(8))
+        """
+        return _shaped(values, acts, sites, batch, what)
+
     @property
     def is_zero(self) -> bool:
         """``True`` when every site's baseline is zero (no tensor stored)."""

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from captum_paths.attribution.layer_baselines import (CounterfactualBaseline, MeanBaseline,
-                                                      SiteBaseline, SiteValues, ZeroBaseline, _shaped,
+                                                      SiteBaseline, SiteValues, ZeroBaseline,
                                                       as_layer_baselines)
 from captum_paths.attribution.neuron_sets import (NeuronSet, canonical_neurons, layer_widths, looks_like_pair,
                                                   parse_neurons)
@@ -171,7 +171,7 @@ class _Removal:
                 f"intervention: run exactly those {value.shape[0]} images, in their order, inside the with block, "
                 "or give one baseline for every image"
             )
-        return _shaped({layer: value}, {layer: act}, self.sites, batch, "layer_baselines").values[layer]
+        return SiteValues.checked({layer: value}, {layer: act}, self.sites, batch).values[layer]
 
 
 class _SetMasks:
