@@ -119,6 +119,22 @@ def test_edges_join_the_strongest_units_of_the_circuit_shown(run_folder):
             assert r.count == int((labels == label).sum())
 
 
+def test_the_figure_draws_every_ranking_and_each_learned_strength(run_folder):
+    from captum_paths.evaluation.circuits import circuit_summary
+    from captum_paths.plots import plot_circuits
+
+    table = pd.read_csv(run_folder / "circuits" / "circuit_study.csv")
+    fig = plot_circuits(table)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    summary = circuit_summary(table)
+    for method in ("attribution patching", "neuron-path", "activation", "random ranking", "learned circuit"):
+        rows = summary[summary["method"] == method].sort_values("fraction_kept")
+        np.testing.assert_allclose(lines[method].get_xdata(), rows["fraction_kept"])
+        np.testing.assert_allclose(lines[method].get_ydata(), rows["fraction_of_full"])
+    assert len(lines["learned circuit"].get_xdata()) == len(STRENGTHS)
+    assert "every other unit set to its mean" in ax.get_title()
+
 def test_the_circuit_shown_is_the_sparsest_that_keeps_80_percent():
     circuits = [LearnedCircuit(1, s, [torch.arange(10) < n], [torch.zeros(10)]) for s, n in
                 ((0.5, 9), (2.0, 5), (8.0, 2))]
@@ -234,3 +250,4 @@ def test_a_missing_run_and_bad_arguments_are_named(tmp_path, capsys, run_folder)
         Run(run_folder).circuits(edge_units=-1)
     with pytest.raises(ValueError, match="classes must be a positive int"):
         Run(run_folder).circuits(classes=0)
+

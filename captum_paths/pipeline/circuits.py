@@ -94,8 +94,12 @@ def circuits(
         >>> folder = run.circuits(classes=3, strengths=(0.5, 2.0), steps=100)
         >>> pd.read_csv(folder / "circuit_fewest.csv")   # fewest units for 80% per method
     """
+    import torch
+
+    from captum_paths.attribution.layer_baselines import MeanBaseline
     from captum_paths.evaluation.circuits import DEFAULT_STRENGTHS, circuit_study, circuit_summary, \
         fewest_circuit_units
+    from captum_paths.evaluation.harness import split_by_class
     from captum_paths.plots import save_figure
     from captum_paths.plots.evaluation import plot_circuits
     from captum_paths.search import PathResult
@@ -140,15 +144,18 @@ def circuits(
     chosen_labels = sorted({int(v) for v in labels.tolist()})
     logger.info("circuits: %d classes, %d images, %d units, %s ablation", len(chosen_labels), len(ids),
                 sum(sites.widths or ()), ablation)
+    split = split_by_class(labels, train_fraction, seed)
+    train = torch.tensor(sorted(i for part in split.values() for i in part["consensus"]), dtype=torch.long)
+    # the mean over the training images of every studied class (a class's own mean carries the class)
+    baseline = MeanBaseline(images[train]) if ablation == "mean" else None
     table, learned = circuit_study(model, images, labels, paths, sites=sites, path_sites=path_sites,
-                                   classes=chosen_labels, layer_baselines=ablation, strengths=strengths,
-                                   train_fraction=train_fraction, steps=steps, lr=lr, batch_size=batch_size,
-                                   seed=seed, progress=progress)
+                                   classes=chosen_labels, layer_baselines=baseline, strengths=strengths,
+                                   split=split, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                                   progress=progress)
     study_s = time.perf_counter() - start
-    split = table.attrs["split"]
     shown = {label: chosen_circuit(table, learned[label]) for label in learned}
     overlap = _overlap(learned, shown, paths, labels, path_sites)
-    edges = _edges(model, sites, images, labels, learned, shown, split, ablation, edge_units, seed)
+    edges = _edges(model, sites, images, labels, learned, shown, baseline, edge_units, seed)
     summary = circuit_summary(table, SHOWN_FRACTION)
     fewest = fewest_circuit_units(table, SHOWN_FRACTION)
     with run.lock(), run.replacing(run.circuits_dir) as out:
@@ -172,7 +179,7 @@ def circuits(
             "steps": steps, "lr": lr, "batch_size": batch_size, "train_fraction": train_fraction,
             "max_per_class": max_per_class, "edge_units": edge_units, "seed": seed, "fraction": SHOWN_FRACTION,
             "methods": list(paths), "image_ids": ids,
-            "split": {str(k): v for k, v in split.items()},
+            "split": {str(k): v for k, v in split.items() if k in learned},
             "model": run.settings["model"], "records_sha256": digest,
             "timings": {"study_s": study_s, "total_s": time.perf_counter() - start},
         })
@@ -264,23 +271,16 @@ def _overlap(learned, shown: Dict[int, int], paths, labels: "torch.Tensor", path
     return pd.DataFrame(rows)
 
 
-def _edges(model, sites, images, labels, learned, shown, split, ablation: str, edge_units: int, seed: int
+def _edges(model, sites, images, labels, learned, shown, baseline, edge_units: int, seed: int
            ) -> Optional[pd.DataFrame]:
     """Causal edges between the ``edge_units`` strongest units per layer of each class's circuit shown,
-    on the class's images, under the circuit's ablation (``None`` when ``edge_units`` is 0)."""
-    import torch
-
-    from captum_paths.analysis import CausalEdges
-    from captum_paths.attribution.layer_baselines import MeanBaseline
+    on the class's images, under the circuits' baseline (``None`` when ``edge_units`` is 0)."""
+    from captum_paths.analysis import CausalEdges, class_causal_edges
     from captum_paths.evaluation.circuits import circuit_sites
 
     if edge_units == 0:
         return None
     edge_sites = circuit_sites(model, sites, "all")
-    baseline = None
-    if ablation == "mean":
-        train = sorted(i for part in split.values() for i in part["consensus"])
-        baseline = MeanBaseline(images[torch.tensor(train, dtype=torch.long)])
     device = next(model.parameters()).device
     frames = []
     for label, cs in learned.items():
@@ -296,8 +296,6 @@ def _edges(model, sites, images, labels, learned, shown, split, ablation: str, e
         frames.append(frame)
     if not frames:
         return None
-    from captum_paths.analysis import class_causal_edges
-
     return class_causal_edges(pd.concat(frames, ignore_index=True))
 
 

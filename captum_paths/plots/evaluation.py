@@ -568,6 +568,7 @@ def plot_circuits(table: pd.DataFrame, fraction: float = 0.8, *,
     needed = ("method", "ablation", "label", "strength", "fraction_kept", "mean_prob", "mean_prob_full")
     _validate(table, needed, "plot_circuits")
     summary = circuit_summary(table, fraction)
+    summary = summary[summary["fraction_kept"] > 0]  # a budget of no unit has no place on a log axis
     methods = [m for m in dict.fromkeys(summary["method"]) if m not in (LEARNED, RANDOM)]
     palette = method_palette(methods)
     fig, ax = plt.subplots(figsize=(7.2, 4.2), layout="constrained")
