@@ -251,3 +251,16 @@ def test_a_missing_run_and_bad_arguments_are_named(tmp_path, capsys, run_folder)
     with pytest.raises(ValueError, match="classes must be a positive int"):
         Run(run_folder).circuits(classes=0)
 
+
+
+def test_the_overview_states_the_fewest_units_of_the_circuits(run_folder):
+    from captum_paths.explorer import explorer_payload
+
+    run = Run(run_folder)
+    payload = explorer_payload(run.records(), circuits_dir=run.circuits_dir)
+    fewest = pd.read_csv(run.circuits_dir / "circuit_fewest.csv").set_index("method")
+    claim = next(c for c in payload["claims"] if c.startswith("Fewest of all units"))
+    share = fewest.loc["learned circuit", "fraction_kept"]
+    assert (f"learned circuit {100 * share:.1f}%" if share == share else "learned circuit never") in claim
+    assert f"({len(_summary(run_folder)['classes'])} classes)" in claim
+    assert not any(c.startswith("Fewest of all units") for c in explorer_payload(run.records())["claims"])

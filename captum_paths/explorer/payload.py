@@ -272,7 +272,8 @@ def explorer_payload(
         "columns": {k: list(v) for k, v in COLUMNS.items()},
         "overview": overview,
         "claims": _claims(overview, methods_summary, sharing, layer_summary, primary, fewest, comparisons,
-                          causal_summary),
+                          causal_summary, _read(circuits_dir, CircuitFiles.FEWEST) if circuits_meta else None,
+                          circuits_meta),
         "faithfulness": [] if faithfulness is None else [
             {k: _cell(v) for k, v in row.items()} for row in faithfulness[
                 ["method", "ablation", "n", "units_kept", "mean_prob", "accuracy", "mean_prob_full",
@@ -615,7 +616,7 @@ def _overview_table(records, methods, methods_summary: Optional[pd.DataFrame]) -
 
 
 def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=None, comparisons=None,
-            causal_summary=None) -> List[str]:
+            causal_summary=None, circuits_fewest=None, circuits_meta=None) -> List[str]:
     """The headline findings, each a sentence with its numbers."""
     claims: List[str] = []
     by_method = {r["method"]: r for r in overview}
@@ -662,6 +663,16 @@ def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=N
                           f"one more than 95% of random unit pairs of those layers move each other), against "
                           f"{100 * row['random_share_above_floor']:.0f}% of random pairs ({int(row['images'])} "
                           f"images, {row['ablation']} ablation).")
+    if circuits_fewest is not None and not circuits_fewest.empty and circuits_meta:
+        rows = circuits_fewest.set_index("method")
+        shown = [m for m in (LEARNED, "attribution patching", primary, "random ranking") if m in rows.index]
+        parts = [f"{m} {100 * rows.loc[m, 'fraction_kept']:.1f}%" if pd.notna(rows.loc[m, "fraction_kept"])
+                 else f"{m} never" for m in shown]
+        if parts:
+            replaced = "set to 0" if circuits_meta.get("ablation") == "zero" else "set to their mean"
+            claims.append(f"Fewest of all units (heads and neurons) whose circuit keeps 80% of the target "
+                          f"probability on held-out images, the rest {replaced} ({circuits_meta.get('classes')} "
+                          f"classes): " + ", ".join(parts) + ".")
     if layer_summary is not None and "share_of_jas" in layer_summary and layer_summary["share_of_jas"].notna().any():
         top = layer_summary.loc[layer_summary["share_of_jas"].idxmax()]
         claims.append(f"Layer {int(top['layer'])} carries the largest share of the JAS "
