@@ -109,6 +109,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.save / f"circuits_{args.ablation}.csv", index=False)
+        torch.save({"neuron-path": result.paths, "knowledge-neurons": knowledge.paths, "labels": y[searched]},
+                   args.save / f"paths_{args.ablation}.pt")
         write_json_atomic(args.save / f"circuits_{args.ablation}.json",
                           {str(label): [c.to_json() for c in cs] for label, cs in circuits.items()})
     text = "\n\n".join([

@@ -235,3 +235,24 @@ def test_a_circuit_reads_back_from_its_json():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert (back.label, back.strength, back.kinds, back.names, back.losses) == (3, 2.0, circuit.kinds,
                                                                                  circuit.names, [0.25])
+
+
+def test_path_use_ranks_path_units_first_and_every_other_unit_alike():
+    from captum_paths.evaluation.circuits import _global_keep, _path_use
+
+    widths = [4, 10, 4, 10]  # heads, neurons, heads, neurons; paths index circuit layers 1 and 3
+    paths = torch.tensor([[[2], [7]], [[2], [1]], [[5], [-1]]])  # (3 images, 2 layers, k=1)
+    contributions = torch.tensor([[[0.3], [-0.2]], [[0.1], [0.4]], [[0.05], [0.0]]])
+    scores = _path_use(paths, widths, [1, 3], contributions)
+    assert scores[1][2] == pytest.approx(2 + 0.5 * torch.sigmoid(torch.tensor(0.4, dtype=torch.float64)))
+    assert scores[1][5] == pytest.approx(1 + 0.5 * torch.sigmoid(torch.tensor(0.05, dtype=torch.float64)))
+    assert scores[3][7] == pytest.approx(1 + 0.5 * torch.sigmoid(torch.tensor(-0.2, dtype=torch.float64)))
+    used = {(1, 2), (1, 5), (3, 7), (3, 1)}
+    for layer, s in enumerate(scores):
+        for unit, value in enumerate(s.tolist()):
+            assert (value > 0) == ((layer, unit) in used)  # unused neurons and heads alike: 0
+    # a budget past the path units fills with the others in a seeded random order, heads not last
+    keeps = [_global_keep(scores, 10, seed) for seed in range(40)]
+    assert all(all(bool(k[l][u]) for l, u in used) for k in keeps)
+    heads_kept = sum(int(k[0].sum() + k[2].sum()) for k in keeps) / 40
+    assert heads_kept == pytest.approx(6 * 8 / 24, abs=0.6)  # 6 of the 24 other units are drawn, 8 are heads

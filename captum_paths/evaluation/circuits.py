@@ -532,16 +532,21 @@ def _global_keep(scores: Sequence[torch.Tensor], budget: int, seed: int) -> List
 def _path_use(paths: torch.Tensor, widths: Sequence[int], where: Sequence[int],
               contributions: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Per circuit layer, how many paths hold each unit (path layer ``l`` is circuit layer
-    ``where[l]``; other layers score 0), plus a tie-break below one path by the summed contribution."""
+    ``where[l]``), plus, for units some path holds, a tie-break below one path by their summed
+    contribution. Every unit no path holds scores 0, whatever its layer: the paths say nothing about
+    it, so those units follow the path units in the ranking's seeded random order (units of layers
+    the paths do not cover, heads for neuron paths, are not pushed behind unused neurons)."""
     scores = [torch.zeros(w, dtype=torch.float64) for w in widths]
     for layer, target in enumerate(where):
         width = widths[target]
         units = paths[:, layer].reshape(-1).long().cpu()
+        used = units >= 0  # -1: no unit in that slot
+        units = units[used]
         count = torch.bincount(units, minlength=width).double()
         if contributions is not None:
-            total = torch.zeros(width, dtype=torch.float64).index_add_(
-                0, units, torch.nan_to_num(contributions[:, layer].reshape(-1).double().cpu()))
-            count = count + 0.5 * torch.sigmoid(total)  # < 1: never above one more path
+            values = contributions[:, layer].reshape(-1).double().cpu()[used]
+            total = torch.zeros(width, dtype=torch.float64).index_add_(0, units, torch.nan_to_num(values))
+            count = count + 0.5 * torch.sigmoid(total) * (count > 0)  # < 1: never above one more path
         scores[target] = count
     return scores
 
@@ -577,8 +582,9 @@ def circuit_study(
         model (nn.Module): the model (logits out).
         images (Tensor): ``(N, C, H, W)``; ``labels`` ``(N,)`` their classes (the target).
         paths_by_method (dict, optional): ``{method: PathResult or (N, L, k) paths}`` aligned with
-            ``images``, indexing ``path_sites``: their units ranked by path use (units of layers the
-            paths do not hold rank last).
+            ``images``, indexing ``path_sites``: their units ranked by path use (units no training
+            path holds, those of layers the paths do not cover included, follow in a seeded random
+            order).
         sites (optional): the units (default: every attention head and FFN neuron,
             ``NeuronSites.for_units(model, "mixed")``, or the FFN neurons where heads are unknown).
         path_sites (optional): the sites the paths index, each layer one of ``sites`` (same module
