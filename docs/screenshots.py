@@ -1,4 +1,5 @@
-"""The README's screenshots of the path explorer: the demo run's four views in headless Chromium.
+"""The README's screenshots of the path explorer: the demo run's four views, and a class's learned
+circuit, in headless Chromium.
 
 Usage (needs the test extras, for Playwright, and a Chromium)::
 
@@ -37,8 +38,25 @@ def main(argv=None) -> int:
             page.wait_for_timeout(500)  # Plotly's transitions
             page.screenshot(path=str(FIGURES / name))
             print(FIGURES / name)
+        circuit = _first_circuit(args.report)
+        if circuit is not None:  # the class view scrolled to its circuit
+            page.goto(args.report.resolve().as_uri() + f"#class/{circuit}")
+            page.wait_for_selector("#class-body[data-circuit-units] #class-circuit-layers .main-svg", timeout=30_000)
+            page.wait_for_timeout(500)
+            page.eval_on_selector("#class-circuit-summary", "e => window.scrollTo(0, e.getBoundingClientRect().top "
+                                                            "+ window.scrollY - 110)")
+            page.screenshot(path=str(FIGURES / "explorer_circuit.png"))
+            print(FIGURES / "explorer_circuit.png")
         browser.close()
     return 0
+
+
+def _first_circuit(report: Path):
+    """The page index of the first class the circuits stage studied, or ``None``."""
+    from captum_paths.explorer import read_payload
+
+    circuits = read_payload(report.read_text()).get("circuits") or []
+    return next((c for c, entry in enumerate(circuits) if entry is not None), None)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,9 @@ def test_the_overview_states_the_fewest_units_of_the_circuits(run_folder):
     payload = explorer_payload(run.records(), circuits_dir=run.circuits_dir)
     fewest = pd.read_csv(run.circuits_dir / "circuit_fewest.csv").set_index("method")
     claim = next(c for c in payload["claims"] if c.startswith("Fewest of all units"))
-    share = fewest.loc["learned circuit", "fraction_kept"]
-    assert (f"learned circuit {100 * share:.1f}%" if share == share else "learned circuit never") in claim
+    for method, share in fewest["fraction_kept"].items():
+        if method in ("learned circuit", "attribution patching", "neuron-path", "random ranking"):
+            expected = ("never" if share != share else "all of them" if share >= 1 else f"{100 * share:.1f}%")
+            assert f"{method} {expected}" in claim
     assert f"({len(_summary(run_folder)['classes'])} classes)" in claim
     assert not any(c.startswith("Fewest of all units") for c in explorer_payload(run.records())["claims"])

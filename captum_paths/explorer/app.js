@@ -465,7 +465,7 @@
                 hoverinfo: 'text', marker: {size: 12, color: cc.units.map(function (u) { return (ck[u[0]] || 'neuron') === 'head' ? '#8e44ad' : '#16a085'; }),
                                             line: {width: 1, color: '#333'}}});
     Plotly.newPlot(graph, lines, {height: 300, margin: {t: 20, l: 40, r: 20, b: 60}, hovermode: 'closest', showlegend: false,
-                                  xaxis: {tickvals: layers, ticktext: layers.map(function (l) { return short[l] || String(l); })},
+                                  xaxis: {tickvals: layers, ticktext: layers.map(function (l) { return short[l] || String(l); }), zeroline: false},
                                   yaxis: {visible: false}}, PLOT);
   }
 

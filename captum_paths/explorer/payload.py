@@ -666,8 +666,9 @@ def _claims(overview, methods_summary, sharing, layer_summary, primary, fewest=N
     if circuits_fewest is not None and not circuits_fewest.empty and circuits_meta:
         rows = circuits_fewest.set_index("method")
         shown = [m for m in (LEARNED, "attribution patching", primary, "random ranking") if m in rows.index]
-        parts = [f"{m} {100 * rows.loc[m, 'fraction_kept']:.1f}%" if pd.notna(rows.loc[m, "fraction_kept"])
-                 else f"{m} never" for m in shown]
+        parts = [f"{m} never" if pd.isna(rows.loc[m, "fraction_kept"]) else f"{m} all of them"
+                 if rows.loc[m, "fraction_kept"] >= 1 else f"{m} {100 * rows.loc[m, 'fraction_kept']:.1f}%"
+                 for m in shown]
         if parts:
             replaced = "set to 0" if circuits_meta.get("ablation") == "zero" else "set to their mean"
             claims.append(f"Fewest of all units (heads and neurons) whose circuit keeps 80% of the target "
