@@ -266,3 +266,20 @@ def test_the_overview_states_the_fewest_units_of_the_circuits(run_folder):
             assert f"{method} {expected}" in claim
     assert f"({len(_summary(run_folder)['classes'])} classes)" in claim
     assert not any(c.startswith("Fewest of all units") for c in explorer_payload(run.records())["claims"])
+
+
+def test_head_circuits_of_a_neuron_run_skip_the_path_rankings(run_folder, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    code, _, err = run_main(capsys, "circuits", "--run", run_folder, "--classes", "2", "--units", "heads",
+                            "--strengths", "1", "--steps", "5", "--edge-units", "1")
+    assert code == 0
+    assert "no path-use rankings" in caplog.text
+    summary = _summary(run_folder)
+    assert set(summary["kinds"]) == {"head"} and summary["path_layers"] == []
+    table = pd.read_csv(run_folder / "circuits" / "circuit_study.csv")
+    assert set(table["method"]) == {"learned circuit", "attribution patching", "random ranking"}
+    assert pd.read_csv(run_folder / "circuits" / "circuit_overlap.csv").empty
+    code, _, _ = run_main(capsys, "report", "--run", run_folder, "--heatmaps", "0", "--quiet")
+    assert code == 0

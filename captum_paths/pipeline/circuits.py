@@ -141,6 +141,10 @@ def circuits(
     sites = _circuit_sites(model, units)
     images, labels = run.images(ids)
     paths = {name: PathResult.from_records([rows_[i] for i in ids]) for name, rows_ in by_method.items()}
+    if any(name not in sites.names for name in path_sites.names):  # e.g. neuron paths, head circuits
+        logger.warning("circuits: the run's paths hold units the circuits' %s do not; no path-use rankings and no "
+                       "overlap with the paths", units)
+        paths = {}
     chosen_labels = sorted({int(v) for v in labels.tolist()})
     logger.info("circuits: %d classes, %d images, %d units, %s ablation", len(chosen_labels), len(ids),
                 sum(sites.widths or ()), ablation)
@@ -175,7 +179,8 @@ def circuits(
                                                       zip(ids, labels.tolist())},
             "images": len(ids), "units": units, "kinds": list(sites.kinds), "layer_names": list(sites.names),
             "total_units": int(sum(sites.widths)), "ablation": ablation,
-            "path_layers": [list(sites.names).index(name) for name in path_sites.names], "strengths": list(strengths),
+            "path_layers": [list(sites.names).index(name) for name in path_sites.names] if paths else [],
+            "strengths": list(strengths),
             "steps": steps, "lr": lr, "batch_size": batch_size, "train_fraction": train_fraction,
             "max_per_class": max_per_class, "edge_units": edge_units, "seed": seed, "fraction": SHOWN_FRACTION,
             "methods": list(paths), "image_ids": ids,
@@ -268,7 +273,8 @@ def _overlap(learned, shown: Dict[int, int], paths, labels: "torch.Tensor", path
         for method, result in paths.items():
             rows.append({"label": int(label), "method": method, "strength": circuit.strength,
                          **circuit_path_overlap(circuit, result.paths[mine], list(path_sites.names))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["label", "method", "strength", "path_units", "inside", "share",
+                                       "occurrence_share", "chance"])
 
 
 def _edges(model, sites, images, labels, learned, shown, baseline, edge_units: int, seed: int
