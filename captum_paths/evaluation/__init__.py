@@ -28,7 +28,7 @@ _WHERE = {
     **{name: "faithfulness" for name in ("faithfulness_study",)},
     **{name: "circuits" for name in ("learn_circuits", "circuit_probabilities", "attribution_patching",
                                      "LearnedCircuit", "circuit_study", "circuit_summary", "fewest_circuit_units",
-                                     "circuit_path_overlap")},
+                                     "circuit_path_overlap", "unit_sites")},
 }
 __all__ = list(_WHERE)
 

@@ -52,7 +52,7 @@ from captum_paths.model.sites import NeuronSites, resolve_sites
 from captum_paths.model.tokens import TokenSelection
 
 __all__ = ["HardConcrete", "LearnedCircuit", "learn_circuits", "attribution_patching", "circuit_probabilities",
-           "circuit_path_overlap",
+           "circuit_path_overlap", "unit_sites",
            "circuit_sites", "circuit_study", "circuit_summary", "fewest_circuit_units", "DEFAULT_STRENGTHS",
            "DEFAULT_FRACTIONS", "CIRCUIT_COLUMNS", "OBJECTIVES"]
 
@@ -215,6 +215,28 @@ def circuit_path_overlap(circuit: LearnedCircuit, paths: Any, path_layers: Seque
             "occurrence_share": kept_entries / entries if entries else float("nan"), "chance": chance}
 
 
+def unit_sites(model: nn.Module, units: str = "mixed") -> NeuronSites:
+    """The sites of a circuit made of ``units`` of ``model``: ``"mixed"`` (every attention head and
+    FFN neuron, :meth:`NeuronSites.for_units <captum_paths.model.sites.NeuronSites.for_units>`; the
+    FFN neurons alone where the model's heads are unknown), ``"neurons"`` or ``"heads"``.
+
+    Example::
+
+        >>> unit_sites(model).kinds                   # ['head', 'neuron', 'head', 'neuron', ...]
+    """
+    from captum_paths.model.sites import UNITS
+
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}; got {units!r}")
+    try:
+        return NeuronSites.for_units(model, units)
+    except ValueError:
+        if units != "mixed":
+            raise
+        logger.info("circuits: the model's heads are unknown; the circuits are made of FFN neurons")
+        return NeuronSites.from_model(model)
+
+
 def circuit_sites(model: nn.Module, sites: Any = None, tokens: str = "all") -> NeuronSites:
     """The sites a circuit masks: ``sites`` (default the model's FFN neurons) read at every
     token (``tokens="all"``, the default: a CLS-pooled model moves information through the
@@ -250,18 +272,22 @@ def _masking(sites: NeuronSites, gates: Sequence[torch.Tensor], base: SiteValues
     return sites.edit({layer: edit(layer) for layer in range(sites.num_layers)})
 
 
-def _resolve(baseline: LayerBaseline, sites: NeuronSites, forward, images: torch.Tensor) -> SiteValues:
-    """The baseline of every image (``ValueError`` for one that differs per image)."""
+def _resolve(baseline: LayerBaseline, sites: NeuronSites, forward, images: torch.Tensor
+             ) -> Tuple[SiteValues, Dict[int, torch.Tensor], torch.Tensor]:
+    """The baseline of every image (``ValueError`` for one that differs per image), with the site
+    activations ``{layer: (1, positions, units)}`` and logits ``(1, classes)`` of the first image that
+    resolved it."""
     if isinstance(baseline, CounterfactualBaseline):
         raise ValueError(f"layer_baselines: a circuit's ablated units take one baseline for every image (zero, mean "
                          f"or values given per unit or per token); got {baseline!r}, which differs per image")
     with torch.no_grad(), sites.record() as clean:
-        forward(images[:1])
-    base = baseline.resolve(sites, forward, (images[:1],), (), dict(clean))
+        logits = forward(images[:1])
+    clean = dict(clean)
+    base = baseline.resolve(sites, forward, (images[:1],), (), clean)
     if base.per_image:
         raise ValueError(f"layer_baselines: a circuit's ablated units take one baseline for every image (zero, mean "
                          f"or values given per unit or per token); got {baseline!r}, which differs per image")
-    return base
+    return base, clean, logits
 
 
 def _check_images(images: Any, name: str = "images") -> torch.Tensor:
@@ -337,9 +363,7 @@ def learn_circuits(
     forward = as_logits_model(model)
     device = next(model.parameters()).device
     images = images.to(device)
-    base = _resolve(_baseline(layer_baselines), sites, forward, images)
-    with torch.no_grad(), sites.record() as acts:
-        full_logits = forward(images[:1])
+    base, acts, full_logits = _resolve(_baseline(layer_baselines), sites, forward, images)
     widths = [acts[l].shape[-1] for l in range(sites.num_layers)]
     if not 0 <= int(label) < full_logits.shape[-1]:
         raise ValueError(f"label must be a class of the model (0..{full_logits.shape[-1] - 1}); got {label!r}")
@@ -436,7 +460,7 @@ def circuit_probabilities(
     sites = circuit_sites(model, sites, tokens)
     forward = as_logits_model(model)
     device = next(model.parameters()).device
-    base = _resolve(as_layer_baselines(layer_baselines), sites, forward, images.to(device))
+    base, _, _ = _resolve(as_layer_baselines(layer_baselines), sites, forward, images.to(device))
     n, M = images.shape[0], len(keeps)
     if M == 0:
         raise ValueError("keeps must hold at least one keep mask")
@@ -492,7 +516,7 @@ def attribution_patching(
     forward = as_logits_model(model)
     device = next(model.parameters()).device
     images = images.to(device)
-    base = _resolve(_baseline(layer_baselines), sites, forward, images)
+    base, _, _ = _resolve(_baseline(layer_baselines), sites, forward, images)
     totals: Optional[List[torch.Tensor]] = None
     for rows in torch.arange(images.shape[0]).split(batch_size):
         with torch.enable_grad(), sites.record(detach=False) as acts:
@@ -618,10 +642,7 @@ def circuit_study(
     if len(labels) != len(images):
         raise ValueError(f"labels must hold one class per image: {len(labels)} labels for {len(images)} images")
     if sites is None:
-        try:
-            sites = NeuronSites.for_units(model, "mixed")
-        except ValueError:
-            sites = NeuronSites.from_model(model)
+        sites = unit_sites(model)
     sites = circuit_sites(model, sites, "all")
     where: List[int] = []
     if paths_by_method:

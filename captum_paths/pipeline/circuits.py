@@ -28,10 +28,8 @@ from captum_paths.records import CircuitFiles, as_path_records, complete_images,
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from torch import nn
 
     from captum_paths.evaluation.circuits import LearnedCircuit
-    from captum_paths.model.sites import NeuronSites
     from captum_paths.pipeline.run import Run
 
 __all__ = ["circuits", "chosen_circuit", "circuit_units_table", "CIRCUIT_ABLATIONS", "SHOWN_FRACTION"]
@@ -98,7 +96,7 @@ def circuits(
 
     from captum_paths.attribution.layer_baselines import MeanBaseline
     from captum_paths.evaluation.circuits import DEFAULT_STRENGTHS, circuit_study, circuit_summary, \
-        fewest_circuit_units
+        fewest_circuit_units, unit_sites
     from captum_paths.evaluation.harness import split_by_class
     from captum_paths.plots import save_figure
     from captum_paths.plots.evaluation import plot_circuits
@@ -138,7 +136,7 @@ def circuits(
     ids = [image_ids[i] for i in sorted(rows)]
     model = run.model()
     path_sites = run.sites()
-    sites = _circuit_sites(model, units)
+    sites = unit_sites(model, units)
     images, labels = run.images(ids)
     paths = {name: PathResult.from_records([rows_[i] for i in ids]) for name, rows_ in by_method.items()}
     if any(name not in sites.names for name in path_sites.names):  # e.g. neuron paths, head circuits
@@ -244,22 +242,6 @@ def _check(value: Any, name: str, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}; got {value!r}")
-
-
-def _circuit_sites(model: "nn.Module", units: str) -> "NeuronSites":
-    """The circuit's sites: ``units`` of the model (``"mixed"`` falls back to the FFN neurons where the
-    model's heads are unknown)."""
-    from captum_paths.model.sites import UNITS, NeuronSites
-
-    if units not in UNITS:
-        raise ValueError(f"units must be one of {UNITS}; got {units!r}")
-    try:
-        return NeuronSites.for_units(model, units)
-    except ValueError:
-        if units != "mixed":
-            raise
-        logger.info("circuits: the model's heads are unknown; the circuits are made of FFN neurons")
-        return NeuronSites.from_model(model)
 
 
 def _overlap(learned, shown: Dict[int, int], paths, labels: "torch.Tensor", path_sites) -> pd.DataFrame:
