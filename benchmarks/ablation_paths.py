@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 import pandas as pd
 import torch
 
-from benchmarks.common import add_reference_case_arguments, emit, markdown_table, reference_cases
+from benchmarks.common import add_reference_case_arguments, emit, markdown_table, measure_reference_cases
 from captum_paths import JointNeuronIntegratedGradients, LayerProgressiveNeuronPath, NeuronSites
 from captum_paths.attribution.layer_baselines import MeanBaseline
 
@@ -99,13 +99,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_reference_case_arguments(parser, threads=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cases = reference_cases(args.skip_real)
     rows, layers = [], []
-    for name, build in cases:
-        model, images, labels, reference = build(args.per_class, args.reference, args.seed)
-        out = compare(name, model, images, labels, reference)
+    for name, out in measure_reference_cases(args, compare):
         rows.append(out["row"])
         layers.append([name] + [f"{v:.2f}" for v in out["per_layer"]])
     table = pd.DataFrame(rows)

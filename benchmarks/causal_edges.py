@@ -39,9 +39,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
-import torch
 
-from benchmarks.common import add_reference_case_arguments, emit, reference_cases
+from benchmarks.common import add_reference_case_arguments, emit, measure_reference_cases
 from captum_paths import LayerProgressiveNeuronPath, MeanBaseline, NeuronSites
 from captum_paths.analysis import CausalEdges
 
@@ -80,13 +79,8 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_reference_case_arguments(parser, threads=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cases = reference_cases(args.skip_real)
     summaries, layers = [], []
-    for name, build in cases:
-        model, images, labels, reference = build(args.per_class, args.reference, args.seed)
-        out = measure(name, model, images, labels, reference)
+    for _, out in measure_reference_cases(args, measure):
         summaries.append(out["summary"])
         layers.append(out["by_layer"])
     summary = pd.concat(summaries, ignore_index=True)

@@ -212,6 +212,19 @@ def reference_cases(skip_real: bool) -> List[Tuple[str, Callable[[int, int, int]
     return cases
 
 
+def measure_reference_cases(args, measure: Callable[..., Any]) -> List[Tuple[str, Any]]:
+    """Each of :func:`reference_cases` (``args`` from :func:`add_reference_case_arguments`) built and
+    measured, with ``args.threads`` torch threads and torch seeded 0: ``[(name, measure(name, model,
+    images, labels, reference))]``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = []
+    for name, build in reference_cases(args.skip_real):
+        model, images, labels, reference = build(args.per_class, args.reference, args.seed)
+        results.append((name, measure(name, model, images, labels, reference)))
+    return results
+
+
 def add_reference_case_arguments(parser, threads: int) -> None:
     """The options of the benchmarks over :func:`reference_cases`: ``--per-class``, ``--reference``,
     ``--seed``, ``--threads`` (default ``threads``), ``--skip-real`` and ``--out``."""
