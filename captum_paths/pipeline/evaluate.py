@@ -129,9 +129,9 @@ def evaluate_paths(
 
     Returns:
         ``{"deviation", "jas", "methods", "intervals", "comparisons", "pruning", "faithfulness", "timings",
-        "accuracy"}``:
+        "accuracy", "jas_modes"}``:
         the tables as DataFrames (``pruning`` and ``faithfulness`` are ``None`` when
-        skipped), the seconds per experiment and the clean top-1 accuracy.
+        skipped), the seconds per experiment, the clean top-1 accuracy and the JAS modes compared.
     """
     if image_ids is not None and len(image_ids) != len(images):
         raise ValueError(f"image_ids must name every image: got {len(image_ids)} ids for {len(images)} images")
@@ -171,7 +171,7 @@ def evaluate_paths(
     accuracy = float(deviation.drop_duplicates("image")["correct_before"].mean())
     return {"deviation": deviation, "jas": jas, "methods": methods, "intervals": intervals,
             "comparisons": comparisons, "pruning": study, "faithfulness": faithful, "timings": timings,
-            "accuracy": accuracy}
+            "accuracy": accuracy, "jas_modes": list(jas_modes)}
 
 
 def _save(table: pd.DataFrame, out: Path, csv_name: str) -> None:
@@ -328,8 +328,6 @@ def evaluate(
     images, labels = run.images(image_ids)
     paths = {name: PathResult.from_records([rows[i] for i in image_ids]) for name, rows in by_method.items()}
     baseline = run.layer_baselines()  # the run's ablation: the records were scored against it
-    if baseline is not None and "paper" in jas_modes:
-        jas_modes = [m for m in jas_modes if m != "paper"] or ["gate"]
     with run.lock(), run.replacing(run.evaluation_dir) as out:
         result = evaluate_paths(model, images, labels, paths, out, batch_size=batch_size, factor=factor,
                                 jas_modes=jas_modes, pruning=pruning, pruning_ks=pruning_ks, pruning_ps=pruning_ps,
@@ -339,7 +337,7 @@ def evaluate(
         write_json_atomic(out / EvaluationFiles.SUMMARY, {
             "images": len(image_ids), "images_recorded": recorded, "max_images": max_images, "seed": seed,
             "methods": list(paths), "factor": factor, "units": run.settings.get("units"),
-            "jas_modes": [m for m in jas_modes if not (sites.has_heads and m == "paper")],
+            "jas_modes": result["jas_modes"],
             "n_steps": n_steps, "accuracy": result["accuracy"], "timings": result["timings"],
             "model": run.settings["model"], "records_sha256": digest,
             "ablation": run.run_settings.ablation,
